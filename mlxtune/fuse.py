@@ -64,9 +64,9 @@ def fuse(
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir``."""
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.utils import dequantize_model, save_config, save_model
+    from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, load_model
+    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
     from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
     from .lora import fuse_model, load_adapters
 
@@ -81,7 +81,7 @@ def fuse(
         # The dtype the base computes in: its scales' for a quantized base.
         dtype = "float16" if base_quant else _dtype_name(_first_float(base))
     n = fuse_model(base, _DTYPES[dtype])
-    base = dequantize_model(base)  # layers without an adapter, and the embeddings
+    base = dequantize_model(base, _DTYPES[dtype])  # layers without an adapter, and the embeddings
     cast(base, _DTYPES[dtype])
     config.pop("quantization", None)
     config.pop("quantization_config", None)

@@ -75,9 +75,10 @@ def read_gguf(path: str | Path) -> GGUFModel:
             f"types: {', '.join(SUPPORTED_TYPES)}. Use a Q8_0, Q4_0, Q4_1, F16 or BF16 GGUF, or the Hugging Face model"
         )
     names = {t.name: _hf_name(t.name, path) for t in tensors if not t.name.startswith("rope_freqs.")}
+    hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
-    weights, bits, extra = _load_weights(path, md, arch, tensors, names)
-    config = _config(md, arch, weights, bits, tokenizer, extra, path)
+    weights, bits, extra = _load_weights(path, arch, hp, tensors, names)
+    config = _config(md, arch, hp, weights, bits, tokenizer, extra, path)
     source = {
         "path": str(path),
         "architecture": arch,
@@ -211,7 +212,7 @@ def _hf_name(name: str, path: Path) -> tuple[str, str]:
     )
 
 
-def _load_weights(path: Path, md: dict, arch: str, tensors: list[TensorInfo], names: dict):
+def _load_weights(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], names: dict):
     """(HF-named weights, {module: bits} of quantized modules, {name: np.ndarray} of non-weights)."""
     import mlx.core as mx
 
@@ -219,8 +220,7 @@ def _load_weights(path: Path, md: dict, arch: str, tensors: list[TensorInfo], na
         raw = mx.load(str(path))
     except (RuntimeError, ValueError) as e:  # read_header should have caught it
         raise ModelFormatError(f"{path.name}: mlx cannot read this GGUF ({e}); the file may be damaged") from e
-    n_head = int(md[f"{arch}.attention.head_count"])
-    n_kv = int(md.get(f"{arch}.attention.head_count_kv", n_head))
+    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
     weights, bits, extra = {}, {}, {}
     for t in tensors:
         stem = t.name.rpartition(".")[0]
@@ -263,31 +263,43 @@ def _f32(x) -> float:
     return float(str(np.float32(x)))
 
 
-def _config(md: dict, arch: str, weights: dict, bits: dict, tokenizer, extra: dict, path: Path) -> dict:
+def _hyperparameters(md: dict, arch: str, path: Path) -> dict:
+    """The integer shape parameters, checked: every later step relies on them."""
     def get(key, default=None):
         return md.get(f"{arch}.{key}", default)
 
     try:
         hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
-        layers, intermediate = int(get("block_count")), int(get("feed_forward_length"))
-        kv_heads = int(get("attention.head_count_kv", heads))
-    except (TypeError, ValueError) as e:
+        hp = {
+            "hidden_size": hidden,
+            "intermediate_size": int(get("feed_forward_length")),
+            "num_hidden_layers": int(get("block_count")),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+            "head_dim": int(get("attention.key_length", hidden // heads)),
+        }
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # missing, or per-layer lists
         raise ModelFormatError(f"{path.name}: the GGUF metadata lacks a usable {arch}.* hyperparameter ({e}); the file is incomplete") from e
-    head_dim = int(get("attention.key_length", hidden // heads))
-    q_rows = weights["model.layers.0.self_attn.q_proj.weight"].shape[0]
-    if q_rows != heads * head_dim or "model.embed_tokens.weight" not in weights:
-        raise ModelFormatError(f"{path.name}: tensors do not match the metadata ({heads} heads x {head_dim}); the file is inconsistent")
+    if min(hp.values()) <= 0:
+        raise ModelFormatError(f"{path.name}: the GGUF metadata has a non-positive {arch}.* hyperparameter; the file is damaged")
+    return hp
+
+
+def _config(md: dict, arch: str, hp: dict, weights: dict, bits: dict, tokenizer, extra: dict, path: Path) -> dict:
+    def get(key, default=None):
+        return md.get(f"{arch}.{key}", default)
+
+    q = weights.get("model.layers.0.self_attn.q_proj.weight")
+    if q is None or q.shape[0] != hp["num_attention_heads"] * hp["head_dim"] or "model.embed_tokens.weight" not in weights:
+        raise ModelFormatError(
+            f"{path.name}: the tensors do not match the metadata ({hp['num_attention_heads']} heads x {hp['head_dim']}); the file is inconsistent"
+        )
     model_type, hf_class, _ = ARCHITECTURES[arch]
     theta = _f32(get("rope.freq_base", 10000.0))
     config = {
         "model_type": model_type,
         "architectures": [hf_class],
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
+        **hp,
         "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": theta,
         "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
@@ -298,7 +310,7 @@ def _config(md: dict, arch: str, weights: dict, bits: dict, tokenizer, extra: di
     }
     if arch == "llama":
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in weights
-    scaling = _rope_scaling(md, arch, extra, head_dim, theta, path)
+    scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
     if scaling:
         config["rope_scaling"] = scaling
     if bits:

@@ -55,7 +55,7 @@ class GGUFTokenizer:
     tokenizer: object  # tokenizers.Tokenizer
     files: dict[str, str] = field(default_factory=dict)  # tokenizer.json, tokenizer_config.json, special_tokens_map.json
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None  # a list when the file names end-of-turn tokens too
     pad_token_id: int | None = None
 
 
@@ -64,7 +64,7 @@ def build_tokenizer(md: dict, path: str | Path = "model.gguf") -> GGUFTokenizer:
     name = Path(path).name
     kind = md.get("tokenizer.ggml.model")
     tokens = md.get("tokenizer.ggml.tokens")
-    if kind is None or not tokens:
+    if kind is None or not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise ModelFormatError(f"{name}: the GGUF has no tokenizer (tokenizer.ggml.* metadata missing); use the Hugging Face model instead")
     ids = {k: _id(md, f"tokenizer.ggml.{k}_token_id", len(tokens)) for k in ("bos", "eos", "unknown", "padding")}
     if kind == "gpt2":
@@ -98,7 +98,11 @@ def build_tokenizer(md: dict, path: str | Path = "model.gguf") -> GGUFTokenizer:
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False),
         "special_tokens_map.json": json.dumps(special, indent=2, ensure_ascii=False),
     }
-    return GGUFTokenizer(tok, files, ids["bos"], ids["eos"], ids["padding"])
+    # llama.cpp also ends generation at end-of-turn tokens (Llama 3's <|eot_id|>, ...).
+    stops = [i for i in (ids["eos"], _id(md, "tokenizer.ggml.eot_token_id", len(tokens)), _id(md, "tokenizer.ggml.eom_token_id", len(tokens))) if i is not None]
+    stops = list(dict.fromkeys(stops))
+    eos = stops[0] if len(stops) == 1 else (stops or None)
+    return GGUFTokenizer(tok, files, ids["bos"], eos, ids["padding"])
 
 
 def _id(md: dict, key: str, n: int) -> int | None:

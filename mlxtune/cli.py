@@ -14,6 +14,8 @@ from .errors import MlxtuneError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DTYPES = click.Choice(["float32", "float16", "bfloat16"])
+BACKENDS = click.Choice(["auto", "mlx", "numpy"])
+BACKEND_HELP = "Compute backend: mlx, or the numpy reference (runs anywhere); auto picks mlx where installed."
 
 
 def _fmt_bytes(n: int | float) -> str:
@@ -120,7 +122,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--iters", type=int, help="Training steps (default: one epoch).")
 @click.option("--epochs", type=float, help="Passes over the training set (instead of --iters).")
 @click.option("-b", "--batch-size", type=int, help="Sequences per step. [default: 4]")
-@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (warmup, then cosine decay). [default: 2e-4]")
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (AdamW; warmup, then cosine decay). [default: 5e-4]")
 @click.option("-r", "--rank", type=int, help="LoRA rank. [default: 8]")
 @click.option("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (mlx-lm's 'scale'). [default: 16]")
 @click.option("--dropout", type=float, help="Dropout on the LoRA input. [default: 0]")
@@ -132,7 +134,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
 @click.option("--seed", type=int, help="Seed for the data split, order and LoRA init. [default: 0]")
-@click.option("--backend", type=click.Choice(["auto", "mlx"]), help="Compute backend. [default: mlx]")
+@click.option("--backend", type=BACKENDS, help="mlx, or the numpy reference (runs anywhere, slower); auto: mlx where installed. [default: auto]")
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
@@ -172,7 +174,7 @@ class _TrainPrinter:
         elif event.kind == "start":
             click.echo(f"Data: {d['data']}")
             click.echo(f"Model: {d['model']}")
-            click.echo(f"Compute: {d['compute']}")
+            click.echo(f"Compute: {d['backend']} backend; {d['compute']}")
             click.echo(f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})")
             click.echo(f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}")
         elif event.kind == "val" and d["step"] == 0 and d["val_loss"] is not None:
@@ -196,9 +198,10 @@ class _TrainPrinter:
 @click.option("-q", "--quantize", is_flag=True, help="Re-quantize after fusing (may lose part of the adapter's effect).")
 @click.option("--q-bits", type=click.Choice(["4", "8"]), help="Bits when re-quantizing. [default: the base's, else 4]")
 @click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), help="Group size when re-quantizing. [default: the base's, else 64]")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, offline, force) -> None:
+def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend, offline, force) -> None:
     """Merge LoRA adapters into the base weights: a standalone model.
 
     \b
@@ -207,7 +210,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, offline,
     """
     from .fuse import fuse as do_fuse
 
-    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force)
+    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
@@ -227,9 +230,10 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, offline,
 @click.option("--seed", type=int, help="Random seed for sampling.")
 @click.option("--system", help="System message (chat models).")
 @click.option("--chat/--no-chat", default=True, help="Use the model's chat template. [default: on]")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("-v", "--verbose", is_flag=True, help="Print speed and memory after the text.")
-def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, offline, verbose) -> None:
+def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, backend, offline, verbose) -> None:
     """Generate text from a model (and adapter), streaming tokens as they come.
 
     \b
@@ -242,7 +246,7 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    loaded = load(model, adapter, offline=offline)
+    loaded = load(model, adapter, offline=offline, backend=backend)
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
     last = None
@@ -251,7 +255,9 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
         last = chunk
     click.echo()
     if verbose and last is not None:
-        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {_fmt_bytes(runtime.peak_memory_bytes(runtime.current_device()))}; {runtime.describe()}]", err=True)
+        where = runtime.describe() if loaded.backend == "mlx" else "numpy backend, float32"
+        device = runtime.current_device() if loaded.backend == "mlx" else "cpu"
+        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {_fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ class TrainConfig:
     revision: str | None = None
     data: str | None = None
     output: str | None = None  # run directory; default runs/<data name>
-    backend: str = "mlx"
+    backend: str = "auto"
     iters: int | None = None  # exactly one of iters/epochs decides the length
     epochs: float | None = None
     batch_size: int = 4
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     warmup: float = 0.05  # fraction of the steps (or a step count if >= 1)
     min_lr_ratio: float = 0.1  # cosine decay ends at learning_rate * this
     weight_decay: float = 0.0

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .errors import UsageError
 from .fsutil import staged_dir
@@ -77,27 +80,42 @@ def convert(
     if out_dir.resolve() == source.path.resolve():
         raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")
     notes = [source.note] if source.note else []
+    from .backends import mlx_available
+
+    have_mlx = mlx_available()
+    if quantize and not have_mlx:
+        raise UsageError("quantizing needs mlx, which is not installed here; convert without -q (weights are written dense)")
+    transform = _transform if have_mlx else _transform_numpy
     with staged_dir(out_dir, force=force) as tmp:
         if source.kind == "gguf":
             raw = tmp / "_gguf"
             notes.extend(write_gguf_dir(source.path, raw))
-            quant = _transform(raw, tmp, dtype, quantize, q_bits, q_group_size, notes)
+            quant = transform(raw, tmp, dtype, quantize, q_bits, q_group_size, notes)
             shutil.rmtree(raw)
         else:
-            quant = _transform(source.path, tmp, dtype, quantize, q_bits, q_group_size, notes)
+            quant = transform(source.path, tmp, dtype, quantize, q_bits, q_group_size, notes)
         n_params, size = _stats(tmp)
     return ConvertResult(out_dir, source, quant, dtype, n_params, size, notes)
 
 
-def write_gguf_dir(gguf_path: Path, out_dir: Path) -> list[str]:
-    """Write a GGUF file's weights, config and tokenizer as an MLX model directory."""
-    import mlx.core as mx
+def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) -> list[str]:
+    """Write a GGUF file's weights, config and tokenizer as an MLX model directory.
 
+    Quantized blocks stay quantized (MLX triplets) unless ``dense``, the default
+    where mlx is not installed: then the weights are written as float32.
+    """
     from .gguf_import import read_gguf
 
-    g = read_gguf(gguf_path)
+    g = read_gguf(gguf_path, dense=dense)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out_dir / "model.safetensors"), g.weights, metadata={"format": "mlx"})
+    if all(isinstance(v, np.ndarray) for v in g.weights.values()):
+        from . import npio
+
+        npio.write_safetensors(out_dir / "model.safetensors", g.weights, metadata={"format": "mlx"})
+    else:
+        import mlx.core as mx
+
+        mx.save_safetensors(str(out_dir / "model.safetensors"), g.weights, metadata={"format": "mlx"})
     (out_dir / "config.json").write_text(json.dumps(g.config, indent=2, sort_keys=True))
     for name, text in g.tokenizer_files.items():
         (out_dir / name).write_text(text, encoding="utf-8")
@@ -146,6 +164,26 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
     return config.get("quantization")
 
 
+def _transform_numpy(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> None:
+    """Without mlx: the same layout, dense (quantized sources are expanded exactly in float32)."""
+    from . import npio
+
+    config, weights = npio.load_weights(src)
+    if config.pop("quantization", None) is not None:
+        config.pop("quantization_config", None)
+        notes.append("mlx is not installed: quantized weights were expanded to dense float32 with numpy")
+    dtype = dtype or "float32"
+    if dtype == "float16":
+        weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
+    npio.write_safetensors(dst / "model.safetensors", weights, metadata={"format": "mlx"}, bf16={k for k, v in weights.items() if v.dtype == np.float32} if dtype == "bfloat16" else None)
+    config["torch_dtype"] = dtype
+    (dst / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    return None
+
+
 def _has_overrides(quant: dict) -> bool:
     return any(isinstance(v, dict) for v in quant.values())
 
@@ -155,7 +193,16 @@ def _stats(path: Path) -> tuple[int, int]:
     n = 0
     if index.exists():
         n = json.loads(index.read_text()).get("metadata", {}).get("total_parameters", 0)
-    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    files = sorted(path.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files)
+    if not n:  # no index (numpy writer): count from the headers
+        import struct
+
+        for f in files:
+            with open(f, "rb") as fh:
+                (k,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(k))
+            n += sum(math.prod(v["shape"]) for name, v in header.items() if name != "__metadata__" and not name.endswith((".scales", ".biases")))
     return int(n), size
 
 
@@ -178,9 +225,12 @@ def ensure_mlx_model(source: ModelSource) -> Path:
     """A directory mlx-lm can load for ``source``; GGUF files are converted once and cached."""
     if source.kind != "gguf":
         return source.path
-    target = mlxtune_home() / "models" / f"{source.path.stem}-{file_digest(source.path)[:12]}"
+    from .backends import mlx_available
+
+    dense = not mlx_available()  # without mlx, GGUF blocks are expanded to float32 with numpy
+    target = mlxtune_home() / "models" / f"{source.path.stem}-{file_digest(source.path)[:12]}{'-f32' if dense else ''}"
     if (target / "config.json").exists():
         return target
     with staged_dir(target, force=True) as tmp:
-        write_gguf_dir(source.path, tmp)
+        write_gguf_dir(source.path, tmp, dense=dense)
     return target

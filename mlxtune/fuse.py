@@ -14,8 +14,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
 from .fsutil import staged_dir
+
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -31,9 +34,9 @@ class FuseResult:
 
 def base_model_dir(adapter_dir: Path, model: str | None, offline: bool | None = None) -> tuple[Path, list[str]]:
     """The model directory an adapter applies to: ``model`` if given, else the one it was trained on."""
+    from .adapters import read_adapter_config
     from .convert import ensure_mlx_model
     from .hub import resolve_model
-    from .lora import read_adapter_config
 
     notes: list[str] = []
     if model is None:
@@ -60,26 +63,45 @@ def fuse(
     q_group_size: int | None = None,
     offline: bool | None = None,
     force: bool = False,
+    backend: str | None = "auto",
 ) -> FuseResult:
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir``."""
+    from .backends import choose_backend, mlx_available
+
+    adapter_dir = Path(adapter_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
+    backend = choose_backend(backend, mlx_available())
+    if backend == "numpy" and quantize:
+        raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
+    base_dir, notes = base_model_dir(adapter_dir, model, offline)
+    base_config = json.loads((base_dir / "config.json").read_text())
+    if dtype is None:
+        # The dtype the base computes in: its scales' for a quantized base.
+        dtype = "float16" if base_config.get("quantization") else _stored_dtype(base_dir, base_config)
+    fuse_one = _fuse_numpy if backend == "numpy" else _fuse_mlx
+    with staged_dir(Path(out_dir), force=force) as tmp:
+        n, quant = fuse_one(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
+        for name in TOKENIZER_FILES:
+            if (base_dir / name).exists():
+                shutil.copy2(base_dir / name, tmp / name)
+        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend}
+        (tmp / "mlxtune_fuse.json").write_text(json.dumps(info, indent=2))
+    size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
+    return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes)
+
+
+def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, dict | None]:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.utils import save_config, save_model
 
     from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
-    from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
     from .lora import fuse_model, load_adapters
 
-    adapter_dir = Path(adapter_dir)
-    if dtype is not None and dtype not in _DTYPES:
-        raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
-    base_dir, notes = base_model_dir(adapter_dir, model, offline)
     base, config = load_model(base_dir)
     base_quant = config.get("quantization")
     load_adapters(base, adapter_dir)
-    if dtype is None:
-        # The dtype the base computes in: its scales' for a quantized base.
-        dtype = "float16" if base_quant else _dtype_name(_first_float(base))
     n = fuse_model(base, _DTYPES[dtype])
     base = dequantize_model(base, _DTYPES[dtype])  # layers without an adapter, and the embeddings
     cast(base, _DTYPES[dtype])
@@ -101,27 +123,40 @@ def fuse(
         config["quantization"] = quant
         notes.append(f"re-quantized to {bits} bits (group size {group}) after fusing: check the result with 'mlxtune generate'")
     mx.eval(base.parameters())
-    with staged_dir(Path(out_dir), force=force) as tmp:
-        save_model(tmp, base)
-        save_config(config, config_path=tmp / "config.json")
-        for name in TOKENIZER_FILES:
-            if (base_dir / name).exists():
-                shutil.copy2(base_dir / name, tmp / name)
-        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant}
-        (tmp / "mlxtune_fuse.json").write_text(json.dumps(info, indent=2))
-    size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
-    return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes)
+    save_model(out, base)
+    save_config(config, config_path=out / "config.json")
+    return n, quant
 
 
-def _first_float(model):
-    from mlx.utils import tree_flatten
-    import mlx.core as mx
+def _fuse_numpy(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, None]:
+    import numpy as np
 
-    for _, v in tree_flatten(model.parameters()):
-        if mx.issubdtype(v.dtype, mx.floating):
-            return v.dtype
-    return mx.float32
+    from . import npio
+    from .backends import numpy as npb
+
+    model, config = npb.load_model(base_dir)
+    adapter = npb.load_adapters(model, adapter_dir)
+    weights = model.fused_weights()
+    n = sum(1 for k in model.lora_params() if k.endswith(".lora_a"))
+    if dtype == "float16":
+        weights = {k: v.astype(np.float16) for k, v in weights.items()}
+    npio.write_safetensors(out / "model.safetensors", weights, metadata={"format": "mlx"}, bf16=set(weights) if dtype == "bfloat16" else None)
+    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    config["torch_dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+    del adapter
+    return n, None
 
 
-def _dtype_name(dtype) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
+def _stored_dtype(model_dir: Path, config: dict) -> str:
+    """The floating-point dtype a model directory stores its weights in."""
+    import struct
+
+    for f in sorted(model_dir.glob("model*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__" and name.endswith(".weight") and info["dtype"] in ("F32", "F16", "BF16"):
+                return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[info["dtype"]]
+    return str(config.get("torch_dtype") or "float32")

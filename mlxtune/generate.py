@@ -7,7 +7,8 @@ is choosing the model (the adapter remembers its base), the compute policy of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -17,10 +18,12 @@ from .errors import UsageError
 @dataclass
 class Loaded:
     model: object
-    tokenizer: object
+    tokenizer: object  # mlx: mlx-lm's TokenizerWrapper; numpy: the Hugging Face tokenizer
     model_dir: Path
     adapter: Path | None
     notes: list[str]
+    backend: str = "mlx"
+    eos_ids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -32,15 +35,14 @@ class Chunk:
     finish_reason: str | None
 
 
-def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None) -> Loaded:
-    """Load a model (and adapter) for inference under this machine's compute policy."""
-    from . import runtime
-    from .backends.mlx import load_model, load_tokenizer
+def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
+    """Load a model (and adapter) for inference with the chosen backend."""
+    from .backends import choose_backend, mlx_available
     from .convert import ensure_mlx_model
     from .fuse import base_model_dir
     from .hub import resolve_model
-    from .lora import load_adapters
 
+    backend = choose_backend(backend, mlx_available())
     notes: list[str] = []
     if adapter is not None:
         model_dir, notes = base_model_dir(Path(adapter), model, offline)
@@ -49,18 +51,35 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
         if source.note:
             notes.append(source.note)
         model_dir = ensure_mlx_model(source)
+    adapter_path = Path(adapter) if adapter else None
+    if backend == "numpy":
+        from .backends import numpy as npb
+        from .tokenizer import eos_token_ids, load_tokenizer
+
+        net, config = npb.load_model(model_dir)
+        if adapter_path is not None:
+            npb.load_adapters(net, adapter_path)
+        tokenizer = load_tokenizer(model_dir)
+        return Loaded(net, tokenizer, model_dir, adapter_path, notes, "numpy", eos_token_ids(tokenizer, config))
+
+    from . import runtime
+    from .backends.mlx import load_model, load_tokenizer
+    from .lora import load_adapters
+
     compute = runtime.choose_compute(runtime.current_device(), dtype)
     net, config = load_model(model_dir, compute)
-    if adapter is not None:
-        load_adapters(net, Path(adapter))
+    if adapter_path is not None:
+        load_adapters(net, adapter_path)
     net.eval()
     tokenizer = load_tokenizer(model_dir, config)
-    return Loaded(net, tokenizer, model_dir, Path(adapter) if adapter else None, notes)
+    return Loaded(net, tokenizer, model_dir, adapter_path, notes, "mlx", set(tokenizer.eos_token_ids))
 
 
 def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
     """Token ids for ``prompt``: through the chat template when the model has one and ``chat``."""
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    from .batching import hf_tokenizer
+
+    hf = hf_tokenizer(tokenizer)
     if chat and getattr(hf, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -72,17 +91,39 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
 
 def generate(loaded: Loaded, prompt: str, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = True, system: str | None = None) -> Iterator[Chunk]:
     """Stream the continuation of ``prompt`` chunk by chunk."""
-    import mlx.core as mx
-    from mlx_lm.generate import stream_generate
-    from mlx_lm.sample_utils import make_sampler
-
     if max_tokens <= 0:
         raise UsageError("--max-tokens must be positive")
     if temp < 0 or not 0 < top_p <= 1:
         raise UsageError("--temp must be >= 0 and --top-p in (0, 1]")
+    ids = build_prompt(loaded.tokenizer, prompt, chat, system)
+    if loaded.backend == "numpy":
+        yield from _generate_numpy(loaded, ids, max_tokens, temp, top_p, seed)
+        return
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
     if seed is not None:
         mx.random.seed(seed)
-    ids = build_prompt(loaded.tokenizer, prompt, chat, system)
     sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1 else 0.0)
     for r in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
         yield Chunk(r.text, int(r.token), r.prompt_tokens, r.generation_tps, r.finish_reason)
+
+
+def _generate_numpy(loaded: Loaded, ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
+    """Numpy decoding with a KV cache; text is streamed as soon as it is whole UTF-8."""
+    from .backends.numpy import generate_tokens
+
+    tok = loaded.tokenizer
+    out: list[int] = []
+    shown = ""
+    start = time.perf_counter()
+    for i, token in enumerate(generate_tokens(loaded.model, ids, max_tokens, loaded.eos_ids, temp, top_p, seed)):
+        finish = "stop" if token in loaded.eos_ids else ("length" if i + 1 == max_tokens else None)
+        if token not in loaded.eos_ids:
+            out.append(token)
+        text = tok.decode(out, skip_special_tokens=False)
+        new = text[len(shown):] if finish or not text.endswith("\ufffd") else ""
+        shown += new
+        tps = (i + 1) / max(time.perf_counter() - start, 1e-9)
+        yield Chunk(new, token, len(ids), tps, finish)

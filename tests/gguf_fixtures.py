@@ -328,11 +328,16 @@ def smollm2_gguf() -> Path:
 
 def write_model_dir(model, out: Path) -> Path:
     """What convert.py does with a ``GGUFModel``: weights, config and tokenizer files."""
-    import mlx.core as mx
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out / "model.safetensors"), model.weights, metadata={"format": "mlx"})
+    if all(isinstance(v, np.ndarray) for v in model.weights.values()):  # read without mlx
+        from mlxtune import npio
+
+        npio.write_safetensors(out / "model.safetensors", model.weights, metadata={"format": "mlx"})
+    else:
+        import mlx.core as mx
+
+        mx.save_safetensors(str(out / "model.safetensors"), model.weights, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(model.config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(model.generation_config, indent=2))
     for name, text in model.tokenizer_files.items():

@@ -211,6 +211,7 @@ def test_chat_needs_a_template(fresh_tok):
 
 
 def test_mlx_lm_tokenizer_wrapper_is_unwrapped(tok):
+    pytest.importorskip("mlx_lm")
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     record = chat(("user", "hi"), ("assistant", "hello"))

@@ -122,19 +122,29 @@ def test_long_records_warn_once_and_count(tiny_model, tmp_path):
     assert len(warnings) == 1 and "longer than --max-seq-len 300" in warnings[0]
 
 
-def test_journey_lora_fuse_generate(tiny_model, tmp_path):
+def test_journey_lora_fuse_generate(tiny_model, tmp_path, backend):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:12]))
     run_dir, fused = tmp_path / "run", tmp_path / "fused"
-    r = run("lora", "--data", data, "--model", tiny_model, "-o", run_dir, "--iters", 3, "--lr", "1e-3")
+    r = run("lora", "--data", data, "--model", tiny_model, "-o", run_dir, "--iters", 3, "--lr", "1e-3", "--backend", backend)
     assert r.exit_code == 0, r.output
     assert "val loss" in r.output and "tok/s" in r.output and "ETA" in r.output and "peak" in r.output
-    r = run("fuse", "--adapter", run_dir, "-o", fused)
+    assert f"Compute: {backend} backend" in r.output
+    assert json.loads((run_dir / "adapter_config.json").read_text())["backend"] == backend
+    r = run("fuse", "--adapter", run_dir, "-o", fused, "--backend", backend)
     assert r.exit_code == 0, r.output
     assert json.loads((fused / "config.json").read_text())["model_type"] == "llama"
-    a = run("generate", "--model", fused, "--prompt", "hello", "--max-tokens", 8)
-    b = run("generate", "--adapter", run_dir, "--prompt", "hello", "--max-tokens", 8)
+    a = run("generate", "--model", fused, "--prompt", "hello", "--max-tokens", 8, "--backend", backend)
+    b = run("generate", "--adapter", run_dir, "--prompt", "hello", "--max-tokens", 8, "--backend", backend)
     assert a.exit_code == 0 and b.exit_code == 0 and a.output == b.output and a.output
+
+
+def test_backend_mlx_where_it_is_missing_is_a_clear_error(tiny_model, tmp_path, monkeypatch):
+    import mlxtune.backends as backends
+
+    monkeypatch.setattr(backends, "mlx_available", lambda: False)
+    r = run("generate", "--model", tiny_model, "--prompt", "hi", "--backend", "mlx")
+    assert r.exit_code == 2 and "mlx is not installed" in r.output and "--backend numpy" in r.output
 
 
 def test_config_file_and_flags(tiny_model, tmp_path):

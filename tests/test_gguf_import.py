@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -13,6 +12,8 @@ import gguf
 from gguf_fixtures import (
     HEAD_DIM, HEADS, KV_HEADS, llama3_rope_factors, load_mlx_lm, permute, smollm2_gguf, write_model_dir, write_tiny_gguf,
 )
+mx = pytest.importorskip("mlx.core", reason="these tests read GGUF through mx.load; test_gguf_dense.py covers the numpy path")
+
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from mlxtune.gguf_import import SUPPORTED_TYPES, read_gguf
 

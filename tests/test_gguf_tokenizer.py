@@ -73,6 +73,7 @@ def test_add_bos_token_flag(tmp_path, pre, add_bos, expect_bos):
 
 
 def test_end_of_turn_tokens_also_end_generation(tmp_path):
+    pytest.importorskip("mlx_lm")
     """llama.cpp stops at eot/eom tokens too (Llama 3's <|eot_id|>); mlx_lm reads them from config.json."""
     m = read_gguf(write_tiny_gguf(tmp_path / "e.gguf", kv={"tokenizer.ggml.eot_token_id": 0}).path)
     assert m.config["eos_token_id"] == m.generation_config["eos_token_id"] == [2, 0]

@@ -54,5 +54,24 @@ def test_peak_memory_cpu_is_resident_set():
 
 
 def test_this_machine_blas_is_reported():
+    import pytest
+
+    pytest.importorskip("mlx.core")
     text = runtime.describe()
     assert "BLAS" in text or "GPU" in text
+
+
+def test_backend_choice():
+    import pytest
+
+    from mlxtune.backends import choose_backend
+    from mlxtune.errors import UsageError
+
+    assert choose_backend("auto", mlx_ok=True) == "mlx"
+    assert choose_backend(None, mlx_ok=True) == "mlx"
+    assert choose_backend("auto", mlx_ok=False) == "numpy"
+    assert choose_backend("numpy", mlx_ok=True) == "numpy"
+    with pytest.raises(UsageError, match="--backend numpy"):
+        choose_backend("mlx", mlx_ok=False)
+    with pytest.raises(UsageError):
+        choose_backend("torch", mlx_ok=True)

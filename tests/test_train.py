@@ -8,7 +8,9 @@ import pytest
 
 from mlxtune.config import TrainConfig
 from mlxtune.errors import OutputExistsError
-from mlxtune.train import TrainingInterrupted, train
+from mlxtune.train import TrainingInterrupted, learning_rate_at, train
+
+from conftest import needs_mlx
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 
@@ -21,18 +23,15 @@ def small_data(tmp_path) -> Path:
 
 
 def _cfg(tiny_model, data, out, **kw):
-    base = dict(model=str(tiny_model), data=str(data), output=str(out), iters=12, batch_size=4, learning_rate=1e-3, val_every=6, save_every=4, max_seq_len=256)
+    base = dict(model=str(tiny_model), data=str(data), output=str(out), iters=12, batch_size=4, learning_rate=5e-3, val_every=6, save_every=4, max_seq_len=256)
     base.update(kw)
     return TrainConfig(**base)
 
 
-def test_run_writes_mlx_lm_compatible_run_dir(tiny_model, small_data, tmp_path):
-    import mlx.core as mx
-    import mlx_lm
-
+def test_run_writes_the_run_dir(tiny_model, small_data, tmp_path, backend):
     out = tmp_path / "run"
     events = []
-    result = train(_cfg(tiny_model, small_data, out), on_event=events.append)
+    result = train(_cfg(tiny_model, small_data, out, backend=backend), on_event=events.append)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapters.safetensors", "checkpoints", "metrics.jsonl"]
     # the last three checkpoints, each with optimizer state
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -43,7 +42,7 @@ def test_run_writes_mlx_lm_compatible_run_dir(tiny_model, small_data, tmp_path):
     assert cfg["fine_tune_type"] == "lora" and cfg["num_layers"] == 2
     assert cfg["lora_parameters"] == {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": cfg["lora_parameters"]["keys"]}
     assert len(cfg["lora_parameters"]["keys"]) == 7
-    assert cfg["backend"] == "mlx" and cfg["config"]["iters"] == 12 and cfg["versions"]["mlx"]
+    assert cfg["backend"] == backend and cfg["config"]["iters"] == 12 and cfg["versions"]["numpy"]
     assert cfg["base_model"]["kind"] == "dir"
 
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -55,18 +54,31 @@ def test_run_writes_mlx_lm_compatible_run_dir(tiny_model, small_data, tmp_path):
     kinds = [e.kind for e in events if e.kind != "note"]
     assert kinds[:2] == ["start", "val"] and kinds[-1] == "done"
 
-    # mlx-lm loads the adapter unchanged and agrees with ours
+
+
+@needs_mlx
+@pytest.mark.parametrize("trained_on", ["mlx", "numpy"])
+def test_adapters_load_in_mlx_lm_and_on_either_backend(tiny_model, small_data, tmp_path, trained_on):
+    """Adapters are the same files whichever backend made them."""
+    import mlx.core as mx
+    import mlx_lm
+
     from mlxtune.generate import load
 
-    ours = load(None, out)
+    out = tmp_path / "run"
+    train(_cfg(tiny_model, small_data, out, iters=4, backend=trained_on))
+    ids = [5, 17, 42, 99, 7]
     theirs, _ = mlx_lm.load(str(tiny_model), adapter_path=str(out))
-    x = mx.array([[5, 17, 42, 99]])
-    np.testing.assert_allclose(np.array(theirs(x)), np.array(ours.model(x)), atol=1e-4)
+    ref = np.array(theirs(mx.array([ids])))
+    on_mlx = np.array(load(None, out, backend="mlx").model(mx.array([ids])))
+    on_numpy = load(None, out, backend="numpy").model.forward(np.array([ids]))
+    np.testing.assert_allclose(on_mlx, ref, atol=1e-4)
+    np.testing.assert_allclose(on_numpy, ref, atol=1e-3)
 
 
-def test_same_seed_same_losses(tiny_model, small_data, tmp_path):
-    a = train(_cfg(tiny_model, small_data, tmp_path / "a", iters=4, val_every=2))
-    b = train(_cfg(tiny_model, small_data, tmp_path / "b", iters=4, val_every=2))
+def test_same_seed_same_losses(tiny_model, small_data, tmp_path, backend):
+    a = train(_cfg(tiny_model, small_data, tmp_path / "a", iters=4, val_every=2, backend=backend))
+    b = train(_cfg(tiny_model, small_data, tmp_path / "b", iters=4, val_every=2, backend=backend))
     la = [json.loads(l).get("loss") for l in (a.run_dir / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(l).get("loss") for l in (b.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert la == lb
@@ -83,7 +95,7 @@ def test_existing_run_is_refused_without_force(tiny_model, small_data, tmp_path)
     assert (out / "adapters.safetensors").read_bytes() != before
 
 
-def test_ctrl_c_keeps_the_last_step(tiny_model, small_data, tmp_path):
+def test_ctrl_c_keeps_the_last_step(tiny_model, small_data, tmp_path, backend):
     out = tmp_path / "run"
 
     def interrupt_at_step_5(event):
@@ -91,12 +103,13 @@ def test_ctrl_c_keeps_the_last_step(tiny_model, small_data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted, match="step 5"):
-        train(_cfg(tiny_model, small_data, out, save_every=100), on_event=interrupt_at_step_5)
+        train(_cfg(tiny_model, small_data, out, save_every=100, backend=backend), on_event=interrupt_at_step_5)
     assert (out / "adapters.safetensors").exists()
     assert (out / "checkpoints" / "step-0000005" / "adapters.safetensors").exists()
     assert not list(out.rglob("*.tmp*"))
 
 
+@needs_mlx
 def test_dora_and_subset_of_layers(tiny_model, small_data, tmp_path):
     out = tmp_path / "run"
     train(_cfg(tiny_model, small_data, out, iters=2, dora=True, layers=1, target_modules=["q_proj", "v_proj"]))
@@ -117,3 +130,28 @@ def test_everything_truncated_away_is_an_error(tiny_model, small_data, tmp_path)
     with pytest.raises(DataError, match="raise --max-seq-len"):
         train(_cfg(tiny_model, small_data, tmp_path / "run", iters=1, max_seq_len=16))
     assert not (tmp_path / "run").exists()
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(learning_rate=1e-3, warmup=0.1, min_lr_ratio=0.1)
+    lrs = [learning_rate_at(cfg, s, 100) for s in range(1, 101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # 10 warmup steps
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then only down
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+def test_sigint_stops_after_the_step_and_saves(tiny_model, small_data, tmp_path):
+    """A real SIGINT (not an exception in a callback) finishes the step, saves, and says how far it got."""
+    import os
+    import signal
+
+    out = tmp_path / "run"
+
+    def send_sigint(event):
+        if event.kind == "step" and event.data["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        train(_cfg(tiny_model, small_data, out, save_every=100, backend="numpy"), on_event=send_sigint)
+    assert (out / "checkpoints" / "step-0000003" / "adapters.safetensors").exists()
+    assert json.loads((out / "checkpoints" / "step-0000003" / "state.json").read_text())["step"] == 3

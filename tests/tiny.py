@@ -91,23 +91,50 @@ def tiny_config(vocab_size: int, **overrides) -> dict:
     return config
 
 
+def tiny_weights(config: dict, seed: int = 0) -> dict:
+    """Random weights with Hugging Face names, drawn with numpy (no mlx needed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    hd = config.get("head_dim") or d // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+
+    def linear(out_dim, in_dim):
+        bound = 1 / np.sqrt(in_dim)
+        return rng.uniform(-bound, bound, (out_dim, in_dim)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.normal(0, 0.5, (v, d)).astype(np.float32), "model.norm.weight": (1 + 0.1 * rng.normal(size=d)).astype(np.float32)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.q_proj.weight"] = linear(q, d)
+        w[p + "self_attn.k_proj.weight"] = linear(kv, d)
+        w[p + "self_attn.v_proj.weight"] = linear(kv, d)
+        w[p + "self_attn.o_proj.weight"] = linear(d, q)
+        w[p + "mlp.gate_proj.weight"] = linear(f, d)
+        w[p + "mlp.up_proj.weight"] = linear(f, d)
+        w[p + "mlp.down_proj.weight"] = linear(d, f)
+        w[p + "input_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
+        w[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
+        if config.get("attention_bias"):
+            for name, n in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+                w[p + f"self_attn.{name}.bias"] = (0.1 * rng.normal(size=n)).astype(np.float32)
+    if not config.get("tie_word_embeddings", True):
+        w["lm_head.weight"] = linear(v, d)
+    return w
+
+
 def make_tiny_model(out_dir: Path, seed: int = 0, dtype: str = "float32", **config_overrides) -> Path:
     """Write a random tiny llama-family model directory and return its path."""
-    import mlxtune  # noqa: F401  (BLAS before mlx)
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
+    from mlxtune import npio
 
     out_dir = Path(out_dir)
     vocab = make_tokenizer(out_dir)
     config = tiny_config(vocab, **config_overrides)
-    mx.random.seed(seed)
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    weights = {k: v.astype(getattr(mx, dtype)) for k, v in tree_flatten(model.parameters())}
-    # Random init leaves the norms at 1 and the output near uniform; scale the
-    # embeddings so that logits carry some signal and tests see real differences.
-    weights["model.embed_tokens.weight"] = (weights["model.embed_tokens.weight"] * 4).astype(getattr(mx, dtype))
-    mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
+    weights = tiny_weights(config, seed)
+    if dtype == "float16":
+        weights = {k: v.astype("float16") for k, v in weights.items()}
+    npio.write_safetensors(out_dir / "model.safetensors", weights, metadata={"format": "mlx"}, bf16=set(weights) if dtype == "bfloat16" else None)
+    config["torch_dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir

@@ -159,3 +159,60 @@ def make_eval_step(model: nn.Module):
 
 def to_device(batch) -> tuple[mx.array, mx.array, mx.array]:
     return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask, dtype=mx.float32)
+
+
+class MlxTrainer:
+    """LoRA training on mlx: the model, its adapters, AdamW, compiled steps."""
+
+    backend = "mlx"
+
+    def __init__(self, model_dir: Path, cfg):
+        import mlx.optimizers as optim
+        import numpy as np
+
+        from .. import runtime
+        from ..lora import adapter_weights, apply_adapters, resolve_target_modules, trainable_only
+
+        self.device = runtime.current_device()
+        self.compute = runtime.choose_compute(self.device, cfg.dtype)
+        self.description = runtime.describe() if cfg.dtype is None else self.compute.reason
+        self.model, self.config = load_model(model_dir, self.compute)
+        mx.random.seed(cfg.seed)
+        n_blocks = len(self.model.layers)
+        self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
+        self.keys = resolve_target_modules(self.model, cfg.target_modules)
+        apply_adapters(self.model, self.num_layers, self.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
+        trainable_only(self.model)
+        self.n_trainable = sum(v.size for v in adapter_weights(self.model).values())
+        self.optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, bias_correction=True)
+        self._step = make_train_step(self.model, self.optimizer, cfg.grad_clip)
+        self._eval = make_eval_step(self.model)
+        self._np = np
+
+    def step(self, batch, lr: float) -> tuple[float, int]:
+        self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+        loss, n = self._step(*to_device(batch))
+        mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
+        return loss.item(), int(n.item())
+
+    def evaluate(self, batch) -> tuple[float, int]:
+        s, n = self._eval(*to_device(batch))
+        mx.eval(s, n)
+        return s.item(), int(n.item())
+
+    def adapter_weights(self) -> dict:
+        from ..lora import adapter_weights
+
+        return {k: self._np.array(v.astype(mx.float32)) for k, v in adapter_weights(self.model).items()}
+
+    def set_adapter_weights(self, weights: dict) -> None:
+        dtype = next(iter(dict(tree_flatten(self.model.trainable_parameters())).values())).dtype
+        self.model.load_weights([(k, mx.array(v).astype(dtype)) for k, v in weights.items()], strict=False)
+
+    def optimizer_state(self) -> dict:
+        return {k: self._np.array(v.astype(mx.float32)) for k, v in tree_flatten(self.optimizer.state) if isinstance(v, mx.array)}
+
+    def peak_memory(self) -> int:
+        from .. import runtime
+
+        return runtime.peak_memory_bytes(self.device)

@@ -1,0 +1,183 @@
+"""The numpy backend: the reference implementation, and the fallback without mlx.
+
+Training, generation and fusing with numpy alone. The model itself (forward
+and hand-written backward) is ``numpy_model.NumpyLlama``; this module adds the
+optimizer, the trainer contract of ``backends/__init__.py``, sampling with a KV
+cache, and loading adapters. It never imports mlx.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import AdapterError, UsageError
+
+LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+
+
+def load_model(model_dir: Path, dtype=np.float32):
+    """A NumpyLlama for an MLX- or HF-layout directory (quantized weights expanded exactly)."""
+    from .. import npio
+    from .numpy_model import ModelConfig, NumpyLlama
+
+    config, weights = npio.load_weights(model_dir)
+    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype), config
+
+
+def resolve_keys(targets: list[str] | None) -> list[str]:
+    """Block-relative keys for user targets, as ``lora.resolve_target_modules`` does for mlx."""
+    from ..errors import ConfigError
+
+    if not targets or targets in (["all-linear"], ["all"]):
+        return list(LINEAR_KEYS)
+    keys: list[str] = []
+    for t in targets:
+        matches = [k for k in LINEAR_KEYS if k == t or k.endswith("." + t)]
+        if not matches:
+            raise ConfigError(f"target module '{t}' is not a linear layer of this model; choose from: {', '.join(sorted(k.rsplit('.', 1)[-1] for k in LINEAR_KEYS))} (or all-linear)")
+        keys.extend(m for m in matches if m not in keys)
+    return keys
+
+
+class AdamW:
+    """mlx.optimizers.AdamW with bias correction, written out: the same update, step for step."""
+
+    def __init__(self, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+        self.step = 0
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update ``params`` in place."""
+        b1, b2 = self.betas
+        self.step += 1
+        for k, g in grads.items():
+            p = params[k]
+            m = self.m.get(k, np.zeros_like(p))
+            v = self.v.get(k, np.zeros_like(p))
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * np.square(g)
+            self.m[k], self.v[k] = m, v
+            p *= 1 - lr * self.weight_decay
+            c1 = lr / (1 - b1**self.step)
+            c2 = 1 / np.sqrt(1 - b2**self.step)
+            p -= (c1 * m / (np.sqrt(v) * c2 + self.eps)).astype(p.dtype)
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {f"{k}.m": v for k, v in self.m.items()}
+        out.update({f"{k}.v": v for k, v in self.v.items()})
+        out["step"] = np.array(self.step, dtype=np.int64)
+        return out
+
+
+def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
+    norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    factor = min(max_norm / (norm + 1e-6), 1.0)
+    return {k: g * np.asarray(factor, dtype=g.dtype) for k, g in grads.items()}
+
+
+class NumpyTrainer:
+    """LoRA training with the numpy reference model."""
+
+    backend = "numpy"
+
+    def __init__(self, model_dir: Path, cfg):
+        if cfg.dora:
+            raise UsageError("--dora is available with the mlx backend only")
+        if cfg.dtype not in (None, "float32"):
+            raise UsageError("the numpy backend computes in float32 (or float64 in tests); drop --dtype")
+        from .. import runtime
+
+        self.model, self.config = load_model(model_dir)
+        n_blocks = self.model.config.num_hidden_layers
+        self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
+        self.keys = resolve_keys(cfg.target_modules)
+        self._rng = np.random.default_rng(cfg.seed)
+        self.model.add_lora(self.num_layers, self.keys, cfg.rank, cfg.scale, self._rng, dropout=cfg.dropout)
+        self.n_trainable = sum(v.size for v in self.model.lora_params().values())
+        self.optimizer = AdamW(cfg.weight_decay)
+        self.grad_clip = cfg.grad_clip
+        self.description = f"numpy reference backend, float32 (numpy {np.__version__}); peak memory is the process's resident set"
+        self._peak = lambda: runtime.peak_memory_bytes("cpu")
+
+    def step(self, batch, lr: float) -> tuple[float, int]:
+        loss, n, grads = self.model.loss_and_grads(batch.inputs, batch.targets, batch.mask, rng=self._rng)
+        if self.grad_clip is not None:
+            grads = clip_by_global_norm(grads, self.grad_clip)
+        self.optimizer.update(self.model.lora_params(), grads, lr)
+        return float(loss), int(n)
+
+    def evaluate(self, batch) -> tuple[float, int]:
+        loss, n = self.model.loss(batch.inputs, batch.targets, batch.mask)
+        return float(loss) * float(n), int(n)
+
+    def adapter_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.astype(np.float32) for k, v in self.model.lora_params().items()}
+
+    def set_adapter_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.model.set_lora_params({k: np.asarray(v, dtype=self.model.dtype) for k, v in weights.items()})
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.optimizer.state()
+
+    def peak_memory(self) -> int:
+        return self._peak()
+
+
+# ---------------------------------------------------------------- inference
+
+
+def load_adapters(model, adapter_dir: Path) -> dict:
+    """Add the LoRA layers an adapter directory describes and load its weights."""
+    from .. import npio
+    from ..adapters import ADAPTER_WEIGHTS, read_adapter_config
+
+    config = read_adapter_config(adapter_dir)
+    if config.get("fine_tune_type") == "dora":
+        raise UsageError(f"{adapter_dir} holds a DoRA adapter, which the numpy backend does not implement; use --backend mlx")
+    lp = config["lora_parameters"]
+    keys = lp.get("keys") or list(LINEAR_KEYS)
+    model.add_lora(int(config["num_layers"]), keys, int(lp["rank"]), float(lp["scale"]), np.random.default_rng(0))
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not path.exists():
+        raise AdapterError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}: the run may not have saved yet")
+    weights, _ = npio.read_safetensors(path)
+    try:
+        model.set_lora_params({k: v.astype(model.dtype) for k, v in weights.items()})
+    except AdapterError as e:
+        raise AdapterError(f"adapter {path} does not fit this model ({e}): was it trained on a different base model?") from None
+    return config
+
+
+def sample(logits: np.ndarray, temp: float, top_p: float, rng: np.random.Generator) -> int:
+    """Greedy at temp 0; otherwise temperature with optional nucleus (top-p) filtering."""
+    if temp == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temp
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < top_p  # the smallest prefix reaching top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0)
+        p /= p.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+def generate_tokens(model, prompt: list[int], max_tokens: int, eos_ids: set[int], temp: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[int]:
+    """Token ids after ``prompt``, one at a time, with a KV cache; stops after an end token."""
+    rng = np.random.default_rng(seed)
+    cache = model.new_cache()
+    logits = model.forward(np.array([prompt], dtype=np.int32), cache)[0, -1]
+    for _ in range(max_tokens):
+        token = sample(logits, temp, top_p, rng)
+        yield token
+        if token in eos_ids:
+            return
+        logits = model.forward(np.array([[token]], dtype=np.int32), cache)[0, -1]

@@ -1,0 +1,397 @@
+"""The numpy reference model on its own: gradients against finite differences, KV cache, loading, fusing.
+
+Runs with numpy only (no mlx import here), so it also guards the backend that
+machines without mlx use. Gradient checks run in float64, where central
+differences are accurate to ~1e-9, so a relative error above 1e-6 is a bug.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlxtune import npio
+from mlxtune.backends import numpy_ops as ops
+from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, expected_shapes, load_model
+from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
+from tiny import tiny_config
+from tolerances import GRAD_CHECK
+
+EPS = 1e-5  # central-difference step in float64
+
+
+def numerical_grad(f, x: np.ndarray) -> np.ndarray:
+    """Central differences of the scalar f() w.r.t. every entry of x (changed in place, then restored)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + EPS
+        plus = f()
+        x[idx] = old - EPS
+        minus = f()
+        x[idx] = old
+        grad[idx] = (plus - minus) / (2 * EPS)
+    return grad
+
+
+def rel_err(analytic, numeric) -> float:
+    return float(np.max(np.abs(analytic - numeric)) / max(np.max(np.abs(numeric)), 1e-12))
+
+
+def check_op(name, forward, backward, inputs: dict, dout_shape=None, seed=0):
+    """Check backward(dout) of an op against finite differences of sum(forward(**inputs) * dout)."""
+    rng = np.random.default_rng(seed)
+    out, cache = forward(**inputs)
+    dout = rng.normal(size=np.shape(out))
+    grads = backward(dout, cache)
+    errors = {}
+    for key, analytic in grads.items():
+        numeric = numerical_grad(lambda: float(np.sum(forward(**inputs)[0] * dout)), inputs[key])
+        errors[key] = rel_err(analytic, numeric)
+    print(f"{name}: " + ", ".join(f"d{k} {e:.1e}" for k, e in errors.items()))
+    assert max(errors.values()) < GRAD_CHECK, errors
+
+
+# ------------------------------------------------------------------ per op
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_linear_backward(with_lora):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 5))
+    w, bias = rng.normal(size=(4, 5)), rng.normal(size=4)
+    lora = ops.LoRA(rng.normal(size=(5, 2)), rng.normal(size=(2, 4)), 0.7) if with_lora else None
+    drop = ops.dropout_mask(x.shape, 0.3, rng, np.float64) if with_lora else None
+
+    def backward(dy, cache):
+        dx, g = ops.linear_backward(dy, cache)
+        return {"x": dx} if g is None else {"x": dx, "a": g[0], "b": g[1]}
+
+    def forward(x, a=None, b=None):
+        return ops.linear_forward(x, w, bias, lora, drop)
+
+    inputs = {"x": x, "a": lora.a, "b": lora.b} if with_lora else {"x": x}  # the LoRA arrays are live
+    check_op("linear" + (" + LoRA + dropout" if with_lora else ""), forward, backward, inputs)
+
+
+def test_rmsnorm_backward():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=6)
+    check_op("rmsnorm", lambda x: ops.rmsnorm_forward(x, w, 1e-5), lambda d, c: {"x": ops.rmsnorm_backward(d, c)}, {"x": rng.normal(size=(2, 3, 6))})
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+def test_rope_backward(traditional):
+    rng = np.random.default_rng(3)
+    cos, sin = ops.rope_tables(np.arange(5, 9) * 0.5, 10000.0 ** (-np.arange(0, 8, 2) / 8), np.float64)
+    check_op(
+        f"rope traditional={traditional}",
+        lambda x: ops.rope_forward(x, cos, sin, traditional),
+        lambda d, c: {"x": ops.rope_backward(d, c)},
+        {"x": rng.normal(size=(2, 3, 4, 8))},
+    )
+
+
+def test_rope_is_a_rotation_of_half_pairs():
+    """Non-traditional RoPE pairs feature i with i + D/2 (mlx.nn.RoPE(traditional=False))."""
+    x = np.zeros((1, 1, 1, 4))
+    x[..., 0] = 1.0
+    cos, sin = ops.rope_tables(np.array([3.0]), np.array([1.0, 0.01]), np.float64)
+    out, _ = ops.rope_forward(x, cos, sin)
+    np.testing.assert_allclose(out[0, 0, 0], [np.cos(3.0), 0, np.sin(3.0), 0], atol=1e-15)
+
+
+@pytest.mark.parametrize("T,S,KVH", [(4, 4, 2), (3, 5, 2), (4, 4, 4), (1, 6, 1)])
+def test_attention_backward(T, S, KVH):
+    rng = np.random.default_rng(4)
+    B, H, D = 2, 4, 3
+    inputs = {"q": rng.normal(size=(B, H, T, D)), "k": rng.normal(size=(B, KVH, S, D)), "v": rng.normal(size=(B, KVH, S, D))}
+    check_op(
+        f"attention T={T} S={S} H={H} KVH={KVH}",
+        lambda q, k, v: ops.attention_forward(q, k, v, D**-0.5, offset=S - T),
+        lambda d, c: dict(zip("qkv", ops.attention_backward(d, c))),
+        inputs,
+    )
+
+
+def test_attention_is_causal_and_grouped():
+    """Query head h attends to key/value head h // G, and never to a later position."""
+    rng = np.random.default_rng(5)
+    B, H, KVH, T, D = 1, 4, 2, 5, 3
+    q, k, v = rng.normal(size=(B, H, T, D)), rng.normal(size=(B, KVH, T, D)), rng.normal(size=(B, KVH, T, D))
+    out, _ = ops.attention_forward(q, k, v, D**-0.5)
+    for h in range(H):
+        kv = h // (H // KVH)
+        for t in range(T):
+            s = q[0, h, t] @ k[0, kv, : t + 1].T * D**-0.5
+            p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+            np.testing.assert_allclose(out[0, h, t], p @ v[0, kv, : t + 1], atol=1e-12)
+
+
+def test_swiglu_backward():
+    rng = np.random.default_rng(6)
+    gate = rng.normal(size=(2, 3, 5)) * 3
+    gate[0, 0, 0] = -120.0  # exp overflow territory: silu -> 0, no NaN
+    check_op("swiglu", ops.swiglu_forward, lambda d, c: dict(zip(("gate", "up"), ops.swiglu_backward(d, c))), {"gate": gate, "up": rng.normal(size=(2, 3, 5))})
+
+
+def test_cross_entropy_backward():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(5, 11)) * 4
+    targets = rng.integers(0, 11, size=5)
+    weights = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    check_op(
+        "cross_entropy",
+        lambda logits: ops.cross_entropy_forward(logits, targets, weights),
+        lambda d, c: {"logits": ops.cross_entropy_backward(float(d), c)},
+        {"logits": logits},
+    )
+    total, _ = ops.cross_entropy_forward(logits, targets, weights)
+    lse = np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(total, np.sum((lse - logits[np.arange(5), targets]) * weights), rtol=1e-12)
+
+
+# --------------------------------------------------------------- the model
+
+SMALL = dict(hidden_size=16, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2, head_dim=4, num_hidden_layers=2)
+VARIANTS = {
+    "tied-gqa": {},
+    "untied": {"tie_word_embeddings": False},
+    "qwen2-qkv-bias": {"model_type": "qwen2", "attention_bias": True},
+    "llama-all-biases": {"attention_bias": True, "mlp_bias": True},
+    "mha-traditional-linear-rope": {"num_key_value_heads": 4, "rope_traditional": True, "rope_scaling": {"type": "linear", "factor": 2.0}},
+    "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+}
+
+
+def random_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights of the right names and shapes, float32 like a checkpoint."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in expected_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            w = 1 + 0.1 * rng.normal(size=shape)
+        elif name.endswith(".bias"):
+            w = 0.1 * rng.normal(size=shape)
+        elif name == "model.embed_tokens.weight":
+            w = rng.normal(size=shape)
+        else:
+            w = rng.uniform(-1, 1, size=shape) / np.sqrt(shape[1])
+        weights[name] = w.astype(np.float32)
+    return weights
+
+
+def small_model(variant="tied-gqa", dtype=np.float64, vocab=40, dropout=0.0, seed=0) -> NumpyLlama:
+    """A small model with LoRA on every linear layer and non-zero lora_b (so dA is not trivially zero)."""
+    cfg = ModelConfig.from_dict(tiny_config(vocab, **{**SMALL, **VARIANTS[variant]}))
+    model = NumpyLlama(cfg, random_weights(cfg, seed), dtype)
+    rng = np.random.default_rng(seed + 1)
+    model.add_lora(-1, list(LINEAR_KEYS), rank=2, scale=1.5, rng=rng, dropout=dropout)
+    for key, p in model.lora_params().items():
+        if key.endswith("lora_b"):
+            p[...] = 0.2 * rng.normal(size=p.shape)
+    return model
+
+
+def batch(vocab=40, B=2, T=6, seed=0):
+    """Right-padded batch: row 1 is 4 tokens long, and the first two targets of row 0 are prompt."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(0, vocab, size=(B, T)).astype(np.int32)
+    targets = rng.integers(0, vocab, size=(B, T)).astype(np.int32)
+    mask = np.ones((B, T), dtype=np.float32)
+    mask[0, :2] = 0
+    mask[1, 4:] = 0
+    inputs[1, 4:] = 0
+    targets[1, 4:] = 0
+    return inputs, targets, mask
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lora_gradients_match_finite_differences(variant):
+    model = small_model(variant)
+    inputs, targets, mask = batch()
+    loss, n, grads = model.loss_and_grads(inputs, targets, mask)
+    assert n == mask.sum() and loss == pytest.approx(model.loss(inputs, targets, mask)[0], rel=1e-12)
+    params = model.lora_params()
+    assert list(grads) == list(params)
+    worst = 0.0
+    for key, p in params.items():
+        numeric = numerical_grad(lambda: model.loss(inputs, targets, mask)[0], p)
+        err = rel_err(grads[key], numeric)
+        worst = max(worst, err)
+        assert err < GRAD_CHECK, f"{key}: relative error {err:.2e}"
+    print(f"{variant}: {len(params)} LoRA tensors, worst relative error {worst:.1e}")
+
+
+def test_lora_gradients_with_dropout():
+    """With rng given, dropout masks the LoRA input; the same seed gives the same masks."""
+    model = small_model(dropout=0.25)
+    inputs, targets, mask = batch()
+    _, _, grads = model.loss_and_grads(inputs, targets, mask, rng=np.random.default_rng(9))
+    worst = 0.0
+    for key, p in model.lora_params().items():
+        numeric = numerical_grad(lambda: model.loss_and_grads(inputs, targets, mask, rng=np.random.default_rng(9))[0], p)
+        worst = max(worst, rel_err(grads[key], numeric))
+    print(f"dropout: worst relative error {worst:.1e}")
+    assert worst < GRAD_CHECK
+    # No rng: no dropout, the same as a model without it.
+    loss_no_rng = model.loss_and_grads(inputs, targets, mask)[0]
+    assert loss_no_rng == pytest.approx(model.loss(inputs, targets, mask)[0], rel=1e-12)
+    assert loss_no_rng != pytest.approx(model.loss_and_grads(inputs, targets, mask, rng=np.random.default_rng(9))[0], rel=1e-9)
+
+
+def test_loss_is_masked_mean_of_cross_entropy():
+    model = small_model()
+    inputs, targets, mask = batch()
+    logits = model.forward(inputs)  # (B, T, V)
+    lse = np.log(np.exp(logits).sum(-1))
+    ce = lse - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    loss, n = model.loss(inputs, targets, mask)
+    assert n == 8.0
+    assert loss == pytest.approx(float((ce * mask).sum() / mask.sum()), rel=1e-12)
+    # Nothing to train on: loss 0, n 0, zero gradients (no division by zero).
+    loss, n, grads = model.loss_and_grads(inputs, targets, np.zeros_like(mask))
+    assert (loss, n) == (0.0, 0.0) and all(not g.any() for g in grads.values())
+
+
+def test_only_blocks_after_the_first_adapter_get_gradients():
+    cfg = ModelConfig.from_dict(tiny_config(40, **SMALL))
+    model = NumpyLlama(cfg, random_weights(cfg), np.float64)
+    assert model.loss_and_grads(*batch())[2] == {}
+    assert model.add_lora(1, ["self_attn.v_proj", "mlp.down_proj"], 2, 1.0, np.random.default_rng(0)) == 2
+    assert sorted(model.lora_params()) == [
+        "model.layers.1.mlp.down_proj.lora_a",
+        "model.layers.1.mlp.down_proj.lora_b",
+        "model.layers.1.self_attn.v_proj.lora_a",
+        "model.layers.1.self_attn.v_proj.lora_b",
+    ]
+    grads = model.loss_and_grads(*batch())[2]
+    assert set(grads) == set(model.lora_params())
+    assert not grads["model.layers.1.self_attn.v_proj.lora_a"].any()  # lora_b = 0
+    assert grads["model.layers.1.self_attn.v_proj.lora_b"].any()
+
+
+def test_add_lora_placement_and_init():
+    cfg = ModelConfig.from_dict(tiny_config(40, **SMALL))
+    base = NumpyLlama(cfg, random_weights(cfg), np.float64)
+    inputs = batch()[0]
+    before = base.forward(inputs)
+    for num_layers, blocks in ((0, []), (1, [1]), (2, [0, 1]), (-1, [0, 1]), (99, [0, 1])):
+        model = NumpyLlama(cfg, random_weights(cfg), np.float64)
+        n = model.add_lora(num_layers, ["self_attn.q_proj", "mlp.up_proj"], 3, 2.0, np.random.default_rng(0))
+        assert n == 2 * len(blocks)
+        assert {int(k.split(".")[2]) for k in model.lora_params()} == set(blocks)
+    a = model.lora_params()["model.layers.0.mlp.up_proj.lora_a"]
+    assert a.shape == (16, 3) and a.dtype == np.float64 and np.abs(a).max() <= 1 / 4
+    assert model.lora_params()["model.layers.0.mlp.up_proj.lora_b"].shape == (3, 24)
+    np.testing.assert_array_equal(model.forward(inputs), before)  # lora_b starts at zero
+    with pytest.raises(ConfigError, match="qq_proj"):
+        model.add_lora(1, ["self_attn.qq_proj"], 2, 1.0, np.random.default_rng(0))
+
+
+def test_set_lora_params_checks_keys_and_shapes():
+    model = small_model()
+    params = {k: v.copy() * 2 for k, v in model.lora_params().items()}
+    model.set_lora_params(params)
+    for k, v in model.lora_params().items():
+        np.testing.assert_array_equal(v, params[k])
+    key = "model.layers.0.self_attn.q_proj.lora_a"
+    with pytest.raises(AdapterError, match=key):
+        model.set_lora_params({k: v for k, v in params.items() if k != key})
+    with pytest.raises(AdapterError, match=r"model.layers.9.*lora_a"):
+        model.set_lora_params({**params, "model.layers.9.self_attn.q_proj.lora_a": params[key]})
+    with pytest.raises(AdapterError, match=rf"{key} has shape \(16, 3\).*\(16, 2\)"):
+        model.set_lora_params({**params, key: np.zeros((16, 3))})
+
+
+@pytest.mark.parametrize("variant", ["tied-gqa", "qwen2-qkv-bias"])
+def test_fused_weights_forward_equals_lora_forward(variant):
+    model = small_model(variant)
+    base = {k: v.copy() for k, v in model.weights.items()}
+    fused = model.fused_weights()
+    assert set(fused) == set(base)
+    inputs = batch()[0]
+    np.testing.assert_allclose(NumpyLlama(model.config, fused, np.float64).forward(inputs), model.forward(inputs), rtol=0, atol=1e-12)
+    for k, v in base.items():  # the base weights are untouched
+        np.testing.assert_array_equal(model.weights[k], v)
+
+
+@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_kv_cache_forward_equals_full_forward(dtype, atol):
+    model = small_model(dtype=dtype)
+    tokens = np.random.default_rng(3).integers(0, 40, size=(2, 10))
+    full = model.forward(tokens)  # (B, T, V)
+    cache = model.new_cache()
+    pieces = [model.forward(tokens[:, :4], cache)]
+    for t in range(4, 6):  # one token at a time, as in generation
+        pieces.append(model.forward(tokens[:, t : t + 1], cache))
+    pieces.append(model.forward(tokens[:, 6:], cache))  # a chunk on top of a cache
+    assert cache.offset == 10 and cache.keys[0].shape == (2, 2, 10, 4)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=0, atol=atol)
+
+
+# ----------------------------------------------------------------- loading
+
+
+def test_loads_the_tiny_model_directory(tiny_model):
+    model = load_model(tiny_model)
+    config, weights = npio.load_weights(tiny_model)
+    assert model.config.vocab_size == config["vocab_size"] and model.config.head_dim == 16
+    assert set(model.weights) == set(weights) and all(w.dtype == np.float32 for w in model.weights.values())
+    logits = model.forward(np.array([[1, 2, 3]]))
+    assert logits.shape == (1, 3, config["vocab_size"]) and np.isfinite(logits).all()
+
+
+def test_loader_names_missing_misshaped_and_unexpected_tensors():
+    cfg = ModelConfig.from_dict(tiny_config(40, **SMALL))
+    weights = random_weights(cfg)
+    key = "model.layers.1.mlp.up_proj.weight"
+    with pytest.raises(ModelFormatError, match=rf"lack 1 tensor.*{key}"):
+        NumpyLlama(cfg, {k: v for k, v in weights.items() if k != key})
+    with pytest.raises(ModelFormatError, match=rf"{key} has shape \(24, 15\).*\(24, 16\)"):
+        NumpyLlama(cfg, {**weights, key: np.zeros((24, 15), np.float32)})
+    with pytest.raises(ModelFormatError, match="model.layers.0.mlp.extra.weight"):
+        NumpyLlama(cfg, {**weights, "model.layers.0.mlp.extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(ModelFormatError, match="lm_head.weight"):
+        untied = ModelConfig.from_dict(tiny_config(40, **SMALL, tie_word_embeddings=False))
+        NumpyLlama(untied, weights)
+    # What mlx-lm's sanitize drops is ignored: rotary tables, a head of a tied model.
+    extra = {"model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(2, np.float32), "lm_head.weight": np.zeros((40, 16), np.float32)}
+    NumpyLlama(cfg, {**weights, **extra})
+
+
+def test_config_defaults_and_unsupported_models():
+    llama = ModelConfig.from_dict(tiny_config(40, **SMALL))
+    assert (llama.rope_theta, llama.head_dim, llama.attention_bias, llama.o_proj_bias) == (10000.0, 4, False, False)
+    raw = tiny_config(40, model_type="qwen2", head_dim=99)
+    del raw["rope_theta"]
+    qwen = ModelConfig.from_dict(raw)
+    assert (qwen.rope_theta, qwen.head_dim, qwen.attention_bias, qwen.o_proj_bias, qwen.mlp_bias) == (1e6, 16, True, False, False)
+    assert ModelConfig.from_dict(tiny_config(40, model_type="mistral")).model_type == "mistral"
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, qwen2"):
+        ModelConfig.from_dict(tiny_config(40, model_type="gpt2"))
+    with pytest.raises(UnsupportedModelError, match=r"'yarn'.*default, linear, llama3"):
+        ModelConfig.from_dict(tiny_config(40, rope_scaling={"type": "yarn", "factor": 4.0}))
+    with pytest.raises(UnsupportedModelError, match="sliding_attention"):
+        ModelConfig.from_dict(tiny_config(40, num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"]))
+    with pytest.raises(ModelFormatError, match="hidden_size"):
+        ModelConfig.from_dict({k: v for k, v in tiny_config(40).items() if k != "hidden_size"})
+
+
+def test_llama3_rope_frequencies():
+    """Llama 3 scaling: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+    cfg = ModelConfig.from_dict(tiny_config(40, head_dim=64, hidden_size=256, rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}))
+    inv, scale = cfg.rope_frequencies()
+    plain = 500000.0 ** (-np.arange(0, 64, 2) / 64)
+    wavelen = 2 * np.pi / plain
+    assert scale == 1.0
+    np.testing.assert_allclose(inv[wavelen < 2048], plain[wavelen < 2048])
+    np.testing.assert_allclose(inv[wavelen > 8192], plain[wavelen > 8192] / 8)
+    mid = (wavelen > 2048) & (wavelen < 8192)
+    assert mid.any() and np.all(inv[mid] < plain[mid]) and np.all(inv[mid] > plain[mid] / 8)
+
+
+def test_numpy_backend_does_not_import_mlx():
+    code = "import sys, mlxtune.backends.numpy_model; sys.exit(any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

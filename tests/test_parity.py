@@ -310,3 +310,28 @@ def test_smollm2_greedy_generation(smollm2_dir):
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
     tokenizer = load_tokenizer(smollm2_dir, config)
     check_generation(ours, theirs, tokenizer, prompt, "smollm2 generation", SMOL_LOGITS, decode=hf_tokenizer.decode)
+
+
+@pytest.mark.e2e
+def test_smollm2_ten_adamw_steps_agree(smollm2_dir):
+    """Both trainers, the same starting adapter and batches: the loss curves agree step by step."""
+    from make_golden import _Batch
+    from mlxtune.backends import open_trainer
+    from mlxtune.config import TrainConfig
+    from mlxtune.train import learning_rate_at
+    from tolerances import SMOL_TEN_STEPS
+
+    batches = [smollm2_batch(smollm2_dir, n_records=2, max_seq_len=160)]
+    cfg = TrainConfig(rank=8, alpha=16.0, learning_rate=1e-3, iters=10, warmup=2)
+    mlx_t, np_t = open_trainer("mlx", smollm2_dir, cfg), open_trainer("numpy", smollm2_dir, cfg)
+    np_t.set_adapter_weights(mlx_t.adapter_weights())  # the same start (the inits draw from different RNGs)
+    curves = {"mlx": [], "numpy": []}
+    for step in range(1, 11):
+        lr = learning_rate_at(cfg, step, 10)
+        for name, t in (("mlx", mlx_t), ("numpy", np_t)):
+            b = batches[0]
+            curves[name].append(t.step(_Batch(b.inputs, b.targets, b.mask), lr)[0])
+    diffs = [abs(a - b) / max(1.0, abs(b)) for a, b in zip(curves["mlx"], curves["numpy"])]
+    print(f"\n[smollm2 ten steps] mlx {[round(v, 4) for v in curves['mlx']]}\n                    numpy {[round(v, 4) for v in curves['numpy']]}\n worst step difference {max(diffs):.1e}")
+    assert curves["numpy"][-1] < curves["numpy"][0]
+    assert max(diffs) < SMOL_TEN_STEPS

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapters import read_adapter_config
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
 from .fsutil import staged_dir
@@ -66,15 +67,17 @@ def fuse(
     backend: str | None = "auto",
 ) -> FuseResult:
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir``."""
-    from .backends import choose_backend, mlx_available
+    from .backends import backend_for, choose_backend, mlx_available
 
     adapter_dir = Path(adapter_dir)
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
-    backend = choose_backend(backend, mlx_available())
+    choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
+    base_dir, notes = base_model_dir(adapter_dir, model, offline)
+    dora = read_adapter_config(adapter_dir).get("fine_tune_type") == "dora"
+    backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     if backend == "numpy" and quantize:
         raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
-    base_dir, notes = base_model_dir(adapter_dir, model, offline)
     base_config = json.loads((base_dir / "config.json").read_text())
     if dtype is None:
         # The dtype the base computes in: its scales' for a quantized base.

@@ -37,12 +37,13 @@ class Chunk:
 
 def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
     """Load a model (and adapter) for inference with the chosen backend."""
-    from .backends import choose_backend, mlx_available
+    from .adapters import read_adapter_config
+    from .backends import backend_for, choose_backend, mlx_available
     from .convert import ensure_mlx_model
     from .fuse import base_model_dir
     from .hub import resolve_model
 
-    backend = choose_backend(backend, mlx_available())
+    choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     notes: list[str] = []
     if adapter is not None:
         model_dir, notes = base_model_dir(Path(adapter), model, offline)
@@ -52,6 +53,8 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
             notes.append(source.note)
         model_dir = ensure_mlx_model(source)
     adapter_path = Path(adapter) if adapter else None
+    dora = adapter_path is not None and read_adapter_config(adapter_path).get("fine_tune_type") == "dora"
+    backend = backend_for(backend, model_dir, mlx_only="DoRA" if dora else None)
     if backend == "numpy":
         from .backends import numpy as npb
         from .tokenizer import eos_token_ids, load_tokenizer

@@ -101,11 +101,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     model_dir = ensure_mlx_model(source)
 
     from . import npio
-    from .backends import choose_backend, mlx_available, open_trainer
+    from .backends import backend_for, mlx_available, open_trainer
     from .adapters import adapter_config
     from .tokenizer import load_tokenizer
 
-    backend = choose_backend(cfg.backend, mlx_available())
+    backend = backend_for(cfg.backend, model_dir, mlx_only="DoRA" if cfg.dora else None)
+    if backend == "numpy" and cfg.backend in (None, "auto") and mlx_available():
+        on_event(Event("note", {"message": "training with the numpy backend: on a CPU it is faster than mlx's CPU backend for this model (--backend mlx to choose mlx)"}))
     tokenizer = load_tokenizer(model_dir)
     mask_prompt = cfg.mask_prompt if cfg.mask_prompt is not None else splits.format != "text"
     train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)

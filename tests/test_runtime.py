@@ -67,9 +67,15 @@ def test_backend_choice():
     from mlxtune.backends import choose_backend
     from mlxtune.errors import UsageError
 
-    assert choose_backend("auto", mlx_ok=True) == "mlx"
-    assert choose_backend(None, mlx_ok=True) == "mlx"
-    assert choose_backend("auto", mlx_ok=False) == "numpy"
+    # a Mac's GPU: mlx; a CPU: numpy for the llama family (faster there), mlx for the rest
+    assert choose_backend("auto", mlx_ok=True, device="gpu", model_type="llama") == "mlx"
+    assert choose_backend(None, mlx_ok=True, device="gpu", model_type="gemma3") == "mlx"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama") == "numpy"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="qwen2") == "numpy"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="gemma3") == "mlx"
+    assert choose_backend("auto", mlx_ok=False, device=None, model_type="llama") == "numpy"
+    assert choose_backend("mlx", mlx_ok=True, device="cpu", model_type="llama") == "mlx"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama", mlx_only="DoRA") == "mlx"
     assert choose_backend("numpy", mlx_ok=True) == "numpy"
     with pytest.raises(UsageError, match="--backend numpy"):
         choose_backend("mlx", mlx_ok=False)

@@ -101,7 +101,7 @@ class NumpyTrainer:
         self.n_trainable = sum(v.size for v in self.model.lora_params().values())
         self.optimizer = AdamW(cfg.weight_decay)
         self.grad_clip = cfg.grad_clip
-        self.description = f"numpy reference backend, float32 (numpy {np.__version__}); peak memory is the process's resident set"
+        self.description = f"CPU, float32, numpy {np.__version__}"
         self._peak = lambda: runtime.peak_memory_bytes("cpu")
 
     def step(self, batch, lr: float) -> tuple[float, int]:

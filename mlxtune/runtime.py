@@ -1,6 +1,6 @@
 """Where mlxtune's behaviour depends on the platform, the decision is made here.
 
-Three things differ between a Mac and a Linux box, and each is decided by one
+Four things differ between a Mac and a Linux box, and each is decided by one
 small pure function that the tests call with every platform:
 
 * ``choose_blas``: which BLAS library to load before ``mlx`` (Linux ``mlx[cpu]``
@@ -11,7 +11,10 @@ small pure function that the tests call with every platform:
   quantized matmuls at ~2-4 GFLOP/s against ~150+ for float32 with a good BLAS;
   a Metal GPU is fast at both and memory is the scarcer resource there);
 * ``peak_memory_bytes``: what "peak memory" means (Metal's allocator on a GPU,
-  the process's peak resident set elsewhere).
+  the process's peak resident set elsewhere);
+* ``choose_allocator``: how glibc's malloc should treat the numpy backend's
+  large, short-lived arrays (so that a training step does not fault the
+  pages of its arrays in afresh each time).
 
 This module must not import mlx at module level: ``preload_blas`` has to run
 before mlx is first imported, which ``mlxtune/__init__.py`` guarantees.
@@ -168,6 +171,68 @@ def peak_memory_bytes(device: str) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@dataclass(frozen=True)
+class MallocSettings:
+    """glibc ``mallopt`` parameters (see mallopt(3)); bytes."""
+
+    mmap_threshold: int  # M_MMAP_THRESHOLD: larger blocks get their own mmap
+    trim_threshold: int  # M_TRIM_THRESHOLD: free memory kept at the top of the heap before returning it
+    top_pad: int  # M_TOP_PAD: extra bytes asked of the kernel each time the heap grows
+
+
+# mallopt(3) parameter numbers, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+
+
+def choose_allocator(system: str, libc: str, env: dict[str, str] | None = None) -> MallocSettings | None:
+    """malloc settings for numpy training on this platform, or None to leave the allocator alone.
+
+    A numpy training step allocates and frees the same few hundred arrays of
+    1-30 MB every step. glibc serves such blocks with a fresh ``mmap`` each,
+    or, once its adaptive threshold has grown past them, from a heap whose
+    top it hands back to the kernel whenever a little is free there; either
+    way each step faults its pages in again. Serving blocks up to 32 MB
+    (glibc's maximum) from the heap and keeping up to 1 GB of freed heap lets
+    every step reuse the pages of the one before.
+
+    ``system`` is ``platform.system()``, ``libc`` the first item of
+    ``platform.libc_ver()`` ("glibc", or "" for musl and others), ``env`` the
+    environment: a user who set glibc's own ``MALLOC_*`` variables keeps
+    them. macOS, Windows and musl have other allocators: nothing to do.
+    """
+    if system != "Linux" or libc != "glibc":
+        return None
+    if env and any(name in env for name in _MALLOC_ENV):
+        return None
+    return MallocSettings(mmap_threshold=32 * 2**20, trim_threshold=2**30, top_pad=64 * 2**20)
+
+
+_allocator_state: dict = {}
+
+
+def tune_allocator() -> MallocSettings | None:
+    """Apply ``choose_allocator``'s settings to this process with ``mallopt``; idempotent.
+
+    Returns the settings in effect, or None where nothing was changed.
+    """
+    if "settings" in _allocator_state:
+        return _allocator_state["settings"]
+    settings = choose_allocator(platform.system(), platform.libc_ver()[0], dict(os.environ))
+    if settings is not None:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            params = ((_M_MMAP_THRESHOLD, settings.mmap_threshold), (_M_TRIM_THRESHOLD, settings.trim_threshold), (_M_TOP_PAD, settings.top_pad))
+            ok = all(mallopt(param, value) == 1 for param, value in params)
+        except (OSError, AttributeError):
+            ok = False
+        if not ok:
+            settings = None
+    _allocator_state["settings"] = settings
+    return settings
 
 
 def describe() -> str:

@@ -75,6 +75,34 @@ def test_linear_backward(with_lora):
     check_op("linear" + (" + LoRA + dropout" if with_lora else ""), forward, backward, inputs)
 
 
+@pytest.mark.parametrize("dropout", [False, True])
+def test_stacked_linears_backward(dropout):
+    """Layers reading one input as one matmul: a folded adapter, a plain layer, another adapter (behind dropout)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(7, 5))
+    drop = ops.dropout_mask((7, 5), 0.3, rng, np.float64) if dropout else None
+    layers = [
+        ops.Linear(rng.normal(size=(4, 5)), rng.normal(size=4), ops.LoRA(rng.normal(size=(5, 2)), rng.normal(size=(2, 4)), 0.7)),
+        ops.Linear(rng.normal(size=(3, 5))),
+        ops.Linear(rng.normal(size=(6, 5)), None, ops.LoRA(rng.normal(size=(5, 3)), rng.normal(size=(3, 6)), 1.3, 0.3), drop),
+    ]
+    assert [l.folded for l in layers] == [True, False, not dropout]
+    live = {"x": x, "a0": layers[0].lora.a, "b0": layers[0].lora.b, "a2": layers[2].lora.a, "b2": layers[2].lora.b}
+
+    def forward(**_):
+        return ops.linears_forward(x, layers), None
+
+    def backward(dy, _):
+        (da0, db0), none, (da2, db2) = ops.linears_backward_params(dy, x, layers)
+        assert none is None
+        return {"x": ops.linears_backward_input(dy, layers), "a0": da0, "b0": db0, "a2": da2, "b2": db2}
+
+    check_op(f"stacked linears dropout={dropout}", forward, backward, live)
+    # The stack is the layers side by side.
+    y = ops.linears_forward(x, layers)
+    np.testing.assert_allclose(y[:, 4:7], x @ layers[1].weight.T, rtol=1e-13)
+
+
 def test_rmsnorm_backward():
     rng = np.random.default_rng(2)
     w = rng.normal(size=6)
@@ -113,6 +141,21 @@ def test_attention_backward(T, S, KVH):
         lambda d, c: dict(zip("qkv", ops.attention_backward(d, c))),
         inputs,
     )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_attention_in_chunks_equals_one_chunk(chunk):
+    """Causal chunks of query positions (each seeing only the keys it may) change nothing."""
+    rng = np.random.default_rng(8)
+    B, KVH, G, T, S, D = 2, 2, 3, 5, 7, 4
+    q, k, v, do = rng.normal(size=(B, KVH, T * G, D)), rng.normal(size=(B, KVH, S, D)), rng.normal(size=(B, KVH, S, D)), rng.normal(size=(B, KVH, T * G, D))
+    whole, lse = ops.causal_attention(q, k, v, offset=S - T, chunk=T)
+    o, lse_c = ops.causal_attention(q, k, v, offset=S - T, chunk=chunk)
+    np.testing.assert_allclose(o, whole, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(lse_c, lse, rtol=1e-13, atol=1e-14)
+    for a, b in zip(ops.causal_attention_backward(do, q, k, v, lse, S - T, chunk), ops.causal_attention_backward(do, q, k, v, lse, S - T, T)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(ops.causal_attention_backward(do, q, k, v, lse, S - T, chunk)[3], whole, rtol=1e-13, atol=1e-14)  # o comes along
 
 
 def test_attention_is_causal_and_grouped():
@@ -255,6 +298,56 @@ def test_loss_is_masked_mean_of_cross_entropy():
     assert (loss, n) == (0.0, 0.0) and all(not g.any() for g in grads.values())
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_checkpointed_blocks_give_the_same_gradients(dropout):
+    """A checkpointed block recomputes q, k, v, gate and up (replaying its dropout masks) in the backward."""
+    model = small_model(dropout=dropout)
+    inputs, targets, mask = batch()
+    model.activation_budget = None
+    assert model.activation_plan(*inputs.shape) == (2, 0)
+    loss, n, grads = model.loss_and_grads(inputs, targets, mask, rng=np.random.default_rng(9))
+    keep, ckpt = model.saved_bytes_per_block(inputs.size)
+    for budget, plan in ((keep + ckpt, (1, 1)), (0, (0, 2))):
+        model.activation_budget = budget
+        assert model.activation_plan(*inputs.shape) == plan
+        loss_c, n_c, grads_c = model.loss_and_grads(inputs, targets, mask, rng=np.random.default_rng(9))
+        assert (loss_c, n_c) == (loss, n)
+        for k, g in grads.items():
+            np.testing.assert_allclose(grads_c[k], g, rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_activation_plan_counts_what_a_block_keeps():
+    model = small_model(dtype=np.float32)  # C 16, F 24, H 4, KVH 2, D 4
+    keep, ckpt = model.saved_bytes_per_block(10)
+    assert keep == 10 * (16 + 16 + 4 * 4 + 2 * 2 * 4 + 2 * 24 + 2 + 4) * 4  # x, x2, q, k, v, gate, up, two norm scales, lse
+    assert ckpt == 10 * (16 + 16 + 2 + 4) * 4  # x, x2, norm scales, lse
+    model.activation_budget = 2 * keep
+    assert model.activation_plan(2, 5) == (2, 0)
+    model.activation_budget = 2 * keep - 1
+    assert model.activation_plan(2, 5) == (1, 1)
+    model.activation_budget = 0
+    assert model.activation_plan(2, 5) == (0, 2)
+
+
+def test_head_in_chunks_equals_one_chunk(monkeypatch):
+    """The loss head computes a few rows of logits at a time; the result does not depend on how many."""
+    from mlxtune.backends import numpy_model
+
+    model = small_model()
+    inputs, targets, mask = batch()
+    monkeypatch.setattr(numpy_model, "HEAD_CHUNK_BYTES", 1)  # the minimum: 8 rows a chunk
+    assert model._head_rows() == 8
+    mask3 = mask.copy()
+    mask3[1, 4] = 1  # 9 rows with a target: a chunk of 8 and one of 1
+    loss9, n9, grads9 = model.loss_and_grads(inputs, targets, mask3)
+    monkeypatch.setattr(numpy_model, "HEAD_CHUNK_BYTES", 2**30)
+    loss9_one, _, grads9_one = model.loss_and_grads(inputs, targets, mask3)
+    assert n9 == 9 and loss9 == pytest.approx(loss9_one, rel=1e-13)
+    for k, g in grads9_one.items():
+        np.testing.assert_allclose(grads9[k], g, rtol=1e-12, atol=1e-15, err_msg=k)
+    assert model.loss(inputs, targets, mask3)[0] == pytest.approx(loss9_one, rel=1e-13)
+
+
 def test_only_blocks_after_the_first_adapter_get_gradients():
     cfg = ModelConfig.from_dict(tiny_config(40, **SMALL))
     model = NumpyLlama(cfg, random_weights(cfg), np.float64)
@@ -395,3 +488,15 @@ def test_llama3_rope_frequencies():
 def test_numpy_backend_does_not_import_mlx():
     code = "import sys, mlxtune.backends.numpy_model; sys.exit(any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_trainer_activation_budget():
+    from mlxtune.backends.numpy import ACTIVATION_FLOOR, activation_budget
+    from mlxtune.errors import UsageError
+
+    assert activation_budget(538_000_000) == int(0.8 * 538_000_000)  # SmolLM2-135M in float32
+    assert activation_budget(1000) == ACTIVATION_FLOOR  # tiny models never need to checkpoint
+    assert activation_budget(538_000_000, "1024") == 1024 * 2**20
+    assert activation_budget(538_000_000, "all") is None
+    with pytest.raises(UsageError, match="MLXTUNE_ACTIVATION_MB"):
+        activation_budget(1, "lots")

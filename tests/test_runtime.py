@@ -81,3 +81,32 @@ def test_backend_choice():
         choose_backend("mlx", mlx_ok=False)
     with pytest.raises(UsageError):
         choose_backend("torch", mlx_ok=True)
+
+
+def test_allocator_tuned_on_glibc_linux_only():
+    settings = runtime.choose_allocator("Linux", "glibc", {})
+    assert settings is not None
+    assert settings.mmap_threshold == 32 * 2**20  # glibc's maximum: mallopt refuses more
+    assert settings.trim_threshold >= 512 * 2**20 and settings.top_pad > 0
+    assert settings.trim_threshold < 2**31  # mallopt takes a C int
+    assert runtime.choose_allocator("Darwin", "", {}) is None  # macOS: its own malloc
+    assert runtime.choose_allocator("Linux", "", {}) is None  # musl (Alpine) and other libcs
+    assert runtime.choose_allocator("Windows", "", {}) is None
+
+
+def test_allocator_leaves_users_malloc_settings_alone():
+    assert runtime.choose_allocator("Linux", "glibc", {"MALLOC_MMAP_THRESHOLD_": "1000000"}) is None
+    assert runtime.choose_allocator("Linux", "glibc", {"MALLOC_ARENA_MAX": "2"}) is None
+    assert runtime.choose_allocator("Linux", "glibc", {"HOME": "/root"}) is not None
+
+
+def test_tune_allocator_applies_once_in_a_subprocess():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from mlxtune import runtime; a = runtime.tune_allocator(); b = runtime.tune_allocator(); print(a is b, a is not None)"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out[0] == "True"
+    assert out[1] == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

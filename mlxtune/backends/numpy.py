@@ -8,12 +8,35 @@ cache, and loading adapters. It never imports mlx.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import AdapterError, UsageError
+
+# The activations a training step keeps for its backward pass may take this
+# fraction of the model's weight memory (at least ACTIVATION_FLOOR bytes);
+# beyond it, blocks are checkpointed (NumpyLlama.activation_plan), at about 1%
+# of a step each. For SmolLM2-135M (538 MB of float32 weights) that is 430 MB:
+# a batch of 4 x 300 tokens keeps 13 of its 30 blocks whole, 4 x 512 keeps 4,
+# and the whole training process stays near 1.5 GB. MLXTUNE_ACTIVATION_MB
+# overrides it (a number of megabytes, or "all" to keep every block whole).
+ACTIVATION_FRACTION = 0.8
+ACTIVATION_FLOOR = 256 * 2**20
+
+
+def activation_budget(weight_bytes: int, env: str | None = None) -> int | None:
+    """Bytes of activations a step may keep (None: no limit), from the model size or MLXTUNE_ACTIVATION_MB."""
+    if env:
+        if env.strip().lower() in ("all", "none", "unlimited"):
+            return None
+        try:
+            return int(float(env) * 2**20)
+        except ValueError:
+            raise UsageError(f"MLXTUNE_ACTIVATION_MB must be a number of megabytes or 'all', not {env!r}") from None
+    return max(ACTIVATION_FLOOR, int(ACTIVATION_FRACTION * weight_bytes))
 
 LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
 
@@ -92,7 +115,10 @@ class NumpyTrainer:
             raise UsageError("the numpy backend computes in float32 (or float64 in tests); drop --dtype")
         from .. import runtime
 
+        runtime.tune_allocator()  # before the model's arrays, so that they and the step's share one heap
         self.model, self.config = load_model(model_dir)
+        weight_bytes = sum(w.nbytes for w in self.model.weights.values())
+        self.model.activation_budget = activation_budget(weight_bytes, os.environ.get("MLXTUNE_ACTIVATION_MB"))
         n_blocks = self.model.config.num_hidden_layers
         self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
         self.keys = resolve_keys(cfg.target_modules)

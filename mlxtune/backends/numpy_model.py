@@ -26,6 +26,7 @@ This module imports numpy (and mlxtune's error types) only; never mlx.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,14 @@ LINEAR_KEYS = (
     "self_attn.q_proj",
     "self_attn.v_proj",
 )
+# The same layers grouped by the input they read: each group is one stacked matmul.
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_O = ("self_attn.o_proj",)
+_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+_DOWN = ("mlp.down_proj",)
+_BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
+# Logits computed at a time by the loss head: (rows, V) of this many bytes.
+HEAD_CHUNK_BYTES = 32 * 2**20
 # Tensors a checkpoint may carry that the model does not use (mlx-lm's sanitize drops them too).
 _IGNORED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
 
@@ -202,6 +211,10 @@ class NumpyLlama:
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
         self.attn_scale = cfg.head_dim**-0.5
+        # Bytes of activations a training step may keep for its backward pass
+        # (see activation_plan); None keeps every block's.
+        self.activation_budget: int | None = None
+        self._scratch: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ LoRA
 
@@ -268,16 +281,17 @@ class NumpyLlama:
     def forward(self, inputs: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
         """Logits (B, T, V) for token ids (B, T); with a cache, positions continue from cache.offset."""
         inputs = self._check_tokens(inputs)
+        B, T = inputs.shape
         offset = 0 if cache is None else cache.offset
-        rope = self._rope(offset, inputs.shape[1])
+        rope = self._rope(offset, T)
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
-            x, _ = self._block_forward(i, x, rope, cache, offset)
+            x, _ = self._block_forward(i, x, rope, kv=cache, offset=offset)
         if cache is not None:
-            cache.offset += inputs.shape[1]
-        x, _ = ops.rmsnorm_forward(x, self.weights["model.norm.weight"], self.config.rms_norm_eps)  # (B, T, C)
-        logits, _ = ops.linear_forward(x, self._head_weight())  # (B, T, V)
-        return logits
+            cache.offset += T
+        x2 = x.reshape(B * T, -1)  # (N, C)
+        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
+        return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
 
     def loss(self, inputs, targets, mask) -> tuple[float, float]:
         """(mean masked cross-entropy, number of targets): sum(CE * mask) / max(sum(mask), 1)."""
@@ -286,32 +300,84 @@ class NumpyLlama:
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope)
-        loss, n, _ = self._head_loss(x, np.asarray(targets), np.asarray(mask))
+        loss, n, _ = self._head_loss(x, np.asarray(targets), np.asarray(mask), grad=False)
         return loss, n
 
     def loss_and_grads(self, inputs, targets, mask, rng: np.random.Generator | None = None) -> tuple[float, float, dict[str, np.ndarray]]:
         """(loss, n, gradients of the loss w.r.t. every lora_params() tensor).
 
         Dropout is applied to the LoRA inputs only when an adapter has
-        dropout > 0 and ``rng`` is given.
+        dropout > 0 and ``rng`` is given. What each block keeps for its
+        backward pass, and which blocks keep only their input and recompute
+        the rest there, is ``activation_plan``'s decision.
         """
         inputs = self._check_tokens(inputs)
+        B, T = inputs.shape
         n_blocks = self.config.num_hidden_layers
         first = min((int(name.split(".")[2]) for name in self.adapters), default=n_blocks)
-        rope = self._rope(0, inputs.shape[1])
+        _, n_checkpointed = self.activation_plan(B, T)
+        dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
+        rope = self._rope(0, T)
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
-        caches = []
+        saved: list[_Saved] = []
         for i in range(n_blocks):
-            x, cache = self._block_forward(i, x, rope, rng=rng)
-            if i >= first:  # blocks before the first adapter need no backward pass
-                caches.append(cache)
-        loss, n, head_cache = self._head_loss(x, np.asarray(targets), np.asarray(mask))
+            if i < first:  # blocks before the first adapter need no backward pass
+                x, _ = self._block_forward(i, x, rope)
+                continue
+            snapshot = copy.deepcopy(rng) if dropout else None  # replays this block's dropout masks in the backward
+            drops = self._dropout_masks(i, B * T, rng) if dropout else {}
+            x, s = self._block_forward(i, x, rope, drops=drops, save="inputs" if i - first < n_checkpointed else "all")
+            s.rng = snapshot
+            saved.append(s)
+            del drops
+        loss, n, dx = self._head_loss(x, np.asarray(targets), np.asarray(mask), grad=True)
+        del x
         grads: dict[str, np.ndarray] = {}
-        dx = self._head_loss_backward(head_cache)  # (B, T, C)
         for i in reversed(range(first, n_blocks)):
-            dx, block_grads = self._block_backward(i, dx, caches.pop())
-            grads.update(block_grads)
+            s = saved.pop()
+            drops = self._dropout_masks(i, B * T, s.rng) if s.rng is not None else {}
+            if s.gu is None:  # checkpointed
+                self._recompute(i, s, rope, drops)
+            dx = self._block_backward(i, dx, s, rope, drops, grads)
+            del s, drops
         return loss, n, {k: grads[k] for k in self.lora_params()}
+
+    # ------------------------------------------------------- activation memory
+
+    def saved_bytes_per_block(self, rows: int) -> tuple[int, int]:
+        """(bytes a block keeps for its backward, bytes a checkpointed block keeps) for ``rows`` = B * T.
+
+        Kept: the block input x and the residual after attention x2 (C
+        each), two norm scales, the attention's log-sum-exp per head (H),
+        and, unless checkpointed, rotated q, k and v (H*D + 2*KVH*D) and the
+        gate and up projections (2F). Everything else (norm outputs, attention
+        probabilities and output, the SwiGLU product) is recomputed in the
+        backward from these; a checkpointed block recomputes q, k, v, gate
+        and up too (two of its four matmuls).
+        """
+        cfg = self.config
+        inputs = 2 * cfg.hidden_size + 2 + cfg.num_attention_heads  # per row
+        rest = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 2 * cfg.intermediate_size
+        itemsize = np.dtype(self.dtype).itemsize
+        return rows * (inputs + rest) * itemsize, rows * inputs * itemsize
+
+    def activation_plan(self, B: int, T: int) -> tuple[int, int]:
+        """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.
+
+        With ``activation_budget`` (bytes) set, the fewest blocks are
+        checkpointed that bring the activations kept across the step within
+        it; each checkpointed block keeps about a fifth of the bytes and costs
+        one more pass through its q, k, v, gate and up projections (about 1%
+        of a step for SmolLM2-135M). None: keep all.
+        """
+        first = min((int(name.split(".")[2]) for name in self.adapters), default=self.config.num_hidden_layers)
+        n = self.config.num_hidden_layers - first
+        keep, ckpt = self.saved_bytes_per_block(B * T)
+        budget = self.activation_budget
+        if budget is None or n * keep <= budget:
+            return n, 0
+        k = min(n, math.ceil((n * keep - budget) / (keep - ckpt)))
+        return n - k, k
 
     # ------------------------------------------------------------- internals
 
@@ -323,103 +389,247 @@ class NumpyLlama:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), found {inputs.min()}..{inputs.max()}")
         return inputs
 
-    def _rope(self, offset: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rope(self, offset: int, T: int) -> tuple[np.ndarray, ...]:
+        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by head_dim**-0.5, then of k.
+
+        Folding the attention scale into q's rotation costs nothing and
+        leaves the scores as they are (the scale is a power of two for the
+        usual even exponents of the head size, so even rounding is unchanged).
+        """
+        cfg = self.config
         positions = (offset + np.arange(T)) * self.position_scale  # (T,)
-        return ops.rope_tables(positions, self.inv_freq, self.dtype)  # (T, D/2) cos, sin
+        cos, sin = ops.rope_tables(positions, self.inv_freq, self.dtype)  # (T, D/2)
+        q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
+        k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
+        return (*q_rot, *k_rot)
 
     def _head_weight(self) -> np.ndarray:
         return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)
 
-    def _linear(self, name: str, x: np.ndarray, rng: np.random.Generator | None):
-        lora = self.adapters.get(name)
-        drop = None
-        if lora is not None and lora.dropout > 0 and rng is not None:
-            drop = ops.dropout_mask(x.shape, lora.dropout, rng, self.dtype)
-        return ops.linear_forward(x, self.weights[name + ".weight"], self.weights.get(name + ".bias"), lora, drop)
+    def _layers(self, i: int, group: tuple[str, ...], drops: dict) -> list[ops.Linear]:
+        """The linear layers ``group`` of block i (which read the same input), with their adapters and masks."""
+        p = f"model.layers.{i}."
+        return [ops.Linear(self.weights[p + k + ".weight"], self.weights.get(p + k + ".bias"), self.adapters.get(p + k), drops.get(k)) for k in group]
 
-    def _block_forward(self, i: int, x, rope, kv: KVCache | None = None, offset: int = 0, rng=None):
-        """x + attention(norm(x)), then + mlp(norm(.)). x: (B, T, C). Returns (out, cache)."""
+    def _dropout_masks(self, i: int, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Block i's dropout masks for the LoRA inputs, drawn in a fixed order (so a saved rng replays them)."""
+        drops = {}
+        for key in _BLOCK_ORDER:
+            lora = self.adapters.get(f"model.layers.{i}.{key}")
+            if lora is not None and lora.dropout > 0:
+                in_dim = self.weights[f"model.layers.{i}.{key}.weight"].shape[1]
+                drops[key] = ops.dropout_mask((rows, in_dim), lora.dropout, rng, self.dtype)  # (N, in)
+        return drops
+
+    def _block_forward(self, i: int, x, rope, kv: KVCache | None = None, offset: int = 0, drops: dict | None = None, save: str | None = None):
+        """x + attention(norm(x)), then + mlp(norm(.)).  x: (B, T, C) -> (out (B, T, C), saved or None).
+
+        ``save="all"`` also returns what ``_block_backward`` needs (see
+        ``saved_bytes_per_block``); ``save="inputs"`` (a checkpointed block)
+        only the inputs of the two halves of the block, x and x2, and the
+        attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
+        """
         cfg, w, p = self.config, self.weights, f"model.layers.{i}."
-        B, T, _ = x.shape
-        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        cos, sin = rope
-        h, c_n1 = ops.rmsnorm_forward(x, w[p + "input_layernorm.weight"], cfg.rms_norm_eps)  # (B, T, C)
-        q, c_q = self._linear(p + "self_attn.q_proj", h, rng)  # (B, T, H*D)
-        k, c_k = self._linear(p + "self_attn.k_proj", h, rng)  # (B, T, KVH*D)
-        v, c_v = self._linear(p + "self_attn.v_proj", h, rng)  # (B, T, KVH*D)
-        q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
-        k = k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3)  # (B, KVH, T, D)
-        v = v.reshape(B, T, KVH, D).transpose(0, 2, 1, 3)  # (B, KVH, T, D)
-        q, c_rq = ops.rope_forward(q, cos, sin, cfg.rope_traditional)  # (B, H, T, D)
-        k, c_rk = ops.rope_forward(k, cos, sin, cfg.rope_traditional)  # (B, KVH, T, D)
+        B, T, C = x.shape
+        eps, drops = cfg.rms_norm_eps, drops or {}
+        x2d = x.reshape(B * T, C)  # (N, C)
+        rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2d, rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, self._layers(i, _QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
+        del h
+        q, k, v = self._split_heads(qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2
+        del qkv
         if kv is not None:
             k, v = kv.update(i, k, v)  # (B, KVH, S, D)
-        a, c_att = ops.attention_forward(q, k, v, self.attn_scale, offset)  # (B, H, T, D)
-        a = a.transpose(0, 2, 1, 3).reshape(B, T, H * D)  # (B, T, H*D)
-        o, c_o = self._linear(p + "self_attn.o_proj", a, rng)  # (B, T, C)
-        x = x + o  # (B, T, C)
-        h, c_n2 = ops.rmsnorm_forward(x, w[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)  # (B, T, C)
-        g, c_g = self._linear(p + "mlp.gate_proj", h, rng)  # (B, T, F)
-        u, c_u = self._linear(p + "mlp.up_proj", h, rng)  # (B, T, F)
-        m, c_act = ops.swiglu_forward(g, u)  # (B, T, F)
-        d, c_d = self._linear(p + "mlp.down_proj", m, rng)  # (B, T, C)
-        return x + d, (c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_act, c_d)
+        att, lse = ops.causal_attention(q, k, v, offset)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
+        a = self._merge_heads(att, B, T)  # (N, H*D)
+        del att
+        x2 = ops.linears_forward(a, self._layers(i, _O, drops))  # (N, C): o
+        del a
+        x2 += x2d  # (N, C) the residual after attention, x + o
+        rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2, rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        gu = ops.linears_forward(h, self._layers(i, _GATE_UP, drops))  # (N, 2F): gate | up
+        del h
+        if save == "all":
+            saved = _Saved(x, rstd1, q, k, v, lse, x2, rstd2, gu)
+        elif save == "inputs":
+            saved = _Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2)
+        else:
+            saved = None
+        del q, k, v, lse
+        m = ops.swiglu_rows(gu)  # (N, F) silu(gate) * up
+        del gu
+        out = ops.linears_forward(m, self._layers(i, _DOWN, drops))  # (N, C): down
+        del m
+        out += x2  # (N, C) x2 + down
+        return out.reshape(B, T, C), saved
 
-    def _block_backward(self, i: int, dout, cache):
-        """-> (d block input (B, T, C), {lora param name: grad}) for one block."""
-        c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_act, c_d = cache
-        cfg, p = self.config, f"model.layers.{i}."
-        B, T, _ = dout.shape
-        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        lora_grads = {}
-        # MLP branch: out = x + down(silu(gate(h)) * up(h)), h = n2(x)
-        dm, lora_grads["mlp.down_proj"] = ops.linear_backward(dout, c_d)  # (B, T, F)
-        dg, du = ops.swiglu_backward(dm, c_act)  # (B, T, F) each
-        dh, lora_grads["mlp.gate_proj"] = ops.linear_backward(dg, c_g)  # (B, T, C)
-        dh_up, lora_grads["mlp.up_proj"] = ops.linear_backward(du, c_u)  # (B, T, C)
-        dx = dout + ops.rmsnorm_backward(dh + dh_up, c_n2)  # (B, T, C)
-        # attention branch: x = x_in + o(attn(rope(q(h)), rope(k(h)), v(h))), h = n1(x_in)
-        da, lora_grads["self_attn.o_proj"] = ops.linear_backward(dx, c_o)  # (B, T, H*D)
-        da = da.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
-        dq, dk, dv = ops.attention_backward(da, c_att)  # (B, H, T, D), (B, KVH, T, D) x2
-        dq = ops.rope_backward(dq, c_rq).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # (B, T, H*D)
-        dk = ops.rope_backward(dk, c_rk).transpose(0, 2, 1, 3).reshape(B, T, KVH * D)  # (B, T, KVH*D)
-        dv = dv.transpose(0, 2, 1, 3).reshape(B, T, KVH * D)  # (B, T, KVH*D)
-        dh, lora_grads["self_attn.q_proj"] = ops.linear_backward(dq, c_q)  # (B, T, C)
-        dh_k, lora_grads["self_attn.k_proj"] = ops.linear_backward(dk, c_k)  # (B, T, C)
-        dh_v, lora_grads["self_attn.v_proj"] = ops.linear_backward(dv, c_v)  # (B, T, C)
-        dx = dx + ops.rmsnorm_backward(dh + dh_k + dh_v, c_n1)  # (B, T, C)
-        grads = {}
-        for key, g in lora_grads.items():
+    def _recompute(self, i: int, s: "_Saved", rope, drops: dict) -> None:
+        """Fill in what a checkpointed block did not keep: q, k, v and gate | up, from x and x2.
+
+        The attention itself is not recomputed here: its backward recomputes
+        the probabilities from q, k and the kept log-sum-exp anyway.
+        """
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = s.x.shape
+        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, self._layers(i, _QKV, drops))  # (N, (H + 2 KVH) D)
+        del h
+        s.q, s.k, s.v = self._split_heads(qkv, B, T, rope)
+        del qkv
+        h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        s.gu = ops.linears_forward(h, self._layers(i, _GATE_UP, drops))  # (N, 2F)
+
+    def _block_backward(self, i: int, dout, s: "_Saved", rope, drops: dict, grads: dict) -> np.ndarray:
+        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = dout.shape
+        dout = dout.reshape(B * T, C)  # (N, C)
+        # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
+        down = self._layers(i, _DOWN, drops)
+        dm = ops.linears_backward_input(dout, down)  # (N, F)
+        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up
+        del dm
+        self._collect(grads, p, _DOWN, ops.linears_backward_params(dout, m, down))
+        del m
+        gate_up = self._layers(i, _GATE_UP, drops)
+        dh = ops.linears_backward_input(dgu, gate_up)  # (N, C)
+        norm2 = w[p + "post_attention_layernorm.weight"]
+        self._collect(grads, p, _GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
+        del dgu
+        dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
+        dx2 += dout  # d x2: through the norm and the residual
+        del dh
+        # attention branch: x2 = x + o(attn(q, k, v)), (q | k | v) = rope(qkv(n1(x)))
+        o_proj = self._layers(i, _O, drops)
+        da = ops.linears_backward_input(dx2, o_proj)  # (N, H*D)
+        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse)
+        del da
+        self._collect(grads, p, _O, ops.linears_backward_params(dx2, self._merge_heads(att, B, T), o_proj))
+        del att
+        dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
+        del dq, dk, dv
+        qkv = self._layers(i, _QKV, drops)
+        dh = ops.linears_backward_input(dqkv, qkv)  # (N, C)
+        norm1 = w[p + "input_layernorm.weight"]
+        x = s.x.reshape(B * T, C)
+        self._collect(grads, p, _QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
+        del dqkv
+        dx = ops.rmsnorm_grad(dh, x, s.rstd1, norm1)  # (N, C)
+        dx += dx2
+        return dx.reshape(B, T, C)
+
+    @staticmethod
+    def _collect(grads: dict, prefix: str, group: tuple[str, ...], layer_grads) -> None:
+        """Store each adapter's (dA, dB) under its parameter names."""
+        for key, g in zip(group, layer_grads):
             if g is not None:
-                grads[p + key + ".lora_a"], grads[p + key + ".lora_b"] = g
-        return dx, grads
+                grads[prefix + key + ".lora_a"], grads[prefix + key + ".lora_b"] = g
 
-    def _head_loss(self, x, targets, mask):
-        """Final norm, head and masked mean cross-entropy, on the rows that have a target only.
+    def _split_heads(self, qkv, B: int, T: int, rope):
+        """q | k | v projections (N, (H + 2 KVH) D) -> rotated q (B, KVH, T*G, D), rotated k and v (B, KVH, T, D).
 
-        Rows with mask 0 contribute nothing to the loss or its gradient, so their
-        (V,)-sized logits are never computed. Returns (loss, n, cache).
+        q's rows per key/value head are ordered (position, query head), the
+        layout of ``ops.causal_attention``, and q is scaled (see ``_rope``).
+        """
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        q_cos, q_sin, k_cos, k_sin = rope  # (T, H*D) x2, (T, KVH*D) x2
+        q = ops.rotate(qkv[:, : H * D].reshape(B, T, H * D), q_cos, q_sin, trad, D)  # (B, T, H*D)
+        q = np.ascontiguousarray(q.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+        k = ops.rotate(qkv[:, H * D : (H + KVH) * D].reshape(B, T, KVH * D), k_cos, k_sin, trad, D)  # (B, T, KVH*D)
+        k = np.ascontiguousarray(k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        v = np.ascontiguousarray(qkv[:, (H + KVH) * D :].reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        return q, k, v
+
+    def _merge_qkv_grads(self, dq, dk, dv, B: int, T: int, rope) -> np.ndarray:
+        """The inverse of ``_split_heads`` for gradients: -> d(q | k | v) (N, (H + 2 KVH) D), RoPE and scale undone."""
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        q_cos, q_sin, k_cos, k_sin = rope
+        dqkv = np.empty((B * T, (H + 2 * KVH) * D), dtype=dq.dtype)
+        dq = np.ascontiguousarray(dq.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, T, H * D)
+        ops.rotate(dq, q_cos, -q_sin, trad, D, out=_view(dqkv[:, : H * D], B, T, H * D))
+        dk = np.ascontiguousarray(dk.transpose(0, 2, 1, 3)).reshape(B, T, KVH * D)
+        ops.rotate(dk, k_cos, -k_sin, trad, D, out=_view(dqkv[:, H * D : (H + KVH) * D], B, T, KVH * D))
+        _view(dqkv[:, (H + KVH) * D :], B, T, KVH, D)[...] = dv.transpose(0, 2, 1, 3)
+        return dqkv
+
+    def _merge_heads(self, att, B: int, T: int) -> np.ndarray:
+        """Attention output (B, KVH, T*G, D) -> rows (N, H*D), heads in Hugging Face order."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(att.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B * T, KVH * G * D)
+
+    def _split_rows(self, a, B: int, T: int) -> np.ndarray:
+        """The inverse of ``_merge_heads``: (N, H*D) -> (B, KVH, T*G, D)."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(a.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+
+    def _head_rows(self) -> int:
+        """Rows of logits computed at a time: HEAD_CHUNK_BYTES of (rows, V) logits."""
+        return max(8, HEAD_CHUNK_BYTES // (self.config.vocab_size * np.dtype(self.dtype).itemsize) // 8 * 8)
+
+    def _head_loss(self, x, targets, mask, grad: bool):
+        """Final norm, head and masked mean cross-entropy, a chunk of rows at a time; with ``grad``, d loss / d x too.
+
+        Only rows with a target are computed: rows with mask 0 contribute
+        nothing to the loss or its gradient. The head is the last op, so the
+        gradient of each chunk is computed as soon as its loss is and only
+        d x (B, T, C) is kept; the (rows, V) logits never exist for the whole
+        batch. Returns (loss, n, d x or None).
         """
         B, T, C = x.shape
-        weights = mask.reshape(-1).astype(self.dtype)  # (B*T,)
+        x2 = x.reshape(B * T, C)  # (N, C)
+        weights = mask.reshape(-1).astype(self.dtype)  # (N,)
+        targets = targets.reshape(-1)
         rows = np.flatnonzero(weights)  # (n_rows,)
         n = float(weights.sum())
-        xs = x.reshape(B * T, C)[rows]  # (n_rows, C)
-        h, c_norm = ops.rmsnorm_forward(xs, self.weights["model.norm.weight"], self.config.rms_norm_eps)  # (n_rows, C)
-        logits, c_head = ops.linear_forward(h, self._head_weight())  # (n_rows, V)
-        total, c_ce = ops.cross_entropy_forward(logits, targets.reshape(-1)[rows], weights[rows])
         denom = max(n, 1.0)
-        return total / denom, n, (x.shape, rows, denom, c_norm, c_head, c_ce)
+        head, norm, eps = self._head_weight(), self.weights["model.norm.weight"], self.config.rms_norm_eps
+        dx = np.zeros_like(x2) if grad else None  # (N, C)
+        total = 0.0
+        step = self._head_rows()
+        buffer = self._logits_buffer(min(step, len(rows)))
+        for start in range(0, len(rows), step):
+            idx = rows[start : start + step]  # (r,)
+            xs = x2[idx]  # (r, C)
+            rstd = ops.rmsnorm_rstd(xs, eps)  # (r, 1)
+            logits = np.matmul(ops.rmsnorm_apply(xs, rstd, norm), head.T, out=buffer[: len(idx)])  # (r, V)
+            ce, dlogits = ops.cross_entropy_fused(logits, targets[idx], weights[idx], 1.0 / denom if grad else None)
+            total += float(np.sum(ce * weights[idx]))
+            if grad:
+                dx[idx] = ops.rmsnorm_grad(dlogits @ head, xs, rstd, norm)  # (r, C)
+        return total / denom, n, None if dx is None else dx.reshape(B, T, C)
 
-    def _head_loss_backward(self, cache) -> np.ndarray:
-        """-> d loss / d x (B, T, C), zero on rows without a target."""
-        (B, T, C), rows, denom, c_norm, c_head, c_ce = cache
-        dlogits = ops.cross_entropy_backward(1.0 / denom, c_ce)  # (n_rows, V)
-        dh, _ = ops.linear_backward(dlogits, c_head)  # (n_rows, C)
-        dx = np.zeros((B * T, C), dtype=self.dtype)  # (B*T, C)
-        dx[rows] = ops.rmsnorm_backward(dh, c_norm)
-        return dx.reshape(B, T, C)
+    def _logits_buffer(self, rows: int) -> np.ndarray:
+        """A (rows, V) scratch array kept across steps (a fresh one of this size costs page faults every step)."""
+        buf = self._scratch.get("logits")
+        if buf is None or buf.shape[0] < rows:
+            buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
+        return buf
+
+
+class _Saved:
+    """What one block keeps for its backward pass (only x when checkpointed). Shapes as in ``_block_forward``."""
+
+    __slots__ = ("x", "rstd1", "q", "k", "v", "lse", "x2", "rstd2", "gu", "rng")
+
+    def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, rng=None):
+        self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
+        self.lse, self.x2, self.rstd2, self.gu, self.rng = lse, x2, rstd2, gu, rng  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F), rng or None
+
+
+def _view(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` reshaped without a copy (for writing through); fails loudly where numpy would copy."""
+    v = a.reshape(shape)
+    if not np.may_share_memory(v, a):
+        raise AssertionError(f"reshaping {a.shape} with strides {a.strides} to {shape} would copy")
+    return v
 
 
 def load_model(model_dir: str | Path, dtype=np.float32) -> NumpyLlama:

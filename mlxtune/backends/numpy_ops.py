@@ -2,13 +2,24 @@
 
 Every op is written as ``<op>_forward(...) -> (out, cache)`` and
 ``<op>_backward(dout, cache) -> grads``, in the style of llm.c's reference
-implementation: ``cache`` holds exactly what the backward pass needs and
-nothing more, and each backward is checked against finite differences in
-``tests/test_numpy_model.py``.
+implementation, and each backward is checked against finite differences in
+``tests/test_numpy_model.py``. The model (``numpy_model``) trains with the same
+ops through their lower-level halves (``linears_*``, ``rmsnorm_*``, ``rotate``,
+``causal_attention*``, ``swiglu_*``, ``cross_entropy_fused``), which take what
+they need explicitly, so that it can choose what to keep for the backward pass
+and what to recompute there.
 
 Only LoRA parameters are trained, so the backward of a frozen weight returns the
 gradient of its *input* (the activation) and never the gradient of the weight:
 ``dW`` of a 576 x 1536 projection is never formed.
+
+Where the speed comes from (float32 on a CPU): every large product is a single
+BLAS call on contiguous float32 (linear layers that read the same input are
+stacked into one matmul, and each LoRA update is folded into its layer's
+weight, ``W + scale (A B)ᵀ``, so that forward and input gradient are one sgemm
+each); element-wise work on large arrays is done in place; attention runs in
+causal chunks of query positions, never forming the (T, T) probabilities of a
+whole sequence at once.
 
 Shapes: B batch, T query positions, S key positions (T, or more with a KV
 cache), C model width, H query heads, KVH key/value heads, G = H // KVH query
@@ -21,6 +32,7 @@ This module imports numpy only: it must run where mlx cannot be installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,10 +52,124 @@ class LoRA:
     dropout: float = 0.0
 
 
+@dataclass
+class Linear:
+    """One frozen linear layer as the ops see it: weight (out, in), optional bias, LoRA and dropout mask."""
+
+    weight: np.ndarray  # (out, in)
+    bias: np.ndarray | None = None  # (out,)
+    lora: LoRA | None = None
+    drop: np.ndarray | None = None  # (N, in) dropout mask for the LoRA input, or None
+
+    @property
+    def folded(self) -> bool:
+        """Whether the LoRA update is part of the effective weight (it is, unless dropout masks its input)."""
+        return self.lora is not None and self.drop is None
+
+
 def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator, dtype) -> np.ndarray:
     """Inverted dropout as ``mlx.nn.Dropout``: keep with probability 1-p, scale kept by 1/(1-p)."""
     keep = rng.random(shape) < (1.0 - p)
     return keep.astype(dtype) * (1.0 / (1.0 - p))
+
+
+def lora_delta(lora: LoRA, out=None) -> np.ndarray:
+    """The (out, in) weight update of an adapter, scale * (A B)ᵀ, as ``LoRALinear.delta`` and mlx-lm's fuse."""
+    return np.matmul(lora.scale * lora.b.T, lora.a.T, out=out)  # (out, r) @ (r, in)
+
+
+def stacked_weight(layers: list[Linear]) -> np.ndarray:
+    """The effective weights of layers that read the same input, stacked: (sum of out, in).
+
+    Folded LoRA updates are added in (W + scale (A B)ᵀ), so ``x @ w.T`` is the
+    whole forward of every layer in one sgemm and ``dy @ w`` the whole input
+    gradient in another. A single layer without a folded adapter is returned
+    as is (no copy).
+    """
+    if len(layers) == 1 and not layers[0].folded:
+        return layers[0].weight
+    out = np.empty((sum(l.weight.shape[0] for l in layers), layers[0].weight.shape[1]), dtype=layers[0].weight.dtype)
+    start = 0
+    for l in layers:
+        rows = out[start : start + l.weight.shape[0]]  # (out_j, in)
+        if l.folded:
+            lora_delta(l.lora, out=rows)
+            rows += l.weight
+        else:
+            rows[...] = l.weight
+        start += l.weight.shape[0]
+    return out
+
+
+def _stacked_bias(layers: list[Linear]):
+    if all(l.bias is None for l in layers):
+        return None
+    return np.concatenate([l.bias if l.bias is not None else np.zeros(l.weight.shape[0], l.weight.dtype) for l in layers])
+
+
+def _column_slices(layers: list[Linear]):
+    start = 0
+    for l in layers:
+        yield l, slice(start, start + l.weight.shape[0])
+        start += l.weight.shape[0]
+
+
+def linears_forward(x2, layers: list[Linear]) -> np.ndarray:
+    """y = x2 [W_1; W_2; ...]ᵀ (+ biases, + unfolded LoRA updates): (N, in) -> (N, sum of out).
+
+    The layers' outputs are the column blocks of y, in order.
+    """
+    y = x2 @ stacked_weight(layers).T  # (N, sum out)
+    bias = _stacked_bias(layers)
+    if bias is not None:
+        y += bias
+    for l, cols in _column_slices(layers):
+        if l.lora is not None and not l.folded:  # dropout on the LoRA input: a separate low-rank product
+            xa = (x2 * l.drop) @ l.lora.a  # (N, r)
+            y[:, cols] += (l.lora.scale * xa) @ l.lora.b  # (N, out_j); scaling the (N, r) side is cheaper
+    return y
+
+
+def linears_backward_input(dy, layers: list[Linear]) -> np.ndarray:
+    """d loss / d x2 (N, in) for dy (N, sum of out): one sgemm through the stacked effective weight."""
+    dx = dy @ stacked_weight(layers)  # (N, in)
+    for l, cols in _column_slices(layers):
+        if l.lora is not None and not l.folded:
+            dxa = l.lora.scale * (dy[:, cols] @ l.lora.b.T)  # (N, r)
+            dx += (dxa @ l.lora.a.T) * l.drop
+    return dx
+
+
+def linears_backward_params(dy, x2, layers: list[Linear]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(dA, dB) of each layer's adapter (None without one), given its input x2 (N, in) and dy (N, sum of out).
+
+    dA = xdᵀ dxa and dB = scale xaᵀ dy, with xa = xd A and dxa = scale dy Bᵀ
+    (xd = x2, or x2 times the layer's dropout mask). Without dropout the
+    adapters of a group share xd, so their A's are stacked: x2 is read twice
+    for the whole group rather than twice per layer.
+    """
+    grads: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(layers)
+    adapted = [(j, l, cols) for j, (l, cols) in enumerate(_column_slices(layers)) if l.lora is not None]
+    if not adapted:
+        return grads
+    if len(adapted) == 1 or any(l.drop is not None for _, l, _ in adapted):
+        for j, l, cols in adapted:
+            dyj = dy[:, cols]  # (N, out_j), a view
+            xd = x2 if l.drop is None else x2 * l.drop  # (N, in)
+            xa = xd @ l.lora.a  # (N, r)
+            dxa = l.lora.scale * (dyj @ l.lora.b.T)  # (N, r)
+            grads[j] = (xd.T @ dxa, l.lora.scale * (xa.T @ dyj))  # (in, r), (r, out_j)
+        return grads
+    ranks = np.cumsum([0] + [l.lora.a.shape[1] for _, l, _ in adapted])
+    xa = x2 @ np.concatenate([l.lora.a for _, l, _ in adapted], axis=1)  # (N, sum r)
+    dxa = np.empty_like(xa)  # (N, sum r)
+    for (j, l, cols), r0, r1 in zip(adapted, ranks[:-1], ranks[1:]):
+        np.matmul(dy[:, cols], l.lora.b.T, out=dxa[:, r0:r1])
+        dxa[:, r0:r1] *= l.lora.scale
+    da = x2.T @ dxa  # (in, sum r)
+    for (j, l, cols), r0, r1 in zip(adapted, ranks[:-1], ranks[1:]):
+        grads[j] = (np.ascontiguousarray(da[:, r0:r1]), l.lora.scale * (xa[:, r0:r1].T @ dy[:, cols]))
+    return grads
 
 
 def linear_forward(x, weight, bias=None, lora: LoRA | None = None, drop=None):
@@ -54,50 +180,76 @@ def linear_forward(x, weight, bias=None, lora: LoRA | None = None, drop=None):
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-    y = x2 @ weight.T  # (N, out)
-    if bias is not None:
-        y += bias
-    xd = xa = None
-    if lora is not None:
-        xd = x2 if drop is None else x2 * drop.reshape(x2.shape)  # (N, in)
-        xa = xd @ lora.a  # (N, r)
-        y += (lora.scale * xa) @ lora.b  # (N, out); scaling the (N, r) side is cheaper
-    cache = (weight, lora, xd, xa, drop)
-    return y.reshape(*lead, weight.shape[0]), cache
+    layer = Linear(weight, bias, lora, None if drop is None else drop.reshape(x2.shape))
+    y = linears_forward(x2, [layer])  # (N, out)
+    return y.reshape(*lead, weight.shape[0]), (layer, x2)
 
 
 def linear_backward(dy, cache):
     """-> (dx, lora_grads); lora_grads is (dA, dB) or None. No gradient for W or b (frozen)."""
-    weight, lora, xd, xa, drop = cache
+    layer, x2 = cache
     lead = dy.shape[:-1]
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
-    dx = dy2 @ weight  # (N, in)
-    grads = None
-    if lora is not None:
-        dxa = lora.scale * (dy2 @ lora.b.T)  # (N, r)
-        db = lora.scale * (xa.T @ dy2)  # (r, out)
-        da = xd.T @ dxa  # (in, r)
-        dxd = dxa @ lora.a.T  # (N, in)
-        dx += dxd if drop is None else dxd * drop.reshape(dxd.shape)
-        grads = (da, db)
-    return dx.reshape(*lead, weight.shape[1]), grads
+    dx = linears_backward_input(dy2, [layer])  # (N, in)
+    (grads,) = linears_backward_params(dy2, x2, [layer])
+    return dx.reshape(*lead, layer.weight.shape[1]), grads
 
 
 # ----------------------------------------------------------------------- RMSNorm
 
 
+# Element-wise work on large (N, width) arrays goes a piece of rows at a
+# time, about this many elements: each piece of each array stays in the
+# core's L2 cache from one op to the next, which makes chains of element-wise
+# ops (SwiGLU, the RMSNorm backward) about twice as fast as whole arrays.
+PIECE = 2**16
+
+
+def _pieces(n: int, width: int):
+    step = max(1, PIECE // width)
+    for r in range(0, n, step):
+        yield slice(r, r + step)
+
+
+def rmsnorm_rstd(x, eps: float):
+    """1 / sqrt(mean(x²) + eps) over the last axis: (..., 1)."""
+    return 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def rmsnorm_apply(x, rstd, weight):
+    """x * rstd * w: the forward output, also how the backward recomputes it from x and rstd."""
+    out = x * rstd
+    out *= weight
+    return out
+
+
+def rmsnorm_grad(dout, x, rstd, weight):
+    """dx for out = rmsnorm(x): with xhat = x r, dx = r (g - xhat mean(g xhat)), g = dout w.
+
+    dout, x: (N, C), rstd: (N, 1), a piece of rows at a time.
+    """
+    dx = np.empty(dout.shape, dtype=dout.dtype)
+    for rows in _pieces(len(dx), dx.shape[-1]):
+        g = np.multiply(dout[rows], weight, out=dx[rows])  # (n, C)
+        xhat = x[rows] * rstd[rows]  # (n, C)
+        dot = np.mean(g * xhat, axis=-1, keepdims=True)  # (n, 1)
+        xhat *= dot
+        g -= xhat
+        g *= rstd[rows]
+    return dx
+
+
 def rmsnorm_forward(x, weight, eps: float):
     """x * rsqrt(mean(x²) + eps) * w, over the last axis.  x: (..., C), weight: (C,)."""
-    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = x * rstd  # (..., C)
-    return xhat * weight, (xhat, rstd, weight)
+    rstd = rmsnorm_rstd(x, eps)  # (..., 1)
+    return rmsnorm_apply(x, rstd, weight), (x, rstd, weight)
 
 
 def rmsnorm_backward(dout, cache):
-    """-> dx. With xhat = x r and r = (mean(x²)+eps)^-1/2: dx = r (g - xhat mean(g xhat)), g = dout w."""
-    xhat, rstd, weight = cache
-    g = dout * weight  # (..., C)
-    return rstd * (g - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    """-> dx."""
+    x, rstd, weight = cache
+    C = x.shape[-1]
+    return rmsnorm_grad(dout.reshape(-1, C), x.reshape(-1, C), rstd.reshape(-1, 1), weight).reshape(x.shape)
 
 
 # -------------------------------------------------------------------------- RoPE
@@ -109,115 +261,280 @@ def rope_tables(positions: np.ndarray, inv_freq: np.ndarray, dtype):
     return np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
 
 
-def _rotate(x, cos, sin, traditional: bool):
-    """Rotate feature pairs of x (..., T, D) by the angles in cos/sin (T, D/2).
+def rope_rows(cos, sin, traditional: bool, heads: int = 1, scale: float = 1.0):
+    """Tables for ``rotate``: (T, heads*D) each, from cos, sin (T, D/2); ``scale`` multiplies the result.
 
-    Non-traditional (Hugging Face / mlx default) pairs feature i with i + D/2;
-    traditional (the original RoFormer / Meta layout) pairs 2i with 2i+1.
+    Written out over whole rows of ``heads`` heads, so that the rotation is
+    ``x * COS + swapped(x) * SIN``: element-wise ops over long contiguous rows
+    rather than over D/2 features at a time.
     """
+    T, half = cos.shape
+    if traditional:  # pairs (2i, 2i+1)
+        c = np.repeat(cos, 2, axis=-1)  # (T, D)
+        s = np.stack([-sin, sin], axis=-1).reshape(T, 2 * half)
+    else:  # pairs (i, i + D/2)
+        c = np.concatenate([cos, cos], axis=-1)
+        s = np.concatenate([-sin, sin], axis=-1)
+    return np.tile(c * scale, (1, heads)), np.tile(s * scale, (1, heads))
+
+
+def rotate(x, COS, SIN, traditional: bool, D: int, out=None):
+    """Rotate the feature pairs of x (..., T, heads*D) by the angles in ``rope_rows`` tables (T, heads*D).
+
+    Non-traditional (Hugging Face / mlx default) pairs feature i of a head
+    with i + D/2; traditional (the original RoFormer / Meta layout) pairs 2i
+    with 2i+1. ``out`` (which must not overlap x) may be a view, such as
+    columns of a larger array.
+    """
+    pairs = x.reshape(*x.shape[:-1], x.shape[-1] // D, 2, D // 2) if not traditional else x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    swapped = np.empty(pairs.shape, dtype=x.dtype)  # each pair's two features exchanged
     if traditional:
-        x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., T, D/2)
-        out = np.empty_like(x)
-        out[..., 0::2] = x1 * cos - x2 * sin
-        out[..., 1::2] = x1 * sin + x2 * cos
-        return out
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]  # (..., T, D/2)
-    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # (..., T, D)
+        swapped[..., 0], swapped[..., 1] = pairs[..., 1], pairs[..., 0]
+    else:
+        swapped[..., 0, :], swapped[..., 1, :] = pairs[..., 1, :], pairs[..., 0, :]
+    swapped = swapped.reshape(x.shape)
+    swapped *= SIN  # -x2 sin | x1 sin
+    out = np.multiply(x, COS, out=out)  # x1 cos | x2 cos
+    out += swapped
+    return out
 
 
 def rope_forward(x, cos, sin, traditional: bool = False):
-    """x: (B, H, T, D) -> the same shape, each position rotated by its angles."""
-    return _rotate(x, cos, sin, traditional), (cos, sin, traditional)
+    """x: (B, H, T, D) -> the same shape, each position rotated by its angles (cos, sin: (T, D/2))."""
+    COS, SIN = rope_rows(cos, sin, traditional)
+    return rotate(x, COS, SIN, traditional, x.shape[-1]), (COS, SIN, traditional)
 
 
 def rope_backward(dout, cache):
     """A rotation is orthogonal: its backward is the rotation by the opposite angles."""
-    cos, sin, traditional = cache
-    return _rotate(dout, cos, -sin, traditional)
+    COS, SIN, traditional = cache
+    return rotate(dout, COS, -SIN, traditional, dout.shape[-1])
 
 
 # --------------------------------------------------------------------- attention
 
+# Query positions per chunk. A chunk of positions t0..t1-1 needs keys 0..t1-1
+# only, so chunking skips most of the masked half of the causal score matrix,
+# and the scores of one chunk, (B, KVH, G * chunk, S), stay small.
+ATTENTION_CHUNK = 32
+
+
+@lru_cache(maxsize=64)
+def _causal_mask(n: int, G: int, dtype) -> np.ndarray:
+    """Additive mask (n*G, n) for a diagonal block: row t*G+g (position t, head g) sees keys 0..t."""
+    allowed = (np.arange(n * G) // G)[:, None] >= np.arange(n)[None, :]
+    mask = np.where(allowed, 0.0, -np.inf).astype(dtype)
+    mask.flags.writeable = False
+    return mask
+
+
+def _chunk_scores(q, k, offset: int, t0: int, t1: int, G: int):
+    """Causally masked scores of query positions t0..t1-1: (B, KVH, (t1-t0)*G, offset+t1)."""
+    s = offset + t1  # keys this chunk can see
+    scores = q[:, :, t0 * G : t1 * G] @ k[:, :, :s].swapaxes(-1, -2)  # (B, KVH, nG, s)
+    scores[..., offset + t0 :] += _causal_mask(t1 - t0, G, scores.dtype)  # only the diagonal block has masked keys
+    return scores
+
+
+def causal_attention(q, k, v, offset: int = 0, chunk: int | None = None):
+    """Causal grouped-query attention in the layout the model keeps: -> (o, lse).
+
+    q: (B, KVH, T*G, D), already multiplied by the attention scale, the rows
+    of each key/value head ordered (position, query head), at positions
+    offset .. offset+T-1; k, v: (B, KVH, S, D) at positions 0 .. S-1,
+    S = offset + T. The G query heads sharing a key/value head are rows of
+    one matmul, so k and v are never repeated G times. Returns o (B, KVH,
+    T*G, D) in the layout of q, and the log-sum-exp of each row's scores
+    (B, KVH, T*G, 1), with which the backward recomputes the probabilities
+    in two passes.
+    """
+    B, KVH, TG, D = q.shape
+    T = k.shape[2] - offset
+    G, chunk = TG // T, chunk or ATTENTION_CHUNK
+    o = np.empty(q.shape, dtype=q.dtype)
+    lse = np.empty((B, KVH, TG, 1), dtype=q.dtype)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        rows = slice(t0 * G, t1 * G)
+        e = _chunk_scores(q, k, offset, t0, t1, G)  # (B, KVH, nG, s)
+        top = e.max(axis=-1, keepdims=True)  # (B, KVH, nG, 1)
+        e -= top
+        np.exp(e, out=e)  # unnormalized probabilities
+        total = e.sum(axis=-1, keepdims=True)  # (B, KVH, nG, 1)
+        oc = np.matmul(e, v[:, :, : offset + t1], out=o[:, :, rows])  # (B, KVH, nG, D)
+        oc /= total  # normalizing the (nG, D) output rather than the (nG, s) probabilities
+        np.log(total, out=total)
+        np.add(top, total, out=lse[:, :, rows])
+    return o, lse
+
+
+def causal_attention_backward(do, q, k, v, lse, offset: int = 0, chunk: int | None = None):
+    """-> (dq, dk, dv, o) for ``causal_attention`` (dq w.r.t. the scaled q); probabilities recomputed chunk by chunk.
+
+    P = exp(scores - lse). o, the forward output, comes along because it is
+    recomputed anyway and the caller may need it (the output projection's
+    LoRA gradient does). With dS = P (dP - rowsum(dP P)) and rowsum(dP P) =
+    rowsum(dO O), nothing of size (T, S) outlives its chunk.
+    """
+    B, KVH, TG, D = q.shape
+    T = k.shape[2] - offset
+    G, chunk = TG // T, chunk or ATTENTION_CHUNK
+    dq = np.empty(q.shape, dtype=q.dtype)
+    dk = np.zeros(k.shape, dtype=q.dtype)
+    dv = np.zeros(v.shape, dtype=q.dtype)
+    o = np.empty(q.shape, dtype=q.dtype)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        s, rows = offset + t1, slice(t0 * G, t1 * G)
+        p = _chunk_scores(q, k, offset, t0, t1, G)  # (B, KVH, nG, s)
+        p -= lse[:, :, rows]
+        np.exp(p, out=p)  # probabilities
+        oc = np.matmul(p, v[:, :, :s], out=o[:, :, rows])  # (B, KVH, nG, D)
+        doc = do[:, :, rows]  # (B, KVH, nG, D)
+        dv[:, :, :s] += p.swapaxes(-1, -2) @ doc  # (B, KVH, s, D)
+        dp = doc @ v[:, :, :s].swapaxes(-1, -2)  # (B, KVH, nG, s)
+        dp -= np.sum(doc * oc, axis=-1, keepdims=True)  # dP - rowsum(dO O)
+        dp *= p  # d scores; 0 where masked
+        np.matmul(dp, k[:, :, :s], out=dq[:, :, rows])  # (B, KVH, nG, D)
+        dk[:, :, :s] += dp.swapaxes(-1, -2) @ q[:, :, rows]  # (B, KVH, s, D)
+    return dq, dk, dv, o
+
+
+def _grouped(q, KVH: int):
+    """(B, H, T, D) -> (B, KVH, T*G, D), rows ordered (position, query head): the layout of causal_attention."""
+    B, H, T, D = q.shape
+    return np.ascontiguousarray(q.reshape(B, KVH, H // KVH, T, D).swapaxes(2, 3)).reshape(B, KVH, T * (H // KVH), D)
+
+
+def _ungrouped(o, H: int):
+    """The inverse of ``_grouped``: (B, KVH, T*G, D) -> (B, H, T, D)."""
+    B, KVH, TG, D = o.shape
+    G = H // KVH
+    return np.ascontiguousarray(o.reshape(B, KVH, TG // G, G, D).swapaxes(2, 3)).reshape(B, H, TG // G, D)
+
 
 def attention_forward(q, k, v, scale: float, offset: int = 0):
-    """Causal grouped-query attention.
+    """Causal grouped-query attention on (B, H, T, D) queries and (B, KVH, S, D) keys and values.
 
-    q: (B, H, T, D) at positions offset .. offset+T-1; k, v: (B, KVH, S, D) at
-    positions 0 .. S-1. Query head h uses key/value head h // G, so q is viewed as
-    (B, KVH, G*T, D): one matmul per key/value head serves all G query heads,
-    without copying k or v G times.
+    Query head h uses key/value head h // G, at positions offset .. offset+T-1.
     """
-    B, H, T, D = q.shape
-    KVH, S = k.shape[1], k.shape[2]
-    G = H // KVH
-    qg = np.ascontiguousarray(q).reshape(B, KVH, G * T, D)  # (B, KVH, G*T, D)
-    scores = qg @ k.swapaxes(-1, -2)  # (B, KVH, G*T, S)
-    scores *= scale
-    allowed = (offset + np.arange(T))[:, None] >= np.arange(S)[None, :]  # (T, S)
-    causal = np.where(allowed, 0.0, -np.inf).astype(scores.dtype)  # (T, S) additive mask
-    scores_by_head = scores.reshape(B, KVH, G, T, S)  # a view of scores
-    scores_by_head += causal  # the same mask for every head
-    probs = softmax(scores)  # (B, KVH, G*T, S)
-    out = probs @ v  # (B, KVH, G*T, D)
-    return out.reshape(B, H, T, D), (qg, k, v, probs, scale)
+    H, KVH = q.shape[1], k.shape[1]
+    qg = _grouped(q * scale, KVH)  # (B, KVH, T*G, D), scaled
+    o, lse = causal_attention(qg, k, v, offset)
+    return _ungrouped(o, H), (qg, k, v, lse, scale, offset)
 
 
 def attention_backward(dout, cache):
     """-> (dq, dk, dv). Gradients of the G query heads sharing a k/v head add up in dk, dv."""
-    qg, k, v, probs, scale = cache
-    B, H, T, D = dout.shape
-    dog = dout.reshape(qg.shape)  # (B, KVH, G*T, D)
-    dv = probs.swapaxes(-1, -2) @ dog  # (B, KVH, S, D)
-    dprobs = dog @ v.swapaxes(-1, -2)  # (B, KVH, G*T, S)
-    dscores = softmax_backward(dprobs, probs) * scale  # (B, KVH, G*T, S); 0 where masked
-    dq = dscores @ k  # (B, KVH, G*T, D)
-    dk = dscores.swapaxes(-1, -2) @ qg  # (B, KVH, S, D)
-    return dq.reshape(B, H, T, D), dk, dv
-
-
-def softmax(x):
-    """Softmax over the last axis (max subtracted; -inf entries get probability 0)."""
-    e = x - x.max(axis=-1, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
-    return e
-
-
-def softmax_backward(dprobs, probs):
-    """-> dx for probs = softmax(x): dx = p (dp - sum(dp p))."""
-    return probs * (dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True))
+    qg, k, v, lse, scale, offset = cache
+    H = dout.shape[1]
+    dq, dk, dv, _ = causal_attention_backward(_grouped(dout, k.shape[1]), qg, k, v, lse, offset)
+    dq *= scale
+    return _ungrouped(dq, H), dk, dv
 
 
 # ------------------------------------------------------------------------ SwiGLU
 
 
+def sigmoid(x):
+    """1 / (1 + exp(-x)), in one buffer (exp(-x) = inf for very negative x gives 0, as it should)."""
+    s = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    s += 1.0
+    return np.reciprocal(s, out=s)
+
+
+def swiglu_apply(gate, up, sig, out=None):
+    """silu(gate) * up = gate * sig * up, given sig = sigmoid(gate)."""
+    out = np.multiply(gate, sig, out=out)
+    out *= up
+    return out
+
+
+def swiglu_grad(dout, gate, up, sig, dgate, dup):
+    """Write dgate and dup (arrays shaped like gate) for out = silu(gate) * up.
+
+    silu'(g) = sigmoid(g) (1 + g (1 - sigmoid(g))).
+    """
+    np.multiply(gate, sig, out=dup)  # silu(g)
+    dup *= dout
+    t = np.subtract(1.0, sig)
+    t *= gate
+    t += 1.0  # 1 + g (1 - sigmoid(g))
+    np.multiply(dout, up, out=dgate)
+    dgate *= sig
+    dgate *= t
+    return dgate, dup
+
+
+def swiglu_rows(gu) -> np.ndarray:
+    """silu(gate) * up for gu = gate | up (N, 2F) -> (N, F), a piece of rows at a time."""
+    N, F = gu.shape[0], gu.shape[1] // 2
+    m = np.empty((N, F), dtype=gu.dtype)
+    for rows in _pieces(N, F):
+        g, u = gu[rows, :F], gu[rows, F:]
+        swiglu_apply(g, u, sigmoid(g), out=m[rows])
+    return m
+
+
+def swiglu_rows_backward(dm, gu) -> tuple[np.ndarray, np.ndarray]:
+    """-> (m, d gu) for m = ``swiglu_rows(gu)``: the output again (recomputed) and d(gate | up) (N, 2F)."""
+    N, F = gu.shape[0], gu.shape[1] // 2
+    m, dgu = np.empty((N, F), dtype=gu.dtype), np.empty_like(gu)
+    for rows in _pieces(N, F):
+        g, u = gu[rows, :F], gu[rows, F:]
+        sig = sigmoid(g)
+        swiglu_apply(g, u, sig, out=m[rows])
+        swiglu_grad(dm[rows], g, u, sig, dgu[rows, :F], dgu[rows, F:])
+    return m, dgu
+
+
 def swiglu_forward(gate, up):
     """silu(gate) * up, with silu(g) = g * sigmoid(g).  gate, up: (..., F)."""
-    with np.errstate(over="ignore"):  # exp(-g) = inf for very negative g gives sigmoid 0, as it should
-        sig = 1.0 / (1.0 + np.exp(-gate))  # (..., F)
-    return gate * sig * up, (gate, up, sig)
+    sig = sigmoid(gate)  # (..., F)
+    return swiglu_apply(gate, up, sig), (gate, up, sig)
 
 
 def swiglu_backward(dout, cache):
-    """-> (dgate, dup). silu'(g) = sigmoid(g) (1 + g (1 - sigmoid(g)))."""
+    """-> (dgate, dup)."""
     gate, up, sig = cache
-    silu = gate * sig
-    dup = dout * silu
-    dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))
-    return dgate, dup
+    return swiglu_grad(dout, gate, up, sig, np.empty_like(gate), np.empty_like(gate))
 
 
 # ---------------------------------------------------------------- cross-entropy
 
 
+def cross_entropy_fused(logits, targets, weights, dscale: float | None):
+    """Weighted cross-entropy of a chunk of rows and, in the same buffer, its gradient.
+
+    logits: (n, V), overwritten; targets, weights: (n,). Returns (per-row CE
+    (n,), dlogits): with ``dscale`` given, dlogits = dscale * weights *
+    (softmax(logits) - onehot(target)) in the logits' own memory; without it,
+    None (evaluation). CE = logsumexp(logits) - logits[target], as
+    ``mlx.nn.losses.cross_entropy``. With a 49k vocabulary these (n, V) arrays
+    are the largest of the model, so the caller feeds a few rows at a time and
+    this function makes no other array of that size.
+    """
+    rows = np.arange(len(targets))
+    logits -= logits.max(axis=-1, keepdims=True)  # shifted
+    target_logit = logits[rows, targets]  # (n,)
+    np.exp(logits, out=logits)
+    sumexp = logits.sum(axis=-1, keepdims=True)  # (n, 1)
+    ce = np.log(sumexp[:, 0]) - target_logit  # (n,) logsumexp - logit of the target
+    if dscale is None:
+        return ce, None
+    logits /= sumexp  # softmax
+    w = (dscale * weights)[:, None]  # (n, 1)
+    logits *= w
+    logits[rows, targets] -= w[:, 0]
+    return ce, logits
+
+
 def cross_entropy_forward(logits, targets, weights):
     """sum_n weights[n] * CE(logits[n], targets[n]).  logits: (N, V), targets, weights: (N,).
 
-    CE = logsumexp(logits) - logits[target], as ``mlx.nn.losses.cross_entropy``.
-    The cache holds the softmax, which is the whole backward; with a 49k
-    vocabulary these (N, V) arrays are the largest of the model, so the
-    function makes as few of them as it can.
+    The whole-batch form of ``cross_entropy_fused``, keeping the softmax for the backward.
     """
     rows = np.arange(len(targets))
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (N, V)

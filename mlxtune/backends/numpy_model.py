@@ -1,10 +1,11 @@
 """The numpy reference model: a llama-family transformer with LoRA, forward and backward by hand.
 
-Two jobs. It is the backend where mlx cannot be installed, and it is the oracle
-the mlx path is tested against (logits, loss, every LoRA gradient; see
-``tests/test_parity.py``), as llm.c's reference checks its fast kernels. So it is
-written to be read: one function per block, a shape comment on each tensor line,
-each op a forward/backward pair in ``numpy_ops``. Semantics are mlx-lm's
+Two jobs. It is mlxtune's CPU training path (and the backend where mlx cannot
+be installed), and it is the oracle the mlx path is tested against (logits,
+loss, every LoRA gradient; see ``tests/test_parity.py``), as llm.c's reference
+checks its fast kernels. So it is written to be read: one function per block, a
+shape comment on each tensor line, each op a forward/backward pair in
+``numpy_ops``. Semantics are mlx-lm's
 ``models/llama.py`` (mistral is the same model there) and ``models/qwen2.py``:
 
     x = embed(tokens)
@@ -19,7 +20,18 @@ causal grouped-query attention scaled by head_dim**-0.5, and LoRA updates
 Only LoRA parameters train. The backward pass therefore never forms a weight
 gradient of a frozen layer, only activation gradients through it, and stops at
 the first block that carries an adapter: nothing before it needs a gradient.
-The output head is applied only to the positions that have a training target.
+
+Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
+
+* the output head is applied only to the positions that have a training
+  target, a few rows at a time, with its backward right behind its forward,
+  so (N, V) logits never exist (at V = 49152 they would be 0.2 GB per 1000 rows);
+* a block keeps for its backward only what matmuls produced (x, x2, q, k, v,
+  gate, up: 9C floats a row) and recomputes the cheap rest there: norm
+  outputs, the attention probabilities (from q, k and a log-sum-exp, a chunk
+  of query positions at a time), the attention output, the SwiGLU product;
+* past ``activation_budget``, blocks are checkpointed: they keep only their
+  two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
 This module imports numpy (and mlxtune's error types) only; never mlx.
 """
@@ -307,14 +319,14 @@ class NumpyLlama:
         """(loss, n, gradients of the loss w.r.t. every lora_params() tensor).
 
         Dropout is applied to the LoRA inputs only when an adapter has
-        dropout > 0 and ``rng`` is given. What each block keeps for its
-        backward pass, and which blocks keep only their input and recompute
-        the rest there, is ``activation_plan``'s decision.
+        dropout > 0 and ``rng`` is given. Which blocks keep what their
+        backward needs and which are checkpointed (keep their inputs and
+        recompute the rest there) is ``activation_plan``'s decision.
         """
         inputs = self._check_tokens(inputs)
         B, T = inputs.shape
         n_blocks = self.config.num_hidden_layers
-        first = min((int(name.split(".")[2]) for name in self.adapters), default=n_blocks)
+        first = self._first_adapted()
         _, n_checkpointed = self.activation_plan(B, T)
         dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
         rope = self._rope(0, T)
@@ -370,8 +382,7 @@ class NumpyLlama:
         one more pass through its q, k, v, gate and up projections (about 1%
         of a step for SmolLM2-135M). None: keep all.
         """
-        first = min((int(name.split(".")[2]) for name in self.adapters), default=self.config.num_hidden_layers)
-        n = self.config.num_hidden_layers - first
+        n = self.config.num_hidden_layers - self._first_adapted()
         keep, ckpt = self.saved_bytes_per_block(B * T)
         budget = self.activation_budget
         if budget is None or n * keep <= budget:
@@ -380,6 +391,10 @@ class NumpyLlama:
         return n - k, k
 
     # ------------------------------------------------------------- internals
+
+    def _first_adapted(self) -> int:
+        """The first block with an adapter (the number of blocks if none)."""
+        return min((int(name.split(".")[2]) for name in self.adapters), default=self.config.num_hidden_layers)
 
     def _check_tokens(self, inputs) -> np.ndarray:
         inputs = np.asarray(inputs)

@@ -452,12 +452,14 @@ def swiglu_apply(gate, up, sig, out=None):
     return out
 
 
-def swiglu_grad(dout, gate, up, sig, dgate, dup):
-    """Write dgate and dup (arrays shaped like gate) for out = silu(gate) * up.
+def swiglu_grad(dout, gate, up, sig, dgate, dup, out=None):
+    """Write dgate and dup (arrays shaped like gate) for out = silu(gate) * up, and ``out`` too if given.
 
     silu'(g) = sigmoid(g) (1 + g (1 - sigmoid(g))).
     """
-    np.multiply(gate, sig, out=dup)  # silu(g)
+    silu = np.multiply(gate, sig, out=dup)
+    if out is not None:
+        np.multiply(silu, up, out=out)  # the forward output, on the way
     dup *= dout
     t = np.subtract(1.0, sig)
     t *= gate
@@ -484,9 +486,7 @@ def swiglu_rows_backward(dm, gu) -> tuple[np.ndarray, np.ndarray]:
     m, dgu = np.empty((N, F), dtype=gu.dtype), np.empty_like(gu)
     for rows in _pieces(N, F):
         g, u = gu[rows, :F], gu[rows, F:]
-        sig = sigmoid(g)
-        swiglu_apply(g, u, sig, out=m[rows])
-        swiglu_grad(dm[rows], g, u, sig, dgu[rows, :F], dgu[rows, F:])
+        swiglu_grad(dm[rows], g, u, sigmoid(g), dgu[rows, :F], dgu[rows, F:], out=m[rows])
     return m, dgu
 
 

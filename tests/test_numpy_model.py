@@ -179,6 +179,23 @@ def test_swiglu_backward():
     check_op("swiglu", ops.swiglu_forward, lambda d, c: dict(zip(("gate", "up"), ops.swiglu_backward(d, c))), {"gate": gate, "up": rng.normal(size=(2, 3, 5))})
 
 
+def test_row_pieces_equal_whole_arrays(monkeypatch):
+    """SwiGLU and the RMSNorm backward work a piece of rows at a time (for the cache); the result is the same."""
+    monkeypatch.setattr(ops, "PIECE", 12)  # 2 rows of F = 5 a piece, 2 rows of C = 6
+    rng = np.random.default_rng(12)
+    gu, dm = rng.normal(size=(7, 10)) * 3, rng.normal(size=(7, 5))
+    m, cache = ops.swiglu_forward(gu[:, :5], gu[:, 5:])
+    dgate, dup = ops.swiglu_backward(dm, cache)
+    np.testing.assert_array_equal(ops.swiglu_rows(gu), m)
+    m2, dgu = ops.swiglu_rows_backward(dm, gu.copy())
+    np.testing.assert_array_equal(m2, m)
+    np.testing.assert_array_equal(dgu, np.concatenate([dgate, dup], axis=1))
+    x, w, dout = rng.normal(size=(7, 6)), rng.normal(size=6), rng.normal(size=(7, 6))
+    rstd = ops.rmsnorm_rstd(x, 1e-5)
+    whole = rstd * (dout * w - x * rstd * np.mean(dout * w * x * rstd, axis=-1, keepdims=True))
+    np.testing.assert_allclose(ops.rmsnorm_grad(dout, x, rstd, w), whole, rtol=1e-13)
+
+
 def test_cross_entropy_backward():
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(5, 11)) * 4

@@ -488,13 +488,17 @@ class NumpyLlama:
         """
         w, p = self.weights, f"model.layers.{i}."
         B, T, C = s.x.shape
+        layers = self._layers(i, _QKV, drops)
+        s.weights[_QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
         h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
-        qkv = ops.linears_forward(h, self._layers(i, _QKV, drops))  # (N, (H + 2 KVH) D)
+        qkv = ops.linears_forward(h, layers, s.weights[_QKV])  # (N, (H + 2 KVH) D)
         del h
         s.q, s.k, s.v = self._split_heads(qkv, B, T, rope)
         del qkv
+        layers = self._layers(i, _GATE_UP, drops)
+        s.weights[_GATE_UP] = ops.stacked_weight(layers)
         h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
-        s.gu = ops.linears_forward(h, self._layers(i, _GATE_UP, drops))  # (N, 2F)
+        s.gu = ops.linears_forward(h, layers, s.weights[_GATE_UP])  # (N, 2F)
 
     def _block_backward(self, i: int, dout, s: "_Saved", rope, drops: dict, grads: dict) -> np.ndarray:
         """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
@@ -504,12 +508,13 @@ class NumpyLlama:
         # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
         down = self._layers(i, _DOWN, drops)
         dm = ops.linears_backward_input(dout, down)  # (N, F)
-        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up
+        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
         del dm
+        s.gu = None
         self._collect(grads, p, _DOWN, ops.linears_backward_params(dout, m, down))
         del m
         gate_up = self._layers(i, _GATE_UP, drops)
-        dh = ops.linears_backward_input(dgu, gate_up)  # (N, C)
+        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(_GATE_UP, None))  # (N, C)
         norm2 = w[p + "post_attention_layernorm.weight"]
         self._collect(grads, p, _GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
         del dgu
@@ -526,7 +531,7 @@ class NumpyLlama:
         dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
         del dq, dk, dv
         qkv = self._layers(i, _QKV, drops)
-        dh = ops.linears_backward_input(dqkv, qkv)  # (N, C)
+        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(_QKV, None))  # (N, C)
         norm1 = w[p + "input_layernorm.weight"]
         x = s.x.reshape(B * T, C)
         self._collect(grads, p, _QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
@@ -632,11 +637,12 @@ class NumpyLlama:
 class _Saved:
     """What one block keeps for its backward pass (only x when checkpointed). Shapes as in ``_block_forward``."""
 
-    __slots__ = ("x", "rstd1", "q", "k", "v", "lse", "x2", "rstd2", "gu", "rng")
+    __slots__ = ("x", "rstd1", "q", "k", "v", "lse", "x2", "rstd2", "gu", "rng", "weights")
 
     def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, rng=None):
         self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
         self.lse, self.x2, self.rstd2, self.gu, self.rng = lse, x2, rstd2, gu, rng  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F), rng or None
+        self.weights: dict = {}  # stacked weights a recomputation formed, for the backward
 
 
 def _view(a: np.ndarray, *shape: int) -> np.ndarray:

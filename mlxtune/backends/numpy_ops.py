@@ -114,29 +114,31 @@ def _column_slices(layers: list[Linear]):
         start += l.weight.shape[0]
 
 
-def linears_forward(x2, layers: list[Linear]) -> np.ndarray:
+def linears_forward(x2, layers: list[Linear], weight=None) -> np.ndarray:
     """y = x2 [W_1; W_2; ...]ᵀ (+ biases, + unfolded LoRA updates): (N, in) -> (N, sum of out).
 
-    The layers' outputs are the column blocks of y, in order.
+    The layers' outputs are the column blocks of y, in order. ``weight`` is
+    ``stacked_weight(layers)`` if the caller has it already.
     """
-    y = x2 @ stacked_weight(layers).T  # (N, sum out)
+    y = x2 @ (stacked_weight(layers) if weight is None else weight).T  # (N, sum out)
     bias = _stacked_bias(layers)
     if bias is not None:
         y += bias
     for l, cols in _column_slices(layers):
         if l.lora is not None and not l.folded:  # dropout on the LoRA input: a separate low-rank product
-            xa = (x2 * l.drop) @ l.lora.a  # (N, r)
+            xa = (x2 if l.drop is None else x2 * l.drop) @ l.lora.a  # (N, r)
             y[:, cols] += (l.lora.scale * xa) @ l.lora.b  # (N, out_j); scaling the (N, r) side is cheaper
     return y
 
 
-def linears_backward_input(dy, layers: list[Linear]) -> np.ndarray:
+def linears_backward_input(dy, layers: list[Linear], weight=None) -> np.ndarray:
     """d loss / d x2 (N, in) for dy (N, sum of out): one sgemm through the stacked effective weight."""
-    dx = dy @ stacked_weight(layers)  # (N, in)
+    dx = dy @ (stacked_weight(layers) if weight is None else weight)  # (N, in)
     for l, cols in _column_slices(layers):
         if l.lora is not None and not l.folded:
             dxa = l.lora.scale * (dy[:, cols] @ l.lora.b.T)  # (N, r)
-            dx += (dxa @ l.lora.a.T) * l.drop
+            dxd = dxa @ l.lora.a.T  # (N, in)
+            dx += dxd if l.drop is None else dxd * l.drop
     return dx
 
 
@@ -453,20 +455,21 @@ def swiglu_apply(gate, up, sig, out=None):
 
 
 def swiglu_grad(dout, gate, up, sig, dgate, dup, out=None):
-    """Write dgate and dup (arrays shaped like gate) for out = silu(gate) * up, and ``out`` too if given.
+    """Write dgate and dup for out = silu(gate) * up (and ``out`` itself, if given), given sig = sigmoid(gate).
 
-    silu'(g) = sigmoid(g) (1 + g (1 - sigmoid(g))).
+    silu'(g) = sigmoid(g) (1 + g (1 - sigmoid(g))). dgate and dup may be
+    gate's and up's own memory, which they then overwrite.
     """
-    silu = np.multiply(gate, sig, out=dup)
+    silu = gate * sig
     if out is not None:
         np.multiply(silu, up, out=out)  # the forward output, on the way
-    dup *= dout
     t = np.subtract(1.0, sig)
     t *= gate
     t += 1.0  # 1 + g (1 - sigmoid(g))
     np.multiply(dout, up, out=dgate)
     dgate *= sig
     dgate *= t
+    np.multiply(dout, silu, out=dup)
     return dgate, dup
 
 
@@ -481,13 +484,17 @@ def swiglu_rows(gu) -> np.ndarray:
 
 
 def swiglu_rows_backward(dm, gu) -> tuple[np.ndarray, np.ndarray]:
-    """-> (m, d gu) for m = ``swiglu_rows(gu)``: the output again (recomputed) and d(gate | up) (N, 2F)."""
+    """-> (m, d gu) for m = ``swiglu_rows(gu)``: the output again (recomputed) and d(gate | up) (N, 2F).
+
+    d gu is written over gu, which the backward needs no more: one (N, 2F)
+    array fewer at the moment a step's memory peaks.
+    """
     N, F = gu.shape[0], gu.shape[1] // 2
-    m, dgu = np.empty((N, F), dtype=gu.dtype), np.empty_like(gu)
+    m = np.empty((N, F), dtype=gu.dtype)
     for rows in _pieces(N, F):
         g, u = gu[rows, :F], gu[rows, F:]
-        swiglu_grad(dm[rows], g, u, sigmoid(g), dgu[rows, :F], dgu[rows, F:], out=m[rows])
-    return m, dgu
+        swiglu_grad(dm[rows], g, u, sigmoid(g), g, u, out=m[rows])
+    return m, gu
 
 
 def swiglu_forward(gate, up):

@@ -15,7 +15,7 @@ from .errors import MlxtuneError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DTYPES = click.Choice(["float32", "float16", "bfloat16"])
 BACKENDS = click.Choice(["auto", "mlx", "numpy"])
-BACKEND_HELP = "Compute backend: mlx, or the numpy reference (runs anywhere); auto picks mlx where installed."
+BACKEND_HELP = "Compute backend: mlx, or numpy (runs anywhere); auto: mlx on a GPU, numpy on a CPU where it implements the model."
 
 
 def _fmt_bytes(n: int | float) -> str:
@@ -134,7 +134,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
 @click.option("--seed", type=int, help="Seed for the data split, order and LoRA init. [default: 0]")
-@click.option("--backend", type=BACKENDS, help="mlx, or the numpy reference (runs anywhere, slower); auto: mlx where installed. [default: auto]")
+@click.option("--backend", type=BACKENDS, help="mlx, or numpy (runs anywhere; the faster on a CPU for the llama family); auto: mlx on a GPU, numpy on a CPU where it implements the model (see README). [default: auto]")
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")

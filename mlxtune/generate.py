@@ -62,6 +62,7 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
         net, config = npb.load_model(model_dir)
         if adapter_path is not None:
             npb.load_adapters(net, adapter_path)
+            net.merge_adapters()  # the same outputs, without re-adding the adapter at every token
         tokenizer = load_tokenizer(model_dir)
         return Loaded(net, tokenizer, model_dir, adapter_path, notes, "numpy", eos_token_ids(tokenizer, config))
 

@@ -54,7 +54,12 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def read_safetensors(path: str | Path, keep_bf16_bits: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and metadata of a safetensors file (bfloat16 widened to float32)."""
+    """Tensors and metadata of a safetensors file (bfloat16 widened to float32).
+
+    Each tensor is read straight into an array of its own (no memory map: the
+    pages of a mapped file would count once more in the process's resident
+    memory while the arrays are copied out of it).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -65,22 +70,23 @@ def read_safetensors(path: str | Path, keep_bf16_bits: bool = False) -> tuple[di
             if n > 100_000_000:
                 raise ModelFormatError(f"{path} is not a safetensors file (header length {n})")
             header = json.loads(f.read(n))
-            data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if path.stat().st_size > 8 + n else np.zeros(0, np.uint8)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path} is not a readable safetensors file ({e})") from None
-    metadata = header.pop("__metadata__", {}) or {}
-    out = {}
-    for name, info in header.items():
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ModelFormatError(f"{path}: tensor {name} has dtype {info['dtype']}, which mlxtune cannot read")
-        start, end = info["data_offsets"]
-        if end > len(data):
-            raise ModelFormatError(f"{path} is truncated: tensor {name} ends at byte {end} of {len(data)}")
-        arr = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"])
-        if info["dtype"] == "BF16" and not keep_bf16_bits:
-            arr = bf16_to_f32(arr)
-        out[name] = np.array(arr)  # own the memory; the memmap closes with the file
+            size = path.stat().st_size - 8 - n
+            metadata = header.pop("__metadata__", {}) or {}
+            out = {}
+            for name, info in header.items():
+                dtype = _DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise ModelFormatError(f"{path}: tensor {name} has dtype {info['dtype']}, which mlxtune cannot read")
+                start, end = info["data_offsets"]
+                arr = np.empty(info["shape"], dtype=dtype)
+                if end > size or end - start != arr.nbytes:
+                    raise ModelFormatError(f"{path} is truncated or damaged: tensor {name} spans bytes {start}..{end} of {size}")
+                f.seek(8 + n + start)
+                if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != arr.nbytes:
+                    raise ModelFormatError(f"{path} is truncated: tensor {name} ends past the end of the file")
+                out[name] = bf16_to_f32(arr) if info["dtype"] == "BF16" and not keep_bf16_bits else arr
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
     return out, metadata
 
 
@@ -148,18 +154,24 @@ def load_weights(model_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     for f in files:
         raw.update(read_safetensors(f)[0])
     quant = config.get("quantization") or {}
+    quantized = {name[: -len(".weight")] for name, a in raw.items() if a.dtype == np.uint32 and name.endswith(".weight")}
     weights: dict[str, np.ndarray] = {}
-    for name, a in raw.items():
-        if name.endswith((".scales", ".biases")) and name.rsplit(".", 1)[0] + ".weight" in raw and raw[name.rsplit(".", 1)[0] + ".weight"].dtype == np.uint32:
+    for name in list(raw):  # each raw tensor is let go as soon as it is converted: one model's worth in memory, not two
+        if name.endswith((".scales", ".biases")) and name.rsplit(".", 1)[0] in quantized:
             continue
-        if a.dtype == np.uint32 and name.endswith(".weight"):
-            stem = name[: -len(".weight")]
+        a = raw.pop(name)
+        stem = name[: -len(".weight")]
+        if stem in quantized:
             params = quant.get(stem) if isinstance(quant.get(stem), dict) else quant
             if (params or {}).get("mode", "affine") != "affine":
                 raise ModelFormatError(f"{model_dir}: {name} uses {params.get('mode')} quantization; the numpy backend reads affine only")
-            weights[name] = dequantize(a, raw[stem + ".scales"], raw[stem + ".biases"], int(params["group_size"]), int(params["bits"]))
+            try:
+                scales, biases = raw.pop(stem + ".scales"), raw.pop(stem + ".biases")
+            except KeyError as e:
+                raise ModelFormatError(f"{model_dir}: quantized tensor {name} has no {e.args[0]}") from None
+            weights[name] = dequantize(a, scales, biases, int(params["group_size"]), int(params["bits"]))
         elif np.issubdtype(a.dtype, np.floating):
-            weights[name] = a.astype(np.float32)
+            weights[name] = a.astype(np.float32, copy=False)
         else:
             weights[name] = a
     return config, weights

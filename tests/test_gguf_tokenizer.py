@@ -14,6 +14,7 @@ from gguf_fixtures import (
 from mlxtune.errors import ModelFormatError, UnsupportedModelError
 from mlxtune.gguf_import import read_gguf, read_header
 from mlxtune.gguf_tokenizer import build_tokenizer
+from mlxtune.tokenizer import load_tokenizer
 from tiny import CHATML, make_tokenizer
 
 
@@ -70,6 +71,7 @@ def test_add_bos_token_flag(tmp_path, pre, add_bos, expect_bos):
     assert json.loads((out / "tokenizer_config.json").read_text())["add_bos_token"] is expect_bos
     auto = AutoTokenizer.from_pretrained(str(out))  # what mlx_lm.load uses
     assert auto.encode("Hello world") == ids
+    assert load_tokenizer(out).encode("Hello world") == ids  # what mlxtune uses (without AutoTokenizer)
 
 
 def test_end_of_turn_tokens_also_end_generation(tmp_path):

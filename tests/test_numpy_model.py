@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlxtune import npio
+from mlxtune.backends import numpy_model
 from mlxtune.backends import numpy_ops as ops
 from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, expected_shapes, load_model
 from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
@@ -428,7 +429,8 @@ def test_fused_weights_forward_equals_lora_forward(variant):
 
 
 @pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-def test_kv_cache_forward_equals_full_forward(dtype, atol):
+def test_kv_cache_forward_equals_full_forward(dtype, atol, monkeypatch):
+    monkeypatch.setattr(numpy_model, "KV_CACHE_START", 5)  # so the cache grows twice
     model = small_model(dtype=dtype)
     tokens = np.random.default_rng(3).integers(0, 40, size=(2, 10))
     full = model.forward(tokens)  # (B, T, V)
@@ -437,8 +439,32 @@ def test_kv_cache_forward_equals_full_forward(dtype, atol):
     for t in range(4, 6):  # one token at a time, as in generation
         pieces.append(model.forward(tokens[:, t : t + 1], cache))
     pieces.append(model.forward(tokens[:, 6:], cache))  # a chunk on top of a cache
-    assert cache.offset == 10 and cache.keys[0].shape == (2, 2, 10, 4)
+    assert cache.offset == 10 and cache.keys[0].shape == (2, 2, 10, 4)  # grown 5 -> 10 (to fit 4 + 6)
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=0, atol=atol)
+    last = model.forward(tokens[:, :7], model.new_cache(), last_only=True)  # (B, 1, V)
+    np.testing.assert_allclose(last, full[:, 6:7], rtol=0, atol=atol)
+
+
+def test_grouped_weights_are_stored_stacked_and_used_without_a_copy():
+    model = small_model()
+    model.adapters = {}
+    layers = model._layers(0, numpy_model._QKV, {})
+    stack = ops.stacked_weight(layers)
+    assert all(np.shares_memory(l.weight, stack) for l in layers)
+    np.testing.assert_array_equal(stack, np.concatenate([l.weight for l in layers]))
+    model.add_lora(-1, ["self_attn.k_proj"], 2, 2.0, np.random.default_rng(0))
+    folded = ops.stacked_weight(model._layers(0, numpy_model._QKV, {}))  # an adapter in the group: a fresh sum
+    assert not np.shares_memory(folded, stack)
+
+
+def test_merge_adapters_leaves_outputs_bit_for_bit():
+    model = small_model()  # LoRA on every linear layer, lora_b non-zero
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 40, size=(2, 7))
+    before = model.forward(tokens)
+    model.merge_adapters()
+    assert not model.adapters
+    np.testing.assert_array_equal(model.forward(tokens), before)
 
 
 # ----------------------------------------------------------------- loading

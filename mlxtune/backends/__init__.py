@@ -23,13 +23,20 @@ BACKENDS = ("auto", "mlx", "numpy")
 
 
 def mlx_available() -> bool:
-    """Whether mlx (and mlx-lm) can be imported here."""
+    """Whether mlx (and mlx-lm) can be imported here.
+
+    mlx.core is imported (it is needed to know the device anyway); mlx-lm is
+    only looked up, since importing it imports transformers' model code and,
+    where installed, PyTorch: a few hundred MB a numpy run would carry.
+    """
+    import importlib.util
+
     try:
         import mlx.core  # noqa: F401
-        import mlx_lm  # noqa: F401
-    except ImportError:
+
+        return importlib.util.find_spec("mlx_lm") is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked by a None in sys.modules
         return False
-    return True
 
 
 # Model types the numpy backend implements (numpy_model.ModelConfig checks the details).
@@ -65,7 +72,7 @@ def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -
     import json
     from pathlib import Path
 
-    mlx_ok = mlx_available()
+    mlx_ok = (requested or "auto") == "numpy" or mlx_available()  # numpy asked for: no need to load mlx
     device = None
     if mlx_ok and (requested or "auto") == "auto":
         from ..runtime import current_device

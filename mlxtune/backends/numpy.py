@@ -47,7 +47,7 @@ def load_model(model_dir: Path, dtype=np.float32):
     from .numpy_model import ModelConfig, NumpyLlama
 
     config, weights = npio.load_weights(model_dir)
-    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype), config
+    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config
 
 
 def resolve_keys(targets: list[str] | None) -> list[str]:
@@ -200,7 +200,7 @@ def generate_tokens(model, prompt: list[int], max_tokens: int, eos_ids: set[int]
     """Token ids after ``prompt``, one at a time, with a KV cache; stops after an end token."""
     rng = np.random.default_rng(seed)
     cache = model.new_cache()
-    logits = model.forward(np.array([prompt], dtype=np.int32), cache)[0, -1]
+    logits = model.forward(np.array([prompt], dtype=np.int32), cache, last_only=True)[0, -1]
     for _ in range(max_tokens):
         token = sample(logits, temp, top_p, rng)
         yield token

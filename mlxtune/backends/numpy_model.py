@@ -183,27 +183,44 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+KV_CACHE_START = 256  # positions a cache has room for before it first grows
+
+
 class KVCache:
-    """Keys and values (after RoPE) of every block for the positions seen so far."""
+    """Keys and values (after RoPE) of every block for the positions seen so far.
+
+    Each layer's keys and values live in a buffer with room to grow (doubling
+    when full), so a decoding step writes its one new position instead of
+    copying the whole cache.
+    """
 
     def __init__(self, num_layers: int):
-        self.keys: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, S, D)
-        self.values: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, S, D)
+        self.keys: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, capacity, D)
+        self.values: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, capacity, D)
         self.offset = 0  # positions already cached
 
     def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append this step's k, v (B, KVH, T, D) to the layer's; return all (B, KVH, S, D)."""
-        if self.keys[layer] is not None:
-            k = np.concatenate([self.keys[layer], k], axis=2)
-            v = np.concatenate([self.values[layer], v], axis=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Append this step's k, v (B, KVH, T, D) to the layer's; return all (B, KVH, S, D) (views of the buffers)."""
+        start, T = self.offset, k.shape[2]
+        end = start + T
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or buf_k.shape[2] < end:
+            capacity = max(end, KV_CACHE_START, 0 if buf_k is None else 2 * buf_k.shape[2])
+            new_k = np.empty(k.shape[:2] + (capacity, k.shape[3]), dtype=k.dtype)
+            new_v = np.empty(new_k.shape, dtype=v.dtype)
+            if buf_k is not None:
+                new_k[:, :, :start], new_v[:, :, :start] = buf_k[:, :, :start], buf_v[:, :, :start]
+            buf_k, buf_v = self.keys[layer], self.values[layer] = new_k, new_v
+        buf_k[:, :, start:end], buf_v[:, :, start:end] = k, v
+        return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
 class NumpyLlama:
     """A llama-family model in numpy with LoRA adapters, a forward pass and a LoRA backward pass."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32):
+    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32, consume: bool = False):
+        """``consume``: take the arrays out of ``weights`` as they are stored (the dict ends up empty), so
+        that loading holds one copy of a tensor at a time rather than two copies of the model."""
         cfg = self.config = config
         self.dtype = np.dtype(dtype).type
         if cfg.num_attention_heads % cfg.num_key_value_heads:
@@ -219,7 +236,7 @@ class NumpyLlama:
         for name, shape in expected.items():
             if tuple(weights[name].shape) != shape:
                 raise ModelFormatError(f"tensor {name} has shape {tuple(weights[name].shape)}, but the config calls for {shape}")
-        self.weights = {name: np.ascontiguousarray(weights[name], dtype=self.dtype) for name in expected}
+        self.weights = _stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
         self.attn_scale = cfg.head_dim**-0.5
@@ -278,6 +295,19 @@ class NumpyLlama:
             lora.a = np.array(params[name + ".lora_a"], dtype=self.dtype)
             lora.b = np.array(params[name + ".lora_b"], dtype=self.dtype)
 
+    def merge_adapters(self) -> None:
+        """Add every adapter into its frozen weight, in place, and drop the adapters (for inference).
+
+        The sum is the one the forward forms for a folded adapter
+        (``ops.stacked_weight``: delta, then + W), so outputs are bit for bit
+        what they were; the stacked weights stay stacked, and no step copies
+        them again.
+        """
+        for name, lora in self.adapters.items():
+            w = self.weights[name + ".weight"]  # (out, in), a view into its block's stack
+            np.add(ops.lora_delta(lora), w, out=w)
+        self.adapters = {}
+
     def fused_weights(self) -> dict[str, np.ndarray]:
         """The dense weights with every adapter merged in: W + scale * (A B)ᵀ."""
         fused = dict(self.weights)
@@ -290,8 +320,12 @@ class NumpyLlama:
     def new_cache(self) -> KVCache:
         return KVCache(self.config.num_hidden_layers)
 
-    def forward(self, inputs: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
-        """Logits (B, T, V) for token ids (B, T); with a cache, positions continue from cache.offset."""
+    def forward(self, inputs: np.ndarray, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
+        """Logits (B, T, V) for token ids (B, T); with a cache, positions continue from cache.offset.
+
+        ``last_only``: only the last position's logits, (B, 1, V), which is
+        all decoding needs (the head is the widest matmul of a prompt).
+        """
         inputs = self._check_tokens(inputs)
         B, T = inputs.shape
         offset = 0 if cache is None else cache.offset
@@ -301,6 +335,8 @@ class NumpyLlama:
             x, _ = self._block_forward(i, x, rope, kv=cache, offset=offset)
         if cache is not None:
             cache.offset += T
+        if last_only:
+            x, T = x[:, -1:], 1
         x2 = x.reshape(B * T, -1)  # (N, C)
         h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
         return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
@@ -632,6 +668,31 @@ class NumpyLlama:
         if buf is None or buf.shape[0] < rows:
             buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
         return buf
+
+
+def _stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: int, dtype, consume: bool) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of ``weights`` in ``dtype``; q | k | v and gate | up of each block stored as one array each.
+
+    Each layer's weight is a row block (a contiguous view) of its group's
+    array, which ``ops.stacked_weight`` then uses as is: the layers that read
+    the same input run as one sgemm without copying their weights first.
+    With ``consume``, each tensor leaves ``weights`` as soon as it is stored.
+    """
+    take = weights.pop if consume else weights.__getitem__
+    out: dict[str, np.ndarray] = {}
+    for i in range(n_blocks):
+        for group in (_QKV, _GATE_UP):
+            group_names = [f"model.layers.{i}.{k}.weight" for k in group]
+            parts = [take(n) for n in group_names]
+            rows = [p.shape[0] for p in parts]
+            stack = np.concatenate(parts, axis=0, dtype=dtype)  # (sum of out, in)
+            del parts
+            for n, start, r in zip(group_names, np.cumsum([0] + rows), rows):
+                out[n] = stack[start : start + r]
+    for n in names:
+        if n not in out:
+            out[n] = np.ascontiguousarray(take(n), dtype=dtype)
+    return out
 
 
 class _Saved:

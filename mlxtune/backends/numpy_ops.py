@@ -88,6 +88,9 @@ def stacked_weight(layers: list[Linear]) -> np.ndarray:
     """
     if len(layers) == 1 and not layers[0].folded:
         return layers[0].weight
+    whole = _common_base(layers)
+    if whole is not None:
+        return whole
     out = np.empty((sum(l.weight.shape[0] for l in layers), layers[0].weight.shape[1]), dtype=layers[0].weight.dtype)
     start = 0
     for l in layers:
@@ -99,6 +102,22 @@ def stacked_weight(layers: list[Linear]) -> np.ndarray:
             rows[...] = l.weight
         start += l.weight.shape[0]
     return out
+
+
+def _common_base(layers: list[Linear]) -> np.ndarray | None:
+    """The array the layers' weights are consecutive row blocks of, when they are and no adapter is folded in."""
+    if any(l.folded for l in layers):
+        return None
+    base = layers[0].weight.base
+    if base is None or base.ndim != 2 or not base.flags.c_contiguous or base.shape[0] != sum(l.weight.shape[0] for l in layers):
+        return None
+    offset = 0
+    for l in layers:
+        w = l.weight
+        if w.base is not base or w.shape[1] != base.shape[1] or w.ctypes.data != base.ctypes.data + offset:
+            return None
+        offset += w.nbytes
+    return base
 
 
 def _stacked_bias(layers: list[Linear]):

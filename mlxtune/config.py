@@ -45,6 +45,7 @@ class TrainConfig:
     valid_fraction: float = 0.1
     offline: bool | None = None
     dtype: str | None = None  # compute dtype; None: runtime.choose_compute decides
+    recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)
 
     @property
     def scale(self) -> float:

@@ -86,11 +86,19 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
     hf = hf_tokenizer(tokenizer)
     if chat and getattr(hf, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return hf.encode(text, add_special_tokens=False)
+        return chat_prompt(tokenizer, messages)
     if system:
         raise UsageError("--system needs a chat model (this model has no chat template) and is ignored with --no-chat")
     return hf.encode(prompt)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation rendered by the chat template, ready for the assistant's turn."""
+    from .batching import hf_tokenizer
+
+    hf = hf_tokenizer(tokenizer)
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return hf.encode(text, add_special_tokens=False)
 
 
 def generate(loaded: Loaded, prompt: str, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = True, system: str | None = None) -> Iterator[Chunk]:
@@ -99,7 +107,16 @@ def generate(loaded: Loaded, prompt: str, max_tokens: int = 256, temp: float = 0
         raise UsageError("--max-tokens must be positive")
     if temp < 0 or not 0 < top_p <= 1:
         raise UsageError("--temp must be >= 0 and --top-p in (0, 1]")
-    ids = build_prompt(loaded.tokenizer, prompt, chat, system)
+    yield from stream(loaded, build_prompt(loaded.tokenizer, prompt, chat, system), max_tokens, temp, top_p, seed)
+
+
+def complete(loaded: Loaded, ids: list[int], max_tokens: int) -> str:
+    """The greedy continuation of the token ids ``ids``, as text (up to an end token or ``max_tokens``)."""
+    return "".join(c.text for c in stream(loaded, ids, max_tokens))
+
+
+def stream(loaded: Loaded, ids: list[int], max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[Chunk]:
+    """Stream the continuation of the token ids ``ids`` chunk by chunk."""
     if loaded.backend == "numpy":
         yield from _generate_numpy(loaded, ids, max_tokens, temp, top_p, seed)
         return

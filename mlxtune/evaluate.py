@@ -1,0 +1,255 @@
+"""``mlxtune eval``: how well a model (with or without an adapter) does on held-out data.
+
+For every model evaluated (the tuned one, and the base with ``compare_base``):
+
+* **loss and perplexity** on the split, over the same target tokens training
+  uses (answers only for chat and prompt/completion data);
+* the model's **greedy answers** to the split's prompts, and the task's
+  measure of them against the references:
+  - ``summarize``: ROUGE-1/2/L F-measures (``metrics.rouge``);
+  - ``style``: the share of the style's markers each answer carries, the
+    markers being the word n-grams that at least ``marker_share`` of the
+    *training* answers contain (``metrics.style_markers``): a check of the
+    style that needs no classifier, learned from the user's own data, with
+    the held-out references' own score as its ceiling;
+* side-by-side samples: prompt, reference, base answer, tuned answer.
+
+Everything lands in one JSON-ready dict (``EvalResult.to_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DataError, UsageError
+
+SPLITS = ("test", "valid", "train")
+
+
+@dataclass
+class ModelScores:
+    name: str  # "base" | "tuned"
+    model: str
+    adapter: str | None
+    loss: float | None
+    perplexity: float | None
+    tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class EvalResult:
+    data: str
+    split: str  # test | valid | train
+    source: str  # the records, in words
+    task: str
+    records: int
+    scores: list[ModelScores]
+    references: list[str]
+    prompts: list[str]
+    markers: list[str] = field(default_factory=list)
+    reference_metrics: dict[str, float] = field(default_factory=dict)
+    samples: int = 3
+    notes: list[str] = field(default_factory=list)
+
+    def by_name(self, name: str) -> ModelScores | None:
+        return next((s for s in self.scores if s.name == name), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["side_by_side"] = [
+            {"prompt": self.prompts[i], "reference": self.references[i]} | {s.name: s.outputs[i] for s in self.scores if i < len(s.outputs)}
+            for i in range(min(self.samples, len(self.prompts)))
+        ]
+        return d
+
+
+def evaluate(
+    adapter: str | Path | None = None,
+    model: str | None = None,
+    data: str | Path | None = None,
+    split: str | None = None,
+    task: str | None = None,
+    recipe: str | None = None,
+    compare_base: bool = False,
+    max_tokens: int | None = None,
+    limit: int | None = None,
+    samples: int | None = None,
+    backend: str = "auto",
+    offline: bool | None = None,
+    on_progress: Callable[[str, int, int], None] = lambda name, done, total: None,
+) -> EvalResult:
+    """Evaluate ``adapter`` (on its base, or on ``model``), or ``model`` alone, on a split of ``data``."""
+    from . import recipes
+    from .adapters import read_adapter_config
+
+    if adapter is None and model is None:
+        raise UsageError("give --adapter RUN (a run of mlxtune lora), --model MODEL, or both")
+    run = read_adapter_config(Path(adapter)) if adapter is not None else {}
+    run_cfg = run.get("config") or {}
+    recipe = recipe or run_cfg.get("recipe")
+    settings = recipes.load(recipe).eval if recipe else recipes.eval_settings()
+    if task is not None:
+        settings = settings | {"task": recipes.eval_settings(task)["task"]}
+    max_tokens = max_tokens or settings["max_tokens"]
+    samples = settings["samples"] if samples is None else samples
+    data = data or run_cfg.get("data")
+    if data is None:
+        raise UsageError("no data: pass --data (a JSONL file or a directory with test.jsonl)")
+    records, fmt, train_records, split, where, notes = _eval_records(Path(data), split, run_cfg)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise DataError(f"the {where} split has no records to evaluate", Path(data))
+
+    prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records))
+    result = EvalResult(str(data), split, where, settings["task"], len(records), [], list(references), [_prompt_text(p) for p in prompts], samples=samples, notes=notes)
+    generate_answers = settings["task"] != "loss" and fmt != "text"
+    if settings["task"] == "style":
+        from .metrics import marker_scores, style_markers
+
+        result.markers = style_markers([_prompt_and_reference(r, fmt)[1] for r in train_records], min_share=settings["marker_share"])
+        if not result.markers:
+            notes.append(f"no word sequence is shared by {settings['marker_share']:.0%} of the training answers: the style measure is empty (lower eval.marker_share)")
+        result.reference_metrics = {"marker_score": _mean(marker_scores(references, result.markers))}
+
+    mask_prompt = run_cfg.get("mask_prompt")
+    mask_prompt = fmt != "text" if mask_prompt is None else bool(mask_prompt)
+    max_seq_len = int(run_cfg.get("max_seq_len") or 1024)
+    variants = []
+    if adapter is None or compare_base:
+        variants.append(("base", None))
+    if adapter is not None:
+        variants.append(("tuned", Path(adapter)))
+    for name, adapter_path in variants:
+        result.scores.append(_score_model(name, model, adapter_path, adapter, backend, offline, records, fmt, prompts, mask_prompt, max_seq_len, max_tokens if generate_answers else 0, settings, result, on_progress))
+    return result
+
+
+def _score_model(name, model, adapter_path, run_dir, backend, offline, records, fmt, prompts, mask_prompt, max_seq_len, max_tokens, settings, result, on_progress) -> ModelScores:
+    from .generate import load
+
+    start = time.perf_counter()
+    if adapter_path is None and model is None:  # the base the run was trained on
+        from .fuse import base_model_dir
+
+        model_dir, notes = base_model_dir(Path(run_dir), None, offline)
+        result.notes.extend(notes)
+        loaded = load(str(model_dir), backend=backend, offline=offline)
+    else:
+        loaded = load(model, adapter=adapter_path, backend=backend, offline=offline)
+    loss, n = _loss(loaded, records, fmt, mask_prompt, max_seq_len)
+    scores = ModelScores(name, str(loaded.model_dir), str(adapter_path) if adapter_path else None, loss, math.exp(loss) if loss is not None and loss < 50 else None, n)
+    if max_tokens:
+        from .generate import complete
+
+        for i, prompt in enumerate(prompts):
+            scores.outputs.append(complete(loaded, _prompt_ids(loaded.tokenizer, prompt), max_tokens).strip())
+            on_progress(name, i + 1, len(prompts))
+        if settings["task"] == "summarize":
+            from .metrics import rouge
+
+            scores.metrics = rouge(scores.outputs, result.references)
+        elif settings["task"] == "style":
+            from .metrics import marker_scores
+
+            scores.metrics = {"marker_score": _mean(marker_scores(scores.outputs, result.markers))}
+    scores.seconds = time.perf_counter() - start
+    del loaded
+    return scores
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _eval_records(data: Path, split: str | None, run_cfg: dict) -> tuple[list, str, list, str, str, list[str]]:
+    """(records to evaluate, format, training records, split name, the records in words, notes) for ``data``.
+
+    A directory's ``test.jsonl`` (default), ``valid.jsonl`` or ``train.jsonl``;
+    a single file is split as ``mlxtune lora`` split it (same seed and
+    fraction, from the run when there is one): ``valid`` is the held-out part,
+    ``test`` the whole file (a file kept apart for testing).
+    """
+    from .data import load_data
+
+    if split is not None and split not in SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    notes: list[str] = []
+    seed, fraction = int(run_cfg.get("seed") or 0), float(run_cfg.get("valid_fraction") or 0.1)
+    splits = load_data(data, valid_fraction=fraction, seed=seed)
+    if data.is_file():
+        split = split or "test"
+        chosen = {"test": list(splits.train) + list(splits.valid), "valid": list(splits.valid), "train": list(splits.train)}[split]
+        where = {"test": f"{data} (whole file)", "valid": f"{data} valid split (seed {seed})", "train": f"{data} train split (seed {seed})"}[split]
+        return chosen, splits.format, list(splits.train), split, where, notes
+    if split is None:
+        split = "test" if len(splits.test) else "valid"
+        if split == "valid":
+            notes.append(f"{data} has no test.jsonl: evaluating on the validation split, which training watched (its figures flatter the model a little)")
+    chosen = {"test": splits.test, "valid": splits.valid, "train": splits.train}[split]
+    return list(chosen), splits.format, list(splits.train), split, f"{data} {split} split", notes
+
+
+def _prompt_and_reference(record, fmt: str) -> tuple[Any, str]:
+    """(the prompt: chat messages or a string, the reference answer) of a record."""
+    if fmt == "chat":
+        messages = list(record["messages"])
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            return messages, ""
+        return messages[:last], messages[last]["content"]
+    if fmt == "completions":
+        return record["prompt"], record["completion"]
+    return record["text"], ""
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    from .batching import hf_tokenizer
+    from .generate import chat_prompt
+
+    if isinstance(prompt, str):
+        hf = hf_tokenizer(tokenizer)
+        if getattr(hf, "chat_template", None):
+            return chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
+        return hf.encode(prompt)
+    return chat_prompt(tokenizer, prompt)
+
+
+def _loss(loaded, records, fmt: str, mask_prompt: bool, max_seq_len: int, batch_size: int = 4) -> tuple[float | None, int]:
+    """Mean cross-entropy over the split's target tokens, and their number."""
+    import numpy as np
+
+    from .batching import encode_dataset, make_batch
+
+    examples, _ = encode_dataset(records, fmt, loaded.tokenizer, mask_prompt, max_seq_len)
+    examples.sort(key=len)
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = make_batch(examples[i : i + batch_size])
+        if loaded.backend == "numpy":
+            mean, n = loaded.model.loss(batch.inputs, batch.targets, batch.mask)
+        else:
+            import mlx.core as mx
+
+            from .backends.mlx import loss_fn
+
+            m, nn_ = loss_fn(loaded.model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
+            mean, n = float(m), float(nn_)
+        total += float(mean) * float(n)
+        count += int(n)
+    if not count:
+        return None, 0
+    return float(np.float64(total) / count), count

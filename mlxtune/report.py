@@ -1,0 +1,121 @@
+"""The short report a training run leaves in its directory: ``report.md`` and ``loss.png``.
+
+Built from what the run wrote (``adapter_config.json``, ``metrics.jsonl``), so
+it can be made again for any run: the settings, the training and validation
+loss curves as a picture, validation loss and perplexity before and after,
+and a few validation prompts answered by the base model and by the tuned one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .fsutil import atomic_write_text
+
+PNG_SIZE = (800, 480)  # width, height of loss.png
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a hard stop
+    return out
+
+
+def loss_curves(metrics: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{'train': (steps, losses), 'valid': (steps, losses)} from metrics.jsonl records."""
+    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
+    valid = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
+    return {name: ([p[0] for p in pts], [p[1] for p in pts]) for name, pts in (("train", train), ("valid", valid)) if pts}
+
+
+def write_loss_png(run_dir: Path, metrics: list[dict]) -> Path:
+    from .plot import encode_png, line_chart
+
+    img = line_chart(loss_curves(metrics), *PNG_SIZE, title="loss", xlabel="step", ylabel="loss")
+    path = Path(run_dir) / "loss.png"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(encode_png(img))
+    tmp.replace(path)
+    return path
+
+
+def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> list[dict]:
+    """The first ``n`` validation prompts with their reference, the base's answer and the tuned model's."""
+    from .adapters import read_adapter_config
+    from .evaluate import _eval_records, _prompt_and_reference, _prompt_ids, _prompt_text
+    from .fuse import base_model_dir
+    from .generate import complete, load
+
+    run_cfg = read_adapter_config(run_dir).get("config") or {}
+    if n <= 0 or not run_cfg.get("data"):
+        return []
+    records, fmt, *_ = _eval_records(Path(run_cfg["data"]), "valid", run_cfg)
+    if fmt == "text":
+        return []
+    pairs = [_prompt_and_reference(r, fmt) for r in records[:n]]
+    out = [{"prompt": _prompt_text(p), "reference": ref} for p, ref in pairs]
+    base_dir, _ = base_model_dir(run_dir, None)
+    for name, loaded_args in (("base", (str(base_dir), None)), ("tuned", (None, run_dir))):
+        loaded = load(*loaded_args, backend=backend)
+        for row, (prompt, _) in zip(out, pairs):
+            row[name] = complete(loaded, _prompt_ids(loaded.tokenizer, prompt), max_tokens).strip()
+        del loaded
+    return out
+
+
+def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160, backend: str = "auto") -> Path:
+    """Write ``report.md`` and ``loss.png`` into the run directory; returns the report's path."""
+    from .adapters import read_adapter_config
+
+    run_dir = Path(run_dir)
+    meta = read_adapter_config(run_dir)
+    cfg = meta.get("config") or {}
+    metrics = read_metrics(run_dir)
+    png = write_loss_png(run_dir, metrics)
+    vals = [m for m in metrics if m.get("val_loss") is not None]
+    steps = [m for m in metrics if m.get("loss") is not None]
+    lines = [f"# Training report: {run_dir.name}", ""]
+    base = meta.get("base_model") or {}
+    data = meta.get("data") or {}
+    lines += [
+        f"- **Model**: {base.get('spec') or base.get('path')}",
+        f"- **Data**: {data.get('description', cfg.get('data'))}",
+        f"- **Recipe**: {cfg.get('recipe') or 'none'}",
+        f"- **Compute**: {meta.get('backend')} backend; {meta.get('compute', '')}",
+        f"- **LoRA**: rank {cfg.get('rank')}, alpha {cfg.get('alpha')} (scale {cfg.get('scale')}), dropout {cfg.get('dropout')}"
+        f"{', DoRA' if cfg.get('dora') else ''}, on {', '.join(meta.get('lora_parameters', {}).get('keys', []) or ['all linear layers'])} of {meta.get('num_layers')} blocks",
+        f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
+    ]
+    if steps:
+        last = steps[-1]
+        lines.append(f"- **Run**: {last['step']} steps in {last.get('elapsed', 0) / 60:.1f} min, {last.get('trained_tokens', 0)} trained tokens, peak memory {last.get('peak_memory_bytes', 0) / 1e9:.2f} GB")
+    lines += ["", "![loss](loss.png)", ""]
+    if vals:
+        first, best, final = vals[0], min(vals, key=lambda m: m["val_loss"]), vals[-1]
+        lines += ["| validation | step | loss | perplexity |", "|---|---|---|---|"]
+        for label, m in (("before training", first), ("best", best), ("final", final)):
+            lines.append(f"| {label} | {m['step']} | {m['val_loss']:.3f} | {math.exp(min(m['val_loss'], 50)):.2f} |")
+        lines += ["", f"Validation loss {final['val_loss'] / first['val_loss']:.0%} of where it started." if first["val_loss"] else "", ""]
+    rows = samples(run_dir, n_samples, max_tokens, backend) if n_samples else []
+    if rows:
+        lines += ["## Samples (validation prompts, greedy)", ""]
+        for i, row in enumerate(rows, 1):
+            lines += [f"### {i}", "", "**Prompt**", "", _quote(row["prompt"]), "", "**Reference**", "", _quote(row["reference"]), "", "**Base model**", "", _quote(row["base"]), "", "**Tuned**", "", _quote(row["tuned"]), ""]
+    lines.append("Measure it on held-out data: `mlxtune eval --adapter " + str(run_dir) + " --compare-base`")
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    assert png.exists()
+    return path
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"

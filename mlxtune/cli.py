@@ -200,7 +200,7 @@ class _TrainPrinter:
             val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
             click.echo(
                 f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
-                f"{d['tokens_per_sec']:.0f} tok/s  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
+                f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
             )
 
 

@@ -51,7 +51,7 @@ def available() -> list[Path]:
 def find(name_or_path: str | Path) -> Path:
     """The file of a recipe given by name (``style``) or path (``my/recipe.yaml``)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a path; a directory of the same name as a recipe is not one
         if not p.is_file():
             raise ConfigError(f"recipe file {p} does not exist")
         return p

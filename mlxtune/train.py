@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     log({"step": 0, "val_loss": initial_val, "elapsed": time.perf_counter() - start})
     on_event(Event("val", {"step": 0, "val_loss": initial_val}))
 
-    trained_tokens, window_tokens, window_start = 0, 0, time.perf_counter()
+    trained_tokens, window_tokens, window_seen, window_start = 0, 0, 0, time.perf_counter()
     train_start = time.perf_counter()
     completed, in_step, saved, last_val = 0, False, 0, initial_val
     batches = iterate_batches(train_set, cfg.batch_size, seed=cfg.seed, loop=True)
@@ -211,17 +211,19 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
                     raise MlxtuneError(f"the loss became {loss_v} at step {step}: the learning rate ({cfg.learning_rate}) is probably too high; the adapters of step {saved} in {run_dir} are the last good ones")
                 trained_tokens += ntok
                 window_tokens += ntok
+                window_seen += int(batch.lengths.sum())
                 now = time.perf_counter()
                 elapsed = now - train_start
                 report = {
                     "step": step, "loss": loss_v, "lr": lr, "tokens_per_sec": window_tokens / max(now - window_start, 1e-9),
+                    "processed_tokens_per_sec": window_seen / max(now - window_start, 1e-9),
                     "trained_tokens": trained_tokens, "peak_memory_bytes": trainer.peak_memory(), "elapsed": elapsed,
                     "eta": elapsed / step * (total - step),
                 }
                 if step % cfg.val_every == 0 or step == total:
                     last_val = validate()
                     report["val_loss"] = last_val
-                    window_tokens, window_start = 0, time.perf_counter()
+                    window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
                 log(report)
                 on_event(Event("step", report | {"total": total}))
                 if step % cfg.save_every == 0 or step == total:

@@ -49,3 +49,13 @@ def backend(request) -> str:
 def tiny_model(tmp_path_factory) -> Path:
     """A random tiny llama model directory (float32, tied embeddings)."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def data_script(name: str):
+    """The module of a data generator in data/ (e.g. ``make_style``), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "data" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

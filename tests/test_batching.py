@@ -20,6 +20,8 @@ from mlxtune.batching import (
 from mlxtune.data import Record, load_data, load_jsonl
 from mlxtune.errors import DataError
 
+from conftest import data_script
+
 REPO = Path(__file__).resolve().parents[1]
 END = "<|im_end|>"  # eos and end-of-turn of the tiny tokenizer (as of SmolLM2)
 
@@ -362,10 +364,7 @@ def test_notes_encode_without_truncation_and_masks_the_answer(tok):
 
 
 def _load_make_notes():
-    spec = importlib.util.spec_from_file_location("make_notes", REPO / "data" / "make_notes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return data_script("make_notes")
 
 
 def test_notes_file_is_what_the_generator_writes():

@@ -77,3 +77,10 @@ def test_lora_with_recipe_flags_override(tiny_model, tmp_path):
     recipe = recipes.load("summarize")
     assert cfg["recipe"] == "summarize" and cfg["learning_rate"] == 2e-4 and cfg["val_every"] == recipe.train["val_every"]
     assert cfg["iters"] == 2  # --iters replaces the recipe's epochs
+
+
+def test_a_directory_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """A run directory called 'style' in the working directory (runs are named after their data) is not a recipe file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "style").mkdir()
+    assert recipes.load("style").path == recipes.RECIPES_DIR / "style.yaml"

@@ -1,10 +1,11 @@
 """The style-mimicry example data set in data/style/ (written by data/make_style.py)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from conftest import data_script
 
 REPO = Path(__file__).resolve().parent.parent
 STYLE = REPO / "data" / "style"
@@ -12,10 +13,7 @@ STYLE = REPO / "data" / "style"
 
 @pytest.fixture(scope="module")
 def make_style():
-    spec = importlib.util.spec_from_file_location("make_style", REPO / "data" / "make_style.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return data_script("make_style")
 
 
 @pytest.fixture(scope="module")

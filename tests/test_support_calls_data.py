@@ -1,11 +1,12 @@
 """data/support_calls/: the files are what data/make_support_calls.py writes, and the summaries hold up."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+
+from conftest import data_script
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "support_calls"
@@ -13,10 +14,7 @@ SPLITS = ("train", "valid", "test")
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_support_calls", REPO / "data" / "make_support_calls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return data_script("make_support_calls")
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--iters", type=int, help="Training steps (default: one epoch).")
 @click.option("--epochs", type=float, help="Passes over the training set (instead of --iters).")
 @click.option("-b", "--batch-size", type=int, help="Sequences per step. [default: 4]")
-@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (AdamW; warmup, then cosine decay). [default: 5e-4]")
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (AdamW; warmup, then cosine decay). [default: 1e-3]")
 @click.option("-r", "--rank", type=int, help="LoRA rank. [default: 8]")
 @click.option("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (mlx-lm's 'scale'). [default: 16]")
 @click.option("--dropout", type=float, help="Dropout on the LoRA input. [default: 0]")
@@ -208,7 +208,7 @@ class _TrainPrinter:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("-a", "--adapter", required=True, type=click.Path(), help="Run directory written by 'mlxtune lora'.")
+@click.option("-a", "--adapter", required=True, type=click.Path(), help="Run directory written by 'mlxtune lora', or a PEFT LoRA adapter directory.")
 @click.option("-m", "--model", help="Base model. [default: the one the adapter was trained on]")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the fused model.")
 @click.option("--dtype", type=DTYPES, help="dtype of the fused weights. [default: the base's; float16 for a quantized base]")
@@ -239,7 +239,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend,
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-m", "--model", help="Model: Hub id, directory or .gguf. [default: the adapter's base, else SmolLM2-135M-Instruct]")
-@click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply.")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply, or a PEFT LoRA adapter directory.")
 @click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens to generate.")
 @click.option("--temp", type=float, default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
@@ -277,11 +277,44 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
         click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {_fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
 
 
+# ---------------------------------------------------------------- export
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--format", "fmt", required=True, type=click.Choice(["gguf", "hf", "peft"]), help="gguf: llama.cpp and Ollama; hf: transformers; peft: the adapter for peft.")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
+@click.option("-m", "--model", help="Model directory, Hub id or .gguf (gguf/hf); with --adapter, its base. [default: the adapter's base]")
+@click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file (or a directory for it); hf, peft: a directory.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
+@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the source's, else float16]")
+@click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def export(fmt, adapter, model, output, outtype, dtype, base_model, offline, force) -> None:
+    """Export a model or an adapter for llama.cpp/Ollama, transformers or peft.
+
+    \b
+    Examples:
+      mlxtune export -f gguf --adapter runs/notes -o notes.gguf --outtype q8_0
+      ollama create notes -f Modelfile          # the Modelfile is written beside the .gguf
+      mlxtune export -f hf --model fused -o hf-model
+      mlxtune export -f peft --adapter runs/notes -o notes-peft
+    """
+    from .export import export as do_export
+
+    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"Exported {r.path}: {r.what}, {_fmt_bytes(r.size_bytes)}")
+    if r.extra is not None:
+        click.echo(f"Ollama: {r.extra} (ollama create NAME -f {r.extra})")
+
+
 # ---------------------------------------------------------------- eval
 
 
 @cli.command("eval", context_settings=CONTEXT)
-@click.option("-a", "--adapter", type=click.Path(), help="Run directory written by 'mlxtune lora' (its base, data and recipe are the defaults below).")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory written by 'mlxtune lora' (its base, data and recipe are the defaults below), or a PEFT adapter.")
 @click.option("-m", "--model", help="Model to evaluate, or the base for --adapter. [default: the adapter's base]")
 @click.option("-d", "--data", type=click.Path(), help="JSONL file or data directory. [default: the run's data]")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), help="Which records. [default: test.jsonl of a directory, else valid; a single file: the whole file]")

@@ -91,6 +91,10 @@ def evaluate(
 
     if adapter is None and model is None:
         raise UsageError("give --adapter RUN (a run of mlxtune lora), --model MODEL, or both")
+    if adapter is not None:
+        from .peft_format import as_mlx_adapter
+
+        adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
     run = read_adapter_config(Path(adapter)) if adapter is not None else {}
     run_cfg = run.get("config") or {}
     recipe = recipe or run_cfg.get("recipe")

@@ -69,7 +69,9 @@ def fuse(
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir``."""
     from .backends import backend_for, choose_backend, mlx_available
 
-    adapter_dir = Path(adapter_dir)
+    from .peft_format import as_mlx_adapter
+
+    adapter_dir = as_mlx_adapter(adapter_dir)  # a PEFT adapter directory works too
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading

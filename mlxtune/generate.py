@@ -46,6 +46,9 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     notes: list[str] = []
     if adapter is not None:
+        from .peft_format import as_mlx_adapter
+
+        adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
         model_dir, notes = base_model_dir(Path(adapter), model, offline)
     else:
         source = resolve_model(model, revision=revision, offline=offline)

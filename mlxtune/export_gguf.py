@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UnsupportedModelError, UsageError
+from . import gguf_import
 from .fsutil import atomic_write_text
 
 # --outtype -> (general.file_type, tensor type of 2-D weights)
@@ -49,18 +50,11 @@ OUTTYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("M
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # model_type -> general.architecture
 BLOCK = 32  # values per Q8_0 / Q4_0 block
 
-_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-_LAYER = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
+# Hugging Face name -> GGUF name: the inverse of what the importer reads.
+_GLOBAL = {hf: name for name, hf in gguf_import._GLOBAL.items()}
+_LAYER = {hf: name for name, hf in gguf_import._LAYER.items()}
+# A block's tensors in the order convert_hf_to_gguf's tensor map lists them.
+_BLOCK_ORDER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 
 # convert_hf_to_gguf.py's get_vocab_base_pre: the token ids of this text identify a
 # pre-tokenizer. Hashes from its table, for the names gguf_tokenizer can rebuild.
@@ -254,8 +248,7 @@ def _order(t: _Tensor) -> tuple:
     """rope_freqs, token_embd, blocks in order (each as convert_hf_to_gguf's tensor map lists them), output_norm, output."""
     parts = t.name.split(".")
     if parts[0] == "blk":
-        stems = list(_LAYER.values())
-        return (2, int(parts[1]), stems.index(parts[2]), parts[3])
+        return (2, int(parts[1]), _BLOCK_ORDER.index(parts[2]), parts[3])
     return ({"rope_freqs": 0, "token_embd": 1, "output_norm": 3, "output": 4}[parts[0]], 0, 0, parts[-1])
 
 

@@ -257,3 +257,35 @@ def _loss(loaded, records, fmt: str, mask_prompt: bool, max_seq_len: int, batch_
     if not count:
         return None, 0
     return float(np.float64(total) / count), count
+
+
+def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: str = "auto") -> tuple[float, dict[str, float]] | None:
+    """How much of a run's validation-loss improvement a fused (e.g. re-quantized) model keeps.
+
+    (loss of the base - loss of the fused model) / (loss of the base - loss of
+    base + adapter), on the run's validation split: 1 keeps all of it, 0 none.
+    Returns (share kept, the three losses), or None when the run's data is not
+    at hand or the adapter did not improve the loss.
+    """
+    from .adapters import read_adapter_config
+    from .generate import load
+
+    run_cfg = read_adapter_config(Path(run_dir)).get("config") or {}
+    data = run_cfg.get("data")
+    if not data or not Path(data).exists():
+        return None
+    records, fmt, *_ = _eval_records(Path(data), "valid", run_cfg)
+    if not records:
+        return None
+    mask_prompt = run_cfg.get("mask_prompt")
+    mask_prompt = fmt != "text" if mask_prompt is None else bool(mask_prompt)
+    max_seq_len = int(run_cfg.get("max_seq_len") or 1024)
+    losses = {}
+    for name, model, adapter in (("base", base_dir, None), ("adapter", base_dir, run_dir), ("fused", fused_dir, None)):
+        loaded = load(str(model), adapter=adapter, backend=backend)
+        losses[name] = _loss(loaded, records, fmt, mask_prompt, max_seq_len)[0]
+        del loaded
+    gain = losses["base"] - losses["adapter"]
+    if not gain > 0:
+        return None
+    return (losses["base"] - losses["fused"]) / gain, losses

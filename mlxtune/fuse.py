@@ -20,6 +20,7 @@ from .errors import AdapterError, UsageError
 from .fsutil import staged_dir
 
 DTYPES = ("float32", "float16", "bfloat16")
+SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
 
 
 @dataclass
@@ -93,7 +94,23 @@ def fuse(
         info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend}
         (tmp / "mlxtune_fuse.json").write_text(json.dumps(info, indent=2))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
+    if quant is not None:
+        _check_kept(adapter_dir, base_dir, Path(out_dir), quant, notes)
     return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes)
+
+
+def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, notes: list[str]) -> None:
+    """After re-quantizing: how much of the adapter's validation-loss gain the result keeps; warn when most is lost."""
+    from .evaluate import kept_improvement
+
+    measured = kept_improvement(adapter_dir, base_dir, out_dir)
+    if measured is None:
+        notes.append("the run's validation data is not at hand: how much of the adapter survived re-quantization was not measured (mlxtune eval --model on the result tells)")
+        return
+    kept, losses = measured
+    notes.append(f"re-quantized to {quant['bits']} bits keeps {kept:.0%} of the adapter's gain on the run's validation split (loss: base {losses['base']:.3f}, base + adapter {losses['adapter']:.3f}, fused {losses['fused']:.3f})")
+    if kept < SURVIVAL_WARNING:
+        notes.append(f"warning: most of the adapter is lost to {quant['bits']}-bit quantization; fuse without -q (float16), or use --q-bits 8 or a smaller --q-group-size")
 
 
 def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, dict | None]:
@@ -107,6 +124,11 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
     base, config = load_model(base_dir)
     base_quant = config.get("quantization")
     load_adapters(base, adapter_dir)
+    if quantize:
+        bits = q_bits or (base_quant or {}).get("bits") or 4
+        group = q_group_size or (base_quant or {}).get("group_size") or 64
+        if bits not in Q_BITS or group not in Q_GROUP_SIZES:
+            raise UsageError(f"quantization must use --q-bits in {Q_BITS} and --q-group-size in {Q_GROUP_SIZES}")
     n = fuse_model(base, _DTYPES[dtype])
     base = dequantize_model(base, _DTYPES[dtype])  # layers without an adapter, and the embeddings
     cast(base, _DTYPES[dtype])
@@ -115,10 +137,6 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
     config["torch_dtype"] = dtype
     quant = None
     if quantize:
-        bits = q_bits or (base_quant or {}).get("bits") or 4
-        group = q_group_size or (base_quant or {}).get("group_size") or 64
-        if bits not in Q_BITS or group not in Q_GROUP_SIZES:
-            raise UsageError(f"quantization must use --q-bits in {Q_BITS} and --q-group-size in {Q_GROUP_SIZES}")
 
         def predicate(path: str, module: nn.Module) -> bool:
             return hasattr(module, "to_quantized") and module.weight.shape[-1] % group == 0
@@ -126,7 +144,6 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
         nn.quantize(base, group_size=group, bits=bits, class_predicate=predicate)
         quant = {"group_size": group, "bits": bits, "mode": "affine"}
         config["quantization"] = quant
-        notes.append(f"re-quantized to {bits} bits (group size {group}) after fusing: check the result with 'mlxtune generate'")
     mx.eval(base.parameters())
     save_model(out, base)
     save_config(config, config_path=out / "config.json")

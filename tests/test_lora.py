@@ -1,6 +1,7 @@
 """LoRA/DoRA layers: placement, adapter files, mlx-lm compatibility, fusing."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,28 @@ def test_quantized_base_fuses_dense(tiny_model):
     fuse_model(model, mx.float32)
     assert isinstance(model.layers[0].self_attn.q_proj, nn.Linear)
     np.testing.assert_allclose(np.array(model(x)), unfused, atol=2e-3)
+
+
+def test_requantized_fuse_reports_what_the_adapter_keeps(tiny_model, tmp_path, monkeypatch):
+    """fuse -q measures the kept share of the validation-loss gain, and warns when most of it is lost."""
+    from click.testing import CliRunner
+
+    from mlxtune import evaluate, fuse as fuse_mod
+    from mlxtune.cli import cli
+
+    notes = str(Path(__file__).resolve().parent.parent / "data" / "notes.jsonl")
+    run = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["lora", "--data", notes, "--model", str(tiny_model), "--iters", 3, "--lr", "1e-2", "--backend", "numpy", "-o", str(run), "--no-report"])
+    assert r.exit_code == 0, r.output
+    # Fused without re-quantizing, the model keeps the whole gain: the measurement itself is right.
+    plain = fuse_mod.fuse(run, tmp_path / "f32", dtype="float32", backend="numpy")
+    kept, losses = evaluate.kept_improvement(run, plain.base, plain.path)
+    assert kept == pytest.approx(1.0, abs=1e-3) and losses["adapter"] < losses["base"]
+    result = fuse_mod.fuse(run, tmp_path / "q8", quantize=True, q_bits=8, q_group_size=32, backend="mlx")
+    assert any("keeps" in n and "validation split" in n for n in result.notes)
+    monkeypatch.setattr(evaluate, "kept_improvement", lambda *a, **k: (0.2, {"base": 3.0, "adapter": 1.0, "fused": 2.6}))
+    result = fuse_mod.fuse(run, tmp_path / "q4", quantize=True, q_bits=4, q_group_size=64, backend="mlx")
+    assert any(n.startswith("warning: most of the adapter is lost to 4-bit") for n in result.notes)
 
 
 def test_mismatched_adapter_is_rejected(tiny_model, tmp_path):

@@ -8,6 +8,10 @@ Systems (``--systems``, comma-separated; default all of them):
 
   mlxtune-mlx      mlxtune's mlx backend (float32, the BLAS mlxtune preloads)
   mlxtune-numpy    mlxtune's numpy reference backend
+  mlxtune-numpy-4bit, mlxtune-mlx-4bit
+                   the same, QLoRA: LoRA on the frozen 4-bit model (the GGUF's
+                   own Q4_1 weights; on a CPU both backends expand them to
+                   float32 for the matmuls, so this shows what that costs)
   mlx-lm-default   ``mlx_lm.lora`` as a user runs it: float16 weights, the
                    mlx[cpu] wheel's bundled reference BLAS
   mlx-lm-openblas  ``mlx_lm.lora`` at its best: float32 weights, OpenBLAS
@@ -64,6 +68,8 @@ sys.path.insert(0, str(BENCH))
 SYSTEMS = {
     "mlxtune-mlx": "mlxtune, mlx backend",
     "mlxtune-numpy": "mlxtune, numpy backend",
+    "mlxtune-numpy-4bit": "mlxtune, numpy backend, QLoRA on the 4-bit base",
+    "mlxtune-mlx-4bit": "mlxtune, mlx backend, QLoRA on the 4-bit base",
     "mlx-lm-default": "mlx_lm.lora as installed (float16, reference BLAS)",
     "mlx-lm-openblas": "mlx_lm.lora, float32 + OpenBLAS (LD_PRELOAD)",
     "peft-float32": "PyTorch + PEFT, float32",
@@ -126,6 +132,15 @@ def prepare(args) -> None:
         r = convert(args.model, out, dtype=dtype, force=True)
         notes.extend(r.notes)
         (out / "bench-stamp.json").write_text(json.dumps(stamp))
+    four_bit = work / "model-4bit"
+    stamp = {"model": args.model, "dtype": "4bit"}
+    if not ((four_bit / "config.json").exists() and _read_json(four_bit / "bench-stamp.json") == stamp):
+        from mlxtune.hub import resolve_model
+
+        is_gguf = resolve_model(args.model).kind == "gguf"
+        r = convert(args.model, four_bit, force=True, **({} if is_gguf else {"quantize": True, "q_bits": 4, "q_group_size": 32}))
+        notes.extend(r.notes)
+        (four_bit / "bench-stamp.json").write_text(json.dumps(stamp))
     model = work / "model-float32"
     tok = load_tokenizer(model)
     eos = tok.eos_token_id
@@ -195,7 +210,8 @@ def run_mlxtune(args, backend: str) -> None:
     from mlxtune.train import learning_rate_at
 
     prep = json.loads((args.workdir / "batches.json").read_text())
-    model = Path(prep["model"])
+    backend, _, variant = backend.partition("-")
+    model = args.workdir / "model-4bit" if variant == "4bit" else Path(prep["model"])
     cfg = TrainConfig(model=str(model), backend=backend, batch_size=args.batch_size, max_seq_len=args.max_seq_len, rank=RANK, alpha=ALPHA, dropout=0.0, learning_rate=LR, iters=args.steps, mask_prompt=False)
     tokenizer = load_tokenizer(model)
     batches = []
@@ -211,7 +227,7 @@ def run_mlxtune(args, backend: str) -> None:
         t = time.perf_counter()
         loss, n = trainer.step(batch, learning_rate_at(cfg, step, args.steps))
         emit("BENCH", {"step": step, "seconds": time.perf_counter() - t, "trained": int(n), "loss": float(loss), "positions": int(np.prod(batch.inputs.shape))})
-    emit("BENCH_RESULT", {"compute": f"mlxtune {backend} backend: {trainer.description}", "n_trainable": int(trainer.n_trainable)})
+    emit("BENCH_RESULT", {"compute": f"mlxtune {backend} backend{' on the 4-bit model' if variant else ''}: {trainer.description}", "n_trainable": int(trainer.n_trainable)})
 
 
 def child(args) -> None:
@@ -270,7 +286,7 @@ def run_process(cmd: list[str], env: dict, log: Path) -> dict:
 
 def skip_reason(system: str, blas: str | None) -> str | None:
     have = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
-    if system in ("mlxtune-mlx", "mlx-lm-default", "mlx-lm-openblas") and not (have("mlx") and have("mlx_lm")):
+    if system in ("mlxtune-mlx", "mlxtune-mlx-4bit", "mlx-lm-default", "mlx-lm-openblas") and not (have("mlx") and have("mlx_lm")):
         return "mlx / mlx-lm not installed"
     if system == "mlx-lm-openblas":
         if platform.system() != "Linux":

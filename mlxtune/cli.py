@@ -134,6 +134,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
 @click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
+@click.option("--early-stop", type=int, help="Stop after this many validations without a new best validation loss. The best adapters are always kept in RUN/best. [default: off]")
 @click.option("--seed", type=int, help="Seed for the data split, order and LoRA init. [default: 0]")
 @click.option("--backend", type=BACKENDS, help="mlx, or numpy (runs anywhere; the faster on a CPU for the llama family); auto: mlx on a GPU, numpy on a CPU where it implements the model (see README). [default: auto]")
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
@@ -171,6 +172,8 @@ def lora(config_file, recipe, force, report, **options) -> None:
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
     click.echo(f"Done: {result.steps} steps in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
+    if result.best_step is not None:
+        click.echo(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
     if report:
         from .recipes import eval_settings, load as load_recipe
         from .report import write_report
@@ -196,6 +199,8 @@ class _TrainPrinter:
             click.echo(f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}")
         elif event.kind == "val" and d["step"] == 0 and d["val_loss"] is not None:
             click.echo(f"step {0:>5}  val loss {d['val_loss']:.3f} (before training)")
+        elif event.kind == "early_stop":
+            click.echo(f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})")
         elif event.kind == "step":
             val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
             click.echo(

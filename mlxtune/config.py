@@ -41,6 +41,7 @@ class TrainConfig:
     val_every: int = 25
     val_batches: int = -1  # -1: the whole validation split
     save_every: int = 50
+    early_stop: int | None = None  # stop after this many validations without a new best (None: never)
     seed: int = 0
     valid_fraction: float = 0.1
     offline: bool | None = None
@@ -109,7 +110,7 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _check_ranges(v: dict[str, Any]) -> list[str]:
     errors = []
-    positive = ["batch_size", "rank", "max_seq_len", "val_every", "save_every"]
+    positive = ["batch_size", "rank", "max_seq_len", "val_every", "save_every", "early_stop"]
     for k in positive:
         if v.get(k) is not None and v[k] <= 0:
             errors.append(f"key '{k}' must be positive, not {v[k]}")

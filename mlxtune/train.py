@@ -58,6 +58,9 @@ class TrainResult:
     seconds: float
     tokens_per_sec: float
     peak_memory_bytes: int
+    best_step: int | None = None  # the step whose adapters are in best/ (lowest validation loss)
+    best_val_loss: float | None = None
+    stopped_early: bool = False
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -179,6 +182,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
             shutil.rmtree(old, ignore_errors=True)
         on_event(Event("save", {"step": step, "path": str(ckpt)}))
 
+    def save_best(step: int, val: float) -> None:
+        """best/: the adapters with the lowest validation loss so far, loadable like the run itself."""
+        best = run_dir / "best"
+        best.mkdir(exist_ok=True)
+        npio.write_safetensors(best / ADAPTER_WEIGHTS, trainer.adapter_weights(), metadata={"format": "mlx"})
+        atomic_write_text(best / "adapter_config.json", json.dumps(ad_config | {"best": {"step": step, "val_loss": val}}, indent=2))
+
     start = time.perf_counter()
     initial_val = validate()
     log({"step": 0, "val_loss": initial_val, "elapsed": time.perf_counter() - start})
@@ -187,6 +197,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     trained_tokens, window_tokens, window_seen, window_start = 0, 0, 0, time.perf_counter()
     train_start = time.perf_counter()
     completed, in_step, saved, last_val = 0, False, 0, initial_val
+    best_step, best_val, stale, stopped_early = None, initial_val, 0, False
     batches = iterate_batches(train_set, cfg.batch_size, seed=cfg.seed, loop=True)
     if batches.note:
         on_event(Event("note", {"message": batches.note}))
@@ -220,12 +231,26 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
                     "trained_tokens": trained_tokens, "peak_memory_bytes": trainer.peak_memory(), "elapsed": elapsed,
                     "eta": elapsed / step * (total - step),
                 }
+                improved = False
                 if step % cfg.val_every == 0 or step == total:
                     last_val = validate()
                     report["val_loss"] = last_val
                     window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
+                    if last_val is not None:
+                        improved = best_val is None or last_val < best_val
+                        stale = 0 if improved else stale + 1
+                        stopped_early = bool(cfg.early_stop) and stale >= cfg.early_stop and step < total
+                if improved:
+                    best_step, best_val = step, last_val
+                    save_best(step, last_val)
+                    report["best"] = True
                 log(report)
                 on_event(Event("step", report | {"total": total}))
+                if stopped_early:
+                    save(step)
+                    saved = step
+                    on_event(Event("early_stop", {"step": step, "patience": cfg.early_stop, "best_step": best_step, "best_val_loss": best_val}))
+                    break
                 if step % cfg.save_every == 0 or step == total:
                     save(step)
                     saved = step
@@ -235,7 +260,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         raise stop_here() from None
     metrics.close()
     seconds = time.perf_counter() - train_start
-    result = TrainResult(run_dir, total, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory())
+    result = TrainResult(run_dir, completed, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory(), best_step, best_val if best_step else None, stopped_early)
     on_event(Event("done", {"result": result}))
     return result
 

@@ -32,7 +32,7 @@ def test_run_writes_the_run_dir(tiny_model, small_data, tmp_path, backend):
     out = tmp_path / "run"
     events = []
     result = train(_cfg(tiny_model, small_data, out, backend=backend), on_event=events.append)
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapters.safetensors", "checkpoints", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapters.safetensors", "best", "checkpoints", "metrics.jsonl"]
     # the last three checkpoints, each with optimizer state
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-0000004", "step-0000008", "step-0000012"]
@@ -155,3 +155,45 @@ def test_sigint_stops_after_the_step_and_saves(tiny_model, small_data, tmp_path)
         train(_cfg(tiny_model, small_data, out, save_every=100, backend="numpy"), on_event=send_sigint)
     assert (out / "checkpoints" / "step-0000003" / "adapters.safetensors").exists()
     assert json.loads((out / "checkpoints" / "step-0000003" / "state.json").read_text())["step"] == 3
+
+
+def test_early_stopping_and_best_on_a_constructed_validation_curve(tiny_model, small_data, tmp_path, monkeypatch):
+    """Validation losses 3.0 (before), 2.5, 2.0, 2.1, 2.2, 2.05, ...: with patience 3 the run stops at step 5, best/ holds step 2."""
+    from mlxtune import backends, npio
+
+    curve = iter([3.0, 2.5, 2.0, 2.1, 2.2, 2.05, 1.0, 1.0])
+    weights_at = {}
+    real_open = backends.open_trainer
+
+    class Scripted:
+        """The real trainer, with validation losses taken from ``curve`` (one value per validation round)."""
+
+        def __init__(self, inner):
+            self.inner, self.steps, self.round_value, self.rounds_seen = inner, 0, None, -1
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def step(self, batch, lr):
+            out = self.inner.step(batch, lr)
+            self.steps += 1
+            weights_at[self.steps] = {k: np.array(v) for k, v in self.inner.adapter_weights().items()}
+            return out
+
+        def evaluate(self, batch):
+            if self.rounds_seen != self.steps:  # first batch of a new validation round
+                self.rounds_seen, self.round_value = self.steps, next(curve)
+            return self.round_value * 10, 10
+
+    monkeypatch.setattr(backends, "open_trainer", lambda *a: Scripted(real_open(*a)))
+    out = tmp_path / "run"
+    result = train(_cfg(tiny_model, small_data, out, iters=8, val_every=1, early_stop=3, backend="numpy"))
+    assert result.stopped_early and result.steps == 5
+    assert (result.best_step, result.best_val_loss) == (2, 2.0)
+    best, _ = npio.read_safetensors(out / "best" / "adapters.safetensors")
+    assert set(best) == set(weights_at[2]) and all(np.array_equal(best[k], weights_at[2][k]) for k in best)
+    assert json.loads((out / "best" / "adapter_config.json").read_text())["best"] == {"step": 2, "val_loss": 2.0}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_loss"] for m in lines[1:]] == [2.5, 2.0, 2.1, 2.2, 2.05]
+    last, _ = npio.read_safetensors(out / "adapters.safetensors")  # the run itself ends with the last step's adapters
+    assert all(np.array_equal(last[k], weights_at[5][k]) for k in last)

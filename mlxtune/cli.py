@@ -154,17 +154,13 @@ def lora(config_file, recipe, force, report, **options) -> None:
       mlxtune lora --data my_chats/ --model ./models/smollm2 --iters 300 -o runs/mine
     """
     from .config import build, load_yaml
-    from .recipes import RECIPES_DIR
+    from .recipes import eval_for, load as load_recipe
     from .train import train
 
     if options.get("target_modules"):
         options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
-    settings = {}
-    if recipe:
-        from .recipes import load as load_recipe
-
-        r = load_recipe(recipe)
-        settings = dict(r.train) | {"recipe": str(r.path) if r.path.parent != RECIPES_DIR else r.name}
+    chosen = load_recipe(recipe) if recipe else None
+    settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
     settings |= load_yaml(config_file) if config_file else {}
     cfg = build(settings, options)
     printer = _TrainPrinter()
@@ -175,10 +171,9 @@ def lora(config_file, recipe, force, report, **options) -> None:
     if result.best_step is not None:
         click.echo(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
     if report:
-        from .recipes import eval_settings, load as load_recipe
         from .report import write_report
 
-        ev = load_recipe(cfg.recipe).eval if cfg.recipe else eval_settings()
+        ev = eval_for(cfg.recipe)
         path = write_report(result.run_dir, n_samples=ev["samples"], max_tokens=min(ev["max_tokens"], 256), backend=cfg.backend)
         click.echo(f"Report: {path} (loss curves in {path.parent / 'loss.png'})")
     click.echo(f"Adapters: {result.run_dir}  (next: mlxtune fuse --adapter {result.run_dir} -o fused)")
@@ -367,14 +362,15 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
     _print_eval_table(r)
     if r.markers:
         click.echo(f"Style markers ({len(r.markers)}, from the training answers): " + ", ".join(f"'{m}'" for m in r.markers[:12]) + (" ..." if len(r.markers) > 12 else ""))
-    for i, sample in enumerate(r.to_dict()["side_by_side"], 1):
+    result = r.to_dict()
+    for i, sample in enumerate(result["side_by_side"], 1):
         click.echo(f"\n--- sample {i} ---\n[prompt]\n{_clip(sample['prompt'], 600)}\n[reference]\n{sample['reference']}")
         for s in r.scores:
             if s.name in sample:
                 click.echo(f"[{s.name}]\n{sample[s.name]}")
     out = Path(json_path) if json_path else (Path(adapter) / f"eval-{r.split}.json" if adapter else None)
     if out is not None:
-        atomic_write_text(out, json.dumps(r.to_dict(), indent=1, ensure_ascii=False))
+        atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))
         click.echo(f"\nResults: {out}")
 
 
@@ -383,18 +379,17 @@ def _clip(text: str, n: int) -> str:
 
 
 def _print_eval_table(r) -> None:
-    rows = [("loss", lambda s: s.loss, "{:.3f}"), ("perplexity", lambda s: s.perplexity, "{:.2f}")]
-    keys = list(dict.fromkeys(k for s in r.scores for k in s.metrics))
     names = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "marker_score": "style markers"}
-    rows += [(names.get(k, k), (lambda s, k=k: s.metrics.get(k)), "{:.3f}") for k in keys]
+    rows = [("loss", None, lambda s: s.loss, "{:.3f}"), ("perplexity", None, lambda s: s.perplexity, "{:.2f}")]
+    rows += [(names.get(k, k), k, (lambda s, k=k: s.metrics.get(k)), "{:.3f}") for k in dict.fromkeys(k for s in r.scores for k in s.metrics)]
     header = f"{'':<15}" + "".join(f"{s.name:>10}" for s in r.scores) + ("     tuned/base" if len(r.scores) == 2 else "") + ("   references" if r.reference_metrics else "")
     click.echo(header)
-    for label, get, fmt in rows:
+    for label, key, get, fmt in rows:
         values = [get(s) for s in r.scores]
         line = f"{label:<15}" + "".join(f"{fmt.format(v) if v is not None else '-':>10}" for v in values)
         if len(values) == 2 and all(v is not None for v in values) and values[0]:
             line += f"{values[1] / values[0]:>14.2f}x"
-        ref = r.reference_metrics.get(next((k for k, n in names.items() if n == label), label))
+        ref = r.reference_metrics.get(key)
         if ref is not None:
             line += f"{ref:>13.3f}" if len(values) == 2 else f"{'':>15}{ref:>13.3f}"
         click.echo(line)

@@ -58,9 +58,6 @@ class EvalResult:
     samples: int = 3
     notes: list[str] = field(default_factory=list)
 
-    def by_name(self, name: str) -> ModelScores | None:
-        return next((s for s in self.scores if s.name == name), None)
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["side_by_side"] = [
@@ -97,10 +94,7 @@ def evaluate(
         adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
     run = read_adapter_config(Path(adapter)) if adapter is not None else {}
     run_cfg = run.get("config") or {}
-    recipe = recipe or run_cfg.get("recipe")
-    settings = recipes.load(recipe).eval if recipe else recipes.eval_settings()
-    if task is not None:
-        settings = settings | {"task": recipes.eval_settings(task)["task"]}
+    settings = recipes.eval_for(recipe or run_cfg.get("recipe"), task)
     max_tokens = max_tokens or settings["max_tokens"]
     samples = settings["samples"] if samples is None else samples
     data = data or run_cfg.get("data")
@@ -123,9 +117,7 @@ def evaluate(
             notes.append(f"no word sequence is shared by {settings['marker_share']:.0%} of the training answers: the style measure is empty (lower eval.marker_share)")
         result.reference_metrics = {"marker_score": _mean(marker_scores(references, result.markers))}
 
-    mask_prompt = run_cfg.get("mask_prompt")
-    mask_prompt = fmt != "text" if mask_prompt is None else bool(mask_prompt)
-    max_seq_len = int(run_cfg.get("max_seq_len") or 1024)
+    mask_prompt, max_seq_len = _encoding(run_cfg, fmt)
     variants = []
     if adapter is None or compare_base:
         variants.append(("base", None))
@@ -137,25 +129,13 @@ def evaluate(
 
 
 def _score_model(name, model, adapter_path, run_dir, backend, offline, records, fmt, prompts, mask_prompt, max_seq_len, max_tokens, settings, result, on_progress) -> ModelScores:
-    from .generate import load
-
     start = time.perf_counter()
-    if adapter_path is None and model is None:  # the base the run was trained on
-        from .fuse import base_model_dir
-
-        model_dir, notes = base_model_dir(Path(run_dir), None, offline)
-        result.notes.extend(notes)
-        loaded = load(str(model_dir), backend=backend, offline=offline)
-    else:
-        loaded = load(model, adapter=adapter_path, backend=backend, offline=offline)
+    loaded, notes = load_model(run_dir, model, adapter_path, backend, offline)
+    result.notes.extend(notes)
     loss, n = _loss(loaded, records, fmt, mask_prompt, max_seq_len)
     scores = ModelScores(name, str(loaded.model_dir), str(adapter_path) if adapter_path else None, loss, math.exp(loss) if loss is not None and loss < 50 else None, n)
     if max_tokens:
-        from .generate import complete
-
-        for i, prompt in enumerate(prompts):
-            scores.outputs.append(complete(loaded, _prompt_ids(loaded.tokenizer, prompt), max_tokens).strip())
-            on_progress(name, i + 1, len(prompts))
+        scores.outputs = answers(loaded, prompts, max_tokens, lambda done: on_progress(name, done, len(prompts)))
         if settings["task"] == "summarize":
             from .metrics import rouge
 
@@ -167,6 +147,35 @@ def _score_model(name, model, adapter_path, run_dir, backend, offline, records, 
     scores.seconds = time.perf_counter() - start
     del loaded
     return scores
+
+
+def load_model(run_dir, model: str | None, adapter: Path | None, backend: str = "auto", offline: bool | None = None):
+    """(a ``generate.Loaded``, notes): ``model`` (with ``adapter``), or, with neither, the base ``run_dir`` was trained on."""
+    from .generate import load
+
+    if adapter is None and model is None:
+        from .fuse import base_model_dir
+
+        model_dir, notes = base_model_dir(Path(run_dir), None, offline)
+        return load(str(model_dir), backend=backend, offline=offline), notes
+    return load(model, adapter=adapter, backend=backend, offline=offline), []
+
+
+def answers(loaded, prompts: list, max_tokens: int, on_each: Callable[[int], None] = lambda done: None) -> list[str]:
+    """The greedy answers of a loaded model to prompts (chat messages or strings)."""
+    from .generate import complete
+
+    out = []
+    for prompt in prompts:
+        out.append(complete(loaded, _prompt_ids(loaded.tokenizer, prompt), max_tokens).strip())
+        on_each(len(out))
+    return out
+
+
+def _encoding(run_cfg: dict, fmt: str) -> tuple[bool, int]:
+    """(mask_prompt, max_seq_len) as the run trained: the loss counts the tokens training counted."""
+    mask_prompt = run_cfg.get("mask_prompt")
+    return (fmt != "text" if mask_prompt is None else bool(mask_prompt)), int(run_cfg.get("max_seq_len") or 1024)
 
 
 def _mean(values: list[float]) -> float:
@@ -268,7 +277,6 @@ def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: st
     at hand or the adapter did not improve the loss.
     """
     from .adapters import read_adapter_config
-    from .generate import load
 
     run_cfg = read_adapter_config(Path(run_dir)).get("config") or {}
     data = run_cfg.get("data")
@@ -277,12 +285,10 @@ def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: st
     records, fmt, *_ = _eval_records(Path(data), "valid", run_cfg)
     if not records:
         return None
-    mask_prompt = run_cfg.get("mask_prompt")
-    mask_prompt = fmt != "text" if mask_prompt is None else bool(mask_prompt)
-    max_seq_len = int(run_cfg.get("max_seq_len") or 1024)
+    mask_prompt, max_seq_len = _encoding(run_cfg, fmt)
     losses = {}
     for name, model, adapter in (("base", base_dir, None), ("adapter", base_dir, run_dir), ("fused", fused_dir, None)):
-        loaded = load(str(model), adapter=adapter, backend=backend)
+        loaded, _ = load_model(run_dir, str(model), adapter, backend)
         losses[name] = _loss(loaded, records, fmt, mask_prompt, max_seq_len)[0]
         del loaded
     gain = losses["base"] - losses["adapter"]

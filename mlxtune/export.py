@@ -12,10 +12,12 @@ a Hub id or a .gguf file, converted first as ``mlxtune convert`` would.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UsageError
 
@@ -60,34 +62,26 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
         return Exported(fmt, r.path, r.size_bytes, f"Hugging Face checkpoint, {r.dtype}, {r.n_tensors} tensors", notes + r.notes)
 
 
-class _source_dir:
-    """The model directory to export: the model itself, or the run fused into its base (temporary)."""
-
-    def __init__(self, adapter, model, output: Path, offline, notes: list[str]):
-        self.adapter, self.model, self.output, self.offline, self.notes = adapter, model, output, offline, notes
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        if self.adapter is not None:
-            from .fuse import fuse
-
-            parent = self.output.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=".mlxtune-export-", dir=parent))
-            r = fuse(self.adapter, self.tmp / "fused", model=self.model, dtype="float32", offline=self.offline, force=True)
-            self.notes.extend(r.notes)
-            self.notes.append(f"fused {r.fused_layers} adapter layers of {self.adapter} into {r.base} in float32 first")
-            return r.path
+@contextlib.contextmanager
+def _source_dir(adapter, model, output: Path, offline, notes: list[str]) -> Iterator[Path]:
+    """The model directory to export: the model itself, or the run fused into its base (a temporary directory)."""
+    if adapter is None:
         from .convert import ensure_mlx_model
         from .hub import resolve_model
 
-        source = resolve_model(self.model, offline=self.offline)
+        source = resolve_model(model, offline=offline)
         if source.note:
-            self.notes.append(source.note)
-        return ensure_mlx_model(source)
+            notes.append(source.note)
+        yield ensure_mlx_model(source)
+        return
+    from .fuse import fuse
 
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mlxtune-export-", dir=output.parent))
+    try:
+        r = fuse(adapter, tmp / "fused", model=model, dtype="float32", offline=offline, force=True)
+        notes.extend(r.notes)
+        notes.append(f"fused {r.fused_layers} adapter layers of {adapter} into {r.base} in float32 first")
+        yield r.path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

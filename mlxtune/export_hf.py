@@ -22,7 +22,6 @@ from .errors import ModelNotFoundError, UsageError
 
 DTYPES = ("float16", "bfloat16", "float32")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
 # Keys MLX configs carry that are not transformers config fields.
 _MLX_KEYS = ("quantization", "quantization_config")
 
@@ -39,6 +38,7 @@ class ExportResult:
 def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False) -> ExportResult:
     """Write ``model_dir`` as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer, generation_config.json)."""
     from . import npio
+    from .convert import TOKENIZER_FILES  # with generation_config.json
     from .fsutil import check_output_dir, staged_dir
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -73,10 +73,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
             shutil.copy2(model_dir / name, tmp / name)
         if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
             notes.append(f"{model_dir} has no tokenizer files: the checkpoint has none either")
-        generation = model_dir / "generation_config.json"
-        if generation.is_file():
-            shutil.copy2(generation, tmp / "generation_config.json")
-        else:
+        if "generation_config.json" not in copied:
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out_dir.iterdir())
@@ -94,4 +91,4 @@ def _cast(a: np.ndarray, dtype: str) -> np.ndarray:
         return a
     if dtype == "float16":
         return a.astype(np.float16)
-    return a.astype(np.float32)  # bfloat16 is rounded from float32 on write
+    return a.astype(np.float32, copy=False)  # bfloat16 is rounded from float32 on write

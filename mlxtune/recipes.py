@@ -42,6 +42,11 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)  # validated TrainConfig overrides
     eval: dict[str, Any] = field(default_factory=dict)  # every EVAL_KEYS key, defaults filled in
 
+    @property
+    def ref(self) -> str:
+        """How a run records this recipe so that ``load`` finds it again: a shipped one by name, another by path."""
+        return self.name if self.path.parent == RECIPES_DIR else str(self.path)
+
 
 def available() -> list[Path]:
     """The shipped recipe files, by name."""
@@ -97,7 +102,7 @@ def load(name_or_path: str | Path) -> Recipe:
 def _validate_eval(values: Any, path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: key 'eval' must be a mapping (task, max_tokens, samples, marker_share)")
-    out = {k: default for k, (_, default) in EVAL_KEYS.items()}
+    out = eval_settings()
     for key, value in values.items():
         if key not in EVAL_KEYS:
             raise ConfigError(f"{path} (eval): unknown key '{key}'; the keys are {', '.join(EVAL_KEYS)}")
@@ -130,3 +135,9 @@ def eval_settings(task: str | None = None) -> dict[str, Any]:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
         out["task"] = task
     return out
+
+
+def eval_for(recipe: str | None, task: str | None = None) -> dict[str, Any]:
+    """The eval settings of ``recipe`` (the defaults without one), with ``task`` instead of its own if given."""
+    settings = load(recipe).eval if recipe else eval_settings()
+    return settings | {"task": eval_settings(task)["task"]} if task is not None else settings

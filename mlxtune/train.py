@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         raise stop_here() from None
     metrics.close()
     seconds = time.perf_counter() - train_start
-    result = TrainResult(run_dir, completed, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory(), best_step, best_val if best_step else None, stopped_early)
+    result = TrainResult(run_dir, completed, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory(), best_step, best_val if best_step is not None else None, stopped_early)
     on_event(Event("done", {"result": result}))
     return result
 

@@ -283,6 +283,8 @@ class BatchIterator:
 
     ``note`` is set when the data set is smaller than the batch size (batches
     then hold every example); ``batch_size`` is the size actually used.
+    ``consumed`` counts the batches handed out, and ``skip(n)`` passes over n
+    without building them: a resumed run picks up the order where it stopped.
     """
 
     def __init__(
@@ -306,16 +308,24 @@ class BatchIterator:
             if n < batch_size
             else None
         )
+        self.consumed = 0
         self._pad_multiple = pad_multiple
-        self._gen = self._batches(np.random.default_rng(seed), loop)
+        self._chunks = self._order(np.random.default_rng(seed), loop)
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        return next(self._gen)
+        chunk = next(self._chunks)
+        self.consumed += 1
+        return make_batch([self.examples[i] for i in chunk], self._pad_multiple)
 
-    def _batches(self, rng: np.random.Generator, loop: bool) -> Iterator[Batch]:
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            next(self._chunks)
+            self.consumed += 1
+
+    def _order(self, rng: np.random.Generator, loop: bool) -> Iterator[np.ndarray]:
         lengths = np.array([len(e) for e in self.examples])
         bs = self.batch_size
         while True:
@@ -325,7 +335,7 @@ class BatchIterator:
             order = order[np.argsort(lengths[order], kind="stable")]
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             for c in rng.permutation(len(chunks)):
-                yield make_batch([self.examples[i] for i in chunks[c]], self._pad_multiple)
+                yield chunks[c]
             if not loop:
                 return
 

@@ -34,8 +34,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MlxtuneError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"{e.label}: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # before anything was written (training handles its own)
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -122,7 +125,10 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--recipe", help="Start from a recipe's settings (mlxtune recipes lists them; or a recipe .yaml); -c and flags override it.")
 @click.option("--iters", type=int, help="Training steps (default: one epoch).")
 @click.option("--epochs", type=float, help="Passes over the training set (instead of --iters).")
-@click.option("-b", "--batch-size", type=int, help="Sequences per step. [default: 4]")
+@click.option("-b", "--batch-size", type=int, help="Sequences per micro-batch (one forward and backward). [default: 4]")
+@click.option("--grad-accumulation", type=int, help="Micro-batches per optimizer step: the effective batch is batch size x this, at the memory of one micro-batch. [default: 1]")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations in the backward pass: less memory, ~1-30% more time. [default: numpy: only past its activation budget; mlx: off]")
+@click.option("--auto/--no-auto", "auto_fit", default=None, help="Plan memory first; if the run would not fit, checkpoint, then shrink the micro-batch and accumulate (the effective batch stays). See mlxtune plan. [default: on]")
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Peak learning rate (AdamW; warmup, then cosine decay). [default: 1e-3]")
 @click.option("-r", "--rank", type=int, help="LoRA rank. [default: 8]")
 @click.option("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (mlx-lm's 'scale'). [default: 16]")
@@ -140,68 +146,258 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--resume", "resume_run", type=click.Path(), help="Continue this run directory from its last checkpoint, with the settings it was started with.")
 @click.option("--report/--no-report", default=True, help="Write report.md and loss.png, with a few answers of the base and the tuned model, when done. [default: on]")
-def lora(config_file, recipe, force, report, **options) -> None:
+@click.option("--quiet", is_flag=True, help="Print only the final summary (and warnings about the data or model, on stderr).")
+@click.option("--json", "as_json", is_flag=True, help="For scripts: one JSON object per line on stdout for every event (start, step, val, save, note, done, ...), nothing else.")
+def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **options) -> None:
     """Fine-tune a model with LoRA on your JSONL data.
 
     Writes adapters.safetensors and adapter_config.json (mlx-lm format),
-    checkpoints and metrics.jsonl to the run directory. Ctrl-C saves the
-    adapters of the last finished step.
+    checkpoints and metrics.jsonl to the run directory. Ctrl-C (or SIGTERM)
+    finishes the step, saves a checkpoint and stops; --resume RUN goes on.
 
     \b
     Examples:
       mlxtune lora --data data/notes.jsonl
       mlxtune lora --data my_chats/ --model ./models/smollm2 --iters 300 -o runs/mine
+      mlxtune lora --resume runs/mine
     """
     from .config import build, load_yaml
     from .recipes import eval_for, load as load_recipe
     from .train import train
 
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
     if options.get("target_modules"):
         options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
     chosen = load_recipe(recipe) if recipe else None
     settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
     settings |= load_yaml(config_file) if config_file else {}
-    cfg = build(settings, options)
-    printer = _TrainPrinter()
-    result = train(cfg, on_event=printer, force=force)
+    if resume_run:
+        from .train import resume
+
+        given = sorted(k for k, v in options.items() if v is not None) + (["-c"] if config_file else []) + (["--recipe"] if recipe else []) + (["--force"] if force else [])
+        if given:
+            raise click.UsageError(f"--resume continues a run with the settings it was started with; drop {', '.join('--' + g.replace('_', '-') if not g.startswith('-') else g for g in given)}")
+        with _TrainPrinter(quiet=quiet, as_json=as_json) as printer:
+            result = resume(resume_run, on_event=printer)
+        cfg = result.config
+    else:
+        cfg = build(settings, options)
+        with _TrainPrinter(quiet=quiet, as_json=as_json) as printer:
+            result = train(cfg, on_event=printer, force=force)
+    say = printer.summary  # the human summary; --json has it in the done event
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
-    click.echo(f"Done: {result.steps} steps in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
+    say(f"Done: {result.steps} steps in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
     if result.best_step is not None:
-        click.echo(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
+        say(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
     if report:
         from .report import write_report
 
         ev = eval_for(cfg.recipe)
         path = write_report(result.run_dir, n_samples=ev["samples"], max_tokens=min(ev["max_tokens"], 256), backend=cfg.backend)
-        click.echo(f"Report: {path} (loss curves in {path.parent / 'loss.png'})")
-    click.echo(f"Adapters: {result.run_dir}  (next: mlxtune fuse --adapter {result.run_dir} -o fused)")
+        say(f"Report: {path} (loss curves in {path.parent / 'loss.png'})")
+        printer.json_event("report", {"path": path, "plot": path.parent / "loss.png"})
+    say(f"Adapters: {result.run_dir}  (next: mlxtune fuse --adapter {result.run_dir} -o fused)")
 
 
 class _TrainPrinter:
-    """Renders training events as plain lines (one per report), readable in a log too."""
+    """Renders training events for a person or a script.
+
+    On a terminal (stdout a TTY) steps redraw one progress line in place and
+    everything else prints as a permanent line above it; in a log, plain step
+    lines, throttled (progress.Throttle); with ``quiet`` only notes (stderr)
+    and the summary; with ``as_json`` one JSON object per event on stdout and
+    nothing else. The bar goes to stdout, where the step lines it replaces go:
+    ``mlxtune lora > log`` keeps a plain log rather than a bar on the terminal
+    and nothing in the file. Use it as a context manager around train(): the
+    bar is finished with a newline however training ends (done, error, Ctrl-C).
+    """
+
+    def __init__(self, quiet: bool = False, as_json: bool = False, out=None) -> None:
+        from . import progress
+
+        self.quiet, self.as_json, self.out = quiet, as_json, out  # out: None is stdout at the time of each write
+        self.bar = not (quiet or as_json) and progress.use_bar(out or sys.stdout)
+        self.throttle = progress.Throttle()
+        self.last_step: dict | None = None  # the step event the bar shows
+        self.last_val: float | None = None
+        self.drawn = False
+        self.busy, self.pending = False, []
+
+    def __enter__(self) -> "_TrainPrinter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._finish()
+
+    def summary(self, line: str) -> None:
+        if not self.as_json:
+            self._say(line)
+
+    def json_event(self, kind: str, data: dict) -> None:
+        from .progress import json_line
+
+        if self.as_json:
+            click.echo(json_line(kind, data), file=self.out)
 
     def __call__(self, event) -> None:
-        d = event.data
-        if event.kind == "note":
-            click.echo(f"note: {d['message']}", err=True)
-        elif event.kind == "start":
-            click.echo(f"Data: {d['data']}")
-            click.echo(f"Model: {d['model']}")
-            click.echo(f"Compute: {d['backend']} backend; {d['compute']}")
-            click.echo(f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})")
-            click.echo(f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}")
-        elif event.kind == "val" and d["step"] == 0 and d["val_loss"] is not None:
-            click.echo(f"step {0:>5}  val loss {d['val_loss']:.3f} (before training)")
-        elif event.kind == "early_stop":
-            click.echo(f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})")
-        elif event.kind == "step":
-            val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
-            click.echo(
-                f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
-                f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
-            )
+        if self.busy:  # from a signal handler (Ctrl-C's note) in the middle of a write: print it after
+            self.pending.append(event)
+            return
+        self.busy = True
+        try:
+            self._handle(event)
+            while self.pending:
+                self._handle(self.pending.pop(0))
+        finally:
+            self.busy = False
+
+    def _handle(self, event) -> None:
+        kind, d = event.kind, event.data
+        if self.as_json:
+            return self.json_event(kind, d)
+        if kind in ("step", "val") and d.get("val_loss") is not None:
+            self.last_val = d["val_loss"]
+        if kind == "step":
+            return self._step(d)
+        if kind == "done":
+            return self._finish()
+        if kind == "note":
+            return self._say(f"note: {d.get('message')}", err=True)  # warnings: kept with --quiet
+        if self.quiet:
+            return
+        try:
+            lines = self._lines(kind, d)
+        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than expected must not stop training
+            lines = self._generic(kind, d)
+        for line in lines:
+            self._say(line)
+
+    @staticmethod
+    def _generic(kind: str, d: dict) -> list[str]:
+        return [f"{kind}: " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else kind]
+
+    def _lines(self, kind: str, d: dict) -> list[str]:
+        if kind in ("start", "resume"):
+            return [
+                f"Data: {d['data']}",
+                f"Model: {d['model']}",
+                f"Compute: {d['backend']} backend; {d['compute']}",
+                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
+                f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
+                else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
+            ]
+        if kind == "val":
+            return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
+        if kind == "save":
+            return [f"saved step {d['step']} -> {d['path']}"]
+        if kind == "early_stop":
+            return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
+        return self._generic(kind, d)  # kinds this printer does not know yet
+
+    def _step(self, d: dict) -> None:
+        validated = "val_loss" in d
+        if self.quiet:
+            return
+        if self.bar:
+            self.last_step = d
+            if validated:
+                self._say(self._step_line(d))  # validation results stay, above the bar
+            self._draw()
+        elif self.throttle(d["step"], d["total"], validated):
+            self._say(self._step_line(d))
+
+    @staticmethod
+    def _step_line(d: dict) -> str:
+        val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
+        return (
+            f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
+            f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
+        )
+
+    def _say(self, line: str, err: bool = False) -> None:
+        """A permanent line: clear the bar, print, redraw the bar below it."""
+        drawn = self.drawn
+        if drawn:
+            click.echo("\r\x1b[K", nl=False, file=self.out, color=True)
+            self.drawn = False
+        click.echo(line, err=err, file=None if err else self.out)
+        if drawn:
+            self._draw()
+
+    def _draw(self) -> None:
+        import shutil
+
+        from .progress import bar_line
+
+        if self.last_step is None:
+            return
+        line = bar_line(self.last_step, shutil.get_terminal_size().columns - 1, self.last_val)  # - 1: no wrap at the last column
+        click.echo("\r\x1b[K" + line, nl=False, file=self.out, color=True)
+        self.drawn = True
+
+    def _finish(self) -> None:
+        if self.drawn:
+            click.echo("", file=self.out)
+            self.drawn = False
+
+
+# ---------------------------------------------------------------- plan
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-m", "--model", help="Hub id, model directory or .gguf file. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("-d", "--data", type=click.Path(), help="The data lora will train on: the sequence length planned for is its longest record's. [default: --max-seq-len]")
+@click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings, as lora's; flags override it.")
+@click.option("--recipe", help="Start from a recipe's settings, as lora does.")
+@click.option("-b", "--batch-size", type=int, help="Sequences per micro-batch. [default: 4]")
+@click.option("--grad-accumulation", type=int, help="Micro-batches per optimizer step. [default: 1]")
+@click.option("--max-seq-len", type=int, help="Longest sequence, in tokens. [default: 1024]")
+@click.option("-r", "--rank", type=int, help="LoRA rank. [default: 8]")
+@click.option("--layers", type=int, help="Adapt only the last N transformer blocks. [default: all]")
+@click.option("--target-modules", help="Comma-separated linear layers to adapt. [default: all-linear]")
+@click.option("--backend", type=BACKENDS, help=BACKEND_HELP + " [default: auto]")
+@click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Gradient checkpointing. [default: numpy: past its activation budget; mlx: off]")
+@click.option("--auto/--no-auto", "auto_fit", default=None, help="Adjust batch, accumulation and checkpointing until the run fits. [default: on]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(config_file, recipe, as_json, **options) -> None:
+    """Estimate a training run's peak memory and check it against this machine's.
+
+    Reads the model's config.json and safetensors headers, not its weights.
+    Prints the estimate term by term, the memory available, and the verdict:
+    fits, adjusted (with --auto: the micro-batch, accumulation and
+    checkpointing lora will use) or does not fit (exit code 1, with what
+    would). mlxtune lora makes the same plan before it trains.
+
+    \b
+    Examples:
+      mlxtune plan --batch-size 8 --max-seq-len 2048
+      mlxtune plan --data data/notes.jsonl --model ./models/smollm2 --json
+    """
+    import json
+
+    from .config import build, load_yaml
+    from .plan import plan_for
+    from .recipes import load as load_recipe
+
+    if options.get("target_modules"):
+        options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
+    chosen = load_recipe(recipe) if recipe else None
+    settings = dict(chosen.train) if chosen else {}
+    settings |= load_yaml(config_file) if config_file else {}
+    p = plan_for(build(settings, options))
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=1))
+    else:
+        for line in p.lines():
+            click.echo(line)
+    if not p.fits:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- fuse
@@ -423,6 +619,71 @@ def recipes(name) -> None:
     click.echo(f"\nFile: {r.path}")
     click.echo("Training settings (beyond the defaults): " + (", ".join(f"{k}={v}" for k, v in r.train.items()) or "none"))
     click.echo("Evaluation: " + ", ".join(f"{k}={v}" for k, v in r.eval.items()))
+
+
+# ---------------------------------------------------------------- data
+
+
+@cli.group(context_settings=CONTEXT)
+def data() -> None:
+    """Inspect a data set before training on it.
+
+    \b
+    Example:
+      mlxtune data check data/notes.jsonl
+    """
+
+
+@data.command("check", context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option("-m", "--model", help="Whose tokenizer counts the tokens: Hub id, model directory or .gguf. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("--max-seq-len", type=click.IntRange(min=1), help="Count the records lora would truncate at this many tokens. [default: 1024]")
+@click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns, as lora would. [default: on for prompt/completion and chat data]")
+@click.option("--valid-fraction", type=float, help="Share of a single file held out for validation, as lora does. [default: 0.1]")
+@click.option("--seed", type=int, help="Seed of that split. [default: 0]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, offline, as_json) -> None:
+    """Check a data set without training: sizes, token lengths, truncation, duplicates, overlaps.
+
+    PATH is what lora's --data takes: a JSONL file (split into train/valid as
+    lora splits it) or a directory with train/valid/test.jsonl. Exits with
+    'Error: ...' when the data cannot be trained on; warnings do not fail.
+
+    \b
+    Examples:
+      mlxtune data check data/notes.jsonl
+      mlxtune data check my_chats/ --model ./models/smollm2 --max-seq-len 512 --json
+    """
+    import json
+
+    from .config import TrainConfig
+    from .datacheck import check
+
+    d = TrainConfig()
+    r = check(
+        path, model, max_seq_len or d.max_seq_len, mask_prompt,
+        d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline,
+    )
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    click.echo(f"Data: {r.description}")
+    click.echo(f"Tokens: as {r.model}'s tokenizer sees the {r.format} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
+    columns = {"split": 6, "records": 8, "tokens": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
+    click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))
+    for s in (s for s in r.splits if s.records):
+        n = s.lengths
+        tokens = [n.total, n.min, n.median, n.p90, n.p99, n.max, s.truncated, s.no_target] if n else ["-"] * 8
+        values = [s.name, s.records, *tokens, s.duplicates]
+        click.echo("".join(f"{v:<{w}}" if h == "split" else f"{v:>{w}}" for (h, w), v in zip(columns.items(), values)))
+    shared = [f"{o.split} {o.records} of {r.split(o.split).records} records" + (f" (same prompt: {o.prompts})" if o.prompts is not None else "") for o in r.overlaps if r.split(o.split).records]
+    click.echo("Shared with train: " + ", ".join(shared))
+    for w in r.warnings:
+        click.echo(f"warning: {w}")
+    click.echo("OK: usable for training" + (f", with {len(r.warnings)} warning(s) above" if r.warnings else ""))
 
 
 def main() -> None:

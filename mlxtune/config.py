@@ -24,7 +24,10 @@ class TrainConfig:
     backend: str = "auto"
     iters: int | None = None  # exactly one of iters/epochs decides the length
     epochs: float | None = None
-    batch_size: int = 4
+    batch_size: int = 4  # sequences per micro-batch (one forward/backward)
+    grad_accumulation: int = 1  # micro-batches per optimizer step: the effective batch is batch_size x this
+    grad_checkpoint: bool | None = None  # recompute block activations in the backward; None: the backend decides (numpy: past its activation budget; mlx: off)
+    auto_fit: bool = True  # plan memory first and shrink the micro-batch (keeping the effective batch) or checkpoint so the run fits
     learning_rate: float = 1e-3  # measured on data/notes.jsonl, one epoch: val loss 0.858 at 2e-4, 0.350 at 5e-4, 0.166 at 1e-3
     warmup: float = 0.05  # fraction of the steps (or a step count if >= 1)
     min_lr_ratio: float = 0.1  # cosine decay ends at learning_rate * this
@@ -57,7 +60,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_ALIASES = {"lr": "learning_rate", "lora_rank": "rank", "lora_alpha": "alpha", "num_layers": "layers", "adapter_path": "output"}
+_ALIASES = {"lr": "learning_rate", "grad_accumulation_steps": "grad_accumulation", "lora_rank": "rank", "lora_alpha": "alpha", "num_layers": "layers", "adapter_path": "output"}
 
 
 def _expected_types(name: str) -> tuple[type, ...]:
@@ -110,7 +113,7 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _check_ranges(v: dict[str, Any]) -> list[str]:
     errors = []
-    positive = ["batch_size", "rank", "max_seq_len", "val_every", "save_every", "early_stop"]
+    positive = ["batch_size", "grad_accumulation", "rank", "max_seq_len", "val_every", "save_every", "early_stop"]
     for k in positive:
         if v.get(k) is not None and v[k] <= 0:
             errors.append(f"key '{k}' must be positive, not {v[k]}")

@@ -14,6 +14,7 @@ class MlxtuneError(Exception):
     """Base class: a failure the user can act on."""
 
     exit_code = 1
+    label = "Error"  # how the CLI introduces the message
 
 
 class UsageError(MlxtuneError):

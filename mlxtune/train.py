@@ -4,20 +4,27 @@ The run directory it writes:
 
     adapters.safetensors     latest adapter weights (mlx-lm format)
     adapter_config.json      mlx-lm's fields + the full resolved configuration,
-                             the base model, backend and library versions
-    checkpoints/step-NNNNNNN/  adapters + optimizer state, the last few kept
-    metrics.jsonl            one line per report: step, loss, val loss, lr,
-                             tokens/s, peak memory
+                             the base model, backend, library versions and a
+                             fingerprint of the encoded data
+    checkpoints/step-NNNNNNN/  adapters, optimizer state and state.json (step,
+                             batches drawn, best so far): all a resume needs;
+                             the last few kept
+    best/                    the adapters with the lowest validation loss
+    metrics.jsonl            one line per step: loss, val loss, lr, tokens/s,
+                             peak memory
 
 Everything is validated (data, model, options, output directory) before the
-directory is created, every file is written atomically, and Ctrl-C saves the
-adapters of the last completed step before stopping.
+directory is created, every file is written atomically and every checkpoint
+renamed into place whole. Ctrl-C or SIGTERM finishes the step, saves a
+checkpoint and stops; ``mlxtune lora --resume RUN`` goes on from the last
+checkpoint as if the run had never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -32,17 +39,20 @@ from .fsutil import atomic_write_text, check_output_dir
 from .adapters import ADAPTER_WEIGHTS
 
 KEEP_CHECKPOINTS = 3
+STATE = "state.json"  # in a checkpoint: where the run is (step, data order, best so far)
+OPTIMIZER = "optimizer.safetensors"
 
 
 class TrainingInterrupted(MlxtuneError):
-    """Ctrl-C during training; the adapters of the last step were saved."""
+    """Ctrl-C or SIGTERM during training; says what was kept and how to go on."""
 
     exit_code = 130
+    label = "Stopped"
 
 
 @dataclass
 class Event:
-    """A progress report for the CLI: ``kind`` is start, step, val, save, note or done."""
+    """A progress report for the CLI: ``kind`` is start, resume, step, val, save, note, early_stop or done."""
 
     kind: str
     data: dict = field(default_factory=dict)
@@ -54,13 +64,15 @@ class TrainResult:
     steps: int
     initial_val_loss: float | None
     final_val_loss: float | None
-    trained_tokens: int
-    seconds: float
+    trained_tokens: int  # in this session (since the resume, for a resumed run)
+    seconds: float  # of this session
     tokens_per_sec: float
     peak_memory_bytes: int
     best_step: int | None = None  # the step whose adapters are in best/ (lowest validation loss)
     best_val_loss: float | None = None
     stopped_early: bool = False
+    resumed_from: int | None = None  # the checkpoint's step, for a resumed run
+    config: TrainConfig | None = None  # the settings the run trained with
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -82,15 +94,39 @@ def learning_rate_at(cfg: TrainConfig, step: int, total: int) -> float:
     return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False) -> TrainResult:
-    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
-    if cfg.data is None:
-        raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
-    run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
-    check_output_dir(run_dir, force, what="run")
+@dataclass
+class _Setup:
+    """Everything a run needs before its directory exists (all of it validated)."""
 
-    # ---- everything that can fail on bad input happens before the run directory exists
-    from .batching import encode_dataset, epoch_steps, iterate_batches
+    cfg: TrainConfig
+    splits: object
+    source: object
+    model_dir: Path
+    backend: str
+    train_set: list
+    valid_set: list
+    n_truncated: int
+    mask_prompt: bool
+    steps_per_epoch: int
+    total: int
+
+    def fingerprint(self) -> str:
+        """A hash of the encoded data (tokens and masks): a resumed run must see the same."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for examples in (self.train_set, self.valid_set):
+            h.update(len(examples).to_bytes(8, "little"))
+            for e in examples:
+                h.update(len(e.tokens).to_bytes(8, "little"))
+                h.update(e.tokens.astype("<i4").tobytes())
+                h.update(e.loss_mask.astype("u1").tobytes())
+        return h.hexdigest()[:32]
+
+
+def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
+    """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input."""
+    from .batching import encode_dataset, epoch_steps
     from .convert import ensure_mlx_model
     from .data import load_data
     from .hub import resolve_model
@@ -103,9 +139,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         on_event(Event("note", {"message": source.note}))
     model_dir = ensure_mlx_model(source)
 
-    from . import npio
-    from .backends import backend_for, mlx_available, open_trainer
-    from .adapters import adapter_config
+    from .backends import backend_for, mlx_available
     from .tokenizer import load_tokenizer
 
     backend = backend_for(cfg.backend, model_dir, mlx_only="DoRA" if cfg.dora else None)
@@ -122,156 +156,313 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     if n_truncated:
         on_event(Event("note", {"message": f"{n_truncated} records are longer than --max-seq-len {cfg.max_seq_len} tokens and were truncated"}))
 
-    steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size)
+    steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size * cfg.grad_accumulation)
     if cfg.iters is not None:
         total = int(cfg.iters)
     else:
         total = max(1, math.ceil((cfg.epochs if cfg.epochs is not None else 1.0) * steps_per_epoch))
-    trainer = open_trainer(backend, model_dir, cfg)
+    return _Setup(cfg, splits, source, model_dir, backend, train_set, valid_set, n_truncated, mask_prompt, steps_per_epoch, total)
+
+
+def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False) -> TrainResult:
+    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
+    if cfg.data is None:
+        raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
+    run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
+    check_output_dir(run_dir, force, what="run")
+    setup = _prepare(cfg, on_event)
+
+    from .adapters import adapter_config
+    from .backends import open_trainer
+
+    trainer = open_trainer(setup.backend, setup.model_dir, cfg)
 
     # ---- from here on, the run directory exists
     if run_dir.exists() and force:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    source, splits = setup.source, setup.splits
     meta = {
         "mlxtune_version": __version__,
-        "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(model_dir)},
-        "backend": backend,
+        "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(setup.model_dir)},
+        "backend": setup.backend,
         "compute": trainer.description,
         "versions": _versions(),
-        "config": cfg.to_dict() | {"output": str(run_dir), "backend": backend, "scale": cfg.scale, "mask_prompt": mask_prompt, "iters": total},
-        "data": {"description": splits.description, "format": splits.format, "train": len(train_set), "valid": len(valid_set), "truncated": n_truncated},
+        "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
+        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint()},
     }
     ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
     atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
+    return _Run(setup, trainer, run_dir, ad_config, on_event).go()
 
-    def validate() -> float | None:
-        if not valid_set:
+
+def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None) -> TrainResult:
+    """Continue a run from its last checkpoint, with the settings it was started with.
+
+    The checkpoint holds the adapters, the optimizer's moments and step, and
+    where the run was (step, batches drawn, best validation loss so far); the
+    learning rate and the dropout masks are functions of the step. So the
+    resumed run takes the same steps, on the same batches, as one never
+    stopped.
+    """
+    from .adapters import ADAPTER_CONFIG
+    from .backends import open_trainer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / ADAPTER_CONFIG
+    if not config_path.exists():
+        raise UsageError(f"{run_dir} is not a training run ({ADAPTER_CONFIG} is missing): --resume takes the directory 'mlxtune lora' wrote")
+    try:
+        ad_config = json.loads(config_path.read_text(encoding="utf-8"))
+        saved = dict(ad_config["config"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{config_path} is damaged or not from mlxtune: cannot resume this run") from None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UsageError(f"{run_dir} has no checkpoint to resume from (one is written every --save-every steps and when a run is stopped): start it again with --force")
+    state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+    if state.get("finished"):
+        raise UsageError(f"{run_dir} already finished (step {state['step']} of {state['total']}): nothing to resume")
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in fields} | {"epochs": None, "iters": state["total"]})
+    data_path = (ad_config.get("data") or {}).get("path")
+    if data_path and not Path(cfg.data).exists():
+        cfg.data = data_path  # resumed from another working directory
+    setup = _prepare(cfg, on_event)
+    if setup.fingerprint() != state.get("data_fingerprint"):
+        raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
+    if setup.backend != state.get("backend"):
+        raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
+    from . import npio
+
+    trainer = open_trainer(setup.backend, setup.model_dir, cfg)
+    weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS)
+    opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER)
+    trainer.load_state(weights, opt_state)
+    return _Run(setup, trainer, run_dir, ad_config, on_event, state).go()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (a directory is renamed into place only once whole)."""
+    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / STATE).is_file())
+    return found[-1] if found else None
+
+
+class _Run:
+    """The training loop of one session of a run (a new run, or a resumed one)."""
+
+    def __init__(self, setup: _Setup, trainer, run_dir: Path, ad_config: dict, on_event, state: dict | None = None):
+        self.setup, self.cfg, self.trainer, self.run_dir = setup, setup.cfg, trainer, run_dir
+        self.ad_config, self.on_event, self.state = ad_config, on_event, state
+        self.fingerprint = setup.fingerprint()
+
+    def validate(self) -> float | None:
+        from .batching import iterate_batches
+
+        if not self.setup.valid_set:
             return None
         total_loss, total_n = 0.0, 0
-        for i, batch in enumerate(iterate_batches(valid_set, cfg.batch_size, seed=cfg.seed, loop=False)):
-            if 0 <= cfg.val_batches <= i:
+        for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False)):
+            if 0 <= self.cfg.val_batches <= i:
                 break
-            s, n = trainer.evaluate(batch)
+            s, n = self.trainer.evaluate(batch)
             total_loss += s
             total_n += n
         return total_loss / max(total_n, 1)
 
-    on_event(Event("start", {
-        "run_dir": str(run_dir), "data": splits.description, "model": str(source.path), "compute": trainer.description, "backend": backend,
-        "trainable": trainer.n_trainable, "layers": trainer.num_layers, "keys": trainer.keys, "steps": total, "steps_per_epoch": steps_per_epoch,
-        "train_examples": len(train_set), "valid_examples": len(valid_set),
-    }))
+    def save(self, step: int, finished: bool = False) -> Path:
+        """A checkpoint with everything needed to continue: built beside its place, renamed in whole."""
+        from . import npio
 
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = open(metrics_path, "a", encoding="utf-8")
+        ckpts = self.run_dir / "checkpoints"
+        ckpts.mkdir(exist_ok=True)
+        final = ckpts / f"step-{step:07d}"
+        tmp = ckpts / f".step-{step:07d}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        weights = self.trainer.adapter_weights()
+        npio.write_safetensors(tmp / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
+        npio.write_safetensors(tmp / OPTIMIZER, self.trainer.optimizer_state())
+        state = {
+            "step": step, "total": self.setup.total, "finished": finished, "backend": self.setup.backend,
+            "learning_rate": learning_rate_at(self.cfg, step, self.setup.total),
+            "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.fingerprint,
+            "random_state": "dropout masks are drawn from a generator seeded by (seed, step)",
+            "initial_val_loss": self.initial_val, "last_val_loss": self.last_val,
+            "best_step": self.best_step, "best_val_loss": self.best_val, "validations_since_best": self.stale,
+            "trained_tokens": self.trained_before + self.trained_tokens, "train_seconds": self.seconds_before + (time.perf_counter() - self.train_start),
+        }
+        atomic_write_text(tmp / STATE, json.dumps(state, indent=1))
+        if final.exists():
+            _discard(final)
+        os.replace(tmp, final)
+        npio.write_safetensors(self.run_dir / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
+        for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+            _discard(old)
+        self.saved = step
+        self.on_event(Event("save", {"step": step, "path": str(final)}))
+        return final
 
-    def log(record: dict) -> None:
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
-
-    def save(step: int) -> None:
-        weights = trainer.adapter_weights()
-        ckpt = run_dir / "checkpoints" / f"step-{step:07d}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        npio.write_safetensors(ckpt / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
-        npio.write_safetensors(ckpt / "optimizer.safetensors", trainer.optimizer_state())
-        atomic_write_text(ckpt / "state.json", json.dumps({"step": step, "backend": backend}))
-        npio.write_safetensors(run_dir / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
-        for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-        on_event(Event("save", {"step": step, "path": str(ckpt)}))
-
-    def save_best(step: int, val: float) -> None:
+    def save_best(self, step: int, val: float) -> None:
         """best/: the adapters with the lowest validation loss so far, loadable like the run itself."""
-        best = run_dir / "best"
+        from . import npio
+
+        best = self.run_dir / "best"
         best.mkdir(exist_ok=True)
-        npio.write_safetensors(best / ADAPTER_WEIGHTS, trainer.adapter_weights(), metadata={"format": "mlx"})
-        atomic_write_text(best / "adapter_config.json", json.dumps(ad_config | {"best": {"step": step, "val_loss": val}}, indent=2))
+        npio.write_safetensors(best / ADAPTER_WEIGHTS, self.trainer.adapter_weights(), metadata={"format": "mlx"})
+        atomic_write_text(best / "adapter_config.json", json.dumps(self.ad_config | {"best": {"step": step, "val_loss": val}}, indent=2))
 
-    start = time.perf_counter()
-    initial_val = validate()
-    log({"step": 0, "val_loss": initial_val, "elapsed": time.perf_counter() - start})
-    on_event(Event("val", {"step": 0, "val_loss": initial_val}))
+    def go(self) -> TrainResult:
+        from .batching import iterate_batches
 
-    trained_tokens, window_tokens, window_seen, window_start = 0, 0, 0, time.perf_counter()
-    train_start = time.perf_counter()
-    completed, in_step, saved, last_val = 0, False, 0, initial_val
-    best_step, best_val, stale, stopped_early = None, initial_val, 0, False
-    batches = iterate_batches(train_set, cfg.batch_size, seed=cfg.seed, loop=True)
-    if batches.note:
-        on_event(Event("note", {"message": batches.note}))
+        cfg, setup, run_dir = self.cfg, self.setup, self.run_dir
+        state, total = self.state, setup.total
+        start_step = state["step"] if state else 0
+        self.saved = start_step
+        self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
+        self.seconds_before = (state or {}).get("train_seconds", 0.0)
+        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True)
+        if self.batches.note and not state:
+            self.on_event(Event("note", {"message": self.batches.note}))
+        if state:
+            self.batches.skip(state["batches_drawn"])
+            _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+            for leftover in (run_dir / "checkpoints").glob(".*"):  # a save cut short by a hard stop
+                shutil.rmtree(leftover, ignore_errors=True)
+        start_info = {
+            "run_dir": str(run_dir), "data": setup.splits.description, "model": str(setup.source.path), "compute": self.trainer.description, "backend": setup.backend,
+            "trainable": self.trainer.n_trainable, "layers": self.trainer.num_layers, "keys": self.trainer.keys, "steps": total, "steps_per_epoch": setup.steps_per_epoch,
+            "train_examples": len(setup.train_set), "valid_examples": len(setup.valid_set),
+            "batch_size": cfg.batch_size, "grad_accumulation": cfg.grad_accumulation, "grad_checkpoint": cfg.grad_checkpoint,
+        }
+        self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.train_start = time.perf_counter()
+        try:
+            asked = Event("note", {"message": "stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)"})
+            with _GracefulStop(lambda: self.on_event(asked)) as stop:
+                self.stop = stop
+                return self._loop(start_step, state, start_info)
+        except KeyboardInterrupt:  # a second Ctrl-C: out at once, without writing anything more
+            last = latest_checkpoint(run_dir)
+            kept = f"the last checkpoint ({last.name}) is intact; continue with: mlxtune lora --resume {run_dir}" if last else "no checkpoint had been written"
+            raise TrainingInterrupted(f"stopped at once: {kept}") from None
+        finally:
+            self.metrics.close()
 
-    def stop_here() -> TrainingInterrupted:
-        if completed > saved and not in_step:
-            save(completed)
-        metrics.close()
-        where = f"adapters of step {completed} saved in {run_dir}" if completed > 0 else f"no step had finished; {run_dir} holds no adapters"
-        return TrainingInterrupted(f"interrupted: {where}")
+    def _log(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
 
-    try:
-        with _GracefulStop() as stop:
-            for step in range(1, total + 1):
-                batch = next(batches)
-                lr = learning_rate_at(cfg, step, total)
-                in_step = True
-                loss_v, ntok = trainer.step(batch, lr)
-                in_step, completed = False, step
-                if not math.isfinite(loss_v):
-                    metrics.close()
-                    raise MlxtuneError(f"the loss became {loss_v} at step {step}: the learning rate ({cfg.learning_rate}) is probably too high; the adapters of step {saved} in {run_dir} are the last good ones")
-                trained_tokens += ntok
-                window_tokens += ntok
-                window_seen += int(batch.lengths.sum())
-                now = time.perf_counter()
-                elapsed = now - train_start
-                report = {
-                    "step": step, "loss": loss_v, "lr": lr, "tokens_per_sec": window_tokens / max(now - window_start, 1e-9),
-                    "processed_tokens_per_sec": window_seen / max(now - window_start, 1e-9),
-                    "trained_tokens": trained_tokens, "peak_memory_bytes": trainer.peak_memory(), "elapsed": elapsed,
-                    "eta": elapsed / step * (total - step),
-                }
-                improved = False
-                if step % cfg.val_every == 0 or step == total:
-                    last_val = validate()
-                    report["val_loss"] = last_val
-                    window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
-                    if last_val is not None:
-                        improved = best_val is None or last_val < best_val
-                        stale = 0 if improved else stale + 1
-                        stopped_early = bool(cfg.early_stop) and stale >= cfg.early_stop and step < total
-                if improved:
-                    best_step, best_val = step, last_val
-                    save_best(step, last_val)
-                    report["best"] = True
-                log(report)
-                on_event(Event("step", report | {"total": total}))
-                if stopped_early:
-                    save(step)
-                    saved = step
-                    on_event(Event("early_stop", {"step": step, "patience": cfg.early_stop, "best_step": best_step, "best_val_loss": best_val}))
-                    break
-                if step % cfg.save_every == 0 or step == total:
-                    save(step)
-                    saved = step
-                if stop.requested:
-                    raise stop_here()
-    except KeyboardInterrupt:
-        raise stop_here() from None
-    metrics.close()
-    seconds = time.perf_counter() - train_start
-    result = TrainResult(run_dir, completed, initial_val, last_val, trained_tokens, seconds, trained_tokens / max(seconds, 1e-9), trainer.peak_memory(), best_step, best_val if best_step is not None else None, stopped_early)
-    on_event(Event("done", {"result": result}))
-    return result
+    def _interrupted(self, completed: int) -> TrainingInterrupted:
+        if completed == 0:
+            return TrainingInterrupted(f"interrupted before the first step finished; {self.run_dir} holds no adapters")
+        where = self.save(completed) if self.saved != completed else latest_checkpoint(self.run_dir)
+        return TrainingInterrupted(f"interrupted at step {completed} of {self.setup.total}: checkpoint {where}; continue with: mlxtune lora --resume {self.run_dir}")
+
+    def _loop(self, start_step: int, state: dict | None, start_info: dict) -> TrainResult:
+        cfg, total, trainer = self.cfg, self.setup.total, self.trainer
+        if state:
+            self.initial_val, self.last_val = state["initial_val_loss"], state["last_val_loss"]
+            self.best_step, self.best_val, self.stale = state["best_step"], state["best_val_loss"], state["validations_since_best"]
+            if self.best_step is None:
+                self.best_val = self.initial_val
+            self.on_event(Event("resume", start_info | {"step": start_step, "checkpoint": str(latest_checkpoint(self.run_dir))}))
+        else:
+            self.on_event(Event("start", start_info))
+            self.initial_val = self.last_val = self.validate()
+            self._log({"step": 0, "val_loss": self.initial_val, "elapsed": time.perf_counter() - self.train_start})
+            self.on_event(Event("val", {"step": 0, "val_loss": self.initial_val}))
+            self.best_step, self.best_val, self.stale = None, self.initial_val, 0
+            if self.stop.requested:
+                raise self._interrupted(0)
+        window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
+        self.train_start = time.perf_counter()
+        completed, stopped_early = start_step, False
+        for step in range(start_step + 1, total + 1):
+            micro = [next(self.batches) for _ in range(cfg.grad_accumulation)]
+            lr = learning_rate_at(cfg, step, total)
+            loss_v, ntok = trainer.step(micro if len(micro) > 1 else micro[0], lr)
+            if not math.isfinite(loss_v):
+                last = latest_checkpoint(self.run_dir)
+                kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+                raise MlxtuneError(f"the loss became {loss_v} at step {step}: the learning rate ({cfg.learning_rate}) is probably too high; {kept}; start again with a lower --lr")
+            completed = step
+            self.trained_tokens += ntok
+            window_tokens += ntok
+            window_seen += sum(int(b.lengths.sum()) for b in micro)
+            now = time.perf_counter()
+            elapsed = now - self.train_start
+            report = {
+                "step": step, "loss": loss_v, "lr": lr, "tokens_per_sec": window_tokens / max(now - window_start, 1e-9),
+                "processed_tokens_per_sec": window_seen / max(now - window_start, 1e-9),
+                "trained_tokens": self.trained_before + self.trained_tokens, "peak_memory_bytes": trainer.peak_memory(),
+                "elapsed": self.seconds_before + elapsed, "eta": elapsed / (step - start_step) * (total - step),
+            }
+            improved = False
+            if step % cfg.val_every == 0 or step == total:
+                self.last_val = self.validate()
+                report["val_loss"] = self.last_val
+                window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
+                if self.last_val is not None:
+                    improved = self.best_val is None or self.last_val < self.best_val
+                    self.stale = 0 if improved else self.stale + 1
+                    stopped_early = bool(cfg.early_stop) and self.stale >= cfg.early_stop and step < total
+            if improved:
+                self.best_step, self.best_val = step, self.last_val
+                self.save_best(step, self.last_val)
+                report["best"] = True
+            self._log(report)
+            self.on_event(Event("step", report | {"total": total}))
+            if stopped_early:
+                self.save(step, finished=True)
+                self.on_event(Event("early_stop", {"step": step, "patience": cfg.early_stop, "best_step": self.best_step, "best_val_loss": self.best_val}))
+                break
+            if step % cfg.save_every == 0 or step == total:
+                self.save(step, finished=step == total)
+            if self.stop.requested:
+                raise self._interrupted(step)
+        seconds = time.perf_counter() - self.train_start
+        result = TrainResult(
+            self.run_dir, completed, self.initial_val, self.last_val, self.trained_tokens, seconds, self.trained_tokens / max(seconds, 1e-9), trainer.peak_memory(),
+            self.best_step, self.best_val if self.best_step is not None else None, stopped_early, start_step if state else None, cfg,
+        )
+        self.on_event(Event("done", {"result": result}))
+        return result
+
+
+def _discard(path: Path) -> None:
+    """Remove a directory so that it is never seen half-deleted: renamed away first."""
+    trash = path.parent / f".{path.name}.trash-{os.getpid()}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop what a hard-stopped session logged after its last checkpoint: the resumed run logs it again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue  # a line cut short
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class _GracefulStop:
-    """Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second Ctrl-C stops at once.
+    """Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second one stops at once.
 
-    A step is never cut in half by the first signal, so the adapters saved on the
-    way out are those of a whole step. Outside the main thread (where signal
+    A step is never cut in half by the first signal, so the checkpoint saved on
+    the way out is that of a whole step. The second raises KeyboardInterrupt
+    wherever the loop is; checkpoints are renamed into place whole, so the last
+    one stays intact. Outside the main thread (where signal
     handlers cannot be installed) Ctrl-C keeps Python's default behaviour.
     """
+
+    def __init__(self, on_first: Callable[[], None] = lambda: None):
+        self.on_first = on_first
 
     def __enter__(self) -> "_GracefulStop":
         import signal
@@ -285,11 +476,10 @@ class _GracefulStop:
         return self
 
     def _handle(self, signum, frame) -> None:
-        import signal
-
-        if self.requested and signum == signal.SIGINT:
+        if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.on_first()
 
     def __exit__(self, *exc) -> None:
         import signal

@@ -95,20 +95,6 @@ def test_existing_run_is_refused_without_force(tiny_model, small_data, tmp_path)
     assert (out / "adapters.safetensors").read_bytes() != before
 
 
-def test_ctrl_c_keeps_the_last_step(tiny_model, small_data, tmp_path, backend):
-    out = tmp_path / "run"
-
-    def interrupt_at_step_5(event):
-        if event.kind == "step" and event.data["step"] == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(TrainingInterrupted, match="step 5"):
-        train(_cfg(tiny_model, small_data, out, save_every=100, backend=backend), on_event=interrupt_at_step_5)
-    assert (out / "adapters.safetensors").exists()
-    assert (out / "checkpoints" / "step-0000005" / "adapters.safetensors").exists()
-    assert not list(out.rglob("*.tmp*"))
-
-
 @needs_mlx
 def test_dora_and_subset_of_layers(tiny_model, small_data, tmp_path):
     out = tmp_path / "run"

@@ -146,6 +146,42 @@ def make_train_step(model: nn.Module, optimizer, grad_clip: float | None):
     return step
 
 
+def make_grad_step(model: nn.Module):
+    """A compiled function (inputs, targets, mask) -> (loss, n_tokens, grads), for accumulation."""
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets, mask):
+        (loss, n), grads = loss_and_grad(model, inputs, targets, mask)
+        return loss, n, grads
+
+    return step
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass (mx.checkpoint).
+
+    Each block gets a subclass of its own class whose ``__call__`` is
+    checkpointed, so parameter names stay those of the model and no other
+    instance of the class is touched.
+    """
+    for block in model.layers:
+        cls = type(block)
+        if getattr(cls, "_mlxtune_checkpointed", False):
+            continue
+        call = cls.__call__
+
+        def checkpointed(self, *args, _call=call, **kwargs):
+            def inner(params, *args, **kwargs):
+                self.update(params)
+                return _call(self, *args, **kwargs)
+
+            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+        block.__class__ = type(cls.__name__, (cls,), {"__call__": checkpointed, "_mlxtune_checkpointed": True})
+
+
 def make_eval_step(model: nn.Module):
     # The parameters are inputs of the compiled graph, not constants baked in
     # at trace time: evaluation runs between training steps that change them.
@@ -183,21 +219,56 @@ class MlxTrainer:
         self.keys = resolve_target_modules(self.model, cfg.target_modules)
         apply_adapters(self.model, self.num_layers, self.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
         trainable_only(self.model)
+        if cfg.grad_checkpoint:
+            checkpoint_blocks(self.model)
         self.n_trainable = sum(v.size for v in adapter_weights(self.model).values())
         self.optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, bias_correction=True)
+        self.grad_clip = cfg.grad_clip
+        self.seed = cfg.seed
+        self.steps_taken = 0
         self._step = make_train_step(self.model, self.optimizer, cfg.grad_clip)
+        self._grads = None  # compiled on the first accumulated step
         self._eval = make_eval_step(self.model)
         self._np = np
 
     def step(self, batch, lr: float) -> tuple[float, int]:
+        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate.
+
+        The random state (dropout) is reseeded from (seed, step) first, so a
+        resumed run draws what an uninterrupted one would.
+        """
+        parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        self.steps_taken += 1
+        mx.random.seed(self.seed * 1_000_003 + self.steps_taken)
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        loss, n = self._step(*to_device(batch))
-        mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
-        return loss.item(), int(n.item())
+        if len(parts) == 1:
+            loss, n = self._step(*to_device(parts[0]))
+            mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
+            return loss.item(), int(n.item())
+        if self._grads is None:
+            self._grads = make_grad_step(self.model)
+        counts = [float(self._np.asarray(b.mask).sum()) for b in parts]
+        total = max(sum(counts), 1.0)
+        loss_sum, grads = 0.0, None
+        for b, count in zip(parts, counts):
+            loss, _, g = self._grads(*to_device(b))
+            g = tree_map(lambda x: x * (count / total), g)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(loss, grads)
+            loss_sum += loss.item() * count
+        if self.grad_clip is not None:
+            grads, _ = clip_by_global_norm(grads, self.grad_clip)
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+        return loss_sum / total, int(sum(counts))
 
     def evaluate(self, batch) -> tuple[float, int]:
-        s, n = self._eval(*to_device(batch))
-        mx.eval(s, n)
+        self.model.eval()  # no dropout: a validation loss must not depend on the random state
+        try:
+            s, n = self._eval(*to_device(batch))
+            mx.eval(s, n)
+        finally:
+            self.model.train()
         return s.item(), int(n.item())
 
     def adapter_weights(self) -> dict:
@@ -210,7 +281,35 @@ class MlxTrainer:
         self.model.load_weights([(k, mx.array(v).astype(dtype)) for k, v in weights.items()], strict=False)
 
     def optimizer_state(self) -> dict:
-        return {k: self._np.array(v.astype(mx.float32)) for k, v in tree_flatten(self.optimizer.state) if isinstance(v, mx.array)}
+        return {k: self._np.array(v.astype(mx.float32)) for k, v in tree_flatten(self.optimizer.state) if isinstance(v, mx.array) and k != "learning_rate"}
+
+    def load_state(self, weights: dict, optimizer_state: dict) -> None:
+        """Continue from a checkpoint: its adapter weights and optimizer moments and step.
+
+        The optimizer's state dict is updated in place: the compiled step holds it.
+        """
+        from ..errors import AdapterError
+
+        self.set_adapter_weights(weights)
+        params = dict(tree_flatten(self.model.trainable_parameters()))
+        missing = [f"{k}.{x}" for k in params for x in "mv" if f"{k}.{x}" not in optimizer_state]
+        if missing or "step" not in optimizer_state:
+            raise AdapterError(f"the optimizer state does not fit these adapters ({len(missing)} moments missing, e.g. {(missing or ['step'])[0]})")
+        self.optimizer.init(self.model.trainable_parameters())  # every moment's place exists now
+        for key, value in optimizer_state.items():
+            if key == "step":
+                continue
+            node = self.optimizer.state
+            *parents, leaf = key.split(".")
+            try:
+                for part in parents:
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                node[leaf] = mx.array(value).astype(params[key.rsplit(".", 1)[0]].dtype)
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise AdapterError(f"the optimizer state does not fit these adapters ({key} has no parameter)") from None
+        self.steps_taken = int(self._np.asarray(optimizer_state["step"]).reshape(-1)[0])
+        self.optimizer.state["step"] = mx.array(self.steps_taken, dtype=mx.uint64)
+        mx.eval(self.optimizer.state)
 
     def peak_memory(self) -> int:
         from .. import runtime

@@ -27,8 +27,14 @@ ACTIVATION_FRACTION = 0.8
 ACTIVATION_FLOOR = 256 * 2**20
 
 
-def activation_budget(weight_bytes: int, env: str | None = None) -> int | None:
-    """Bytes of activations a step may keep (None: no limit), from the model size or MLXTUNE_ACTIVATION_MB."""
+def activation_budget(weight_bytes: int, env: str | None = None, grad_checkpoint: bool | None = None) -> int | None:
+    """Bytes of activations a step may keep (None: no limit).
+
+    ``grad_checkpoint`` True checkpoints every block (a budget of 0), False
+    none; None follows MLXTUNE_ACTIVATION_MB, else the model size.
+    """
+    if grad_checkpoint is not None:
+        return 0 if grad_checkpoint else None
     if env:
         if env.strip().lower() in ("all", "none", "unlimited"):
             return None
@@ -96,6 +102,15 @@ class AdamW:
         out["step"] = np.array(self.step, dtype=np.int64)
         return out
 
+    def load_state(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+        """The inverse of ``state()``, checked against the parameters it is for."""
+        missing = [f"{k}.{x}" for k in params for x in "mv" if f"{k}.{x}" not in state]
+        if missing or "step" not in state:
+            raise AdapterError(f"the optimizer state does not fit these adapters ({len(missing)} moments missing, e.g. {(missing or ['step'])[0]})")
+        self.m = {k: np.array(state[f"{k}.m"], dtype=params[k].dtype) for k in params}
+        self.v = {k: np.array(state[f"{k}.v"], dtype=params[k].dtype) for k in params}
+        self.step = int(np.asarray(state["step"]).reshape(-1)[0])
+
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
     norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
@@ -118,12 +133,12 @@ class NumpyTrainer:
         runtime.tune_allocator()  # before the model's arrays, so that they and the step's share one heap
         self.model, self.config = load_model(model_dir)
         weight_bytes = sum(w.nbytes for w in self.model.weights.values())
-        self.model.activation_budget = activation_budget(weight_bytes, os.environ.get("MLXTUNE_ACTIVATION_MB"))
+        self.model.activation_budget = activation_budget(weight_bytes, os.environ.get("MLXTUNE_ACTIVATION_MB"), cfg.grad_checkpoint)
         n_blocks = self.model.config.num_hidden_layers
         self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
         self.keys = resolve_keys(cfg.target_modules)
-        self._rng = np.random.default_rng(cfg.seed)
-        self.model.add_lora(self.num_layers, self.keys, cfg.rank, cfg.scale, self._rng, dropout=cfg.dropout)
+        self.seed = cfg.seed
+        self.model.add_lora(self.num_layers, self.keys, cfg.rank, cfg.scale, np.random.default_rng(cfg.seed), dropout=cfg.dropout)
         self.n_trainable = sum(v.size for v in self.model.lora_params().values())
         self.optimizer = AdamW(cfg.weight_decay)
         self.grad_clip = cfg.grad_clip
@@ -131,11 +146,32 @@ class NumpyTrainer:
         self._peak = lambda: runtime.peak_memory_bytes("cpu")
 
     def step(self, batch, lr: float) -> tuple[float, int]:
-        loss, n, grads = self.model.loss_and_grads(batch.inputs, batch.targets, batch.mask, rng=self._rng)
+        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate.
+
+        Micro-batch gradients are weighted by their share of the trained
+        tokens, so the update equals that of one batch holding them all.
+        Dropout draws from a generator seeded by (seed, step): a resumed run
+        draws the same masks as an uninterrupted one.
+        """
+        parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        rng = np.random.default_rng([self.seed, self.optimizer.step + 1])
+        counts = [float(np.asarray(b.mask).sum()) for b in parts]
+        total = max(sum(counts), 1.0)
+        loss_sum, grads = 0.0, None
+        for b, count in zip(parts, counts):
+            loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, b.mask, rng=rng)
+            loss_sum += float(loss) * count
+            if grads is None and len(parts) == 1:
+                grads = g
+            elif grads is None:
+                grads = {k: v * np.asarray(count / total, dtype=v.dtype) for k, v in g.items()}
+            else:
+                for k, v in g.items():
+                    grads[k] += v * np.asarray(count / total, dtype=v.dtype)
         if self.grad_clip is not None:
             grads = clip_by_global_norm(grads, self.grad_clip)
         self.optimizer.update(self.model.lora_params(), grads, lr)
-        return float(loss), int(n)
+        return loss_sum / total, int(sum(counts))
 
     def evaluate(self, batch) -> tuple[float, int]:
         loss, n = self.model.loss(batch.inputs, batch.targets, batch.mask)
@@ -149,6 +185,11 @@ class NumpyTrainer:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return self.optimizer.state()
+
+    def load_state(self, weights: dict[str, np.ndarray], optimizer_state: dict[str, np.ndarray]) -> None:
+        """Continue from a checkpoint: its adapter weights and optimizer moments and step."""
+        self.set_adapter_weights(weights)
+        self.optimizer.load_state(optimizer_state, self.model.lora_params())
 
     def peak_memory(self) -> int:
         return self._peak()

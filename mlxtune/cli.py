@@ -190,7 +190,8 @@ def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **optio
     say = printer.summary  # the human summary; --json has it in the done event
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
-    say(f"Done: {result.steps} steps in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
+    session = f" (resumed after step {result.resumed_from}: {result.steps - result.resumed_from} steps)" if result.resumed_from is not None else ""
+    say(f"Done: {result.steps} steps{session} in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
     if result.best_step is not None:
         say(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
     if report:
@@ -687,4 +688,8 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, offl
 
 
 def main() -> None:
-    cli(prog_name="mlxtune")
+    try:
+        cli(prog_name="mlxtune")
+    except KeyboardInterrupt:  # a Ctrl-C landing after a command's own handling (e.g. while it prints its last words)
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -15,6 +15,7 @@ field: a bad line 9,000 should cost seconds, not a training run.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,16 @@ ROLES = ("system", "user", "assistant", "tool")
 _FORMAT_NAMES = {"text": "a text", "completion": "a prompt/completion", "chat": "a chat"}
 _SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 _BOM = b"\xef\xbb\xbf"
+_HEAD_BYTES = 8192  # like git, a NUL byte in the first 8 KB means binary
+MAX_LINE_BYTES = 8 << 20  # one record; far more text than any --max-seq-len trains on
+MAX_DEPTH = 100  # JSON nesting; real records nest a handful of levels
+_MAGIC = {
+    b"\x1f\x8b": "a gzip-compressed file: decompress it first (gunzip -k FILE) and pass the .jsonl inside",
+    b"PK\x03\x04": "a zip archive: extract it and pass the .jsonl inside",
+    b"PAR1": "a Parquet file: convert it to JSONL first, e.g. pandas.read_parquet(F).to_json(OUT, orient='records', lines=True)",
+    b"\x89PNG": "a PNG image: expected a UTF-8 text file with one JSON object per line",
+    b"%PDF": "a PDF document: expected a UTF-8 text file with one JSON object per line",
+}
 
 
 @dataclass(frozen=True)
@@ -90,49 +101,42 @@ class Splits:
 
 
 def load_jsonl(path: str | Path) -> Dataset:
-    """Read and validate one JSONL file; every record must have the same format."""
+    """Read and validate one JSONL file; every record must have the same format.
+
+    The file is read a line at a time, and no line may exceed ``MAX_LINE_BYTES``,
+    so a binary or runaway file costs bounded memory and fails fast.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError("file does not exist: check the path given to --data", path)
     if path.is_dir():
         raise DataError("is a directory, expected a .jsonl file", path)
-    raw = path.read_bytes()
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM) :]
-        offset0 = len(_BOM)
-    else:
-        offset0 = 0
-    _check_text(raw, path, offset0)
-
+    if not path.is_file():
+        raise DataError("is not a regular file: give --data a .jsonl file", path)
     records: list[Record] = []
     fmt: str | None = None
     first_line = 0
-    offset = offset0
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        start = offset
-        offset += len(line_bytes) + 1
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"not valid UTF-8 (byte offset {start + e.start} in the file): save the file as UTF-8",
-                path,
-                lineno,
-            ) from None
-        if not line.strip():
-            continue
-        obj = _parse_line(line, path, lineno)
-        rec_fmt = _validate(obj, path, lineno)
-        if fmt is None:
-            fmt, first_line = rec_fmt, lineno
-        elif rec_fmt != fmt:
-            raise DataError(
-                f"line {lineno} is {_FORMAT_NAMES[rec_fmt]} record but line {first_line} was "
-                f"{_FORMAT_NAMES[fmt]} record: use one format per file",
-                path,
-                lineno,
-            )
-        records.append(Record(obj, lineno, str(path)))
+    try:
+        with open(path, "rb") as f:
+            _check_text(f.read(_HEAD_BYTES), path)
+            f.seek(0)
+            for lineno, line in _lines(f, path):
+                if not line.strip():
+                    continue
+                obj = _parse_line(line, path, lineno)
+                rec_fmt = _validate(obj, path, lineno)
+                if fmt is None:
+                    fmt, first_line = rec_fmt, lineno
+                elif rec_fmt != fmt:
+                    raise DataError(
+                        f"line {lineno} is {_FORMAT_NAMES[rec_fmt]} record but line {first_line} was "
+                        f"{_FORMAT_NAMES[fmt]} record: use one format per file",
+                        path,
+                        lineno,
+                    )
+                records.append(Record(obj, lineno, str(path)))
+    except OSError as e:
+        raise DataError(f"cannot read the file ({e.strerror or e}): check its permissions", path) from None
     if fmt is None:
         raise DataError(
             'file is empty: expected one JSON object per line, e.g. {"text": "..."}', path
@@ -140,24 +144,67 @@ def load_jsonl(path: str | Path) -> Dataset:
     return Dataset(records, fmt, str(path))
 
 
-def _check_text(raw: bytes, path: Path, offset0: int) -> None:
-    """Reject binary files up front, with a hint for the usual culprit (UTF-16)."""
-    nul = raw.find(b"\x00")
+def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, decoded text) of each line, each at most MAX_LINE_BYTES."""
+    offset = 0
+    for lineno in itertools.count(1):
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        start = offset
+        offset += len(raw)
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise DataError(
+                f"line is longer than {MAX_LINE_BYTES >> 20} MB, the limit for one record: "
+                "check that the file holds one JSON object per line, and split very long "
+                "texts into several records (training sees at most --max-seq-len tokens of one)",
+                path,
+                lineno,
+            )
+        if lineno == 1 and raw.startswith(_BOM):
+            raw, start = raw[len(_BOM) :], start + len(_BOM)
+        nul = raw.find(b"\x00")
+        if nul >= 0:
+            raise DataError(
+                f"not a text file (NUL byte at byte offset {start + nul}): expected a UTF-8 "
+                "text file with one JSON object per line",
+                path,
+                lineno,
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"not valid UTF-8 (byte offset {start + e.start} in the file): save the file as UTF-8",
+                path,
+                lineno,
+            ) from None
+        yield lineno, text
+
+
+def _check_text(head: bytes, path: Path) -> None:
+    """Reject binary files up front, naming the usual culprits (UTF-16, archives, Parquet)."""
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"not a text file: it looks like {what}", path)
+    nul = head.find(b"\x00")
     if nul < 0:
         return
-    line = raw.count(b"\n", 0, nul) + 1
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(raw) > 1 and (raw[0] == 0 or raw[1] == 0)):
+    line = head.count(b"\n", 0, nul) + 1
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[0] == 0 or head[1:2] == b"\x00":
         hint = "it looks like UTF-16: save it as UTF-8"
     else:
         hint = "expected a UTF-8 text file with one JSON object per line"
-    raise DataError(
-        f"not a text file (NUL byte at byte offset {nul + offset0}): {hint}", path, line
-    )
+    raise DataError(f"not a text file (NUL byte at byte offset {nul}): {hint}", path, line)
 
 
 def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
+    def reject_constant(name: str) -> None:
+        raise DataError(f"{name} is not valid JSON: write a number, null or a string", path, lineno)
+
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=reject_constant)
+        deep = _too_deep(line, obj)
     except json.JSONDecodeError as e:
         raise DataError(
             f"invalid JSON at column {e.colno}: {e.msg} "
@@ -165,6 +212,17 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
             path,
             lineno,
         ) from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise DataError("invalid JSON: a number is too long to read: write it as a string", path, lineno) from None
+    except RecursionError:
+        deep = True
+    if deep:
+        raise DataError(
+            f"JSON nested more than {MAX_DEPTH} levels deep: records are objects of strings and "
+            "lists of messages; flatten the structure",
+            path,
+            lineno,
+        )
     if not isinstance(obj, dict):
         raise DataError(
             f"line is a JSON {_json_type(obj)}, not an object: each line must be one JSON object "
@@ -173,6 +231,20 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
             lineno,
         )
     return obj
+
+
+def _too_deep(line: str, obj: Any) -> bool:
+    """Whether ``obj`` nests deeper than MAX_DEPTH (deep records break json.dumps and templates later)."""
+    if line.count("[") + line.count("{") <= MAX_DEPTH:  # cheap bound: most records stop here
+        return False
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def _json_type(value: Any) -> str:
@@ -211,7 +283,7 @@ def _validate(obj: dict[str, Any], path: Path, lineno: int) -> str:
         return DataError(message, path, lineno, fld)
 
     if fmt is None:
-        keys = ", ".join(repr(k) for k in list(obj)[:6]) or "none"
+        keys = ", ".join(repr(k if len(k) <= 30 else k[:27] + "...") for k in list(obj)[:6]) or "none"
         raise DataError(
             f"record has none of the fields 'text', 'prompt'/'completion' or 'messages' "
             f"(found: {keys}): rename the field holding the training text",
@@ -238,11 +310,20 @@ def _validate(obj: dict[str, Any], path: Path, lineno: int) -> str:
 def _expect_str(value: Any, fail, fld: str) -> None:
     if not isinstance(value, str):
         raise fail(fld, f"must be a string, got a {_json_type(value)} ({_short(value)})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud83d" alone: JSON allows it, tokenizers choke on it
+        raise fail(
+            fld,
+            f"holds a broken character (\\u{ord(value[e.start]):04x}, half of a surrogate pair, "
+            f"at character {e.start}), usually text cut in the middle of an emoji: fix or remove it",
+        ) from None
 
 
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 30 else text[:27] + "..."
+    text = text if len(text) <= 30 else text[:27] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # printable even with broken characters
 
 
 def _validate_chat(obj: dict[str, Any], fail) -> None:
@@ -267,17 +348,22 @@ def _validate_chat(obj: dict[str, Any], fail) -> None:
                 f"{where}.role",
                 f"unknown role {_short(role)}: use one of {', '.join(ROLES)}",
             )
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise fail(f"{where}.tool_calls", f"must be a list of objects, got {_short(calls)}")
         # An assistant turn that only calls tools may carry no content.
-        tool_call = role == "assistant" and message.get("tool_calls") and message.get("content") is None
-        if tool_call:
+        if role == "assistant" and calls and message.get("content") is None:
             continue
         if "content" not in message:
             raise fail(f"{where}.content", "is missing: each message needs a 'content' string")
         _expect_str(message["content"], fail, f"{where}.content")
+        if role == "assistant" and not message["content"] and not calls:
+            raise fail(f"{where}.content", "is empty: an assistant turn needs text to train on; remove the turn or give it text")
     if not any(m["role"] == "assistant" for m in messages):
         raise fail("messages", "has no assistant turn: there is nothing to train on")
-    if "tools" in obj and obj["tools"] is not None and not isinstance(obj["tools"], list):
-        raise fail("tools", f"must be a list of tool definitions, got a {_json_type(obj['tools'])}")
+    tools = obj.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise fail("tools", f"must be a list of tool definitions (objects), got {_short(tools)}")
 
 
 # -------------------------------------------------------------- splitting
@@ -304,6 +390,8 @@ def load_data(path: str | Path, valid_fraction: float = 0.1, seed: int = 0) -> S
         )
         empty = Dataset([], data.format, None)
         return Splits(train, valid, empty, description, None, seed)
+    if not path.is_dir():
+        raise DataError("is neither a regular file nor a directory: give --data a .jsonl file or a directory with train.jsonl", path)
     return _load_dir(path, valid_fraction, seed)
 
 

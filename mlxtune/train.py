@@ -153,8 +153,12 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
     if not train_set:
         why = f"after truncation to --max-seq-len {cfg.max_seq_len} tokens nothing is left to learn from: raise --max-seq-len" if n_truncated else "no record has a token to learn from (are all completions empty?)"
         raise DataError(why, path=cfg.data)
-    if n_truncated:
-        on_event(Event("note", {"message": f"{n_truncated} records are longer than --max-seq-len {cfg.max_seq_len} tokens and were truncated"}))
+    from .datacheck import check_splits
+
+    # mlxtune data check's findings (truncation, duplicates, train/valid/test overlap), from what is already encoded
+    report = check_splits(splits, cfg.max_seq_len, mask_prompt, {"train": (train_set, n_trunc), "valid": (valid_set, n_trunc_v)})
+    for warning in report.warnings:
+        on_event(Event("note", {"message": warning}))
 
     steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size * cfg.grad_accumulation)
     if cfg.iters is not None:
@@ -344,8 +348,8 @@ class _Run:
                 return self._loop(start_step, state, start_info)
         except KeyboardInterrupt:  # a second Ctrl-C: out at once, without writing anything more
             last = latest_checkpoint(run_dir)
-            kept = f"the last checkpoint ({last.name}) is intact; continue with: mlxtune lora --resume {run_dir}" if last else "no checkpoint had been written"
-            raise TrainingInterrupted(f"stopped at once: {kept}") from None
+            kept = f"the last checkpoint ({last.name}) is intact; continue with: mlxtune lora --resume {run_dir}" if last else f"no checkpoint had been written yet: start again (--force replaces {run_dir})"
+            raise TrainingInterrupted(f"at once, on the second Ctrl-C; {kept}") from None
         finally:
             self.metrics.close()
 

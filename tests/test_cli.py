@@ -1,6 +1,7 @@
 """The command line: exit codes, one-line errors, nothing half-written, fast help."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -118,8 +119,9 @@ def test_long_records_warn_once_and_count(tiny_model, tmp_path):
     data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:8]))
     r = CliRunner().invoke(cli, ["lora", "--data", str(data), "--model", str(tiny_model), "-o", str(tmp_path / "run"), "--iters", "1", "--max-seq-len", "300"])
     assert r.exit_code == 0, r.output
-    warnings = [l for l in r.output.splitlines() if "truncated" in l]
-    assert len(warnings) == 1 and "longer than --max-seq-len 300" in warnings[0]
+    warnings = [l for l in r.output.splitlines() if "longer than --max-seq-len 300" in l]
+    assert warnings and len(warnings) == len({w.split(":")[1] for w in warnings})  # once per split
+    assert all(re.search(r"(train|valid): \d+ of \d+ records are longer", w) for w in warnings)
 
 
 def test_journey_lora_fuse_generate(tiny_model, tmp_path, backend):

@@ -171,3 +171,70 @@ def test_gguf_export_of_a_fused_run_reads_back(workdir, converted, trained, outt
     diff = float(np.abs(ours - theirs).max())
     print(f"{outtype}: max |diff| {diff:.3g}")
     assert diff <= atol and (ours[0, -1].argmax() == theirs[0, -1].argmax())
+
+
+def _start_lora(workdir: Path, converted: Path, out: Path, save_every: int):
+    """`mlxtune lora` on SmolLM2 as a real process (so it gets real signals), its output piped."""
+    import os
+    import subprocess
+    import sys
+
+    data = workdir / "notes.jsonl"
+    data.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
+    cmd = [sys.executable, "-m", "mlxtune", "lora", "--data", str(data), "--model", str(converted), "-o", str(out), "--iters", "4", "--batch-size", "4",
+           "--save-every", str(save_every), "--val-every", "100", "--max-seq-len", "256", "--no-report"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for(proc, prefix: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError("the run ended before '%s':\n%s" % (prefix, "".join(lines)))
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigint_on_smollm2_leaves_a_loadable_checkpoint(workdir, converted, signals):
+    """Ctrl-C after step 1: one saves a checkpoint there; two stop at once, keeping the step-1 checkpoint saved before. Both resume to the end."""
+    import signal
+    import time
+
+    from mlxtune.backends.numpy import NumpyTrainer
+    from mlxtune.config import TrainConfig
+    from mlxtune import npio
+    from mlxtune.train import latest_checkpoint
+
+    out = workdir / f"sigint-{signals}"
+    proc = _start_lora(workdir, converted, out, save_every=100 if signals == 1 else 1)
+    lines = _wait_for(proc, "step     1/" if signals == 1 else "saved step 1 ")
+    if signals == 2:
+        time.sleep(1.0)  # into step 2, which takes seconds: both signals land in it
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    t0 = time.monotonic()
+    rest = proc.stdout.read()
+    rc = proc.wait(timeout=120)
+    log = "".join(lines) + rest
+    assert rc == 130 and "Traceback" not in log, log
+    assert f"mlxtune lora --resume {out}" in log
+    ckpt = latest_checkpoint(out)
+    if signals == 1:
+        assert "Stopped: interrupted at step" in log and ckpt is not None
+        step = json.loads((ckpt / "state.json").read_text())["step"]
+        assert step >= 1
+        # loadable: adapters and optimizer state go back into a trainer
+        cfg = TrainConfig(**{k: v for k, v in json.loads((out / "adapter_config.json").read_text())["config"].items() if k in TrainConfig.__dataclass_fields__})
+        trainer = NumpyTrainer(converted, cfg)
+        weights, _ = npio.read_safetensors(ckpt / "adapters.safetensors")
+        opt, _ = npio.read_safetensors(ckpt / "optimizer.safetensors")
+        trainer.load_state(weights, opt)
+        assert trainer.optimizer.step == step
+    else:
+        assert "at once, on the second Ctrl-C; the last checkpoint (step-0000001) is intact" in log and time.monotonic() - t0 < 30
+        assert ckpt.name == "step-0000001" and not list((out / "checkpoints").glob(".*"))
+    log = run("lora", "--resume", out, "--no-report")
+    assert "Done: 4 steps" in log, log
+    assert json.loads((latest_checkpoint(out) / "state.json").read_text())["finished"]

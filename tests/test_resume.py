@@ -90,7 +90,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tiny_model, s
         if event.kind == "step" and event.data["step"] == 6:
             raise KeyboardInterrupt
 
-    with pytest.raises(TrainingInterrupted, match="stopped at once.*step-0000004.*--resume"):
+    with pytest.raises(TrainingInterrupted, match="at once.*step-0000004.*--resume"):
         train(_cfg(tiny_model, small_data, run, backend="numpy"), on_event=second_ctrl_c)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000004"]
     assert max(m["step"] for m in _metrics(run)) == 6  # logged past the checkpoint ...

@@ -107,7 +107,7 @@ def test_dora_and_subset_of_layers(tiny_model, small_data, tmp_path):
 def test_truncation_is_reported_not_an_error(tiny_model, small_data, tmp_path):
     notes = []
     train(_cfg(tiny_model, small_data, tmp_path / "run", iters=1, max_seq_len=160), on_event=lambda e: notes.append(e.data.get("message")) if e.kind == "note" else None)
-    assert any(n and "truncated" in n and "--max-seq-len 160" in n for n in notes)
+    assert any(n and "longer than --max-seq-len 160" in n and "will be cut" in n for n in notes)
 
 
 def test_everything_truncated_away_is_an_error(tiny_model, small_data, tmp_path):

@@ -294,6 +294,7 @@ class BatchIterator:
         seed: int,
         loop: bool,
         pad_multiple: int = 8,
+        shard: tuple[int, int] = (0, 1),
     ):
         if not examples:
             raise DataError("no examples to train on: every record was empty or dropped")
@@ -309,16 +310,19 @@ class BatchIterator:
             else None
         )
         self.consumed = 0
+        self.shard = shard  # (rank, size): this process's share of each batch in a distributed run
         self._pad_multiple = pad_multiple
         self._chunks = self._order(np.random.default_rng(seed), loop)
 
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> Batch:
-        chunk = next(self._chunks)
+    def __next__(self) -> Batch | None:
+        """The next batch (this rank's share of it; None when that share is empty)."""
+        rank, size = self.shard
+        chunk = next(self._chunks)[rank::size]
         self.consumed += 1
-        return make_batch([self.examples[i] for i in chunk], self._pad_multiple)
+        return make_batch([self.examples[i] for i in chunk], self._pad_multiple) if len(chunk) else None
 
     def skip(self, n: int) -> None:
         for _ in range(n):
@@ -341,7 +345,7 @@ class BatchIterator:
 
 
 def iterate_batches(
-    examples: Sequence[Example], batch_size: int, seed: int, loop: bool
+    examples: Sequence[Example], batch_size: int, seed: int, loop: bool, shard: tuple[int, int] = (0, 1)
 ) -> BatchIterator:
     """Batches of similar-length examples in a seeded random order.
 
@@ -349,7 +353,7 @@ def iterate_batches(
     the number of distinct shapes (and so of compiled graphs) small. With
     ``loop`` the examples are reshuffled into new batches each epoch, forever.
     """
-    return BatchIterator(examples, batch_size, seed, loop)
+    return BatchIterator(examples, batch_size, seed, loop, shard=shard)
 
 
 def make_batch(examples: Sequence[Example], pad_multiple: int = 8) -> Batch:

@@ -146,6 +146,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--distributed", is_flag=True, default=None, help="Require a data-parallel run of several processes started by mlx.launch (one is detected without it; see README).")
 @click.option("--resume", "resume_run", type=click.Path(), help="Continue this run directory from its last checkpoint, with the settings it was started with.")
 @click.option("--report/--no-report", default=True, help="Write report.md and loss.png, with a few answers of the base and the tuned model, when done. [default: on]")
 @click.option("--quiet", is_flag=True, help="Print only the final summary (and warnings about the data or model, on stderr).")
@@ -187,6 +188,8 @@ def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **optio
         cfg = build(settings, options)
         with _TrainPrinter(quiet=quiet, as_json=as_json) as printer:
             result = train(cfg, on_event=printer, force=force)
+    if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
+        return
     say = printer.summary  # the human summary; --json has it in the done event
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""

@@ -50,6 +50,7 @@ class TrainConfig:
     offline: bool | None = None
     dtype: str | None = None  # compute dtype; None: runtime.choose_compute decides
     recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)
+    distributed: bool = False  # require a run of several processes (mlx.launch); one is detected without it
 
     @property
     def scale(self) -> float:

@@ -34,6 +34,7 @@ from typing import Callable
 
 from . import __version__
 from .config import TrainConfig
+from .distributed import DistributedError
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .adapters import ADAPTER_WEIGHTS
@@ -73,6 +74,8 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from: int | None = None  # the checkpoint's step, for a resumed run
     config: TrainConfig | None = None  # the settings the run trained with
+    rank: int = 0  # this process's rank in a distributed run; only rank 0 reports and writes
+    processes: int = 1
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -172,19 +175,20 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
     if cfg.data is None:
         raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
+    from .distributed import world_from_env
+
+    world = world_from_env(required=cfg.distributed)
+    on_event = on_event if world.main else _silent
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
-    check_output_dir(run_dir, force, what="run")
+    if world.main:  # only rank 0 writes the run directory
+        check_output_dir(run_dir, force, what="run")
     setup = _prepare(cfg, on_event)
+    _agree(world, setup)
 
     from .adapters import adapter_config
     from .backends import open_trainer
 
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
-
-    # ---- from here on, the run directory exists
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
     source, splits = setup.source, setup.splits
     meta = {
         "mlxtune_version": __version__,
@@ -195,9 +199,34 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
         "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint()},
     }
+    if world.size > 1:
+        meta["distributed"] = {"processes": world.size, "backend": world.backend}
     ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
-    atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
-    return _Run(setup, trainer, run_dir, ad_config, on_event).go()
+    if world.main:  # ---- from here on, the run directory exists
+        if run_dir.exists() and force:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
+    return _Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
+
+
+def _silent(event: Event) -> None:
+    """What ranks other than 0 print: nothing (their errors still reach the CLI)."""
+
+
+def _agree(world, setup: _Setup) -> None:
+    """All processes of a distributed run must train the same model on the same data with the same settings."""
+    if world.size == 1:
+        return
+    from .distributed import fingerprint_files
+
+    model_files = [p for p in Path(setup.model_dir).iterdir() if p.suffix == ".safetensors" or p.name == "config.json"]
+    settings = {k: v for k, v in setup.cfg.to_dict().items() if k not in ("data", "output", "model", "offline", "revision")}
+    world.agree({
+        "model": fingerprint_files(model_files),
+        "data": setup.fingerprint(),
+        "settings": json.dumps(settings, sort_keys=True) + setup.backend,
+    })
 
 
 def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None) -> TrainResult:
@@ -211,6 +240,8 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     """
     from .adapters import ADAPTER_CONFIG
     from .backends import open_trainer
+
+    from .distributed import world_from_env
 
     run_dir = Path(run_dir)
     config_path = run_dir / ADAPTER_CONFIG
@@ -232,7 +263,10 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     data_path = (ad_config.get("data") or {}).get("path")
     if data_path and not Path(cfg.data).exists():
         cfg.data = data_path  # resumed from another working directory
+    world = world_from_env(required=cfg.distributed)
+    on_event = on_event if world.main else _silent
     setup = _prepare(cfg, on_event)
+    _agree(world, setup)
     if setup.fingerprint() != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
     if setup.backend != state.get("backend"):
@@ -243,7 +277,7 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS)
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER)
     trainer.load_state(weights, opt_state)
-    return _Run(setup, trainer, run_dir, ad_config, on_event, state).go()
+    return _Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -255,10 +289,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 class _Run:
     """The training loop of one session of a run (a new run, or a resumed one)."""
 
-    def __init__(self, setup: _Setup, trainer, run_dir: Path, ad_config: dict, on_event, state: dict | None = None):
+    def __init__(self, setup: _Setup, trainer, run_dir: Path, ad_config: dict, on_event, state: dict | None = None, world=None):
+        from .distributed import World
+
         self.setup, self.cfg, self.trainer, self.run_dir = setup, setup.cfg, trainer, run_dir
         self.ad_config, self.on_event, self.state = ad_config, on_event, state
+        self.world = world or World()
         self.fingerprint = setup.fingerprint()
+
+    def step(self, micro: list, lr: float) -> tuple[float, int, int, bool]:
+        """One optimizer step on the global batch: (loss, trained tokens, tokens seen, stop), all global.
+
+        Alone, the trainer's own step. Distributed, this rank's gradient sums
+        are added to the others' (with the tokens and whether any rank was
+        asked to stop, so that all stop after the same step), and every rank
+        applies the same update.
+        """
+        seen = sum(int(b.lengths.sum()) for b in micro if b is not None)
+        if self.world.size == 1:
+            loss, n = self.trainer.step(micro if len(micro) > 1 else micro[0], lr)
+            return loss, n, seen, False  # alone, the loop reads the stop request itself, as late as it can
+        sums, loss_sum, n = self.trainer.gradients([b for b in micro if b is not None], rank=self.world.rank)
+        sums, (loss_sum, n, seen, stops) = self.world.all_sum(sums, [loss_sum, n, seen, float(self.stop.requested)])
+        self.trainer.apply(sums, n, lr)
+        return loss_sum / max(n, 1.0), int(n), int(seen), stops > 0
 
     def validate(self) -> float | None:
         from .batching import iterate_batches
@@ -266,18 +320,26 @@ class _Run:
         if not self.setup.valid_set:
             return None
         total_loss, total_n = 0.0, 0
+        world = self.world
         for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False)):
             if 0 <= self.cfg.val_batches <= i:
                 break
+            if i % world.size != world.rank:  # distributed: batches dealt out to the ranks
+                continue
             s, n = self.trainer.evaluate(batch)
             total_loss += s
             total_n += n
+        if world.size > 1:
+            _, (total_loss, total_n) = world.all_sum({}, [total_loss, total_n])
         return total_loss / max(total_n, 1)
 
     def save(self, step: int, finished: bool = False) -> Path:
         """A checkpoint with everything needed to continue: built beside its place, renamed in whole."""
         from . import npio
 
+        self.saved = step
+        if not self.world.main:
+            return self.run_dir / "checkpoints" / f"step-{step:07d}"
         ckpts = self.run_dir / "checkpoints"
         ckpts.mkdir(exist_ok=True)
         final = ckpts / f"step-{step:07d}"
@@ -311,6 +373,8 @@ class _Run:
         """best/: the adapters with the lowest validation loss so far, loadable like the run itself."""
         from . import npio
 
+        if not self.world.main:
+            return
         best = self.run_dir / "best"
         best.mkdir(exist_ok=True)
         npio.write_safetensors(best / ADAPTER_WEIGHTS, self.trainer.adapter_weights(), metadata={"format": "mlx"})
@@ -325,11 +389,12 @@ class _Run:
         self.saved = start_step
         self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
         self.seconds_before = (state or {}).get("train_seconds", 0.0)
-        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True)
+        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size))
         if self.batches.note and not state:
             self.on_event(Event("note", {"message": self.batches.note}))
         if state:
             self.batches.skip(state["batches_drawn"])
+        if state and self.world.main:
             _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
             for leftover in (run_dir / "checkpoints").glob(".*"):  # a save cut short by a hard stop
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -338,8 +403,9 @@ class _Run:
             "trainable": self.trainer.n_trainable, "layers": self.trainer.num_layers, "keys": self.trainer.keys, "steps": total, "steps_per_epoch": setup.steps_per_epoch,
             "train_examples": len(setup.train_set), "valid_examples": len(setup.valid_set),
             "batch_size": cfg.batch_size, "grad_accumulation": cfg.grad_accumulation, "grad_checkpoint": cfg.grad_checkpoint,
+            "processes": self.world.size,
         }
-        self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if self.world.main else None
         self.train_start = time.perf_counter()
         try:
             asked = Event("note", {"message": "stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)"})
@@ -347,17 +413,27 @@ class _Run:
                 self.stop = stop
                 return self._loop(start_step, state, start_info)
         except KeyboardInterrupt:  # a second Ctrl-C: out at once, without writing anything more
-            last = latest_checkpoint(run_dir)
-            kept = f"the last checkpoint ({last.name}) is intact; continue with: mlxtune lora --resume {run_dir}" if last else f"no checkpoint had been written yet: start again (--force replaces {run_dir})"
-            raise TrainingInterrupted(f"at once, on the second Ctrl-C; {kept}") from None
+            raise TrainingInterrupted(f"at once, on the second Ctrl-C; {self._kept()}") from None
+        except DistributedError as e:  # another process was lost
+            raise DistributedError(f"{e}; {self._kept()}") from None
         finally:
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _kept(self) -> str:
+        last = latest_checkpoint(self.run_dir)
+        if last:
+            return f"the last checkpoint ({last.name}) is intact; continue with: mlxtune lora --resume {self.run_dir}"
+        return f"no checkpoint had been written yet: start again (--force replaces {self.run_dir})"
 
     def _log(self, record: dict) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
 
     def _interrupted(self, completed: int) -> TrainingInterrupted:
+        if not self.world.main:
+            return TrainingInterrupted(f"rank {self.world.rank} stopped with the others after step {completed}")
         if completed == 0:
             return TrainingInterrupted(f"interrupted before the first step finished; {self.run_dir} holds no adapters")
         where = self.save(completed) if self.saved != completed else latest_checkpoint(self.run_dir)
@@ -385,7 +461,7 @@ class _Run:
         for step in range(start_step + 1, total + 1):
             micro = [next(self.batches) for _ in range(cfg.grad_accumulation)]
             lr = learning_rate_at(cfg, step, total)
-            loss_v, ntok = trainer.step(micro if len(micro) > 1 else micro[0], lr)
+            loss_v, ntok, seen, stop_now = self.step(micro, lr)
             if not math.isfinite(loss_v):
                 last = latest_checkpoint(self.run_dir)
                 kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
@@ -393,7 +469,7 @@ class _Run:
             completed = step
             self.trained_tokens += ntok
             window_tokens += ntok
-            window_seen += sum(int(b.lengths.sum()) for b in micro)
+            window_seen += seen
             now = time.perf_counter()
             elapsed = now - self.train_start
             report = {
@@ -423,12 +499,13 @@ class _Run:
                 break
             if step % cfg.save_every == 0 or step == total:
                 self.save(step, finished=step == total)
-            if self.stop.requested:
+            if stop_now or (self.world.size == 1 and self.stop.requested):
                 raise self._interrupted(step)
         seconds = time.perf_counter() - self.train_start
         result = TrainResult(
             self.run_dir, completed, self.initial_val, self.last_val, self.trained_tokens, seconds, self.trained_tokens / max(seconds, 1e-9), trainer.peak_memory(),
             self.best_step, self.best_val if self.best_step is not None else None, stopped_early, start_step if state else None, cfg,
+            self.world.rank, self.world.size,
         )
         self.on_event(Event("done", {"result": result}))
         return result

@@ -232,35 +232,54 @@ class MlxTrainer:
         self._np = np
 
     def step(self, batch, lr: float) -> tuple[float, int]:
-        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate.
-
-        The random state (dropout) is reseeded from (seed, step) first, so a
-        resumed run draws what an uninterrupted one would.
-        """
+        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate."""
         parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        if len(parts) > 1:
+            sums, loss_sum, n = self.gradients(parts)
+            self.apply(sums, n, lr)
+            return loss_sum / max(n, 1.0), int(n)
+        self._seed_step()
         self.steps_taken += 1
-        mx.random.seed(self.seed * 1_000_003 + self.steps_taken)
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        if len(parts) == 1:
-            loss, n = self._step(*to_device(parts[0]))
-            mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
-            return loss.item(), int(n.item())
+        loss, n = self._step(*to_device(parts[0]))
+        mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
+        return loss.item(), int(n.item())
+
+    def gradients(self, parts: list, rank: int = 0) -> tuple[dict, float, float]:
+        """Token-weighted sums over micro-batches: (sum of n_i * grad_i, sum of n_i * loss_i, sum of n_i).
+
+        Sums, not means, so that they add up across micro-batches and across
+        the processes of a distributed run; ``apply`` divides by the total.
+        The random state (dropout) is reseeded from (seed, step, rank) first,
+        so a resumed run draws what an uninterrupted one would.
+        """
         if self._grads is None:
             self._grads = make_grad_step(self.model)
-        counts = [float(self._np.asarray(b.mask).sum()) for b in parts]
-        total = max(sum(counts), 1.0)
-        loss_sum, grads = 0.0, None
-        for b, count in zip(parts, counts):
-            loss, _, g = self._grads(*to_device(b))
-            g = tree_map(lambda x: x * (count / total), g)
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(loss, grads)
-            loss_sum += loss.item() * count
+        self._seed_step(rank)
+        sums = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
+        loss_sum, total = 0.0, 0.0
+        for b in parts:
+            loss, n, g = self._grads(*to_device(b))
+            sums = {k: sums[k] + v * n.astype(v.dtype) for k, v in tree_flatten(g)}
+            mx.eval(loss, n, sums)
+            loss_sum += loss.item() * n.item()
+            total += n.item()
+        return sums, loss_sum, total
+
+    def apply(self, sums: dict, n: float, lr: float) -> None:
+        """The optimizer step for gradient sums over ``n`` trained tokens."""
+        from mlx.utils import tree_unflatten
+
+        self.steps_taken += 1
+        self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+        grads = tree_unflatten([(k, v / max(n, 1.0)) for k, v in sums.items()])
         if self.grad_clip is not None:
             grads, _ = clip_by_global_norm(grads, self.grad_clip)
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
-        return loss_sum / total, int(sum(counts))
+
+    def _seed_step(self, rank: int = 0) -> None:
+        mx.random.seed((self.seed * 1_000_003 + self.steps_taken + 1) * 64 + rank)
 
     def evaluate(self, batch) -> tuple[float, int]:
         self.model.eval()  # no dropout: a validation loss must not depend on the random state

@@ -146,32 +146,46 @@ class NumpyTrainer:
         self._peak = lambda: runtime.peak_memory_bytes("cpu")
 
     def step(self, batch, lr: float) -> tuple[float, int]:
-        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate.
-
-        Micro-batch gradients are weighted by their share of the trained
-        tokens, so the update equals that of one batch holding them all.
-        Dropout draws from a generator seeded by (seed, step): a resumed run
-        draws the same masks as an uninterrupted one.
-        """
+        """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate."""
         parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-        rng = np.random.default_rng([self.seed, self.optimizer.step + 1])
-        counts = [float(np.asarray(b.mask).sum()) for b in parts]
-        total = max(sum(counts), 1.0)
-        loss_sum, grads = 0.0, None
-        for b, count in zip(parts, counts):
+        if len(parts) == 1:
+            loss, n, grads = self.model.loss_and_grads(parts[0].inputs, parts[0].targets, parts[0].mask, rng=self._step_rng())
+            self._update(grads, lr)
+            return float(loss), int(n)
+        sums, loss_sum, n = self.gradients(parts)
+        self.apply(sums, n, lr)
+        return loss_sum / max(n, 1.0), int(n)
+
+    def gradients(self, parts: list, rank: int = 0) -> tuple[dict[str, np.ndarray], float, float]:
+        """Token-weighted sums over micro-batches: (sum of n_i * grad_i, sum of n_i * loss_i, sum of n_i).
+
+        Sums, not means, so that they add up across micro-batches and across
+        the processes of a distributed run; ``apply`` divides by the total.
+        Dropout draws from a generator seeded by (seed, step, rank): a resumed
+        run draws the same masks as an uninterrupted one.
+        """
+        rng = self._step_rng(rank)
+        sums = {k: np.zeros_like(v) for k, v in self.model.lora_params().items()}
+        loss_sum, total = 0.0, 0.0
+        for b in parts:
             loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, b.mask, rng=rng)
-            loss_sum += float(loss) * count
-            if grads is None and len(parts) == 1:
-                grads = g
-            elif grads is None:
-                grads = {k: v * np.asarray(count / total, dtype=v.dtype) for k, v in g.items()}
-            else:
-                for k, v in g.items():
-                    grads[k] += v * np.asarray(count / total, dtype=v.dtype)
+            for k, v in g.items():
+                sums[k] += v * np.asarray(n, dtype=v.dtype)
+            loss_sum += float(loss) * float(n)
+            total += float(n)
+        return sums, loss_sum, total
+
+    def apply(self, sums: dict[str, np.ndarray], n: float, lr: float) -> None:
+        """The optimizer step for gradient sums over ``n`` trained tokens."""
+        self._update({k: v / np.asarray(max(n, 1.0), dtype=v.dtype) for k, v in sums.items()}, lr)
+
+    def _update(self, grads: dict[str, np.ndarray], lr: float) -> None:
         if self.grad_clip is not None:
             grads = clip_by_global_norm(grads, self.grad_clip)
         self.optimizer.update(self.model.lora_params(), grads, lr)
-        return loss_sum / total, int(sum(counts))
+
+    def _step_rng(self, rank: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.optimizer.step + 1, rank])
 
     def evaluate(self, batch) -> tuple[float, int]:
         loss, n = self.model.loss(batch.inputs, batch.targets, batch.mask)

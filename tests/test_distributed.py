@@ -1,0 +1,147 @@
+"""Data-parallel training: two processes on this machine (mlx.launch, ring backend) against one.
+
+The promise: N processes with global batch B take the same steps as one process
+with batch B (the gradients are summed across processes before every update),
+only rank 0 writes, processes that disagree are named, and a process lost
+mid-run ends the others with a clear error, the last checkpoint whole.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_mlx
+from mlxtune.distributed import World, launched, world_from_env
+from mlxtune.errors import UsageError
+
+NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
+LAUNCH = Path(sys.executable).parent / "mlx.launch"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(n: int, args: list, cwd: Path, **popen) -> subprocess.Popen:
+    """``mlx.launch -n N --backend ring -- python -m mlxtune ...`` on localhost."""
+    cmd = [str(LAUNCH), "-n", str(n), "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable, "-m", "mlxtune", *map(str, args)]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {m["step"]: m.get("loss", m.get("val_loss")) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
+    return path
+
+
+def test_a_process_not_launched_is_a_world_of_one():
+    assert not launched({}) and launched({"MLX_RANK": "1"}) and launched({"OMPI_COMM_WORLD_RANK": "0"})
+    w = world_from_env(env={})
+    assert (w.rank, w.size, w.main) == (0, 1, True)
+    assert w.shard([1, 2, 3]) == [1, 2, 3]
+    assert World(1, 3).shard(list(range(8))) == [1, 4, 7]
+    with pytest.raises(UsageError, match="not started by mlx.launch"):
+        world_from_env(required=True, env={})
+
+
+@needs_mlx
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_two_processes_follow_one_step_for_step(tiny_model, data, tmp_path, backend):
+    """Global batch 4: one process with batch 4, two with 2 each; every loss and validation loss the same."""
+    from mlxtune.cli import cli
+    from click.testing import CliRunner
+
+    common = ["--data", data, "--model", tiny_model, "--iters", 8, "--batch-size", 4, "--val-every", 4, "--lr", "5e-3", "--backend", backend, "--no-report"]
+    r = CliRunner().invoke(cli, ["lora", *map(str, common), "-o", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    proc = _launch(2, ["lora", *common, "-o", tmp_path / "two", "--distributed"], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert "Traceback" not in out and out.count("Done: 8 steps") == 1, out  # rank 0 alone reports
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=2e-6), step
+    cfg = json.loads((tmp_path / "two" / "adapter_config.json").read_text())
+    assert cfg["distributed"] == {"processes": 2, "backend": "ring"}
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {p.name for p in (tmp_path / "one").iterdir()}
+
+
+@needs_mlx
+def test_a_process_with_other_data_is_named(tiny_model, data, tmp_path):
+    """Rank 1 reads a file with one record changed: every rank stops at the start, naming rank 1 and the data."""
+    other = tmp_path / "other.jsonl"
+    lines = data.read_text().splitlines(keepends=True)
+    other.write_text("".join(lines[:-1] + [lines[-1].replace('"content": "', '"content": "Note: ', 1)]))
+    script = tmp_path / "rank_data.sh"
+    script.write_text(f'#!/bin/sh\nif [ "$MLX_RANK" = 1 ]; then D={other}; else D={data}; fi\nexec "$@" --data "$D"\n')
+    script.chmod(0o755)
+    cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", str(script), sys.executable, "-m", "mlxtune",
+           "lora", "--model", str(tiny_model), "--iters", "2", "-o", str(tmp_path / "run"), "--no-report"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert out.count("Error: rank 1 of 2 has a different data than rank 0") == 2, out
+    assert "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+@needs_mlx
+def test_killing_a_process_ends_the_other_with_a_clear_error(tiny_model, data, tmp_path):
+    """kill -9 of rank 1 mid-run: rank 0 stops within seconds, saying so, and its last checkpoint loads."""
+    from mlxtune import npio
+    from mlxtune.train import latest_checkpoint
+
+    run = tmp_path / "run"
+    proc = _launch(2, ["lora", "--data", data, "--model", tiny_model, "--iters", 100000, "--batch-size", 2, "--save-every", 5, "--val-every", 1000000,
+                       "-o", run, "--no-report", "--backend", "numpy"], tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(run) is None or int(latest_checkpoint(run).name[5:]) < 10:
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint written"
+            time.sleep(0.2)
+        rank1 = [pid for pid in _children(proc.pid) if b"MLX_RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(rank1) == 1
+        killed = time.monotonic()
+        os.kill(rank1[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    print(f"the other process ended {took:.1f} s after the kill")
+    assert took < 30
+    assert "Traceback" not in out, out
+    print(out[-1500:])
+    assert "lost touch with the other processes" in out or "interrupted at step" in out, out
+    ckpt = latest_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    weights, _ = npio.read_safetensors(ckpt / "adapters.safetensors")
+    opt, _ = npio.read_safetensors(ckpt / "optimizer.safetensors")
+    assert state["step"] >= 10 and weights and int(opt["step"].reshape(-1)[0]) == state["step"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").iterdir():
+            kids = (task / "children").read_text().split()
+            out += map(int, kids)
+            todo += map(int, kids)
+    return out

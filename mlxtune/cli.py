@@ -296,6 +296,8 @@ class _TrainPrinter:
             ]
         if kind == "val":
             return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
+        if kind == "plan":
+            return list(d["lines"])
         if kind == "save":
             return [f"saved step {d['step']} -> {d['path']}"]
         if kind == "early_stop":

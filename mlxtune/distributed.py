@@ -77,6 +77,30 @@ class World:
             offset += p.size
         return out, [float(x) for x in np.array(total[offset:])]
 
+    def broadcast(self, blobs: dict[str, bytes]) -> dict[str, bytes]:
+        """Rank 0's ``blobs`` on every rank (what the others pass is ignored).
+
+        For what only rank 0 has on disk, e.g. the checkpoint a resumed run
+        starts from, when the ranks do not share a file system.
+        """
+        if self.size == 1:
+            return blobs
+        import json
+
+        import mlx.core as mx
+
+        header = json.dumps({k: len(v) for k, v in blobs.items()}).encode() if self.main else b""
+        payload = header + b"".join(blobs.values()) if self.main else b""
+        sizes = np.array([len(header), len(payload)], dtype=np.int64)
+        n_header, n_total = (int(x) for x in np.array(self._run(lambda: mx.distributed.all_sum(mx.array(sizes), group=self.group))))
+        mine = np.frombuffer(payload, dtype=np.uint8) if self.main else np.zeros(n_total, dtype=np.uint8)
+        data = np.array(self._run(lambda: mx.distributed.all_sum(mx.array(mine), group=self.group))).tobytes()
+        out, offset = {}, n_header
+        for name, length in json.loads(data[:n_header]).items():
+            out[name] = data[offset : offset + length]
+            offset += length
+        return out
+
     def agree(self, facts: Mapping[str, str]) -> None:
         """Check that every rank has the same ``facts`` (name -> fingerprint); name the rank that differs.
 

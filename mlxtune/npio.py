@@ -53,16 +53,19 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_safetensors(path: str | Path, keep_bf16_bits: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(path: str | Path, keep_bf16_bits: bool = False, data: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata of a safetensors file (bfloat16 widened to float32).
 
     Each tensor is read straight into an array of its own (no memory map: the
     pages of a mapped file would count once more in the process's resident
-    memory while the arrays are copied out of it).
+    memory while the arrays are copied out of it). With ``data``, the file's
+    bytes are those (``path`` names them in errors).
     """
+    import io
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
             raw = f.read(8)
             if len(raw) < 8:
                 raise ModelFormatError(f"{path} is not a safetensors file (too short)")
@@ -70,7 +73,7 @@ def read_safetensors(path: str | Path, keep_bf16_bits: bool = False) -> tuple[di
             if n > 100_000_000:
                 raise ModelFormatError(f"{path} is not a safetensors file (header length {n})")
             header = json.loads(f.read(n))
-            size = path.stat().st_size - 8 - n
+            size = (len(data) if data is not None else path.stat().st_size) - 8 - n
             metadata = header.pop("__metadata__", {}) or {}
             out = {}
             for name, info in header.items():

@@ -1,6 +1,6 @@
 """Where mlxtune's behaviour depends on the platform, the decision is made here.
 
-Four things differ between a Mac and a Linux box, and each is decided by one
+Five things differ between a Mac and a Linux box, and each is decided by one
 small pure function that the tests call with every platform:
 
 * ``choose_blas``: which BLAS library to load before ``mlx`` (Linux ``mlx[cpu]``
@@ -14,7 +14,9 @@ small pure function that the tests call with every platform:
   the process's peak resident set elsewhere);
 * ``choose_allocator``: how glibc's malloc should treat the numpy backend's
   large, short-lived arrays (so that a training step does not fault the
-  pages of its arrays in afresh each time).
+  pages of its arrays in afresh each time);
+* ``choose_available_memory``: how much memory a run may plan to use
+  (``mlxtune.plan`` compares its estimate with it).
 
 This module must not import mlx at module level: ``preload_blas`` has to run
 before mlx is first imported, which ``mlxtune/__init__.py`` guarantees.
@@ -246,3 +248,86 @@ def describe() -> str:
         if not blas.optimized:
             text += f" - training will be very slow; {BLAS_HINT}"
     return text
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """Memory a run may use on this machine, and where the figure comes from (for the user)."""
+
+    bytes: int
+    source: str
+
+
+def choose_available_memory(
+    system: str,
+    meminfo: str | None = None,
+    cgroup_limit: str | None = None,
+    memsize: int | None = None,
+    metal_working_set: int | None = None,
+) -> MemoryLimit | None:
+    """How much memory a training run started now may use; None where unknown.
+
+    ``system`` is ``platform.system()``. Linux: ``meminfo`` is the text of
+    /proc/meminfo, whose MemAvailable is free memory plus what the kernel can
+    reclaim at once (page cache), and ``cgroup_limit`` the text of the
+    container's limit (cgroup v2 memory.max, or v1 memory.limit_in_bytes),
+    which wins when lower: past it the kernel kills the process even with free
+    memory on the host. macOS: ``memsize`` is sysctl hw.memsize, the total (the
+    system compresses and swaps rather than report what is free); on Apple
+    silicon ``metal_working_set`` is mlx's recommended working set, lower
+    than the total because the GPU shares that unified memory.
+    """
+    if system == "Linux":
+        available = None
+        for line in (meminfo or "").splitlines():
+            if line.startswith("MemAvailable:"):
+                available = MemoryLimit(int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo")
+        limit = (cgroup_limit or "").strip()
+        if limit.isdigit() and int(limit) < 2**60 and (available is None or int(limit) < available.bytes):
+            return MemoryLimit(int(limit), "the container's memory limit (cgroup)")
+        return available
+    if system == "Darwin" and memsize:
+        if metal_working_set and metal_working_set < memsize:
+            return MemoryLimit(int(metal_working_set), "Metal's recommended working set (unified memory)")
+        return MemoryLimit(int(memsize), "total memory (hw.memsize)")
+    return None
+
+
+def available_memory() -> MemoryLimit | None:
+    """``choose_available_memory`` with the facts of this machine."""
+    system = platform.system()
+    if system == "Linux":
+        return choose_available_memory(system, meminfo=_read("/proc/meminfo"), cgroup_limit=_read("/sys/fs/cgroup/memory.max") or _read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+    if system == "Darwin":
+        return choose_available_memory(system, memsize=_sysctl_memsize(), metal_working_set=_metal_working_set() if platform.machine() == "arm64" else None)
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _sysctl_memsize() -> int | None:
+    try:
+        value, size = ctypes.c_uint64(0), ctypes.c_size_t(8)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if libc.sysctlbyname(b"hw.memsize", ctypes.byref(value), ctypes.byref(size), None, ctypes.c_size_t(0)) == 0:
+            return int(value.value)
+    except (OSError, AttributeError, TypeError):
+        pass
+    return None
+
+
+def _metal_working_set() -> int | None:
+    try:
+        import mlx.core as mx
+
+        if not mx.metal.is_available():
+            return None
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+        return int(info["max_recommended_working_set_size"])
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+        return None

@@ -184,6 +184,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         check_output_dir(run_dir, force, what="run")
     setup = _prepare(cfg, on_event)
     _agree(world, setup)
+    cfg = setup.cfg = _plan_memory(setup, on_event)
 
     from .adapters import adapter_config
     from .backends import open_trainer
@@ -208,6 +209,21 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         run_dir.mkdir(parents=True)
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
     return _Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
+
+
+def _plan_memory(setup: _Setup, on_event: Callable[[Event], None]) -> TrainConfig:
+    """Estimate the run's peak memory against what the machine has; with --auto, change what must change to fit.
+
+    The micro-batch, accumulation and checkpointing may change, the effective
+    batch (and so the steps) never. A resumed run does not come here: other
+    micro-batches would be other batches.
+    """
+    from .plan import plan_run
+
+    memory = plan_run(setup.cfg, setup.model_dir, setup.backend, [len(e) for e in setup.train_set] + [len(e) for e in setup.valid_set])
+    on_event(Event("plan", {"lines": memory.lines(table=False), "plan": memory.to_dict()}))
+    memory.check()  # nothing fits: an error before the run directory exists
+    return memory.apply(setup.cfg)
 
 
 def _silent(event: Event) -> None:
@@ -238,18 +254,53 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     resumed run takes the same steps, on the same batches, as one never
     stopped.
     """
-    from .adapters import ADAPTER_CONFIG
     from .backends import open_trainer
-
     from .distributed import world_from_env
+    from . import npio
 
     run_dir = Path(run_dir)
+    world = world_from_env()
+    if world.size == 1:
+        files = _checkpoint_files(run_dir)
+    else:  # rank 0 reads the checkpoint and sends it: the ranks need not share a file system
+        try:
+            files = _checkpoint_files(run_dir) if world.main else {}
+        except MlxtuneError as e:
+            files = {"error": str(e).encode()}
+        files = world.broadcast(files)
+        if "error" in files:
+            raise UsageError(files["error"].decode())
+    ad_config, state = json.loads(files["config"]), json.loads(files["state"])
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in ad_config["config"].items() if k in fields} | {"epochs": None, "iters": state["total"]})
+    data_path = (ad_config.get("data") or {}).get("path")
+    if data_path and not Path(cfg.data).exists():
+        cfg.data = data_path  # resumed from another working directory
+    on_event = on_event if world.main else _silent
+    setup = _prepare(cfg, on_event)
+    _agree(world, setup)
+    if setup.fingerprint() != state.get("data_fingerprint"):
+        raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
+    if setup.backend != state.get("backend"):
+        raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
+    trainer = open_trainer(setup.backend, setup.model_dir, cfg)
+    ckpt = run_dir / "checkpoints" / f"step-{state['step']:07d}"
+    weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS, data=files["adapters"])
+    opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
+    trainer.load_state(weights, opt_state)
+    return _Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
+
+
+def _checkpoint_files(run_dir: Path) -> dict[str, bytes]:
+    """The run's configuration and its last checkpoint, as bytes: all a resume starts from."""
+    from .adapters import ADAPTER_CONFIG
+
     config_path = run_dir / ADAPTER_CONFIG
     if not config_path.exists():
         raise UsageError(f"{run_dir} is not a training run ({ADAPTER_CONFIG} is missing): --resume takes the directory 'mlxtune lora' wrote")
     try:
-        ad_config = json.loads(config_path.read_text(encoding="utf-8"))
-        saved = dict(ad_config["config"])
+        if not isinstance(json.loads(config_path.read_text(encoding="utf-8"))["config"], dict):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{config_path} is damaged or not from mlxtune: cannot resume this run") from None
     ckpt = latest_checkpoint(run_dir)
@@ -258,26 +309,7 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
     if state.get("finished"):
         raise UsageError(f"{run_dir} already finished (step {state['step']} of {state['total']}): nothing to resume")
-    fields = {f for f in TrainConfig.__dataclass_fields__}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in fields} | {"epochs": None, "iters": state["total"]})
-    data_path = (ad_config.get("data") or {}).get("path")
-    if data_path and not Path(cfg.data).exists():
-        cfg.data = data_path  # resumed from another working directory
-    world = world_from_env(required=cfg.distributed)
-    on_event = on_event if world.main else _silent
-    setup = _prepare(cfg, on_event)
-    _agree(world, setup)
-    if setup.fingerprint() != state.get("data_fingerprint"):
-        raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
-    if setup.backend != state.get("backend"):
-        raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
-    from . import npio
-
-    trainer = open_trainer(setup.backend, setup.model_dir, cfg)
-    weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS)
-    opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER)
-    trainer.load_state(weights, opt_state)
-    return _Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
+    return {"config": config_path.read_bytes(), "state": (ckpt / STATE).read_bytes(), "adapters": (ckpt / ADAPTER_WEIGHTS).read_bytes(), "optimizer": (ckpt / OPTIMIZER).read_bytes()}
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

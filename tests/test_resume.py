@@ -63,7 +63,7 @@ def test_interrupt_and_resume_equals_the_straight_run(tiny_model, small_data, tm
     events = []
     resumed = resume(run, on_event=events.append)
     assert resumed.resumed_from == 5 and resumed.steps == 10
-    assert [e.kind for e in events if e.kind != "note"][0] == "resume"
+    assert [e.kind for e in events if e.kind not in ("note", "plan")][0] == "resume"
     a, b = _losses(tmp_path / "straight"), _losses(run)
     assert sorted(a) == sorted(b) == list(range(1, 11))
     tol = 0 if backend == "numpy" else 1e-6
@@ -223,3 +223,34 @@ def test_optimizer_state_round_trips(tiny_model, backend):
     broken = {k: v for k, v in a.optimizer_state().items() if not k.endswith(".v")}
     with pytest.raises(AdapterError, match="optimizer state does not fit"):
         open_trainer(backend, tiny_model, cfg).load_state(a.adapter_weights(), broken)
+
+
+def test_lora_fits_itself_into_memory_keeping_the_effective_batch(tiny_model, small_data, tmp_path, monkeypatch):
+    """With less memory than batch 4 needs (checkpointing refused), --auto trains batch 2 x accumulation 2, and says so."""
+    from mlxtune import runtime
+    from mlxtune.plan import MemoryPlanError
+
+    events = []
+    monkeypatch.setattr(runtime, "available_memory", lambda: None)
+    cfg = _cfg(tiny_model, small_data, tmp_path / "probe", iters=1, batch_size=4, grad_accumulation=1, grad_checkpoint=False, backend="numpy")
+    train(cfg, on_event=events.append)
+    need = next(e.data["plan"] for e in events if e.kind == "plan")["estimate"]["total"]
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: runtime.MemoryLimit(int((need - 1) / 0.8), "test"))
+    events = []
+    result = train(_cfg(tiny_model, small_data, tmp_path / "run", iters=3, batch_size=4, grad_accumulation=1, grad_checkpoint=False, backend="numpy"), on_event=events.append)
+    plan = next(e.data for e in events if e.kind == "plan")
+    assert plan["plan"]["verdict"] == "adjusted" and (plan["plan"]["batch_size"], plan["plan"]["grad_accumulation"]) == (2, 2)
+    assert any("batch 2 x accumulation 2" in line for line in plan["lines"])
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())["config"]
+    assert (saved["batch_size"], saved["grad_accumulation"], saved["grad_checkpoint"]) == (2, 2, False)
+    assert result.steps == 3 and result.config.batch_size * result.config.grad_accumulation == 4
+
+    # without --auto the run goes ahead as asked, warned; with --auto and nothing that fits, it never starts
+    events = []
+    train(_cfg(tiny_model, small_data, tmp_path / "asked", iters=1, batch_size=4, grad_checkpoint=False, auto_fit=False, backend="numpy"), on_event=events.append)
+    assert next(e.data for e in events if e.kind == "plan")["plan"]["verdict"] == "does not fit"
+    monkeypatch.setattr(runtime, "available_memory", lambda: runtime.MemoryLimit(10_000_000, "test"))
+    with pytest.raises(MemoryPlanError, match="does not fit|needs"):
+        train(_cfg(tiny_model, small_data, tmp_path / "never", iters=1, backend="numpy"))
+    assert not (tmp_path / "never").exists()

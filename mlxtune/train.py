@@ -464,11 +464,17 @@ class _Run:
             self.metrics.flush()
 
     def _interrupted(self, completed: int) -> TrainingInterrupted:
-        if not self.world.main:
-            return TrainingInterrupted(f"rank {self.world.rank} stopped with the others after step {completed}")
         if completed == 0:
             return TrainingInterrupted(f"interrupted before the first step finished; {self.run_dir} holds no adapters")
         where = self.save(completed) if self.saved != completed else latest_checkpoint(self.run_dir)
+        if not self.world.main:
+            # Wait for rank 0's checkpoint, then leave with success: a launcher (mlx.launch)
+            # ends the others when one exits with an error, and rank 0 still has to say where it saved.
+            self.world.all_sum({}, [0.0])
+            stopped = TrainingInterrupted(f"rank {self.world.rank} stopped with the others after step {completed}; rank 0 saved the checkpoint")
+            stopped.exit_code = 0
+            return stopped
+        self.world.all_sum({}, [0.0])  # the checkpoint is written: the others may go
         return TrainingInterrupted(f"interrupted at step {completed} of {self.setup.total}: checkpoint {where}; continue with: mlxtune lora --resume {self.run_dir}")
 
     def _loop(self, start_step: int, state: dict | None, start_info: dict) -> TrainResult:

@@ -1,4 +1,7 @@
-"""The ``mlxtune`` command line. The only module that prints or exits.
+"""The ``mlxtune`` command line. The only module that decides to print, and that exits.
+
+Training progress is rendered by ``progress.TrainPrinter``, which the
+``lora`` command creates and hands to the trainer as its event callback.
 
 Commands import their implementation lazily, so ``mlxtune --help`` and
 ``mlxtune CMD --help`` never pay for importing mlx.
@@ -11,20 +14,12 @@ import sys
 import click
 
 from .errors import MlxtuneError
+from .progress import fmt_bytes, fmt_duration
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DTYPES = click.Choice(["float32", "float16", "bfloat16"])
 BACKENDS = click.Choice(["auto", "mlx", "numpy"])
 BACKEND_HELP = "Compute backend: mlx, or numpy (runs anywhere); auto: mlx on a GPU, numpy on a CPU where it implements the model."
-
-
-def _fmt_bytes(n: int | float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class _Group(click.Group):
@@ -111,7 +106,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     overrides = [v for v in (q or {}).values() if isinstance(v, dict)]
     if overrides:
         what += f", {len(overrides)} layer(s) at other widths ({', '.join(sorted({str(v.get('bits')) + '-bit' for v in overrides}))})"
-    click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {_fmt_bytes(r.size_bytes)}")
+    click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {fmt_bytes(r.size_bytes)}")
 
 
 # ---------------------------------------------------------------- lora
@@ -151,7 +146,8 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("--report/--no-report", default=True, help="Write report.md and loss.png, with a few answers of the base and the tuned model, when done. [default: on]")
 @click.option("--quiet", is_flag=True, help="Print only the final summary (and warnings about the data or model, on stderr).")
 @click.option("--json", "as_json", is_flag=True, help="For scripts: one JSON object per line on stdout for every event (start, step, val, save, note, done, ...), nothing else.")
-def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **options) -> None:
+@click.pass_context
+def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **options) -> None:
     """Fine-tune a model with LoRA on your JSONL data.
 
     Writes adapters.safetensors and adapter_config.json (mlx-lm format),
@@ -164,29 +160,22 @@ def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **optio
       mlxtune lora --data my_chats/ --model ./models/smollm2 --iters 300 -o runs/mine
       mlxtune lora --resume runs/mine
     """
-    from .config import build, load_yaml
-    from .recipes import eval_for, load as load_recipe
-    from .train import train
+    from .progress import TrainPrinter
+    from .recipes import eval_for
+    from .train import resume, train
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
-    if options.get("target_modules"):
-        options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
-    chosen = load_recipe(recipe) if recipe else None
-    settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
-    settings |= load_yaml(config_file) if config_file else {}
     if resume_run:
-        from .train import resume
-
-        given = sorted(k for k, v in options.items() if v is not None) + (["-c"] if config_file else []) + (["--recipe"] if recipe else []) + (["--force"] if force else [])
+        given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json"})
         if given:
-            raise click.UsageError(f"--resume continues a run with the settings it was started with; drop {', '.join('--' + g.replace('_', '-') if not g.startswith('-') else g for g in given)}")
-        with _TrainPrinter(quiet=quiet, as_json=as_json) as printer:
+            raise click.UsageError(f"--resume continues a run with the settings it was started with; drop {', '.join(given)}")
+        with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
             result = resume(resume_run, on_event=printer)
         cfg = result.config
     else:
-        cfg = build(settings, options)
-        with _TrainPrinter(quiet=quiet, as_json=as_json) as printer:
+        cfg = _train_config(recipe, config_file, options)
+        with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
             result = train(cfg, on_event=printer, force=force)
     if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
         return
@@ -194,7 +183,7 @@ def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **optio
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
     session = f" (resumed after step {result.resumed_from}: {result.steps - result.resumed_from} steps)" if result.resumed_from is not None else ""
-    say(f"Done: {result.steps} steps{session} in {_fmt_time(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {_fmt_bytes(result.peak_memory_bytes)}{val}")
+    say(f"Done: {result.steps} steps{session} in {fmt_duration(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {fmt_bytes(result.peak_memory_bytes)}{val}")
     if result.best_step is not None:
         say(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
     if report:
@@ -207,148 +196,37 @@ def lora(config_file, recipe, force, resume_run, report, quiet, as_json, **optio
     say(f"Adapters: {result.run_dir}  (next: mlxtune fuse --adapter {result.run_dir} -o fused)")
 
 
-class _TrainPrinter:
-    """Renders training events for a person or a script.
+def _train_config(recipe: str | None, config_file: str | None, options: dict):
+    """lora's and plan's settings: the recipe's, then the YAML file's, then the flags given (``options``; None: not given)."""
+    from .config import build, load_yaml
+    from .recipes import load as load_recipe
 
-    On a terminal (stdout a TTY) steps redraw one progress line in place and
-    everything else prints as a permanent line above it; in a log, plain step
-    lines, throttled (progress.Throttle); with ``quiet`` only notes (stderr)
-    and the summary; with ``as_json`` one JSON object per event on stdout and
-    nothing else. The bar goes to stdout, where the step lines it replaces go:
-    ``mlxtune lora > log`` keeps a plain log rather than a bar on the terminal
-    and nothing in the file. Use it as a context manager around train(): the
-    bar is finished with a newline however training ends (done, error, Ctrl-C).
+    if options.get("target_modules"):
+        options = options | {"target_modules": [t.strip() for t in options["target_modules"].split(",") if t.strip()]}
+    chosen = load_recipe(recipe) if recipe else None
+    settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
+    settings |= load_yaml(config_file) if config_file else {}
+    return build(settings, options)
+
+
+def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:
+    """The options given on the command line (or the environment), spelled as the user can have typed them.
+
+    ``--no-grad-checkpoint`` when that is the value given; an option with
+    aliases as its help shows it (``-b/--batch-size``): click does not record
+    which of them was typed.
     """
+    from click.core import ParameterSource
 
-    def __init__(self, quiet: bool = False, as_json: bool = False, out=None) -> None:
-        from . import progress
-
-        self.quiet, self.as_json, self.out = quiet, as_json, out  # out: None is stdout at the time of each write
-        self.bar = not (quiet or as_json) and progress.use_bar(out or sys.stdout)
-        self.throttle = progress.Throttle()
-        self.last_step: dict | None = None  # the step event the bar shows
-        self.last_val: float | None = None
-        self.drawn = False
-        self.busy, self.pending = False, []
-
-    def __enter__(self) -> "_TrainPrinter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._finish()
-
-    def summary(self, line: str) -> None:
-        if not self.as_json:
-            self._say(line)
-
-    def json_event(self, kind: str, data: dict) -> None:
-        from .progress import json_line
-
-        if self.as_json:
-            click.echo(json_line(kind, data), file=self.out)
-
-    def __call__(self, event) -> None:
-        if self.busy:  # from a signal handler (Ctrl-C's note) in the middle of a write: print it after
-            self.pending.append(event)
-            return
-        self.busy = True
-        try:
-            self._handle(event)
-            while self.pending:
-                self._handle(self.pending.pop(0))
-        finally:
-            self.busy = False
-
-    def _handle(self, event) -> None:
-        kind, d = event.kind, event.data
-        if self.as_json:
-            return self.json_event(kind, d)
-        if kind in ("step", "val") and d.get("val_loss") is not None:
-            self.last_val = d["val_loss"]
-        if kind == "step":
-            return self._step(d)
-        if kind == "done":
-            return self._finish()
-        if kind == "note":
-            return self._say(f"note: {d.get('message')}", err=True)  # warnings: kept with --quiet
-        if self.quiet:
-            return
-        try:
-            lines = self._lines(kind, d)
-        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than expected must not stop training
-            lines = self._generic(kind, d)
-        for line in lines:
-            self._say(line)
-
-    @staticmethod
-    def _generic(kind: str, d: dict) -> list[str]:
-        return [f"{kind}: " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else kind]
-
-    def _lines(self, kind: str, d: dict) -> list[str]:
-        if kind in ("start", "resume"):
-            return [
-                f"Data: {d['data']}",
-                f"Model: {d['model']}",
-                f"Compute: {d['backend']} backend; {d['compute']}",
-                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
-                f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
-                else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
-            ]
-        if kind == "val":
-            return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
-        if kind == "plan":
-            return list(d["lines"])
-        if kind == "save":
-            return [f"saved step {d['step']} -> {d['path']}"]
-        if kind == "early_stop":
-            return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
-        return self._generic(kind, d)  # kinds this printer does not know yet
-
-    def _step(self, d: dict) -> None:
-        validated = "val_loss" in d
-        if self.quiet:
-            return
-        if self.bar:
-            self.last_step = d
-            if validated:
-                self._say(self._step_line(d))  # validation results stay, above the bar
-            self._draw()
-        elif self.throttle(d["step"], d["total"], validated):
-            self._say(self._step_line(d))
-
-    @staticmethod
-    def _step_line(d: dict) -> str:
-        val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
-        return (
-            f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
-            f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {_fmt_bytes(d['peak_memory_bytes'])}  ETA {_fmt_time(d['eta'])}"
-        )
-
-    def _say(self, line: str, err: bool = False) -> None:
-        """A permanent line: clear the bar, print, redraw the bar below it."""
-        drawn = self.drawn
-        if drawn:
-            click.echo("\r\x1b[K", nl=False, file=self.out, color=True)
-            self.drawn = False
-        click.echo(line, err=err, file=None if err else self.out)
-        if drawn:
-            self._draw()
-
-    def _draw(self) -> None:
-        import shutil
-
-        from .progress import bar_line
-
-        if self.last_step is None:
-            return
-        line = bar_line(self.last_step, shutil.get_terminal_size().columns - 1, self.last_val)  # - 1: no wrap at the last column
-        click.echo("\r\x1b[K" + line, nl=False, file=self.out, color=True)
-        self.drawn = True
-
-    def _finish(self) -> None:
-        if self.drawn:
-            click.echo("", file=self.out)
-            self.drawn = False
+    given = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in exclude:
+            continue
+        if ctx.get_parameter_source(param.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        opts = param.secondary_opts if param.secondary_opts and ctx.params.get(param.name) is False else param.opts
+        given.append("/".join(opts))
+    return given
 
 
 # ---------------------------------------------------------------- plan
@@ -377,8 +255,8 @@ def plan(config_file, recipe, as_json, **options) -> None:
     Reads the model's config.json and safetensors headers, not its weights.
     Prints the estimate term by term, the memory available, and the verdict:
     fits, adjusted (with --auto: the micro-batch, accumulation and
-    checkpointing lora will use) or does not fit (exit code 1, with what
-    would). mlxtune lora makes the same plan before it trains.
+    checkpointing lora will use) or does not fit (then an Error line and exit
+    code 1, with what would). mlxtune lora makes the same plan before it trains.
 
     \b
     Examples:
@@ -387,23 +265,15 @@ def plan(config_file, recipe, as_json, **options) -> None:
     """
     import json
 
-    from .config import build, load_yaml
     from .plan import plan_for
-    from .recipes import load as load_recipe
 
-    if options.get("target_modules"):
-        options["target_modules"] = [t.strip() for t in options["target_modules"].split(",") if t.strip()]
-    chosen = load_recipe(recipe) if recipe else None
-    settings = dict(chosen.train) if chosen else {}
-    settings |= load_yaml(config_file) if config_file else {}
-    p = plan_for(build(settings, options))
+    p = plan_for(_train_config(recipe, config_file, options))
     if as_json:
         click.echo(json.dumps(p.to_dict(), indent=1))
     else:
         for line in p.lines():
             click.echo(line)
-    if not p.fits:
-        sys.exit(1)
+    p.check(always=True)  # does not fit: 'Error: ...' and exit code 1, after the table (or the JSON) that says why
 
 
 # ---------------------------------------------------------------- fuse
@@ -433,7 +303,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend,
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
-    click.echo(f"Fused {r.fused_layers} adapter layers into {r.base} -> {r.path} ({kind}, {_fmt_bytes(r.size_bytes)})")
+    click.echo(f"Fused {r.fused_layers} adapter layers into {r.base} -> {r.path} ({kind}, {fmt_bytes(r.size_bytes)})")
 
 
 # ---------------------------------------------------------------- generate
@@ -476,7 +346,7 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
     if verbose and last is not None:
         where = runtime.describe() if loaded.backend == "mlx" else "numpy backend, float32"
         device = runtime.current_device() if loaded.backend == "mlx" else "cpu"
-        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {_fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
+        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
 
 
 # ---------------------------------------------------------------- export
@@ -507,7 +377,7 @@ def export(fmt, adapter, model, output, outtype, dtype, base_model, offline, for
     r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"Exported {r.path}: {r.what}, {_fmt_bytes(r.size_bytes)}")
+    click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")
     if r.extra is not None:
         click.echo(f"Ollama: {r.extra} (ollama create NAME -f {r.extra})")
 

@@ -97,6 +97,11 @@ class Splits:
         return self.train.format
 
 
+def trains_prompt_masked(fmt: str, requested: bool | None) -> bool:
+    """Whether only completions and assistant turns are trained: as asked, else for every format but text."""
+    return fmt != "text" if requested is None else bool(requested)
+
+
 # ---------------------------------------------------------------- reading
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .batching import Example, encode
-from .data import Dataset, Record, Splits, load_data
+from .data import Dataset, Record, Splits, load_data, trains_prompt_masked
 from .errors import DataError
 
 _EXAMPLES = 3  # line pairs kept to show where duplicates and overlaps are
@@ -121,8 +121,7 @@ def check_data(splits: Splits, tokenizer: Any, max_seq_len: int, mask_prompt: bo
 
     Raises DataError when no train record has a token to learn from.
     """
-    if mask_prompt is None:
-        mask_prompt = splits.format != "text"
+    mask_prompt = trains_prompt_masked(splits.format, mask_prompt)
     tokens = {}
     for name, ds in _named(splits):
         t = tokens[name] = _Tokens([], 0, 0)

@@ -5,8 +5,10 @@ global batch, every rank draws the same batch from the same seeded order and
 trains on its share of the sequences; the token-weighted sums of the LoRA
 gradients, the loss and the token counts are added across ranks with one
 ``all_sum`` per step, so every rank applies the gradient of the global batch:
-the update a single process would make with that batch. Rank 0 alone writes
-the run directory and prints progress.
+the update a single process would make with that batch (up to the order of
+float32 sums; with LoRA dropout, each rank draws its own masks, so the masks
+differ from one process's). Rank 0 alone writes the run directory and prints
+progress.
 
 Nothing here is home-made communication: MLX's ring backend (TCP) or MPI does
 the transport, whichever ``mlx.launch`` set up. A run not started by

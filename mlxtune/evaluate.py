@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .data import trains_prompt_masked
 from .errors import DataError, UsageError
 
 SPLITS = ("test", "valid", "train")
@@ -175,7 +176,7 @@ def answers(loaded, prompts: list, max_tokens: int, on_each: Callable[[int], Non
 def _encoding(run_cfg: dict, fmt: str) -> tuple[bool, int]:
     """(mask_prompt, max_seq_len) as the run trained: the loss counts the tokens training counted."""
     mask_prompt = run_cfg.get("mask_prompt")
-    return (fmt != "text" if mask_prompt is None else bool(mask_prompt)), int(run_cfg.get("max_seq_len") or 1024)
+    return trains_prompt_masked(fmt, mask_prompt), int(run_cfg.get("max_seq_len") or 1024)
 
 
 def _mean(values: list[float]) -> float:

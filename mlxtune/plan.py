@@ -55,9 +55,13 @@ class Plan:
         """``cfg`` (a TrainConfig) with the plan's micro-batch, accumulation and checkpointing."""
         return dataclasses.replace(cfg, batch_size=self.batch_size, grad_accumulation=self.grad_accumulation, grad_checkpoint=self.grad_checkpoint)
 
-    def check(self) -> None:
-        """Raise MemoryPlanError when --auto found nothing that fits (without --auto the verdict is a warning)."""
-        if self.verdict == "does not fit" and self.auto:
+    def check(self, always: bool = False) -> None:
+        """Raise MemoryPlanError when --auto found nothing that fits.
+
+        Without --auto the verdict is a warning for a run (the user chose the
+        settings), unless ``always``: for `mlxtune plan` the verdict is the result.
+        """
+        if self.verdict == "does not fit" and (self.auto or always):
             raise MemoryPlanError(self.summary() + ("; " + "; ".join(self.advice) if self.advice else ""))
 
     def summary(self) -> str:

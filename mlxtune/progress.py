@@ -1,7 +1,9 @@
 """What training progress looks like: the terminal's progress line, the log's pacing, the JSON lines.
 
 Pure functions (and one small clock-driven class) so they can be tested
-without a terminal; ``cli.py`` decides where the text goes.
+without a terminal, and ``TrainPrinter``, which renders training events with
+them. Only ``cli.py`` creates a printer: library code reports events through
+a callback and never prints.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
+
+import click
 
 PLAIN_INTERVAL = 10.0  # seconds: in a log, at most one step line this often (validation, first and last steps aside)
 BAR_MIN, BAR_MAX = 10, 30  # characters of the bar itself; below BAR_MIN fields are dropped, then the bar
@@ -36,6 +42,11 @@ def fmt_duration(s: float | None) -> str:
         return "?"
     s = int(max(s, 0))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def fmt_bytes(n: int | float) -> str:
+    """``850 MB``, ``1.25 GB``."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _num(x: float | None) -> str:
@@ -116,3 +127,143 @@ def event_record(kind: str, data: dict) -> dict:
 def json_line(kind: str, data: dict) -> str:
     """One line of ``--json`` output; always valid JSON (``allow_nan=False`` guards the conversion)."""
     return json.dumps(event_record(kind, data), allow_nan=False)
+
+
+class TrainPrinter:
+    """Renders training events for a person or a script.
+
+    On a terminal (stdout a TTY) steps redraw one progress line in place and
+    everything else prints as a permanent line above it; in a log, plain step
+    lines, throttled (Throttle); with ``quiet`` only notes (stderr), the
+    memory plan when --auto changed the settings or the run does not fit
+    (stderr), and the summary; with ``as_json`` one JSON object per event on stdout and
+    nothing else. The bar goes to stdout, where the step lines it replaces go:
+    ``mlxtune lora > log`` keeps a plain log rather than a bar on the terminal
+    and nothing in the file. Use it as a context manager around train(): the
+    bar is finished with a newline however training ends (done, error, Ctrl-C).
+    """
+
+    def __init__(self, quiet: bool = False, as_json: bool = False, out=None) -> None:
+        self.quiet, self.as_json, self.out = quiet, as_json, out  # out: None is stdout at the time of each write
+        self.bar = not (quiet or as_json) and use_bar(out or sys.stdout)
+        self.throttle = Throttle()
+        self.last_step: dict | None = None  # the step event the bar shows
+        self.last_val: float | None = None
+        self.drawn = False
+        self.busy, self.pending = False, []
+
+    def __enter__(self) -> "TrainPrinter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._finish()
+
+    def summary(self, line: str) -> None:
+        if not self.as_json:
+            self._say(line)
+
+    def json_event(self, kind: str, data: dict) -> None:
+        if self.as_json:
+            click.echo(json_line(kind, data), file=self.out)
+
+    def __call__(self, event) -> None:
+        if self.busy:  # from a signal handler (Ctrl-C's note) in the middle of a write: print it after
+            self.pending.append(event)
+            return
+        self.busy = True
+        try:
+            self._handle(event)
+            while self.pending:
+                self._handle(self.pending.pop(0))
+        finally:
+            self.busy = False
+
+    def _handle(self, event) -> None:
+        kind, d = event.kind, event.data
+        if self.as_json:
+            return self.json_event(kind, d)
+        if kind in ("step", "val") and d.get("val_loss") is not None:
+            self.last_val = d["val_loss"]
+        if kind == "step":
+            return self._step(d)
+        if kind == "done":
+            return self._finish()
+        if kind == "note":
+            return self._say(f"note: {d.get('message')}", err=True)  # warnings: kept with --quiet
+        if self.quiet:
+            if kind == "plan" and (d.get("plan") or {}).get("verdict") not in ("fits", "unknown"):
+                for line in d.get("lines") or []:  # --auto changed the settings, or the run does not fit: a warning too
+                    self._say(line, err=True)
+            return
+        try:
+            lines = self._lines(kind, d)
+        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than expected must not stop training
+            lines = self._generic(kind, d)
+        for line in lines:
+            self._say(line)
+
+    @staticmethod
+    def _generic(kind: str, d: dict) -> list[str]:
+        return [f"{kind}: " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else kind]
+
+    def _lines(self, kind: str, d: dict) -> list[str]:
+        if kind in ("start", "resume"):
+            return [
+                f"Data: {d['data']}",
+                f"Model: {d['model']}",
+                f"Compute: {d['backend']} backend; {d['compute']}",
+                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
+                f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
+                else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
+            ]
+        if kind == "val":
+            return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
+        if kind == "plan":
+            return list(d["lines"])
+        if kind == "save":
+            return [f"saved step {d['step']} -> {d['path']}"]
+        if kind == "early_stop":
+            return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
+        return self._generic(kind, d)  # kinds this printer does not know yet
+
+    def _step(self, d: dict) -> None:
+        validated = "val_loss" in d
+        if self.quiet:
+            return
+        if self.bar:
+            self.last_step = d
+            if validated:
+                self._say(self._step_line(d))  # validation results stay, above the bar
+            self._draw()
+        elif self.throttle(d["step"], d["total"], validated):
+            self._say(self._step_line(d))
+
+    @staticmethod
+    def _step_line(d: dict) -> str:
+        val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
+        return (
+            f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
+            f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {fmt_bytes(d['peak_memory_bytes'])}  ETA {fmt_duration(d['eta'])}"
+        )
+
+    def _say(self, line: str, err: bool = False) -> None:
+        """A permanent line: clear the bar, print, redraw the bar below it."""
+        drawn = self.drawn
+        if drawn:
+            click.echo("\r\x1b[K", nl=False, file=self.out, color=True)
+            self.drawn = False
+        click.echo(line, err=err, file=None if err else self.out)
+        if drawn:
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.last_step is None:
+            return
+        line = bar_line(self.last_step, shutil.get_terminal_size().columns - 1, self.last_val)  # - 1: no wrap at the last column
+        click.echo("\r\x1b[K" + line, nl=False, file=self.out, color=True)
+        self.drawn = True
+
+    def _finish(self) -> None:
+        if self.drawn:
+            click.echo("", file=self.out)
+            self.drawn = False

@@ -16,7 +16,8 @@ small pure function that the tests call with every platform:
   large, short-lived arrays (so that a training step does not fault the
   pages of its arrays in afresh each time);
 * ``choose_available_memory``: how much memory a run may plan to use
-  (``mlxtune.plan`` compares its estimate with it).
+  (``mlxtune.plan`` compares its estimate with it); ``cgroup_memory_files``
+  says which of this process's cgroup files hold its limit and usage.
 
 This module must not import mlx at module level: ``preload_blas`` has to run
 before mlx is first imported, which ``mlxtune/__init__.py`` guarantees.
@@ -262,6 +263,7 @@ def choose_available_memory(
     system: str,
     meminfo: str | None = None,
     cgroup_limit: str | None = None,
+    cgroup_usage: str | None = None,
     memsize: int | None = None,
     metal_working_set: int | None = None,
 ) -> MemoryLimit | None:
@@ -269,22 +271,28 @@ def choose_available_memory(
 
     ``system`` is ``platform.system()``. Linux: ``meminfo`` is the text of
     /proc/meminfo, whose MemAvailable is free memory plus what the kernel can
-    reclaim at once (page cache), and ``cgroup_limit`` the text of the
-    container's limit (cgroup v2 memory.max, or v1 memory.limit_in_bytes),
-    which wins when lower: past it the kernel kills the process even with free
-    memory on the host. macOS: ``memsize`` is sysctl hw.memsize, the total (the
-    system compresses and swaps rather than report what is free); on Apple
-    silicon ``metal_working_set`` is mlx's recommended working set, lower
-    than the total because the GPU shares that unified memory.
+    reclaim at once (page cache); ``cgroup_limit`` and ``cgroup_usage`` the
+    text of this process's cgroup's limit and current usage (v2 memory.max and
+    memory.current, v1 memory.limit_in_bytes and memory.usage_in_bytes; see
+    ``cgroup_memory_files``). What is left under the limit wins when lower:
+    past the limit the kernel kills the process even with free memory on the
+    host. "max" (v2) or a figure near 2**63 (v1) is no limit. macOS:
+    ``memsize`` is sysctl hw.memsize, the total (the system compresses and
+    swaps rather than report what is free); on Apple silicon
+    ``metal_working_set`` is mlx's recommended working set, lower than the
+    total because the GPU shares that unified memory.
     """
     if system == "Linux":
         available = None
         for line in (meminfo or "").splitlines():
             if line.startswith("MemAvailable:"):
                 available = MemoryLimit(int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo")
-        limit = (cgroup_limit or "").strip()
-        if limit.isdigit() and int(limit) < 2**60 and (available is None or int(limit) < available.bytes):
-            return MemoryLimit(int(limit), "the container's memory limit (cgroup)")
+        limit, usage = (cgroup_limit or "").strip(), (cgroup_usage or "").strip()
+        if limit.isdigit() and int(limit) < 2**60:
+            left = max(int(limit) - (int(usage) if usage.isdigit() else 0), 0)
+            if available is None or left < available.bytes:
+                used = f", {int(usage) / 1e9:.2f} GB in use" if usage.isdigit() else ""
+                return MemoryLimit(left, f"what is left of the container's memory limit (cgroup: {int(limit) / 1e9:.2f} GB{used})")
         return available
     if system == "Darwin" and memsize:
         if metal_working_set and metal_working_set < memsize:
@@ -293,11 +301,57 @@ def choose_available_memory(
     return None
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_memory_files(proc_self_cgroup: str | None, root: str = CGROUP_ROOT) -> list[tuple[str, str]]:
+    """Where this process's cgroup memory limit and usage are: (limit file, usage file) pairs, best first.
+
+    ``proc_self_cgroup`` is the text of /proc/self/cgroup. A v1 memory
+    controller (a line ``N:...,memory,...:/path``; it wins on a hybrid system,
+    whose v2 hierarchy has no memory controller) names
+    ROOT/memory/<path>/memory.limit_in_bytes and memory.usage_in_bytes; else
+    cgroup v2 (``0::/path``) ROOT/<path>/memory.max and memory.current. Each
+    is followed by the same files at the root of the mount: inside a container
+    the process's own cgroup is usually mounted there, and the path named in
+    /proc/self/cgroup does not exist under it.
+    """
+    v1 = v2 = None
+    for line in (proc_self_cgroup or "").splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if "memory" in controllers.split(","):
+            v1 = path
+        elif hierarchy == "0" and controllers == "":
+            v2 = path
+
+    def pairs(base: str, path: str | None, limit: str, usage: str) -> list[tuple[str, str]]:
+        rel = (path or "").strip("/")
+        dirs = [f"{base}/{rel}"] if rel and ".." not in rel.split("/") else []
+        return [(f"{d}/{limit}", f"{d}/{usage}") for d in dirs + [base]]
+
+    v1_files = pairs(f"{root}/memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes")
+    v2_files = pairs(root, v2, "memory.max", "memory.current")
+    if v1 is not None:
+        return v1_files
+    if v2 is not None:
+        return v2_files
+    return v2_files + v1_files  # /proc/self/cgroup unreadable: the root files of either version
+
+
 def available_memory() -> MemoryLimit | None:
     """``choose_available_memory`` with the facts of this machine."""
     system = platform.system()
     if system == "Linux":
-        return choose_available_memory(system, meminfo=_read("/proc/meminfo"), cgroup_limit=_read("/sys/fs/cgroup/memory.max") or _read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        limit = usage = None
+        for limit_file, usage_file in cgroup_memory_files(_read("/proc/self/cgroup")):
+            limit = _read(limit_file)
+            if limit is not None:
+                usage = _read(usage_file)
+                break
+        return choose_available_memory(system, meminfo=_read("/proc/meminfo"), cgroup_limit=limit, cgroup_usage=usage)
     if system == "Darwin":
         return choose_available_memory(system, memsize=_sysctl_memsize(), metal_working_set=_metal_working_set() if platform.machine() == "arm64" else None)
     return None

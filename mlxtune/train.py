@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -38,10 +37,9 @@ from .distributed import DistributedError
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .adapters import ADAPTER_WEIGHTS
+from . import checkpoint
+from .checkpoint import OPTIMIZER, latest_checkpoint  # noqa: F401 (latest_checkpoint: part of the module's interface)
 
-KEEP_CHECKPOINTS = 3
-STATE = "state.json"  # in a checkpoint: where the run is (step, data order, best so far)
-OPTIMIZER = "optimizer.safetensors"
 
 
 class TrainingInterrupted(MlxtuneError):
@@ -131,7 +129,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
     """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input."""
     from .batching import encode_dataset, epoch_steps
     from .convert import ensure_mlx_model
-    from .data import load_data
+    from .data import load_data, trains_prompt_masked
     from .hub import resolve_model
 
     splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
@@ -149,7 +147,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
     if backend == "numpy" and cfg.backend in (None, "auto") and mlx_available():
         on_event(Event("note", {"message": "training with the numpy backend: on a CPU it is faster than mlx's CPU backend for this model (--backend mlx to choose mlx)"}))
     tokenizer = load_tokenizer(model_dir)
-    mask_prompt = cfg.mask_prompt if cfg.mask_prompt is not None else splits.format != "text"
+    mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
     train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
     valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
     n_truncated = n_trunc + n_trunc_v
@@ -183,8 +181,8 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     if world.main:  # only rank 0 writes the run directory
         check_output_dir(run_dir, force, what="run")
     setup = _prepare(cfg, on_event)
-    _agree(world, setup)
-    cfg = setup.cfg = _plan_memory(setup, on_event)
+    cfg = setup.cfg = _plan_memory(setup, on_event, world)
+    _agree(world, setup)  # after the plan: the micro-batch it chose is part of what must agree
 
     from .adapters import adapter_config
     from .backends import open_trainer
@@ -193,7 +191,8 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     source, splits = setup.source, setup.splits
     meta = {
         "mlxtune_version": __version__,
-        "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(setup.model_dir)},
+        "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(setup.model_dir),
+                       "signature": checkpoint.model_signature(setup.model_dir)},
         "backend": setup.backend,
         "compute": trainer.description,
         "versions": _versions(),
@@ -206,24 +205,33 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     if world.main:  # ---- from here on, the run directory exists
         if run_dir.exists() and force:
             shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)  # it may exist, empty
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
     return _Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
 
 
-def _plan_memory(setup: _Setup, on_event: Callable[[Event], None]) -> TrainConfig:
+def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> TrainConfig:
     """Estimate the run's peak memory against what the machine has; with --auto, change what must change to fit.
 
     The micro-batch, accumulation and checkpointing may change, the effective
     batch (and so the steps) never. A resumed run does not come here: other
-    micro-batches would be other batches.
+    micro-batches would be other batches. Distributed, each process plans for
+    its share of the batch on its own machine (``_agree`` then checks that
+    all chose alike).
     """
+    import dataclasses
+
     from .plan import plan_run
 
-    memory = plan_run(setup.cfg, setup.model_dir, setup.backend, [len(e) for e in setup.train_set] + [len(e) for e in setup.valid_set])
+    cfg = setup.cfg
+    share = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / world.size))
+    memory = plan_run(share, setup.model_dir, setup.backend, [len(e) for e in setup.train_set] + [len(e) for e in setup.valid_set])
     on_event(Event("plan", {"lines": memory.lines(table=False), "plan": memory.to_dict()}))
     memory.check()  # nothing fits: an error before the run directory exists
-    return memory.apply(setup.cfg)
+    planned = memory.apply(share)
+    if planned.batch_size != share.batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=planned.batch_size * world.size, grad_accumulation=planned.grad_accumulation)
+    return dataclasses.replace(cfg, grad_checkpoint=planned.grad_checkpoint)
 
 
 def _silent(event: Event) -> None:
@@ -261,10 +269,10 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     run_dir = Path(run_dir)
     world = world_from_env()
     if world.size == 1:
-        files = _checkpoint_files(run_dir)
+        files = checkpoint.read_for_resume(run_dir)
     else:  # rank 0 reads the checkpoint and sends it: the ranks need not share a file system
         try:
-            files = _checkpoint_files(run_dir) if world.main else {}
+            files = checkpoint.read_for_resume(run_dir) if world.main else {}
         except MlxtuneError as e:
             files = {"error": str(e).encode()}
         files = world.broadcast(files)
@@ -272,7 +280,9 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
             raise UsageError(files["error"].decode())
     ad_config, state = json.loads(files["config"]), json.loads(files["state"])
     fields = {f for f in TrainConfig.__dataclass_fields__}
+    base = ad_config.get("base_model") or {}
     cfg = TrainConfig(**{k: v for k, v in ad_config["config"].items() if k in fields} | {"epochs": None, "iters": state["total"]})
+    cfg.revision = cfg.revision or base.get("revision")  # the commit trained on, not the Hub's latest
     data_path = (ad_config.get("data") or {}).get("path")
     if data_path and not Path(cfg.data).exists():
         cfg.data = data_path  # resumed from another working directory
@@ -281,6 +291,8 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     _agree(world, setup)
     if setup.fingerprint() != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
+    if base.get("signature") and checkpoint.model_signature(setup.model_dir) != base["signature"]:
+        raise UsageError(f"the base model {setup.source.spec} is not the one the run started on (its files in {setup.model_dir} differ): resume with the same model")
     if setup.backend != state.get("backend"):
         raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
@@ -289,33 +301,6 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
     trainer.load_state(weights, opt_state)
     return _Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
-
-
-def _checkpoint_files(run_dir: Path) -> dict[str, bytes]:
-    """The run's configuration and its last checkpoint, as bytes: all a resume starts from."""
-    from .adapters import ADAPTER_CONFIG
-
-    config_path = run_dir / ADAPTER_CONFIG
-    if not config_path.exists():
-        raise UsageError(f"{run_dir} is not a training run ({ADAPTER_CONFIG} is missing): --resume takes the directory 'mlxtune lora' wrote")
-    try:
-        if not isinstance(json.loads(config_path.read_text(encoding="utf-8"))["config"], dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{config_path} is damaged or not from mlxtune: cannot resume this run") from None
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise UsageError(f"{run_dir} has no checkpoint to resume from (one is written every --save-every steps and when a run is stopped): start it again with --force")
-    state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
-    if state.get("finished"):
-        raise UsageError(f"{run_dir} already finished (step {state['step']} of {state['total']}): nothing to resume")
-    return {"config": config_path.read_bytes(), "state": (ckpt / STATE).read_bytes(), "adapters": (ckpt / ADAPTER_WEIGHTS).read_bytes(), "optimizer": (ckpt / OPTIMIZER).read_bytes()}
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (a directory is renamed into place only once whole)."""
-    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / STATE).is_file())
-    return found[-1] if found else None
 
 
 class _Run:
@@ -366,38 +351,24 @@ class _Run:
         return total_loss / max(total_n, 1)
 
     def save(self, step: int, finished: bool = False) -> Path:
-        """A checkpoint with everything needed to continue: built beside its place, renamed in whole."""
+        """A checkpoint with everything needed to continue (rank 0 writes it; the others only note the step)."""
         from . import npio
 
         self.saved = step
         if not self.world.main:
             return self.run_dir / "checkpoints" / f"step-{step:07d}"
-        ckpts = self.run_dir / "checkpoints"
-        ckpts.mkdir(exist_ok=True)
-        final = ckpts / f"step-{step:07d}"
-        tmp = ckpts / f".step-{step:07d}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         weights = self.trainer.adapter_weights()
-        npio.write_safetensors(tmp / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
-        npio.write_safetensors(tmp / OPTIMIZER, self.trainer.optimizer_state())
         state = {
             "step": step, "total": self.setup.total, "finished": finished, "backend": self.setup.backend,
             "learning_rate": learning_rate_at(self.cfg, step, self.setup.total),
             "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.fingerprint,
-            "random_state": "dropout masks are drawn from a generator seeded by (seed, step)",
+            "random_state": "dropout masks are drawn from generators seeded by (seed, step, rank)",
             "initial_val_loss": self.initial_val, "last_val_loss": self.last_val,
             "best_step": self.best_step, "best_val_loss": self.best_val, "validations_since_best": self.stale,
             "trained_tokens": self.trained_before + self.trained_tokens, "train_seconds": self.seconds_before + (time.perf_counter() - self.train_start),
         }
-        atomic_write_text(tmp / STATE, json.dumps(state, indent=1))
-        if final.exists():
-            _discard(final)
-        os.replace(tmp, final)
+        final = checkpoint.write(self.run_dir, step, weights, self.trainer.optimizer_state(), state)
         npio.write_safetensors(self.run_dir / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"})
-        for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
-            _discard(old)
-        self.saved = step
         self.on_event(Event("save", {"step": step, "path": str(final)}))
         return final
 
@@ -427,9 +398,8 @@ class _Run:
         if state:
             self.batches.skip(state["batches_drawn"])
         if state and self.world.main:
-            _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
-            for leftover in (run_dir / "checkpoints").glob(".*"):  # a save cut short by a hard stop
-                shutil.rmtree(leftover, ignore_errors=True)
+            checkpoint.keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+            checkpoint.clean_leftovers(run_dir)
         start_info = {
             "run_dir": str(run_dir), "data": setup.splits.description, "model": str(setup.source.path), "compute": self.trainer.description, "backend": setup.backend,
             "trainable": self.trainer.n_trainable, "layers": self.trainer.num_layers, "keys": self.trainer.keys, "steps": total, "steps_per_epoch": setup.steps_per_epoch,
@@ -441,7 +411,7 @@ class _Run:
         self.train_start = time.perf_counter()
         try:
             asked = Event("note", {"message": "stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)"})
-            with _GracefulStop(lambda: self.on_event(asked)) as stop:
+            with checkpoint.GracefulStop(lambda: self.on_event(asked)) as stop:
                 self.stop = stop
                 return self._loop(start_step, state, start_info)
         except KeyboardInterrupt:  # a second Ctrl-C: out at once, without writing anything more
@@ -465,7 +435,7 @@ class _Run:
 
     def _interrupted(self, completed: int) -> TrainingInterrupted:
         if completed == 0:
-            return TrainingInterrupted(f"interrupted before the first step finished; {self.run_dir} holds no adapters")
+            return TrainingInterrupted(f"interrupted before the first step finished, nothing to keep: start again with --force (it replaces {self.run_dir})")
         where = self.save(completed) if self.saved != completed else latest_checkpoint(self.run_dir)
         if not self.world.main:
             # Wait for rank 0's checkpoint, then leave with success: a launcher (mlx.launch)
@@ -491,7 +461,7 @@ class _Run:
             self._log({"step": 0, "val_loss": self.initial_val, "elapsed": time.perf_counter() - self.train_start})
             self.on_event(Event("val", {"step": 0, "val_loss": self.initial_val}))
             self.best_step, self.best_val, self.stale = None, self.initial_val, 0
-            if self.stop.requested:
+            if self.stop.requested and self.world.size == 1:  # distributed: the first step's vote stops every rank
                 raise self._interrupted(0)
         window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
         self.train_start = time.perf_counter()
@@ -537,7 +507,7 @@ class _Run:
                 break
             if step % cfg.save_every == 0 or step == total:
                 self.save(step, finished=step == total)
-            if stop_now or (self.world.size == 1 and self.stop.requested):
+            if (stop_now or (self.world.size == 1 and self.stop.requested)) and step < total:  # at the last step, the run is done
                 raise self._interrupted(step)
         seconds = time.perf_counter() - self.train_start
         result = TrainResult(
@@ -547,64 +517,6 @@ class _Run:
         )
         self.on_event(Event("done", {"result": result}))
         return result
-
-
-def _discard(path: Path) -> None:
-    """Remove a directory so that it is never seen half-deleted: renamed away first."""
-    trash = path.parent / f".{path.name}.trash-{os.getpid()}"
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop what a hard-stopped session logged after its last checkpoint: the resumed run logs it again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:
-            continue  # a line cut short
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-class _GracefulStop:
-    """Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second one stops at once.
-
-    A step is never cut in half by the first signal, so the checkpoint saved on
-    the way out is that of a whole step. The second raises KeyboardInterrupt
-    wherever the loop is; checkpoints are renamed into place whole, so the last
-    one stays intact. Outside the main thread (where signal
-    handlers cannot be installed) Ctrl-C keeps Python's default behaviour.
-    """
-
-    def __init__(self, on_first: Callable[[], None] = lambda: None):
-        self.on_first = on_first
-
-    def __enter__(self) -> "_GracefulStop":
-        import signal
-        import threading
-
-        self.requested = False
-        self._old: dict = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.on_first()
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def _versions() -> dict:

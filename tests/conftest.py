@@ -45,6 +45,17 @@ def backend(request) -> str:
     return request.param
 
 
+NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
+
+
+@pytest.fixture
+def small_data(tmp_path) -> Path:
+    """The first 24 records of data/notes.jsonl: a chat data set a tiny model trains on in a second."""
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random tiny llama model directory (float32, tied embeddings)."""

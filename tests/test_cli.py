@@ -162,3 +162,11 @@ def test_config_file_and_flags(tiny_model, tmp_path):
     bad.write_text("rnak: 4\nlearning_rate: fast\n")
     r = run("lora", "-c", bad, "--data", data)
     assert r.exit_code == 1 and "bad.yaml" in r.output and "rnak" in r.output and "learning_rate" in r.output
+
+
+def test_resume_names_the_flags_to_drop_as_they_were_typed(tmp_path):
+    r = run("lora", "--resume", tmp_path / "run", "--no-grad-checkpoint", "--no-auto", "-b", 2, "--lr", "1e-3", "-c", "x.yaml", "--force", "--quiet", "--no-report")
+    assert r.exit_code == 2
+    assert "drop -c/--config, -b/--batch-size, --no-grad-checkpoint, --no-auto, --learning-rate/--lr, --force\n" in r.output, r.output
+    r = run("lora", "--resume", tmp_path / "run", "--auto", "--grad-checkpoint", "--dora")
+    assert r.exit_code == 2 and "drop --grad-checkpoint, --auto, --dora\n" in r.output, r.output

@@ -21,7 +21,6 @@ from conftest import needs_mlx
 from mlxtune.distributed import World, launched, world_from_env
 from mlxtune.errors import UsageError
 
-NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 LAUNCH = Path(sys.executable).parent / "mlx.launch"
 
 
@@ -42,12 +41,6 @@ def _losses(run: Path) -> dict[int, float]:
     return {m["step"]: m.get("loss", m.get("val_loss")) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
-    return path
-
 
 def test_a_process_not_launched_is_a_world_of_one():
     assert not launched({}) and launched({"MLX_RANK": "1"}) and launched({"OMPI_COMM_WORLD_RANK": "0"})
@@ -61,12 +54,12 @@ def test_a_process_not_launched_is_a_world_of_one():
 
 @needs_mlx
 @pytest.mark.parametrize("backend", ["numpy", "mlx"])
-def test_two_processes_follow_one_step_for_step(tiny_model, data, tmp_path, backend):
+def test_two_processes_follow_one_step_for_step(tiny_model, small_data, tmp_path, backend):
     """Global batch 4: one process with batch 4, two with 2 each; every loss and validation loss the same."""
     from mlxtune.cli import cli
     from click.testing import CliRunner
 
-    common = ["--data", data, "--model", tiny_model, "--iters", 8, "--batch-size", 4, "--val-every", 4, "--lr", "5e-3", "--backend", backend, "--no-report"]
+    common = ["--data", small_data, "--model", tiny_model, "--iters", 8, "--batch-size", 4, "--val-every", 4, "--lr", "5e-3", "--backend", backend, "--no-report"]
     r = CliRunner().invoke(cli, ["lora", *map(str, common), "-o", str(tmp_path / "one")])
     assert r.exit_code == 0, r.output
     proc = _launch(2, ["lora", *common, "-o", tmp_path / "two", "--distributed"], tmp_path)
@@ -82,13 +75,13 @@ def test_two_processes_follow_one_step_for_step(tiny_model, data, tmp_path, back
 
 
 @needs_mlx
-def test_a_process_with_other_data_is_named(tiny_model, data, tmp_path):
+def test_a_process_with_other_data_is_named(tiny_model, small_data, tmp_path):
     """Rank 1 reads a file with one record changed: every rank stops at the start, naming rank 1 and the data."""
     other = tmp_path / "other.jsonl"
-    lines = data.read_text().splitlines(keepends=True)
+    lines = small_data.read_text().splitlines(keepends=True)
     other.write_text("".join(lines[:-1] + [lines[-1].replace('"content": "', '"content": "Note: ', 1)]))
     script = tmp_path / "rank_data.sh"
-    script.write_text(f'#!/bin/sh\nif [ "$MLX_RANK" = 1 ]; then D={other}; else D={data}; fi\nexec "$@" --data "$D"\n')
+    script.write_text(f'#!/bin/sh\nif [ "$MLX_RANK" = 1 ]; then D={other}; else D={small_data}; fi\nexec "$@" --data "$D"\n')
     script.chmod(0o755)
     cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", str(script), sys.executable, "-m", "mlxtune",
            "lora", "--model", str(tiny_model), "--iters", "2", "-o", str(tmp_path / "run"), "--no-report"]
@@ -100,13 +93,13 @@ def test_a_process_with_other_data_is_named(tiny_model, data, tmp_path):
 
 
 @needs_mlx
-def test_killing_a_process_ends_the_other_with_a_clear_error(tiny_model, data, tmp_path):
+def test_killing_a_process_ends_the_other_with_a_clear_error(tiny_model, small_data, tmp_path):
     """kill -9 of rank 1 mid-run: rank 0 stops within seconds, saying so, and its last checkpoint loads."""
     from mlxtune import npio
     from mlxtune.train import latest_checkpoint
 
     run = tmp_path / "run"
-    proc = _launch(2, ["lora", "--data", data, "--model", tiny_model, "--iters", 100000, "--batch-size", 2, "--save-every", 5, "--val-every", 1000000,
+    proc = _launch(2, ["lora", "--data", small_data, "--model", tiny_model, "--iters", 100000, "--batch-size", 2, "--save-every", 5, "--val-every", 1000000,
                        "-o", run, "--no-report", "--backend", "numpy"], tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -148,7 +141,7 @@ def _children(pid: int) -> list[int]:
 
 
 @needs_mlx
-def test_ctrl_c_stops_all_processes_at_one_step_and_the_run_resumes_as_if_never_stopped(tiny_model, data, tmp_path):
+def test_ctrl_c_stops_all_processes_at_one_step_and_the_run_resumes_as_if_never_stopped(tiny_model, small_data, tmp_path):
     """Ctrl-C mid-run (SIGINT to the training processes; mlx.launch itself dies of its own KeyboardInterrupt, with its
     own traceback, when a terminal sends it one too): all ranks stop after the same step, rank 0 saves;
     `mlx.launch ... lora --resume` finishes; every loss equals the uninterrupted single-process run's."""
@@ -157,7 +150,7 @@ def test_ctrl_c_stops_all_processes_at_one_step_and_the_run_resumes_as_if_never_
     from mlxtune.cli import cli
     from mlxtune.train import latest_checkpoint
 
-    common = ["--data", data, "--model", tiny_model, "--iters", 60, "--batch-size", 4, "--save-every", 10, "--val-every", 20, "--lr", "1e-3", "--no-report", "--backend", "numpy"]
+    common = ["--data", small_data, "--model", tiny_model, "--iters", 60, "--batch-size", 4, "--save-every", 10, "--val-every", 20, "--lr", "1e-3", "--no-report", "--backend", "numpy"]
     r = CliRunner().invoke(cli, ["lora", *map(str, common), "-o", str(tmp_path / "one")])
     assert r.exit_code == 0, r.output
     run = tmp_path / "two"

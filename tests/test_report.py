@@ -1,6 +1,5 @@
 """The training report: loss.png is a valid PNG of the expected size showing both curves; report.md has the figures."""
 
-import json
 import struct
 import zlib
 

@@ -17,16 +17,8 @@ from mlxtune.config import TrainConfig
 from mlxtune.errors import DataError, UsageError
 from mlxtune.train import TrainingInterrupted, latest_checkpoint, resume, train
 
-from conftest import needs_mlx
-
-NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 
 
-@pytest.fixture
-def small_data(tmp_path) -> Path:
-    path = tmp_path / "notes.jsonl"
-    path.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
-    return path
 
 
 def _cfg(tiny_model, data, out, **kw):

@@ -1,7 +1,6 @@
 """A whole fine-tune on the tiny model: files written, loss going down, mlx-lm compatibility."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,7 @@ from mlxtune.train import TrainingInterrupted, learning_rate_at, train
 
 from conftest import needs_mlx
 
-NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 
-
-@pytest.fixture
-def small_data(tmp_path) -> Path:
-    path = tmp_path / "notes.jsonl"
-    path.write_text("".join(NOTES.read_text().splitlines(keepends=True)[:24]))
-    return path
 
 
 def _cfg(tiny_model, data, out, **kw):

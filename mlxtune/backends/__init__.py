@@ -85,6 +85,21 @@ def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -
     return choose_backend(requested, mlx_ok, device, model_type, mlx_only)
 
 
+def check_optimizer_state(names, state: dict) -> int:
+    """Check that a saved AdamW state has both moments of every parameter in ``names``; return its step.
+
+    The layout both backends save: ``<name>.m``, ``<name>.v`` and ``step``.
+    """
+    import numpy as np
+
+    from ..errors import AdapterError
+
+    missing = [f"{k}.{x}" for k in names for x in "mv" if f"{k}.{x}" not in state]
+    if missing or "step" not in state:
+        raise AdapterError(f"the optimizer state does not fit these adapters ({len(missing)} moments missing, e.g. {(missing or ['step'])[0]})")
+    return int(np.asarray(state["step"]).reshape(-1)[0])
+
+
 def open_trainer(backend: str, model_dir, cfg):
     """The trainer of ``backend`` for ``model_dir`` under ``cfg`` (a TrainConfig)."""
     if backend == "mlx":

@@ -308,12 +308,11 @@ class MlxTrainer:
         The optimizer's state dict is updated in place: the compiled step holds it.
         """
         from ..errors import AdapterError
+        from . import check_optimizer_state
 
         self.set_adapter_weights(weights)
         params = dict(tree_flatten(self.model.trainable_parameters()))
-        missing = [f"{k}.{x}" for k in params for x in "mv" if f"{k}.{x}" not in optimizer_state]
-        if missing or "step" not in optimizer_state:
-            raise AdapterError(f"the optimizer state does not fit these adapters ({len(missing)} moments missing, e.g. {(missing or ['step'])[0]})")
+        step = check_optimizer_state(params, optimizer_state)
         self.optimizer.init(self.model.trainable_parameters())  # every moment's place exists now
         for key, value in optimizer_state.items():
             if key == "step":
@@ -326,8 +325,8 @@ class MlxTrainer:
                 node[leaf] = mx.array(value).astype(params[key.rsplit(".", 1)[0]].dtype)
             except (KeyError, IndexError, ValueError, TypeError):
                 raise AdapterError(f"the optimizer state does not fit these adapters ({key} has no parameter)") from None
-        self.steps_taken = int(self._np.asarray(optimizer_state["step"]).reshape(-1)[0])
-        self.optimizer.state["step"] = mx.array(self.steps_taken, dtype=mx.uint64)
+        self.steps_taken = step
+        self.optimizer.state["step"] = mx.array(step, dtype=mx.uint64)
         mx.eval(self.optimizer.state)
 
     def peak_memory(self) -> int:

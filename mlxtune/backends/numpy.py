@@ -104,12 +104,11 @@ class AdamW:
 
     def load_state(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
         """The inverse of ``state()``, checked against the parameters it is for."""
-        missing = [f"{k}.{x}" for k in params for x in "mv" if f"{k}.{x}" not in state]
-        if missing or "step" not in state:
-            raise AdapterError(f"the optimizer state does not fit these adapters ({len(missing)} moments missing, e.g. {(missing or ['step'])[0]})")
+        from . import check_optimizer_state
+
+        self.step = check_optimizer_state(params, state)
         self.m = {k: np.array(state[f"{k}.m"], dtype=params[k].dtype) for k in params}
         self.v = {k: np.array(state[f"{k}.v"], dtype=params[k].dtype) for k in params}
-        self.step = int(np.asarray(state["step"]).reshape(-1)[0])
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:

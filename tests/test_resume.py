@@ -114,17 +114,21 @@ def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tiny
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_sigterm_saves_like_ctrl_c(tiny_model, small_data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_and_says_how_to_go_on(tiny_model, small_data, tmp_path, signum):
+    """A real signal (not an exception in a callback): the step finishes, its checkpoint is saved, the handlers are given back."""
     run = tmp_path / "run"
+    before = signal.getsignal(signum)
 
-    def sigterm(event):
+    def send(event):
         if event.kind == "step" and event.data["step"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
-    with pytest.raises(TrainingInterrupted, match="step 2 of 10"):
-        train(_cfg(tiny_model, small_data, run, backend="numpy"), on_event=sigterm)
+    with pytest.raises(TrainingInterrupted, match="step 2 of 10.*--resume"):
+        train(_cfg(tiny_model, small_data, run, backend="numpy", save_every=100), on_event=send)
     assert latest_checkpoint(run).name == "step-0000002"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are given back
+    assert json.loads((run / "checkpoints" / "step-0000002" / "state.json").read_text())["step"] == 2
+    assert signal.getsignal(signum) is before
 
 
 def test_resume_refuses_what_cannot_be_replayed(tiny_model, small_data, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from mlxtune.config import TrainConfig
 from mlxtune.errors import OutputExistsError
-from mlxtune.train import TrainingInterrupted, learning_rate_at, train
+from mlxtune.train import learning_rate_at, train
 
 from conftest import needs_mlx
 
@@ -116,23 +116,6 @@ def test_learning_rate_schedule():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # 10 warmup steps
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then only down
     assert lrs[-1] == pytest.approx(1e-4)
-
-
-def test_sigint_stops_after_the_step_and_saves(tiny_model, small_data, tmp_path):
-    """A real SIGINT (not an exception in a callback) finishes the step, saves, and says how far it got."""
-    import os
-    import signal
-
-    out = tmp_path / "run"
-
-    def send_sigint(event):
-        if event.kind == "step" and event.data["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(TrainingInterrupted, match="step 3"):
-        train(_cfg(tiny_model, small_data, out, save_every=100, backend="numpy"), on_event=send_sigint)
-    assert (out / "checkpoints" / "step-0000003" / "adapters.safetensors").exists()
-    assert json.loads((out / "checkpoints" / "step-0000003" / "state.json").read_text())["step"] == 3
 
 
 def test_early_stopping_and_best_on_a_constructed_validation_curve(tiny_model, small_data, tmp_path, monkeypatch):

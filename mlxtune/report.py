@@ -90,7 +90,7 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
         f"- **Compute**: {meta.get('backend')} backend; {meta.get('compute', '')}",
         f"- **LoRA**: rank {cfg.get('rank')}, alpha {cfg.get('alpha')} (scale {cfg.get('scale')}), dropout {cfg.get('dropout')}"
         f"{', DoRA' if cfg.get('dora') else ''}, on {', '.join(meta.get('lora_parameters', {}).get('keys', []) or ['all linear layers'])} of {meta.get('num_layers')} blocks",
-        f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
+        f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}{_accumulation(cfg)}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
     ]
     if steps:
         last = steps[-1]
@@ -111,6 +111,11 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _accumulation(cfg: dict) -> str:
+    parts = [f" x {cfg['grad_accumulation']} micro-batches a step" if (cfg.get("grad_accumulation") or 1) > 1 else "", ", gradient checkpointing" if cfg.get("grad_checkpoint") else ""]
+    return "".join(parts)
 
 
 def _quote(text: str) -> str:

@@ -250,3 +250,35 @@ def test_lora_fits_itself_into_memory_keeping_the_effective_batch(tiny_model, sm
     with pytest.raises(MemoryPlanError, match="does not fit|needs"):
         train(_cfg(tiny_model, small_data, tmp_path / "never", iters=1, backend="numpy"))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_good_checkpoint(tiny_model, small_data, tmp_path, monkeypatch):
+    from mlxtune import backends, npio
+    from mlxtune.errors import MlxtuneError
+
+    real_open = backends.open_trainer
+    kept = {}
+
+    class Diverging:
+        """The real trainer, whose third step reports a NaN loss."""
+
+        def __init__(self, inner):
+            self.inner, self.steps = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def step(self, batch, lr):
+            loss, n = self.inner.step(batch, lr)
+            self.steps += 1
+            if self.steps == 2:
+                kept.update(self.inner.adapter_weights())
+            return (float("nan") if self.steps == 3 else loss), n
+
+    monkeypatch.setattr(backends, "open_trainer", lambda *a: Diverging(real_open(*a)))
+    run = tmp_path / "run"
+    with pytest.raises(MlxtuneError, match=r"loss became nan at step 3: the learning rate \(0.005\) is probably too high; the last good checkpoint is .*step-0000002"):
+        train(_cfg(tiny_model, small_data, run, backend="numpy", grad_accumulation=1, save_every=2))
+    weights, _ = npio.read_safetensors(run / "adapters.safetensors")
+    assert all(np.array_equal(weights[k], kept[k]) for k in kept)
+    assert latest_checkpoint(run).name == "step-0000002"

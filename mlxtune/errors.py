@@ -1,7 +1,7 @@
 """The errors mlxtune raises on purpose.
 
 Every message is written for the user: one line saying what went wrong and,
-where there is one, what to do about it. ``cli.py`` prints ``Error: <message>``
+where there is one, what to do about it. ``mlxtune.cli`` prints ``Error: <message>``
 and exits with ``exit_code``; anything else that escapes is a bug.
 """
 

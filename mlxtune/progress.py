@@ -2,7 +2,7 @@
 
 Pure functions (and one small clock-driven class) so they can be tested
 without a terminal, and ``TrainPrinter``, which renders training events with
-them. Only ``cli.py`` creates a printer: library code reports events through
+them. Only ``mlxtune.cli`` creates a printer: library code reports events through
 a callback and never prints.
 """
 

@@ -1,0 +1,176 @@
+"""The commands that fetch, convert, merge, run and export models: download, convert, fuse, generate, export."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import BACKEND_HELP, BACKENDS, CONTEXT, DTYPES
+from ..progress import fmt_bytes
+
+
+# ---------------------------------------------------------------- download
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--revision", help="Branch, tag or commit hash on the Hub.")
+@click.option("--offline", is_flag=True, default=None, help="Only look in the local cache (also HF_HUB_OFFLINE=1).")
+def download(model: str, revision: str | None, offline: bool | None) -> None:
+    """Download a model from the Hugging Face Hub into the local cache.
+
+    Only the files a model needs (config, safetensors weights, tokenizer) are
+    fetched. Prints the local path; afterwards the model works offline.
+
+    \b
+    Example:
+      mlxtune download HuggingFaceTB/SmolLM2-135M-Instruct
+    """
+    from ..hub import download as do_download
+
+    click.echo(str(do_download(model, revision=revision, offline=offline)))
+
+
+# ---------------------------------------------------------------- convert
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Directory to write the MLX model to.")
+@click.option("--dtype", type=DTYPES, help="Store dense weights in this dtype (dequantizes a quantized source).")
+@click.option("-q", "--quantize", is_flag=True, help="Quantize the weights (affine, like mlx-lm).")
+@click.option("--q-bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="Bits per weight when quantizing.")
+@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True, help="Weights per quantization group.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--offline", is_flag=True, default=None, help="Resolve Hub ids from the local cache only.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offline, force) -> None:
+    """Convert a Hub id, a Hugging Face directory or a .gguf file to MLX layout.
+
+    The result loads with mlx_lm.load and with every mlxtune command. GGUF
+    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; the tokenizer and chat
+    template are rebuilt from the GGUF metadata.
+
+    \b
+    Examples:
+      mlxtune convert SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2
+      mlxtune convert HuggingFaceTB/SmolLM2-135M-Instruct -o models/smollm2-q8 -q --q-bits 8
+    """
+    from ..convert import convert as do_convert
+
+    r = do_convert(model, output, dtype=dtype, quantize=quantize, q_bits=int(q_bits), q_group_size=int(q_group_size), revision=revision, offline=offline, force=force)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    q = r.quantization
+    what = f"{q['bits']}-bit (group {q['group_size']})" if q else (r.dtype or "weights as stored")
+    overrides = [v for v in (q or {}).values() if isinstance(v, dict)]
+    if overrides:
+        what += f", {len(overrides)} layer(s) at other widths ({', '.join(sorted({str(v.get('bits')) + '-bit' for v in overrides}))})"
+    click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {fmt_bytes(r.size_bytes)}")
+
+
+# ---------------------------------------------------------------- fuse
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-a", "--adapter", required=True, type=click.Path(), help="Run directory written by 'mlxtune lora', or a PEFT LoRA adapter directory.")
+@click.option("-m", "--model", help="Base model. [default: the one the adapter was trained on]")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the fused model.")
+@click.option("--dtype", type=DTYPES, help="dtype of the fused weights. [default: the base's; float16 for a quantized base]")
+@click.option("-q", "--quantize", is_flag=True, help="Re-quantize after fusing (may lose part of the adapter's effect).")
+@click.option("--q-bits", type=click.Choice(["4", "8"]), help="Bits when re-quantizing. [default: the base's, else 4]")
+@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), help="Group size when re-quantizing. [default: the base's, else 64]")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend, offline, force) -> None:
+    """Merge LoRA adapters into the base weights: a standalone model.
+
+    \b
+    Example:
+      mlxtune fuse --adapter runs/notes -o fused
+    """
+    from ..fuse import fuse as do_fuse
+
+    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
+    click.echo(f"Fused {r.fused_layers} adapter layers into {r.base} -> {r.path} ({kind}, {fmt_bytes(r.size_bytes)})")
+
+
+# ---------------------------------------------------------------- generate
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-m", "--model", help="Model: Hub id, directory or .gguf. [default: the adapter's base, else SmolLM2-135M-Instruct]")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply, or a PEFT LoRA adapter directory.")
+@click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens to generate.")
+@click.option("--temp", type=float, default=0.0, show_default=True, help="Sampling temperature; 0 is greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, help="Random seed for sampling.")
+@click.option("--system", help="System message (chat models).")
+@click.option("--chat/--no-chat", default=True, help="Use the model's chat template. [default: on]")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("-v", "--verbose", is_flag=True, help="Print speed and memory after the text.")
+def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, backend, offline, verbose) -> None:
+    """Generate text from a model (and adapter), streaming tokens as they come.
+
+    \b
+    Examples:
+      mlxtune generate --model fused --prompt "Tidy up these notes: alice to fix login b4 fri"
+      mlxtune generate --adapter runs/notes --prompt "..." --temp 0.7 --seed 1
+    """
+    from .. import runtime
+    from ..generate import generate as do_generate, load
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    loaded = load(model, adapter, offline=offline, backend=backend)
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+    last = None
+    for chunk in do_generate(loaded, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed, chat=chat, system=system):
+        click.echo(chunk.text, nl=False)
+        last = chunk
+    click.echo()
+    if verbose and last is not None:
+        where = runtime.describe() if loaded.backend == "mlx" else "numpy backend, float32"
+        device = runtime.current_device() if loaded.backend == "mlx" else "cpu"
+        click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
+
+
+# ---------------------------------------------------------------- export
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-f", "--format", "fmt", required=True, type=click.Choice(["gguf", "hf", "peft"]), help="gguf: llama.cpp and Ollama; hf: transformers; peft: the adapter for peft.")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
+@click.option("-m", "--model", help="Model directory, Hub id or .gguf (gguf/hf); with --adapter, its base. [default: the adapter's base]")
+@click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file (or a directory for it); hf, peft: a directory.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
+@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the source's, else float16]")
+@click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
+@click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def export(fmt, adapter, model, output, outtype, dtype, base_model, offline, force) -> None:
+    """Export a model or an adapter for llama.cpp/Ollama, transformers or peft.
+
+    \b
+    Examples:
+      mlxtune export -f gguf --adapter runs/notes -o notes.gguf --outtype q8_0
+      ollama create notes -f Modelfile          # the Modelfile is written beside the .gguf
+      mlxtune export -f hf --model fused -o hf-model
+      mlxtune export -f peft --adapter runs/notes -o notes-peft
+    """
+    from ..export import export as do_export
+
+    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")
+    if r.extra is not None:
+        click.echo(f"Ollama: {r.extra} (ollama create NAME -f {r.extra})")

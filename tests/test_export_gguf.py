@@ -26,7 +26,8 @@ from mlxtune import npio
 from mlxtune.backends.numpy import load_model
 from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UnsupportedModelError, UsageError
-from mlxtune.export_gguf import CHKTXT, export_gguf
+from mlxtune.export_gguf import export_gguf
+from mlxtune.export_gguf_tokenizer import CHKTXT
 from mlxtune.gguf_import import read_gguf, read_header
 from mlxtune.gguf_tokenizer import build_tokenizer
 from mlxtune.hub import smollm2_gguf

@@ -133,3 +133,23 @@ def test_blas_threads_split_the_cores_only_between_local_processes():
     assert choose_blas_threads("Linux", 16, 3, {"OMP_NUM_THREADS": "2"}) == {"OPENBLAS_NUM_THREADS": "5"}  # the user's own setting stays
     assert choose_blas_threads("Darwin", 10, 2, {}) == {"OPENBLAS_NUM_THREADS": "5", "OMP_NUM_THREADS": "5", "VECLIB_MAXIMUM_THREADS": "5"}
     assert choose_blas_threads("Linux", 2, 4, {})["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_peak_rss_is_this_process_own():
+    """Linux: VmHWM, not ru_maxrss, which a process started by a bigger one inherits from it."""
+    import subprocess
+    import sys
+
+    from mlxtune.runtime import choose_peak_rss
+
+    status = "Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t  120000 kB\nVmRSS:\t 100000 kB\n"
+    assert choose_peak_rss("linux", status, 4_000_000) == 120000 * 1024
+    assert choose_peak_rss("linux", None, 4_000) == 4_000 * 1024  # no /proc: ru_maxrss in kilobytes
+    assert choose_peak_rss("darwin", None, 5_000_000) == 5_000_000  # macOS: bytes
+    if sys.platform.startswith("linux"):
+        import numpy as np
+
+        big = np.ones(50_000_000)  # 400 MB in this process, which the child must not report
+        code = "from mlxtune.runtime import peak_memory_bytes; print(peak_memory_bytes('cpu'))"
+        child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        assert child < 300e6 and big.sum() > 0

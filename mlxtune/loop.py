@@ -80,7 +80,6 @@ class Run:
         self.setup, self.cfg, self.trainer, self.run_dir = setup, setup.cfg, trainer, run_dir
         self.ad_config, self.on_event, self.state = ad_config, on_event, state
         self.world = world or World()
-        self.fingerprint = setup.fingerprint()
 
     def step(self, micro: list, lr: float) -> tuple[float, int, int, bool]:
         """One optimizer step on the global batch: (loss, trained tokens, tokens seen, stop), all global.
@@ -129,7 +128,7 @@ class Run:
         state = {
             "step": step, "total": self.setup.total, "finished": finished, "backend": self.setup.backend,
             "learning_rate": learning_rate_at(self.cfg, step, self.setup.total),
-            "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.fingerprint,
+            "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.setup.fingerprint,
             "random_state": "dropout masks are drawn from generators seeded by (seed, step, rank)",
             "initial_val_loss": self.initial_val, "last_val_loss": self.last_val,
             "best_step": self.best_step, "best_val_loss": self.best_val, "validations_since_best": self.stale,

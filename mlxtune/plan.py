@@ -251,11 +251,11 @@ def plan_for(cfg) -> Plan:
     lengths = None
     if cfg.data:
         from .batching import encode_dataset
-        from .data import load_data
+        from .data import load_data, trains_prompt_masked
         from .tokenizer import load_tokenizer
 
         splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
         tokenizer = load_tokenizer(model_dir)
-        mask_prompt = cfg.mask_prompt if cfg.mask_prompt is not None else splits.format != "text"
+        mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
         lengths = [len(e) for part in (splits.train, splits.valid) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]]
     return plan_run(cfg, model_dir, backend, lengths)

@@ -26,6 +26,7 @@ the processes of a distributed run, the run directory) and hands it to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -64,8 +65,9 @@ class _Setup:
     steps_per_epoch: int
     total: int
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A hash of the encoded data (tokens and masks): a resumed run must see the same."""
+        """A hash of the encoded data (tokens and masks): a resumed run must see the same. Computed once."""
         import hashlib
 
         h = hashlib.sha256()
@@ -150,7 +152,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         "compute": trainer.description,
         "versions": _versions(),
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
-        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint()},
+        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
     }
     if world.size > 1:
         meta["distributed"] = {"processes": world.size, "backend": world.backend}
@@ -201,7 +203,7 @@ def _agree(world, setup: _Setup) -> None:
     settings = {k: v for k, v in setup.cfg.to_dict().items() if k not in ("data", "output", "model", "offline", "revision")}
     world.agree({
         "model": fingerprint_files(model_files),
-        "data": setup.fingerprint(),
+        "data": setup.fingerprint,
         "settings": json.dumps(settings, sort_keys=True) + setup.backend,
     })
 
@@ -242,7 +244,7 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     on_event = on_event if world.main else _silent
     setup = _prepare(cfg, on_event)
     _agree(world, setup)
-    if setup.fingerprint() != state.get("data_fingerprint"):
+    if setup.fingerprint != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
     if base.get("signature") and checkpoint.model_signature(setup.model_dir) != base["signature"]:
         raise UsageError(f"the base model {setup.source.spec} is not the one the run started on (its files in {setup.model_dir} differ): resume with the same model")

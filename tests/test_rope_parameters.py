@@ -38,13 +38,13 @@ def run(*args, ok=True):
     return r.output
 
 
-def save_with_transformers(out: Path, rope_parameters: dict) -> Path:
+def save_with_transformers(out: Path, rope_parameters: dict, max_position_embeddings: int = 2048) -> Path:
     """A tiny LlamaForCausalLM (tiny.py's weights) saved by transformers' own save_pretrained."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = make_tokenizer(out)
-    shape = tiny_config(vocab)
+    shape = tiny_config(vocab, max_position_embeddings=max_position_embeddings)
     config = LlamaConfig(**{k: shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "vocab_size", "tie_word_embeddings", "max_position_embeddings")}, rope_parameters=dict(rope_parameters))
     model = LlamaForCausalLM(config)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tiny_weights(shape).items()}, strict=False)
@@ -244,3 +244,51 @@ def test_per_layer_type_rope_parameters_the_same_for_every_type_are_read_as_one(
 def test_what_cannot_be_honoured_is_refused(config, error, match):
     with pytest.raises(error, match=match):
         normalize_config(config, "m/config.json")
+
+
+# ---------------------------------------------------------------- the way out: fuse, HF and GGUF export
+
+# Llama 3.2's own values (the original context 8192 that gguf_import recovers from rope_freqs).
+LLAMA32_REAL = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+@needs_torch
+def test_lora_on_the_hf_directory_then_fuse_keeps_the_rotary_settings(llama32, small_data, tmp_path):
+    """lora straight on the transformers-5 directory, then fuse: the fused model is the base + adapter, rope included."""
+    from mlxtune.backends.numpy import load_adapters, load_model
+
+    run("lora", "--data", small_data, "--model", llama32, "--iters", 2, "--lr", "1e-2", "--backend", "numpy", "-o", tmp_path / "run", "--no-report")
+    run("fuse", "--adapter", tmp_path / "run", "-o", tmp_path / "fused", "--backend", "numpy", "--dtype", "float32")
+    config = json.loads((tmp_path / "fused" / "config.json").read_text())
+    assert (config["rope_theta"], config["rope_scaling"]["rope_type"], config["rope_scaling"]["factor"]) == (500000.0, "llama3", 8.0)
+    tuned = load_model(llama32)[0]
+    load_adapters(tuned, tmp_path / "run")
+    expected = tuned.forward(TOKENS)
+    assert scaled_diff(expected, transformers_logits(llama32)) > 100 * TINY_LOGITS  # the adapter does something
+    assert scaled_diff(numpy_logits(tmp_path / "fused"), expected) <= TINY_LOGITS
+    if HAVE_MLX:
+        assert scaled_diff(mlx_lm_logits(tmp_path / "fused"), expected) <= TINY_LOGITS
+
+
+@needs_torch
+def test_hf_export_is_read_back_right_by_transformers(llama32, reference, tmp_path):
+    run("convert", llama32, "-o", tmp_path / "mlx-model")
+    run("export", "-f", "hf", "--model", tmp_path / "mlx-model", "-o", tmp_path / "hf", "--dtype", "float32")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["rope_parameters"] == LLAMA3 and config["rope_theta"] == 500000.0  # read alike by transformers 5 and 4
+    assert scaled_diff(transformers_logits(tmp_path / "hf"), reference) <= TINY_LOGITS
+
+
+@needs_torch
+def test_gguf_export_and_import_keep_llama3_scaling(tmp_path):
+    """export -f gguf writes rope_freqs from the transformers-5 config; convert of that GGUF reads the scaling back."""
+    src = save_with_transformers(tmp_path / "llama32", LLAMA32_REAL, max_position_embeddings=131072)
+    reference = transformers_logits(src)
+    run("export", "-f", "gguf", "--model", src, "-o", tmp_path / "m.gguf", "--outtype", "f32")
+    from mlxtune.gguf_import import read_gguf
+
+    g = read_gguf(tmp_path / "m.gguf", dense=True)
+    assert g.config["rope_theta"] == 500000.0
+    assert g.config["rope_scaling"] == {k: v for k, v in LLAMA32_REAL.items() if k != "rope_theta"}
+    run("convert", tmp_path / "m.gguf", "-o", tmp_path / "back")
+    assert scaled_diff(numpy_logits(tmp_path / "back"), reference) <= TINY_LOGITS

@@ -292,3 +292,27 @@ def test_gguf_export_and_import_keep_llama3_scaling(tmp_path):
     assert g.config["rope_scaling"] == {k: v for k, v in LLAMA32_REAL.items() if k != "rope_theta"}
     run("convert", tmp_path / "m.gguf", "-o", tmp_path / "back")
     assert scaled_diff(numpy_logits(tmp_path / "back"), reference) <= TINY_LOGITS
+
+
+@needs_torch
+def test_gemma3_convert_then_logits_match_transformers(tmp_path):
+    """Gemma 3's per-layer-type form: full-attention layers scaled (linear, theta 1e6), sliding ones plain (theta 1e4); mlx only."""
+    if not HAVE_MLX:
+        pytest.skip("mlx is not installed")
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    src = tmp_path / "gemma3"
+    vocab = make_tokenizer(src)
+    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, rope_parameters=rope)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # weights of tiny.py's scale, so that logits are O(10)
+        for name, p in model.named_parameters():
+            p.normal_(0, (0.3 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else 0.1)
+        reference = model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
+    model.save_pretrained(src)
+    assert json.loads((src / "config.json").read_text())["rope_parameters"] == rope
+    run("convert", src, "-o", tmp_path / "mlx-model")
+    assert scaled_diff(mlx_lm_logits(tmp_path / "mlx-model"), reference) <= TINY_LOGITS

@@ -48,6 +48,23 @@ READS_PER_LAYER_TYPE = ("gemma4", "gemma4_text", "laguna")
 
 def read_config(model_dir: str | Path) -> dict:
     """``model_dir``/config.json, normalised (see ``normalize_config``)."""
+    path, config = _read(model_dir)
+    return normalize_config(config, path)
+
+
+def implied_fields(model_dir: str | Path) -> dict:
+    """Only the fields ``normalize_config`` adds to or changes in ``model_dir``/config.json.
+
+    For readers that read the file themselves (mlx-lm's ``load_model`` takes
+    them as overrides), so that what they also take from elsewhere (the
+    generation config's eos_token_id) stays theirs.
+    """
+    path, config = _read(model_dir)
+    normalized = normalize_config(config, path)
+    return {k: v for k, v in normalized.items() if k not in config or config[k] != v}
+
+
+def _read(model_dir: str | Path) -> tuple[Path, dict]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ModelFormatError(f"{model_dir} has no config.json: not a model directory")
@@ -57,7 +74,7 @@ def read_config(model_dir: str | Path) -> dict:
         raise ModelFormatError(f"{path}: cannot read it ({e})") from None
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: not a JSON object")
-    return normalize_config(config, path)
+    return path, config
 
 
 def normalize_config(config: dict, source: str | Path = "config.json") -> dict:

@@ -92,17 +92,18 @@ def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
         return out
     if not isinstance(params, dict):
         raise ModelFormatError(f"{source}: rope_parameters is not a JSON object")
-    layer_types = [k for k, v in params.items() if isinstance(v, dict) or (v is None and k.endswith("_attention"))]
-    if not layer_types:
+    # Per layer type: a dict (or None, for layers without rotary embedding) under each layer type's name.
+    nested = [k for k, v in params.items() if isinstance(v, dict) or (v is None and k.endswith("_attention"))]
+    if not nested:
         _set_global(out, params, source, "rope_parameters")
         return out
-    if layer_types != list(params):
-        raise ModelFormatError(f"{source}: rope_parameters mixes per-layer-type entries ({', '.join(layer_types)}) with other fields")
+    if nested != list(params):
+        raise ModelFormatError(f"{source}: rope_parameters mixes per-layer-type entries ({', '.join(nested)}) with other fields")
     model_type = out.get("model_type")
     if model_type in READS_PER_LAYER_TYPE:
         return out
-    given = {k: params[k] for k in layer_types if params[k] is not None}
-    if len({json.dumps(v, sort_keys=True) for v in given.values()}) == 1:  # the same everywhere: one global setting
+    given = {k: params[k] for k in nested if params[k] is not None}
+    if len(given) == len(nested) and len({json.dumps(v, sort_keys=True) for v in given.values()}) == 1:  # the same everywhere: one global setting
         name = next(iter(given))
         _set_global(out, given[name], source, f"rope_parameters.{name}")
         return out

@@ -216,6 +216,7 @@ def test_gemma3_per_layer_type_rope_parameters():
     }
     out = normalize_config(config)
     assert (out["rope_theta"], out["rope_scaling"], out["rope_local_base_freq"]) == (1000000.0, {"rope_type": "linear", "factor": 8.0}, 10000.0)
+    assert normalize_config(out) == out
     wrapped = normalize_config({"model_type": "gemma3", "text_config": config})  # the multimodal config nests the text model's
     assert wrapped["text_config"] == out
     scaled_local = json.loads(json.dumps(config))
@@ -228,6 +229,9 @@ def test_per_layer_type_rope_parameters_the_same_for_every_type_are_read_as_one(
     same = {"rope_type": "default", "rope_theta": 500000.0}
     out = normalize_config({"model_type": "llama", "layer_types": ["full_attention"] * 2, "rope_parameters": {"full_attention": dict(same)}})
     assert out["rope_theta"] == 500000.0 and out.get("rope_scaling") is None
+    no_rope = {"model_type": "llama", "rope_parameters": {"full_attention": dict(same), "no_rope_attention": None}}
+    with pytest.raises(UnsupportedModelError, match="per layer type"):  # rotary for every layer would be a guess
+        normalize_config(no_rope)
 
 
 @pytest.mark.parametrize(

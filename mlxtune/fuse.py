@@ -18,6 +18,7 @@ from .adapters import read_adapter_config
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
 from .fsutil import staged_dir
+from .model_config import read_config
 
 DTYPES = ("float32", "float16", "bfloat16")
 SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
@@ -81,7 +82,7 @@ def fuse(
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     if backend == "numpy" and quantize:
         raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
-    base_config = json.loads((base_dir / "config.json").read_text())
+    base_config = read_config(base_dir)
     if dtype is None:
         # The dtype the base computes in: its scales' for a quantized base.
         dtype = "float16" if base_config.get("quantization") else _stored_dtype(base_dir, base_config)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFormatError, UnsupportedModelError
+from .model_config import read_config
 
 # Resident memory of a `mlxtune lora` process just before the trainer is
 # created (interpreter, numpy, click, the tokenizer, mlx.core imported to
@@ -121,10 +122,7 @@ class Estimate:
 def read_model(model_dir: str | Path) -> tuple[dict, list[Tensor]]:
     """config.json and every tensor's name, dtype and shape, from the safetensors headers only (no weights read)."""
     model_dir = Path(model_dir)
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{model_dir}: cannot read config.json ({e})") from None
+    config = read_config(model_dir)
     files = sorted(model_dir.glob("model*.safetensors"))
     if not files:
         raise ModelFormatError(f"{model_dir} has no model*.safetensors weights")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFormatError
+from .model_config import read_config
 
 _DTYPES = {
     "F64": np.float64,
@@ -146,10 +147,7 @@ def load_weights(model_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     dequantized; every float tensor is returned as float32.
     """
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.exists():
-        raise ModelFormatError(f"{model_dir} has no config.json: not a model directory")
-    config = json.loads(cfg_path.read_text())
+    config = read_config(model_dir)  # transformers 5's rope_parameters read as transformers reads them
     files = sorted(model_dir.glob("model*.safetensors"))
     if not files:
         raise ModelFormatError(f"{model_dir} has no model*.safetensors weights")

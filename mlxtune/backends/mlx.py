@@ -17,6 +17,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from ..model_config import implied_fields
 from ..runtime import ComputeChoice
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -31,10 +32,9 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
     from mlx_lm.utils import load_model as mlx_lm_load_model
 
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise ModelFormatError(f"{path} has no config.json: not a model directory")
+    implied = implied_fields(path)  # mlx-lm's llama, qwen2, gemma3 ... read no rope_parameters: give them rope_theta / rope_scaling
     try:
-        model, config = mlx_lm_load_model(path)
+        model, config = mlx_lm_load_model(path, model_config=implied)
     except FileNotFoundError as e:
         raise ModelFormatError(f"{path}: {e}; the model directory is incomplete") from None
     except ValueError as e:

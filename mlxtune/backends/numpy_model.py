@@ -33,7 +33,7 @@ Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
 * past ``activation_budget``, blocks are checkpointed: they keep only their
   two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
-This module imports numpy (and mlxtune's error types) only; never mlx.
+This module imports numpy (and mlxtune's error types and config reading) only; never mlx.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
+from ..model_config import normalize_config
 from . import numpy_ops as ops
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -95,7 +96,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
-        """Read config.json with mlx-lm's defaults (which differ between llama and qwen2)."""
+        """Read config.json with mlx-lm's defaults (which differ between llama and qwen2).
+
+        Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
+        """
+        config = normalize_config(config)
         model_type = config.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(

@@ -42,6 +42,9 @@ _ORIGINAL_CONTEXT = ("yarn", "longrope", "llama3")
 # Model types whose layer types rotate differently, and how mlx-lm's model reads that:
 # the full-attention layers from rope_theta / rope_scaling, the sliding ones from this field.
 LOCAL_BASE_FIELD = {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
+# Model types whose mlx-lm model places its sliding-window layers by a period (every Nth layer is
+# full attention) rather than by transformers 5's explicit ``layer_types`` list.
+PATTERN_FIELD = {"gemma3_text": "sliding_window_pattern", "gemma3": "sliding_window_pattern"}
 # Model types whose mlx-lm model reads a per-layer-type rope_parameters itself.
 READS_PER_LAYER_TYPE = ("gemma4", "gemma4_text", "laguna")
 
@@ -87,6 +90,8 @@ def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
     out = copy.deepcopy(config)
     if isinstance(out.get("text_config"), dict):
         out["text_config"] = normalize_config(out["text_config"], f"{source}: text_config")
+    if out.get("model_type") in PATTERN_FIELD and isinstance(out.get("layer_types"), list):
+        _set_pattern(out, PATTERN_FIELD[out["model_type"]], source)
     params = out.get("rope_parameters")
     if not params:
         return out
@@ -146,6 +151,27 @@ def _set_global(out: dict, params: dict, source, where: str) -> None:
     if existing is not None and not _same_scaling(existing, scaling):
         raise ModelFormatError(f"{source}: rope_scaling {json.dumps(existing)} and {where} disagree; remove the one that is stale")
     out["rope_scaling"] = scaling
+
+
+def _set_pattern(out: dict, key: str, source) -> None:
+    """The period ``key`` that reproduces ``layer_types`` (layer i is full attention when (i + 1) % period == 0).
+
+    transformers 5 lists each layer's type; mlx-lm's Gemma 3 reads only the
+    period and falls back to 6 without it, so a model with another layout
+    would be computed with the wrong layers attending globally, silently.
+    """
+    types = out["layer_types"]
+    if not all(t in ("full_attention", "sliding_attention") for t in types):
+        raise ModelFormatError(f"{source}: layer_types holds {sorted(set(map(str, types)))}; expected full_attention and sliding_attention")
+    n = len(types)
+    for period in range(1, n + 2):  # n + 1: every layer sliding
+        if all((t == "full_attention") == ((i + 1) % period == 0) for i, t in enumerate(types)):
+            _agree(out, key, period, source, "layer_types")
+            return
+    raise UnsupportedModelError(
+        f"{source}: layer_types places its full-attention layers irregularly ({', '.join('F' if t == 'full_attention' else 'S' for t in types)}); "
+        f"mlx-lm's {out['model_type']} model reads only a regular {key} (every Nth layer full attention)"
+    )
 
 
 def _rope_type(params: dict, source, where: str) -> str:

@@ -320,3 +320,43 @@ def test_gemma3_convert_then_logits_match_transformers(tmp_path):
     assert json.loads((src / "config.json").read_text())["rope_parameters"] == rope
     run("convert", src, "-o", tmp_path / "mlx-model")
     assert scaled_diff(mlx_lm_logits(tmp_path / "mlx-model"), reference) <= TINY_LOGITS
+
+
+def test_gemma3_layer_types_become_the_period_mlx_lm_reads():
+    """transformers 5 lists Gemma 3's layer types; mlx-lm reads only sliding_window_pattern (default 6)."""
+    every_third = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    out = normalize_config({"model_type": "gemma3_text", "layer_types": every_third})
+    assert out["sliding_window_pattern"] == 3 and normalize_config(out) == out
+    assert normalize_config({"model_type": "gemma3_text", "layer_types": ["sliding_attention"] * 4})["sliding_window_pattern"] == 5
+    irregular = ["sliding_attention", "full_attention", "full_attention", "sliding_attention"]
+    with pytest.raises(UnsupportedModelError, match=r"m/config\.json: layer_types places its full-attention layers irregularly \(S, F, F, S\)"):
+        normalize_config({"model_type": "gemma3_text", "layer_types": irregular}, "m/config.json")
+    with pytest.raises(ModelFormatError, match=r"sliding_window_pattern \(6\) and layer_types \(3\) disagree"):
+        normalize_config({"model_type": "gemma3_text", "layer_types": every_third, "sliding_window_pattern": 6}, "m/config.json")
+
+
+@needs_torch
+def test_gemma3_with_a_layer_pattern_other_than_six_matches_transformers(tmp_path):
+    """Every second layer full attention, saved by transformers 5 as layer_types only: mlx-lm alone would assume 6."""
+    if not HAVE_MLX:
+        pytest.skip("mlx is not installed")
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    src = tmp_path / "gemma3"
+    vocab = make_tokenizer(src)
+    types = ["sliding_attention", "full_attention"] * 2
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=4, layer_types=types)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, (0.3 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else 0.1)
+        reference = model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
+    model.save_pretrained(src)
+    saved = json.loads((src / "config.json").read_text())
+    saved.pop("sliding_window_pattern", None)  # what a config listing layer_types alone looks like
+    (src / "config.json").write_text(json.dumps(saved))
+    run("convert", src, "-o", tmp_path / "mlx-model")
+    assert json.loads((tmp_path / "mlx-model" / "config.json").read_text())["sliding_window_pattern"] == 2
+    assert scaled_diff(mlx_lm_logits(tmp_path / "mlx-model"), reference) <= TINY_LOGITS

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .fsutil import staged_dir
+from .fsutil import copy_file, staged_dir
 from .hub import ModelSource, resolve_model
 
 TOKENIZER_FILES = (
@@ -160,7 +160,7 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
     save_config(config, config_path=dst / "config.json")
     for name in TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            copy_file(src / name, dst / name)
     return config.get("quantization")
 
 
@@ -180,7 +180,7 @@ def _transform_numpy(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size
     (dst / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
     for name in TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            copy_file(src / name, dst / name)
     return None
 
 

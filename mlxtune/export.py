@@ -13,8 +13,6 @@ a Hub id or a .gguf file, converted first as ``mlxtune convert`` would.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -74,14 +72,12 @@ def _source_dir(adapter, model, output: Path, offline, notes: list[str]) -> Iter
             notes.append(source.note)
         yield ensure_mlx_model(source)
         return
+    from .fsutil import temporary_dir
     from .fuse import fuse
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mlxtune-export-", dir=output.parent))
-    try:
+    with temporary_dir(output.parent, prefix=".mlxtune-export-") as tmp:
         r = fuse(adapter, tmp / "fused", model=model, dtype="float32", offline=offline, force=True)
         notes.extend(r.notes)
         notes.append(f"fused {r.fused_layers} adapter layers of {adapter} into {r.base} in float32 first")
         yield r.path
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

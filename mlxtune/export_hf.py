@@ -12,7 +12,6 @@ assembled beside its destination and renamed into place.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
     """Write ``model_dir`` as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer, generation_config.json)."""
     from . import npio
     from .convert import TOKENIZER_FILES  # with generation_config.json
-    from .fsutil import check_output_dir, staged_dir
+    from .fsutil import check_output_dir, copy_file, staged_dir
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
@@ -70,7 +69,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
         (tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
         copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
         for name in copied:
-            shutil.copy2(model_dir / name, tmp / name)
+            copy_file(model_dir / name, tmp / name)
         if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
             notes.append(f"{model_dir} has no tokenizer files: the checkpoint has none either")
         if "generation_config.json" not in copied:

@@ -10,14 +10,13 @@ round away much of what a small adapter learned (measure before shipping it).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import read_adapter_config
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
-from .fsutil import staged_dir
+from .fsutil import copy_file, staged_dir
 
 DTYPES = ("float32", "float16", "bfloat16")
 SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
@@ -90,7 +89,7 @@ def fuse(
         n, quant = fuse_one(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
         for name in TOKENIZER_FILES:
             if (base_dir / name).exists():
-                shutil.copy2(base_dir / name, tmp / name)
+                copy_file(base_dir / name, tmp / name)
         info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend}
         (tmp / "mlxtune_fuse.json").write_text(json.dumps(info, indent=2))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))

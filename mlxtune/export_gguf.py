@@ -79,11 +79,14 @@ class _Tensor:
     data: np.ndarray | None = None  # for computed tensors
 
 
-def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", force: bool = False) -> ExportResult:
-    """Write ``model_dir`` (MLX layout) as a GGUF file at ``out_path`` and an Ollama Modelfile beside it.
+def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", force: bool = False, name: str | None = None, origin: str | None = None) -> ExportResult:
+    """Write ``model_dir`` (MLX layout) as a GGUF file at ``out_path`` and its Ollama Modelfile beside it.
 
     ``outtype``: f32, f16, q8_0 or q4_0 for the 2-D weights (norms stay F32).
-    ``out_path`` may be an existing directory: the file is then named after the model.
+    ``out_path`` may be an existing directory: the file is then named ``<name>-<OUTTYPE>.gguf``.
+    ``name``: general.name [default: as llama.cpp's converter finds it: the model card, else the directory's name].
+    ``origin``: where the model came from, for the Modelfile's comment [default: ``model_dir``].
+    The Modelfile is ``<gguf stem>.Modelfile``: one per GGUF, so exports of other models into the same folder keep theirs.
     """
     import gguf
 
@@ -95,8 +98,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
         raise ModelNotFoundError(f"{model_dir} is not a model directory (no config.json); pass a directory written by 'mlxtune convert' or 'mlxtune fuse'")
     out = Path(out_path)
     if out.is_dir():
-        out = out / f"{model_dir.resolve().name}-{outtype.upper()}.gguf"
-    modelfile = out.parent / "Modelfile"
+        out = out / f"{name or model_dir.resolve().name}-{outtype.upper()}.gguf"
+    modelfile = out.with_name(f"{out.stem if out.suffix.lower() == '.gguf' else out.name}.Modelfile")
     for p in (out, modelfile):
         if p.exists() and not force:
             raise OutputExistsError(f"{p} already exists: choose another output path, or pass --force to replace it")
@@ -113,12 +116,12 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
             f"exactly and quantized again to {outtype.upper()}, which rounds twice; export from the unquantized model if you have it"
         )
     writer = gguf.GGUFWriter(path=None, arch=arch)
-    _add_general(writer, model_dir, OUTTYPES[outtype][0], sum(int(np.prod(t.shape)) for t in plan if t.source))
+    general_name = _add_general(writer, model_dir, OUTTYPES[outtype][0], sum(int(np.prod(t.shape)) for t in plan if t.source), name)
     _add_hyperparameters(writer, config, cfg)
     chat = add_tokenizer(writer, model_dir, cfg.vocab_size, notes)
     md = {k: v.value for k, v in writer.kv_data[0].items()}
     check_tokenizer(md, model_dir, notes)
-    modelfile_text = _modelfile(out.name, md, chat, model_dir)
+    modelfile_text = _modelfile(out.name, modelfile.name, general_name, md, chat, origin or str(model_dir))
 
     for t in plan:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.type), raw_dtype=gguf.GGMLQuantizationType[t.type])
@@ -258,11 +261,11 @@ def _llama3_rope_factors(theta: float, dim: int, scaling: dict, config: dict) ->
 # --- metadata ---------------------------------------------------------------
 
 
-def _add_general(writer, model_dir: Path, file_type: str, n_params: int) -> None:
-    """general.*: name and size label as convert_hf_to_gguf.py derives them (model card, directory name)."""
+def _add_general(writer, model_dir: Path, file_type: str, n_params: int, name: str | None) -> str:
+    """general.*: name and size label as convert_hf_to_gguf.py derives them (model card, directory name); returns the name."""
     import gguf
 
-    meta = gguf.Metadata.load(None, model_dir.resolve(), None, n_params)
+    meta = gguf.Metadata.load(None, model_dir.resolve(), name, n_params)
     if meta.name is None:
         meta.name = model_dir.resolve().name
     if meta.size_label is None:
@@ -271,6 +274,7 @@ def _add_general(writer, model_dir: Path, file_type: str, n_params: int) -> None
     meta.set_gguf_meta_model(writer)
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return meta.name
 
 
 def _add_hyperparameters(writer, config: dict, cfg) -> None:
@@ -309,12 +313,14 @@ _CHATML_TEMPLATE = """{{- range $i, $_ := .Messages }}
 {{- end }}"""
 
 
-def _modelfile(gguf_name: str, md: dict, template: str | None, model_dir: Path) -> str:
+def _modelfile(gguf_name: str, modelfile_name: str, name: str, md: dict, template: str | None, origin: str) -> str:
     """An Ollama Modelfile: FROM the GGUF beside it, TEMPLATE for ChatML chat templates, a stop per end token."""
+    from .model_card import ollama_name
+
     tokens = md.get("tokenizer.ggml.tokens") or []
     lines = [
-        f"# Ollama Modelfile for {gguf_name}, exported by mlxtune from {model_dir}",
-        "# Create the Ollama model with: ollama create <name> -f Modelfile",
+        f"# Ollama Modelfile for {gguf_name} ({name}), exported by mlxtune from {origin}",
+        f"# Create the Ollama model with: ollama create {ollama_name(name)} -f {modelfile_name}",
         f"FROM ./{gguf_name}",
     ]
     if template and "<|im_start|>" in template and "<|im_end|>" in template:

@@ -5,14 +5,15 @@ config fields; what a transformers checkpoint must not have is MLX's
 quantization (packed uint32 weights with scales and biases), and what it
 should have is a ``torch_dtype``, the ``architectures`` entry, the tokenizer
 and a generation config. Weights are read with numpy (quantized ones expanded
-exactly), stored as float16, bfloat16 or float32, and the directory is
-assembled beside its destination and renamed into place.
+exactly), stored as float16, bfloat16 or float32 (by default the model's own
+dtype, float16 for a quantized one, as ``fuse`` writes: ``fuse.default_dtype``),
+with a model card, and the directory is assembled beside its destination and
+renamed into place.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +36,17 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False) -> ExportResult:
-    """Write ``model_dir`` as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer, generation_config.json)."""
+def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False, name: str | None = None, base_model: str | None = None) -> ExportResult:
+    """Write ``model_dir`` as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer, generation_config.json, README.md).
+
+    ``name``: what the model card calls it [default: the name a fused model recorded, else the directory's];
+    ``base_model``: what the card says it was made from, when it is not a fused model [default: the directory].
+    """
     from . import npio
     from .convert import TOKENIZER_FILES  # with generation_config.json
-    from .fsutil import check_output_dir, staged_dir
+    from .fsutil import check_output_dir, copy_file, staged_dir
+    from .fuse import default_dtype
+    from .model_card import CARD, fused_facts, model_card
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
@@ -51,8 +58,8 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
     config, weights = npio.load_weights(model_dir)
     if config.get("quantization"):
         q = config["quantization"]
-        notes.append(f"the source is {q.get('bits')}-bit quantized (MLX affine): its weights were expanded exactly, so the checkpoint holds the same values in {dtype or _default_dtype(config)}")
-    dtype = dtype or _default_dtype(config)
+        notes.append(f"the source is {q.get('bits')}-bit quantized (MLX affine): its weights were expanded exactly, so the checkpoint holds the same values in {dtype or 'float16'}")
+    dtype = dtype or default_dtype(model_dir)
     for key in _MLX_KEYS:
         config.pop(key, None)
     if config.get("tie_word_embeddings"):
@@ -63,6 +70,8 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
             raise UsageError(f"{model_dir}/config.json has no 'architectures' and model_type {model_type!r} is not one mlxtune knows the class of: add \"architectures\": [\"<Class>ForCausalLM\"] to it")
         config["architectures"] = [ARCHITECTURES[model_type]]
     config["torch_dtype"] = dtype
+    fused_name, facts = fused_facts(model_dir)
+    card = model_card("hf", name or fused_name or model_dir.resolve().name, str(out_dir), facts, base_model=None if facts else base_model or str(model_dir), detail=f", {dtype}")
     stored = {k: _cast(v, dtype) for k, v in weights.items()}
     del weights
     with staged_dir(out_dir, force) as tmp:
@@ -70,20 +79,15 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
         (tmp / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
         copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
         for name in copied:
-            shutil.copy2(model_dir / name, tmp / name)
+            copy_file(model_dir / name, tmp / name)
         if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
             notes.append(f"{model_dir} has no tokenizer files: the checkpoint has none either")
         if "generation_config.json" not in copied:
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        (tmp / CARD).write_text(card)
     size = sum(p.stat().st_size for p in out_dir.iterdir())
     return ExportResult(out_dir, dtype, len(stored), size, notes)
-
-
-def _default_dtype(config: dict) -> str:
-    """The source's own dtype when it names one transformers uses, else float16 (half the size of float32)."""
-    source = config.get("torch_dtype") or config.get("dtype")
-    return source if source in DTYPES else "float16"
 
 
 def _cast(a: np.ndarray, dtype: str) -> np.ndarray:

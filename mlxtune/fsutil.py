@@ -5,23 +5,73 @@ directory and renamed into place (``os.replace`` is atomic on POSIX), and whole
 model directories are assembled beside their destination and renamed at the
 end. An interrupted or failed command leaves either the old state or the new
 one, never a mixture.
+
+Temporary names are made here rather than by ``tempfile``: ``mkstemp`` and
+``mkdtemp`` create with mode 0600 and 0700 whatever the umask, and the rename
+would carry that mode to the output. Ours are created with 0666 and 0777, so the
+user's umask decides, as it does for any other tool (0644 and 0755 under the
+usual 022; private under 077). Copies (``copy_file``) follow the same rule.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputExistsError
 
 
+_ATTEMPTS = 100  # random names tried before giving up (a clash needs 2^32 draws to be likely)
+
+
+def _unique(parent: Path, prefix: str, suffix: str, create) -> Path:
+    """A new path ``parent/prefix<random>suffix``, made by ``create(path)``, which fails if it exists."""
+    for _ in range(_ATTEMPTS):
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name {prefix}*{suffix} in {parent}")
+
+
+def make_temp_file(parent: Path, prefix: str, suffix: str = "") -> tuple[int, Path]:
+    """An open file descriptor and path of a new empty file, mode 0666 less the umask (``mkstemp`` makes it 0600)."""
+    fds: list[int] = []
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    path = _unique(parent, prefix, suffix, lambda p: fds.append(os.open(p, flags, 0o666)))
+    return fds[0], path
+
+
+def make_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new empty directory, mode 0777 less the umask (``mkdtemp`` makes it 0700)."""
+    return _unique(parent, prefix, suffix, lambda p: os.mkdir(p, 0o777))
+
+
+@contextlib.contextmanager
+def temporary_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A scratch directory in ``parent`` (on the same file system as an output there), removed on exit."""
+    tmp = make_temp_dir(parent, prefix)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy the contents only: ``dst`` gets the mode a new file gets under the umask, not ``src``'s
+    (``copy2`` would make the copy of a world-readable cache file world-readable under umask 077)."""
+    shutil.copyfile(src, dst)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -73,7 +123,7 @@ def staged_dir(final: Path, force: bool = False) -> Iterator[Path]:
     final = Path(final)
     check_output_dir(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    tmp = make_temp_dir(final.parent, prefix=f".{final.name}.partial-")
     try:
         yield tmp
     except BaseException:

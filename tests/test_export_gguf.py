@@ -341,7 +341,7 @@ CHATML_OLLAMA = '''TEMPLATE """{{- range $i, $_ := .Messages }}
 
 def test_modelfile_for_a_chatml_model(exports, tiny_model):
     r = exports["q4_0"]
-    assert r.modelfile == r.path.parent / "Modelfile"
+    assert r.modelfile == r.path.parent / "tiny.Modelfile"  # one per GGUF, named after it
     text = r.modelfile.read_text()
     lines = text.splitlines()
     assert "FROM ./tiny.gguf" in lines
@@ -390,7 +390,7 @@ def test_refuses_to_overwrite_without_force(tmp_path, tiny_model):
         export_gguf(tiny_model, out, "f16")
     assert out.read_bytes() == before
     out.unlink()
-    with pytest.raises(OutputExistsError, match="Modelfile"):  # the Modelfile beside it is output too
+    with pytest.raises(OutputExistsError, match="m.Modelfile"):  # the Modelfile beside it is output too
         export_gguf(tiny_model, out, "f16")
     r = export_gguf(tiny_model, out, "f16", force=True)
     assert r.size_bytes > first.size_bytes and gguf.GGUFReader(out).fields["general.file_type"].contents() == 1
@@ -418,7 +418,7 @@ def test_a_failure_leaves_no_partial_file(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(export_mod, "_tensor_bytes", fail_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         export_gguf(tiny_model, out, "q8_0", force=True)
-    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "new", "old.gguf"]
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["new", "old.Modelfile", "old.gguf"]
 
 
 def test_errors_say_what_to_do(tmp_path, tiny_model):
@@ -441,7 +441,7 @@ def test_errors_say_what_to_do(tmp_path, tiny_model):
     dynamic = copy_model(tiny_model, tmp_path / "dyn", config={"rope_scaling": {"type": "dynamic", "factor": 2.0}})
     with pytest.raises(UnsupportedModelError, match="rope scaling 'dynamic'"):
         export_gguf(dynamic, tmp_path / "x.gguf")
-    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "Modelfile").exists()
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "x.Modelfile").exists()
 
 
 # --- the real SmolLM2 ------------------------------------------------------------------
@@ -503,7 +503,6 @@ def test_gguf_convert_gguf_gives_the_same_tensors(tmp_path, tiny_model, outtype)
 
     from mlxtune.convert import convert
 
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # one Modelfile each
     first = export_gguf(tiny_model, tmp_path / "a" / "m.gguf", outtype=outtype).path
     back = convert(str(first), tmp_path / "converted").path
     second = export_gguf(back, tmp_path / "b" / "m.gguf", outtype=outtype).path

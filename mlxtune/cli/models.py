@@ -77,14 +77,15 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("-a", "--adapter", required=True, type=click.Path(), help="Run directory written by 'mlxtune lora', or a PEFT LoRA adapter directory.")
 @click.option("-m", "--model", help="Base model. [default: the one the adapter was trained on]")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the fused model.")
-@click.option("--dtype", type=DTYPES, help="dtype of the fused weights. [default: the base's; float16 for a quantized base]")
+@click.option("--dtype", type=DTYPES, help="dtype of the fused weights. [default: the base model's; float16 for a quantized base]")
+@click.option("--name", help="What the model card calls the model. [default: the run's directory name]")
 @click.option("-q", "--quantize", is_flag=True, help="Re-quantize after fusing (may lose part of the adapter's effect).")
 @click.option("--q-bits", type=click.Choice(["4", "8"]), help="Bits when re-quantizing. [default: the base's, else 4]")
 @click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), help="Group size when re-quantizing. [default: the base's, else 64]")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend, offline, force) -> None:
+def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, backend, offline, force) -> None:
     """Merge LoRA adapters into the base weights: a standalone model.
 
     \b
@@ -93,7 +94,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, backend,
     """
     from ..fuse import fuse as do_fuse
 
-    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend)
+    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend, name=name)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
@@ -150,27 +151,30 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 @click.option("-f", "--format", "fmt", required=True, type=click.Choice(["gguf", "hf", "peft"]), help="gguf: llama.cpp and Ollama; hf: transformers; peft: the adapter for peft.")
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
 @click.option("-m", "--model", help="Model directory, Hub id or .gguf (gguf/hf); with --adapter, its base. [default: the adapter's base]")
-@click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file (or a directory for it); hf, peft: a directory.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory.")
+@click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, model card). [default: the run's directory name, else the model's]")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
-@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the source's, else float16]")
+@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def export(fmt, adapter, model, output, outtype, dtype, base_model, offline, force) -> None:
+def export(fmt, adapter, model, output, name, outtype, dtype, base_model, offline, force) -> None:
     """Export a model or an adapter for llama.cpp/Ollama, transformers or peft.
 
     \b
     Examples:
       mlxtune export -f gguf --adapter runs/notes -o notes.gguf --outtype q8_0
-      ollama create notes -f Modelfile          # the Modelfile is written beside the .gguf
+      ollama create notes -f notes.Modelfile    # the Modelfile is written beside the .gguf
       mlxtune export -f hf --model fused -o hf-model
       mlxtune export -f peft --adapter runs/notes -o notes-peft
     """
     from ..export import export as do_export
 
-    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force)
+    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force, name=name)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")
     if r.extra is not None:
-        click.echo(f"Ollama: {r.extra} (ollama create NAME -f {r.extra})")
+        from ..model_card import ollama_name
+
+        click.echo(f"Ollama: {r.extra} (ollama create {ollama_name(r.name)} -f {r.extra})")

@@ -83,7 +83,7 @@ class Schedule:
             w = warmup_steps(self.cfg, total - step)
             why = "had finished" if step >= end else f"had stopped early at step {step}"
             return new, (
-                f"a new cycle for steps {step + 1}-{total}: warmup over {w} step{'s' if w != 1 else ''} to {self.cfg.learning_rate:.1e}, "
+                f"a new cycle for steps {step + 1}-{total}: " + (f"warmup over {w} step{'s' if w != 1 else ''} to {self.cfg.learning_rate:.1e}, " if w else f"back to {self.cfg.learning_rate:.1e} (no warmup), ") +
                 f"cosine decay to {self.cfg.learning_rate * self.cfg.min_lr_ratio:.1e} at step {total} "
                 f"(the run {why}, its rate down to {self.lr(step):.1e}; the adapters, AdamW moments, data order and best/ carry on)"
             )

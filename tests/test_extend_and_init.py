@@ -159,6 +159,19 @@ def test_an_extension_refuses_other_settings_other_data_and_two_totals(tiny_mode
     assert json.loads((run_dir / "adapter_config.json").read_text())["config"]["iters"] == 3
 
 
+def test_the_schedule_of_an_early_stopped_run_gets_a_new_cycle_from_where_it_stopped():
+    from mlxtune.schedule import Schedule
+
+    cfg = TrainConfig(learning_rate=1e-3, warmup=2)
+    first = Schedule.of(cfg, 10, {"step": 6, "total": 10})  # a checkpoint written before there were cycles
+    assert first.cycles == [(0, 10)]
+    longer, text = first.extended(6, 12, finished=True)
+    assert longer.cycles == [(0, 10), (6, 12)] and "had stopped early at step 6" in text and "warmup over 2 steps" in text
+    assert [longer.lr(s) for s in range(1, 7)] == [learning_rate_at(cfg, s, 10) for s in range(1, 7)]
+    assert [longer.lr(s) for s in range(7, 13)] == [learning_rate_at(cfg, s - 6, 6) for s in range(7, 13)]
+    assert Schedule.of(cfg, 12, {"schedule": longer.to_list()}).cycles == longer.cycles
+
+
 # ---------------------------------------------------------------- (b) a new run from an adapter
 
 
@@ -191,6 +204,10 @@ def test_a_run_starts_from_a_runs_adapter_where_it_ended(source_run, small_data,
         assert [m["step"] for m in _metrics(out)] == [0, 1, 2]
         if backend == "mlx":
             break
+    # a run started from an adapter resumes and extends like any other (from its own checkpoint, not the adapter)
+    (source_run / "adapters.safetensors").unlink()
+    r = run("lora", "--resume", tmp_path / "new0", "--iters", 4)
+    assert r.exit_code == 0 and "Extending the finished run from step 2 to 4" in r.output, r.output
 
 
 def test_a_run_starts_from_a_peft_adapter(source_run, small_data, tmp_path, backend):

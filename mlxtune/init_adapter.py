@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_config
+from .adapters import ADAPTER_WEIGHTS, read_adapter_config
 from .config import TrainConfig
 from .errors import AdapterError, UsageError
 

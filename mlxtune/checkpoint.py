@@ -53,11 +53,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_for_resume(run_dir: Path) -> dict[str, bytes]:
+def read_for_resume(run_dir: Path, extend: bool = False) -> dict[str, bytes]:
     """The run's configuration and its last checkpoint, as bytes: all a resume starts from.
 
     Every way these files can be missing or damaged is a UsageError that says
-    what to do, never a traceback.
+    what to do, never a traceback. A finished run has nothing to resume
+    unless ``extend``: the caller then goes on to a new total.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / ADAPTER_CONFIG
@@ -77,8 +78,8 @@ def read_for_resume(run_dir: Path) -> dict[str, bytes]:
         files = {"config": config_path.read_bytes(), "state": (ckpt / STATE).read_bytes(), "adapters": (ckpt / ADAPTER_WEIGHTS).read_bytes(), "optimizer": (ckpt / OPTIMIZER).read_bytes()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"checkpoint {ckpt} is damaged ({type(e).__name__}: {e}): delete it to resume from the one before, or start again with --force") from None
-    if state.get("finished"):
-        raise UsageError(f"{run_dir} already finished (step {step} of {total}): nothing to resume")
+    if state.get("finished") and not extend:
+        raise UsageError(f"{run_dir} already finished (step {step} of {total}): nothing to resume; to train it further, give the new total: mlxtune lora --resume {run_dir} --iters N (more than {step}) or --epochs N")
     return files
 
 
@@ -96,6 +97,24 @@ def model_signature(model_dir: Path) -> str:
             with open(p, "rb") as f:
                 head = f.read(8)
                 h.update(p.name.encode() + p.stat().st_size.to_bytes(8, "little") + head + f.read(int.from_bytes(head, "little") if len(head) == 8 else 0))
+    return h.hexdigest()[:32]
+
+
+def weights_sample(model_dir: Path, samples: int = 16, size: int = 65536) -> str:
+    """A hash of a few slices of each safetensors file of a model directory (about 1 MB a file).
+
+    ``model_signature`` sees names, shapes and dtypes, so two models of one
+    architecture (a base model and its instruct tune, two seeds) look alike
+    to it; their weights do not. An adapter records this of its base so that
+    ``--init-adapter`` can tell them apart without reading gigabytes.
+    """
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).glob("*.safetensors")):
+        n = p.stat().st_size
+        with open(p, "rb") as f:
+            for i in range(samples):
+                f.seek(n * i // samples)
+                h.update(f.read(size))
     return h.hexdigest()[:32]
 
 

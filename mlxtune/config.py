@@ -51,6 +51,7 @@ class TrainConfig:
     dtype: str | None = None  # compute dtype; None: runtime.choose_compute decides
     recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)
     distributed: bool = False  # require a run of several processes (mlx.launch); one is detected without it
+    init_adapter: str | None = None  # start from this adapter's weights (its rank, targets and scale); see init_adapter.py
 
     @property
     def scale(self) -> float:
@@ -61,7 +62,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_ALIASES = {"lr": "learning_rate", "grad_accumulation_steps": "grad_accumulation", "lora_rank": "rank", "lora_alpha": "alpha", "num_layers": "layers", "adapter_path": "output"}
+_ALIASES = {"lr": "learning_rate", "grad_accumulation_steps": "grad_accumulation", "lora_rank": "rank", "lora_alpha": "alpha", "num_layers": "layers", "adapter_path": "output", "resume_adapter_file": "init_adapter"}
 
 
 def _expected_types(name: str) -> tuple[type, ...]:

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .distributed import DistributedError
 from .errors import MlxtuneError
 from .fsutil import atomic_write_text
+from .schedule import Schedule, learning_rate_at  # noqa: F401 (learning_rate_at: part of this module's interface)
 
 
 class TrainingInterrupted(MlxtuneError):
@@ -55,20 +56,6 @@ class TrainResult:
     config: TrainConfig | None = None  # the settings the run trained with
     rank: int = 0  # this process's rank in a distributed run; only rank 0 reports and writes
     processes: int = 1
-
-
-def learning_rate_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warmup to the peak, then cosine decay to ``min_lr_ratio`` of it (step counts from 1).
-
-    Plain Python, so both backends follow exactly the same schedule.
-    """
-    warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total))
-    warmup = min(max(warmup, 0), max(total - 1, 0))
-    peak, low = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-    if step <= warmup:
-        return peak * step / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class Run:
@@ -127,7 +114,7 @@ class Run:
         weights = self.trainer.adapter_weights()
         state = {
             "step": step, "total": self.setup.total, "finished": finished, "backend": self.setup.backend,
-            "learning_rate": learning_rate_at(self.cfg, step, self.setup.total),
+            "learning_rate": self.schedule.lr(step), "schedule": self.schedule.to_list(),
             "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.setup.fingerprint,
             "random_state": "dropout masks are drawn from generators seeded by (seed, step, rank)",
             "initial_val_loss": self.initial_val, "last_val_loss": self.last_val,
@@ -157,6 +144,7 @@ class Run:
         state, total = self.state, setup.total
         start_step = state["step"] if state else 0
         self.saved = start_step
+        self.schedule = Schedule.of(cfg, total, state)
         self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
         self.seconds_before = (state or {}).get("train_seconds", 0.0)
         self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size))
@@ -221,7 +209,8 @@ class Run:
             self.best_step, self.best_val, self.stale = state["best_step"], state["best_val_loss"], state["validations_since_best"]
             if self.best_step is None:
                 self.best_val = self.initial_val
-            self.on_event(Event("resume", start_info | {"step": start_step, "checkpoint": str(latest_checkpoint(self.run_dir))}))
+            changed = {k: state[k] for k in ("extended", "schedule_change") if state.get(k)}  # set by train.resume for a new total
+            self.on_event(Event("resume", start_info | {"step": start_step, "checkpoint": str(latest_checkpoint(self.run_dir))} | changed))
         else:
             self.on_event(Event("start", start_info))
             self.initial_val = self.last_val = self.validate()
@@ -235,7 +224,7 @@ class Run:
         completed, stopped_early = start_step, False
         for step in range(start_step + 1, total + 1):
             micro = [next(self.batches) for _ in range(cfg.grad_accumulation)]
-            lr = learning_rate_at(cfg, step, total)
+            lr = self.schedule.lr(step)
             loss_v, ntok, seen, stop_now = self.step(micro, lr)
             if not math.isfinite(loss_v):
                 last = latest_checkpoint(self.run_dir)

@@ -214,8 +214,11 @@ class TrainPrinter:
                 f"Compute: {d['backend']} backend; {d['compute']}",
                 f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
                 f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
+                else f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}" if d.get("extended")
                 else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
-            ]
+            ] + ([f"Schedule: {d['schedule_change']}"] if d.get("schedule_change") else [])
+        if kind == "init_adapter":
+            return [d["message"]]
         if kind == "val":
             return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
         if kind == "plan":

@@ -92,6 +92,11 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
         f"{', DoRA' if cfg.get('dora') else ''}, on {', '.join(meta.get('lora_parameters', {}).get('keys', []) or ['all linear layers'])} of {meta.get('num_layers')} blocks",
         f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}{_accumulation(cfg)}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
     ]
+    if len(meta.get("schedule") or []) > 1:  # extended with --resume --iters: one warmup + cosine cycle per extension
+        lines.append("- **Extended**: learning-rate cycles over steps " + ", ".join(f"{a + 1}-{b}" for a, b in meta["schedule"]) + " (each a warmup and a cosine decay)")
+    start = meta.get("init_adapter")
+    if start:
+        lines.append(f"- **Started from**: the {start.get('kind')} adapter {start.get('path')}" + (f" (step {start['step']})" if start.get("step") is not None else ""))
     if steps:
         last = steps[-1]
         lines.append(f"- **Run**: {last['step']} steps in {last.get('elapsed', 0) / 60:.1f} min, {last.get('trained_tokens', 0)} trained tokens, peak memory {last.get('peak_memory_bytes', 0) / 1e9:.2f} GB")

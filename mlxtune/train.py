@@ -64,6 +64,7 @@ class _Setup:
     mask_prompt: bool
     steps_per_epoch: int
     total: int
+    start: object = None  # init_adapter.InitAdapter: the adapter a new run starts from (--init-adapter)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -80,8 +81,11 @@ class _Setup:
         return h.hexdigest()[:32]
 
 
-def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
-    """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input."""
+def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str] | None = None) -> _Setup:
+    """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input.
+
+    ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
+    """
     from .batching import encode_dataset, epoch_steps
     from .convert import ensure_mlx_model
     from .data import load_data, trains_prompt_masked
@@ -90,10 +94,22 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
     splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
     if splits.note:
         on_event(Event("note", {"message": splits.note}))
+    start = None
+    if cfg.init_adapter:
+        from .init_adapter import locate
+
+        start = locate(cfg.init_adapter)
+        cfg, note = start.default_model(cfg)
+        if note:
+            on_event(Event("note", {"message": note}))
     source = resolve_model(cfg.model, revision=cfg.revision, offline=cfg.offline)
     if source.note:
         on_event(Event("note", {"message": source.note}))
     model_dir = ensure_mlx_model(source)
+    if start:
+        cfg, notes = start.fit(cfg, source, model_dir, given)
+        for note in notes:
+            on_event(Event("note", {"message": note}))
 
     from .backends import backend_for, mlx_available
     from .tokenizer import load_tokenizer
@@ -121,11 +137,15 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
         total = int(cfg.iters)
     else:
         total = max(1, math.ceil((cfg.epochs if cfg.epochs is not None else 1.0) * steps_per_epoch))
-    return _Setup(cfg, splits, source, model_dir, backend, train_set, valid_set, n_truncated, mask_prompt, steps_per_epoch, total)
+    return _Setup(cfg, splits, source, model_dir, backend, train_set, valid_set, n_truncated, mask_prompt, steps_per_epoch, total, start)
 
 
-def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False) -> TrainResult:
-    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
+def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False, given: set[str] | None = None) -> TrainResult:
+    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``.
+
+    ``given`` names the settings the user set (the CLI's flags, file and
+    recipe): with ``cfg.init_adapter`` those must agree with the adapter's shape.
+    """
     if cfg.data is None:
         raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
     from .distributed import world_from_env
@@ -135,7 +155,9 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
     if world.main:  # only rank 0 writes the run directory
         check_output_dir(run_dir, force, what="run")
-    setup = _prepare(cfg, on_event)
+    setup = _prepare(cfg, on_event, given)
+    if setup.start is not None and setup.start.within(run_dir):
+        raise UsageError(f"--init-adapter {cfg.init_adapter} is inside {run_dir}, the directory this run writes: give the new run another one (-o)")
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
     _agree(world, setup)  # after the plan: the micro-batch it chose is part of what must agree
 
@@ -143,17 +165,22 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     from .backends import open_trainer
 
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
+    if setup.start is not None:
+        setup.start.load_into(trainer)
+        on_event(Event("init_adapter", {"message": setup.start.describe(), **setup.start.record()}))
     source, splits = setup.source, setup.splits
     meta = {
         "mlxtune_version": __version__,
         "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(setup.model_dir),
-                       "signature": checkpoint.model_signature(setup.model_dir)},
+                       "signature": checkpoint.model_signature(setup.model_dir), "weights_sample": checkpoint.weights_sample(setup.model_dir)},
         "backend": setup.backend,
         "compute": trainer.description,
         "versions": _versions(),
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
         "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
     }
+    if setup.start is not None:
+        meta["init_adapter"] = setup.start.record()
     if world.size > 1:
         meta["distributed"] = {"processes": world.size, "backend": world.backend}
     ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
@@ -208,7 +235,7 @@ def _agree(world, setup: _Setup) -> None:
     })
 
 
-def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None) -> TrainResult:
+def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None, iters: int | None = None, epochs: float | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the settings it was started with.
 
     The checkpoint holds the adapters, the optimizer's moments and step, and
@@ -216,18 +243,26 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     learning rate and the dropout masks are functions of the step. So the
     resumed run takes the same steps, on the same batches, as one never
     stopped.
+
+    ``iters`` or ``epochs`` give a new total, counted from the run's start:
+    the run, finished or not, goes on to it (``schedule.Schedule.extended``
+    says what the learning rate does then).
     """
     from .backends import open_trainer
+    from .config import validate
     from .distributed import world_from_env
     from . import npio
 
     run_dir = Path(run_dir)
+    extend = iters is not None or epochs is not None
+    if extend:
+        validate({"iters": iters, "epochs": epochs}, "--resume")  # positive, and not both
     world = world_from_env()
     if world.size == 1:
-        files = checkpoint.read_for_resume(run_dir)
+        files = checkpoint.read_for_resume(run_dir, extend)
     else:  # rank 0 reads the checkpoint and sends it: the ranks need not share a file system
         try:
-            files = checkpoint.read_for_resume(run_dir) if world.main else {}
+            files = checkpoint.read_for_resume(run_dir, extend) if world.main else {}
         except MlxtuneError as e:
             files = {"error": str(e).encode()}
         files = world.broadcast(files)
@@ -236,7 +271,9 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     ad_config, state = json.loads(files["config"]), json.loads(files["state"])
     fields = {f for f in TrainConfig.__dataclass_fields__}
     base = ad_config.get("base_model") or {}
-    cfg = TrainConfig(**{k: v for k, v in ad_config["config"].items() if k in fields} | {"epochs": None, "iters": state["total"]})
+    cfg = TrainConfig(**{k: v for k, v in ad_config["config"].items() if k in fields} | {"epochs": None, "iters": state["total"], "init_adapter": None})
+    if extend:
+        cfg.iters, cfg.epochs = iters, epochs
     cfg.revision = cfg.revision or base.get("revision")  # the commit trained on, not the Hub's latest
     data_path = (ad_config.get("data") or {}).get("path")
     if data_path and not Path(cfg.data).exists():
@@ -250,12 +287,34 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
         raise UsageError(f"the base model {setup.source.spec} is not the one the run started on (its files in {setup.model_dir} differ): resume with the same model")
     if setup.backend != state.get("backend"):
         raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
+    if extend:
+        state, ad_config = _new_total(run_dir, setup, state, ad_config, epochs, world.main)
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
     ckpt = run_dir / "checkpoints" / f"step-{state['step']:07d}"
     weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS, data=files["adapters"])
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
     trainer.load_state(weights, opt_state)
     return Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
+
+
+def _new_total(run_dir: Path, setup: _Setup, state: dict, ad_config: dict, epochs: float | None, main: bool) -> tuple[dict, dict]:
+    """The checkpoint's state and the run's config for going on to ``setup.total`` (written to adapter_config.json)."""
+    from .schedule import Schedule
+
+    step, finished = int(state["step"]), bool(state.get("finished"))
+    if setup.total <= step:
+        asked = f"--epochs {epochs:g} is {setup.total} steps" if epochs is not None else f"--iters {setup.total}"
+        raise UsageError(f"{asked}, but {run_dir} is at step {step} already: --iters and --epochs give the new total, counted from the run's start (e.g. --iters {step + max(step // 2, 1)})")
+    schedule, change = Schedule.of(setup.cfg, int(state["total"]), state).extended(step, setup.total, finished)
+    if not change:  # an unfinished run, to the total it had: a plain resume
+        return state, ad_config
+    state = state | {"total": setup.total, "finished": False, "schedule": schedule.to_list(), "schedule_change": change, "extended": finished}
+    if finished:
+        state["validations_since_best"] = 0  # --early-stop counts afresh in the added steps
+    ad_config = ad_config | {"config": ad_config["config"] | {"iters": setup.total, "epochs": epochs}, "schedule": schedule.to_list()}
+    if main:
+        atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
+    return state, ad_config
 
 
 def _versions() -> dict:

@@ -17,8 +17,8 @@ from ..progress import fmt_bytes, fmt_duration
 @click.option("-o", "--output", type=click.Path(), help="Run directory. [default: runs/<data name>]")
 @click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
 @click.option("--recipe", help="Start from a recipe's settings (mlxtune recipes lists them; or a recipe .yaml); -c and flags override it.")
-@click.option("--iters", type=int, help="Training steps (default: one epoch).")
-@click.option("--epochs", type=float, help="Passes over the training set (instead of --iters).")
+@click.option("--iters", type=int, help="Training steps (default: one epoch). With --resume: the run's new total, to extend it.")
+@click.option("--epochs", type=float, help="Passes over the training set (instead of --iters). With --resume: the run's new total.")
 @click.option("-b", "--batch-size", type=int, help="Sequences per micro-batch (one forward and backward). [default: 4]")
 @click.option("--grad-accumulation", type=int, help="Micro-batches per optimizer step: the effective batch is batch size x this, at the memory of one micro-batch. [default: 1]")
 @click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations in the backward pass: less memory, ~1-30% more time. [default: numpy: only past its activation budget; mlx: off]")
@@ -41,7 +41,8 @@ from ..progress import fmt_bytes, fmt_duration
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
 @click.option("--distributed", is_flag=True, default=None, help="Require a data-parallel run of several processes started by mlx.launch (one is detected without it; see README).")
-@click.option("--resume", "resume_run", type=click.Path(), help="Continue this run directory from its last checkpoint, with the settings it was started with.")
+@click.option("--resume", "resume_run", type=click.Path(), help="Continue this run directory from its last checkpoint, with the settings it was started with; with --iters/--epochs (a new total) a finished run goes on too, its added steps a new warmup + cosine cycle.")
+@click.option("--init-adapter", type=click.Path(), help="Start from this adapter's weights (a run directory, its best/ or checkpoints/step-N, an mlx-lm or PEFT adapter): its base model, rank, targets and scale; optimizer and schedule start afresh.")
 @click.option("--report/--no-report", default=True, help="Write report.md and loss.png, with a few answers of the base and the tuned model, when done. [default: on]")
 @click.option("--quiet", is_flag=True, help="Print only the final summary (and warnings about the data or model, on stderr).")
 @click.option("--json", "as_json", is_flag=True, help="For scripts: one JSON object per line on stdout for every event (start, step, val, save, note, done, ...), nothing else.")
@@ -58,6 +59,8 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
       mlxtune lora --data data/notes.jsonl
       mlxtune lora --data my_chats/ --model ./models/smollm2 --iters 300 -o runs/mine
       mlxtune lora --resume runs/mine
+      mlxtune lora --resume runs/mine --iters 600      # a finished run, to 600 steps in all
+      mlxtune lora --data more_chats/ --init-adapter runs/mine/best -o runs/more
     """
     from ..progress import TrainPrinter
     from ..recipes import eval_for
@@ -66,22 +69,24 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
     if resume_run:
-        given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json"})
+        given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json", "iters", "epochs"})
         if given:
-            raise click.UsageError(f"--resume continues a run with the settings it was started with; drop {', '.join(given)}")
+            raise click.UsageError(f"--resume continues a run with the settings it was started with (only --iters or --epochs, a new total, may be given); drop {', '.join(given)}")
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = resume(resume_run, on_event=printer)
+            result = resume(resume_run, on_event=printer, iters=options["iters"], epochs=options["epochs"])
         cfg = result.config
     else:
         cfg = _train_config(recipe, config_file, options)
+        given = {k for k, v in options.items() if v is not None} | _file_settings(recipe, config_file)
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = train(cfg, on_event=printer, force=force)
+            result = train(cfg, on_event=printer, force=force, given=given)
     if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
         return
     say = printer.summary  # the human summary; --json has it in the done event
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
-    session = f" (resumed after step {result.resumed_from}: {result.steps - result.resumed_from} steps)" if result.resumed_from is not None else ""
+    resumed = "extended" if resume_run and (options["iters"] or options["epochs"]) else "resumed"
+    session = f" ({resumed} after step {result.resumed_from}: {result.steps - result.resumed_from} steps)" if result.resumed_from is not None else ""
     say(f"Done: {result.steps} steps{session} in {fmt_duration(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {fmt_bytes(result.peak_memory_bytes)}{val}")
     if result.best_step is not None:
         say(f"Best: step {result.best_step}, validation loss {result.best_val_loss:.3f}, in {result.run_dir / 'best'}" + (" (the adapters the run ends with are the last step's)" if result.best_step != result.steps else ""))
@@ -106,6 +111,15 @@ def _train_config(recipe: str | None, config_file: str | None, options: dict):
     settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
     settings |= load_yaml(config_file) if config_file else {}
     return build(settings, options)
+
+
+def _file_settings(recipe: str | None, config_file: str | None) -> set[str]:
+    """The settings a recipe or a -c file sets (as _train_config reads them)."""
+    from ..config import load_yaml
+    from ..recipes import load as load_recipe
+
+    keys = set(load_recipe(recipe).train) if recipe else set()
+    return keys | (set(load_yaml(config_file)) if config_file else set())
 
 
 def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:

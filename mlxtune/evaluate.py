@@ -28,7 +28,7 @@ from typing import Any, Callable
 from .data import trains_prompt_masked
 from .errors import DataError, UsageError
 
-SPLITS = ("test", "valid", "train")
+SPLITS = ("test", "valid", "train", "all")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ModelScores:
 @dataclass
 class EvalResult:
     data: str
-    split: str  # test | valid | train
+    split: str  # test | valid | train | all
     source: str  # the records, in words
     task: str
     records: int
@@ -58,6 +58,7 @@ class EvalResult:
     reference_metrics: dict[str, float] = field(default_factory=dict)
     samples: int = 3
     notes: list[str] = field(default_factory=list)
+    trained_on: int | None = None  # how many of the records the run trained on (None: no run, or its data is gone)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,18 +99,25 @@ def evaluate(
     settings = recipes.eval_for(recipe or run_cfg.get("recipe"), task)
     max_tokens = max_tokens or settings["max_tokens"]
     samples = settings["samples"] if samples is None else samples
-    data = data or run_cfg.get("data")
+    run_data = run_data_path(run)
+    data = Path(data) if data is not None else run_data
     if data is None:
         raise UsageError("no data: pass --data (a JSONL file or a directory with test.jsonl)")
-    records, fmt, train_records, split, where, notes = _eval_records(Path(data), split, run_cfg)
+    own = run_data is not None and data.resolve() == run_data.resolve()
+    records, fmt, train_records, split, where, notes = _eval_records(data, split, run_cfg, own)
     if limit is not None:
         records = records[:limit]
     if not records:
-        raise DataError(f"the {where} split has no records to evaluate", Path(data))
+        raise DataError(f"the {where} split has no records to evaluate", data)
 
     prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records))
+    if fmt == "text" and samples:
+        notes.append("text records have no prompt to answer: no side-by-side samples")
+        samples = 0
     result = EvalResult(str(data), split, where, settings["task"], len(records), [], list(references), [_prompt_text(p) for p in prompts], samples=samples, notes=notes)
-    generate_answers = settings["task"] != "loss" and fmt != "text"
+    result.trained_on = _trained_on(records, run_data, run_cfg, notes)
+    # the task's measure needs every answer; the samples shown need theirs
+    answered = len(prompts) if settings["task"] != "loss" and fmt != "text" else min(samples, len(prompts))
     if settings["task"] == "style":
         from .metrics import marker_scores, style_markers
 
@@ -125,7 +133,7 @@ def evaluate(
     if adapter is not None:
         variants.append(("tuned", Path(adapter)))
     for name, adapter_path in variants:
-        result.scores.append(_score_model(name, model, adapter_path, adapter, backend, offline, records, fmt, prompts, mask_prompt, max_seq_len, max_tokens if generate_answers else 0, settings, result, on_progress))
+        result.scores.append(_score_model(name, model, adapter_path, adapter, backend, offline, records, fmt, prompts[:answered], mask_prompt, max_seq_len, max_tokens, settings, result, on_progress))
     return result
 
 
@@ -135,7 +143,7 @@ def _score_model(name, model, adapter_path, run_dir, backend, offline, records, 
     result.notes.extend(notes)
     loss, n = _loss(loaded, records, fmt, mask_prompt, max_seq_len)
     scores = ModelScores(name, str(loaded.model_dir), str(adapter_path) if adapter_path else None, loss, math.exp(loss) if loss is not None and loss < 50 else None, n)
-    if max_tokens:
+    if prompts:
         scores.outputs = answers(loaded, prompts, max_tokens, lambda done: on_progress(name, done, len(prompts)))
         if settings["task"] == "summarize":
             from .metrics import rouge
@@ -183,13 +191,22 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def _eval_records(data: Path, split: str | None, run_cfg: dict) -> tuple[list, str, list, str, str, list[str]]:
+def run_data_path(run: dict) -> Path | None:
+    """The data a run trained on, as it resolved it (eval may run from another directory), or None without a run."""
+    path = (run.get("data") or {}).get("path") or (run.get("config") or {}).get("data")
+    return Path(path) if path else None
+
+
+def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = False) -> tuple[list, str, list, str, str, list[str]]:
     """(records to evaluate, format, training records, split name, the records in words, notes) for ``data``.
 
-    A directory's ``test.jsonl`` (default), ``valid.jsonl`` or ``train.jsonl``;
-    a single file is split as ``mlxtune lora`` split it (same seed and
-    fraction, from the run when there is one): ``valid`` is the held-out part,
-    ``test`` the whole file (a file kept apart for testing).
+    A directory: its ``test.jsonl`` (default), else the validation split
+    (``valid.jsonl``, or the part of ``train.jsonl`` training held out);
+    ``train``; ``all`` (every record). A single file has no test split: it is
+    split by ``data.load_data`` with the run's seed and fraction, so ``valid``
+    (the default for the run's ``own`` data) is exactly the part the run held
+    out and ``train`` the part it trained on; ``all`` (the default for any
+    other file, e.g. one kept apart for testing) is the whole file.
     """
     from .data import load_data
 
@@ -198,17 +215,40 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict) -> tuple[list, s
     notes: list[str] = []
     seed, fraction = int(run_cfg.get("seed") or 0), float(run_cfg.get("valid_fraction") or 0.1)
     splits = load_data(data, valid_fraction=fraction, seed=seed)
+    parts = {"test": list(splits.test), "valid": list(splits.valid), "train": list(splits.train)}
+    parts["all"] = parts["train"] + parts["valid"] + parts["test"]
     if data.is_file():
-        split = split or "test"
-        chosen = {"test": list(splits.train) + list(splits.valid), "valid": list(splits.valid), "train": list(splits.train)}[split]
-        where = {"test": f"{data} (whole file)", "valid": f"{data} valid split (seed {seed})", "train": f"{data} train split (seed {seed})"}[split]
-        return chosen, splits.format, list(splits.train), split, where, notes
+        if split == "test":
+            raise UsageError(f"{data} is a single file: it has no test split. Choose --split valid (the records a run held out), "
+                             "--split all (the whole file), or --data a file or directory (with test.jsonl) kept apart for testing")
+        split = split or ("valid" if own else "all")
+        total = len(parts["all"])
+        parts["all"].sort(key=lambda r: r.line)  # the file's order
+        where = {"all": f"{data} (whole file)", "valid": f"{data} validation split ({len(splits.valid)} of {total} records, seed {seed})",
+                 "train": f"{data} training split ({len(splits.train)} of {total} records, seed {seed})"}[split]
+        if own and split == "valid":
+            notes.append(f"{data} is a single file: evaluating on the validation split the run held out of it, which training watched "
+                         "(its figures flatter the model a little); for an unbiased measure keep a test file apart (a directory with test.jsonl)")
+        return parts[split], splits.format, parts["train"], split, where, notes
     if split is None:
         split = "test" if len(splits.test) else "valid"
         if split == "valid":
             notes.append(f"{data} has no test.jsonl: evaluating on the validation split, which training watched (its figures flatter the model a little)")
-    chosen = {"test": splits.test, "valid": splits.valid, "train": splits.train}[split]
-    return list(chosen), splits.format, list(splits.train), split, f"{data} {split} split", notes
+    return parts[split], splits.format, parts["train"], split, f"{data} {split} split", notes
+
+
+def _trained_on(records: list, run_data: Path | None, run_cfg: dict, notes: list[str]) -> int | None:
+    """How many of ``records`` are in the run's training split (the run's data split as training split it), or None if unknown."""
+    import json
+
+    if run_data is None:
+        return None
+    if not run_data.exists():
+        notes.append(f"cannot tell which records the run trained on: its data {run_data} is not there any more")
+        return None
+    trained = _eval_records(run_data, "train", run_cfg)[0]
+    seen = {json.dumps(r.data, sort_keys=True) for r in trained}
+    return sum(json.dumps(r.data, sort_keys=True) in seen for r in records)
 
 
 def _prompt_and_reference(record, fmt: str) -> tuple[Any, str]:

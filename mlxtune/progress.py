@@ -212,7 +212,7 @@ class TrainPrinter:
                 f"Data: {d['data']}",
                 f"Model: {d['model']}",
                 f"Compute: {d['backend']} backend; {d['compute']}",
-                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
+                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(dict.fromkeys(k.rsplit('.', 1)[-1] for k in d['keys']))})",
                 f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
                 else f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}" if d.get("extended")
                 else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",

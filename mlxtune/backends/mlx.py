@@ -216,7 +216,7 @@ class MlxTrainer:
         mx.random.seed(cfg.seed)
         n_blocks = len(self.model.layers)
         self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
-        self.keys = resolve_target_modules(self.model, cfg.target_modules)
+        self.keys = resolve_target_modules(self.model, cfg.target_modules, self.num_layers)
         apply_adapters(self.model, self.num_layers, self.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
         trainable_only(self.model)
         if cfg.grad_checkpoint:

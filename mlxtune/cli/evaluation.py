@@ -14,7 +14,7 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory written by 'mlxtune lora' (its base, data and recipe are the defaults below), or a PEFT adapter.")
 @click.option("-m", "--model", help="Model to evaluate, or the base for --adapter. [default: the adapter's base]")
 @click.option("-d", "--data", type=click.Path(), help="JSONL file or data directory. [default: the run's data]")
-@click.option("--split", type=click.Choice(["test", "valid", "train"]), help="Which records. [default: test.jsonl of a directory, else valid; a single file: the whole file]")
+@click.option("--split", type=click.Choice(["test", "valid", "train", "all"]), help="Which records: test (a directory's test.jsonl), valid (the validation split; of a single file, the records the run held out), train, all. [default: test, else valid; another single file than the run's: all]")
 @click.option("--task", type=click.Choice(["loss", "summarize", "style"]), help="What to measure beyond loss. [default: the run's recipe's, else loss]")
 @click.option("--recipe", help="Take the eval settings of this recipe. [default: the run's]")
 @click.option("--compare-base", is_flag=True, help="Also evaluate the base model, side by side.")
@@ -27,10 +27,12 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, json_path, backend, offline) -> None:
     """Measure a model (with or without an adapter) on held-out data.
 
-    Loss and perplexity always; with a task, the greedy answers to the test
+    Loss and perplexity always; with a task, the greedy answers to the
     prompts and their measure (summarize: ROUGE-1/2/L against the references;
     style: the share of the style's markers, the phrases most training
-    answers share); and a few answers side by side.
+    answers share); and a few prompts with the answers side by side. By
+    default the records are held out: a directory's test.jsonl, or the
+    validation split of the run's data.
 
     \b
     Examples:
@@ -55,7 +57,11 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
     r = evaluate(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, backend, offline, on_progress=progress)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"Eval: {r.source}: {r.records} records, task {r.task}")
+    held_out = ", none trained on" if r.trained_on == 0 else ""
+    click.echo(f"Eval: {r.source}: {r.records} records{held_out}, task {r.task}")
+    if r.trained_on:
+        click.echo(f"Trained on: {r.trained_on} of these {r.records} records are in the run's training split: "
+                   "the figures show how well it fits the data it learned from, not how it does on new data")
     _print_eval_table(r)
     if r.markers:
         click.echo(f"Style markers ({len(r.markers)}, from the training answers): " + ", ".join(f"'{m}'" for m in r.markers[:12]) + (" ..." if len(r.markers) > 12 else ""))
@@ -64,7 +70,7 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
         click.echo(f"\n--- sample {i} ---\n[prompt]\n{_clip(sample['prompt'], 600)}\n[reference]\n{sample['reference']}")
         for s in r.scores:
             if s.name in sample:
-                click.echo(f"[{s.name}]\n{sample[s.name]}")
+                click.echo(f"[{s.name}]\n{sample[s.name] or '(empty answer)'}")
     out = Path(json_path) if json_path else (Path(adapter) / f"eval-{r.split}.json" if adapter else None)
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))

@@ -273,7 +273,7 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DataError(
             f"line is a JSON {json_type(obj)}, not an object: each line must be one JSON object "
-            'like {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [...]}',
+            f"like {formats.listed([f.shape for f in formats.FORMATS])}",
             path,
             lineno,
         )
@@ -300,7 +300,7 @@ def _validate(obj: dict[str, Any], path: Path, lineno: int) -> DataFormat:
     if fmt is None:
         keys = ", ".join(repr(k if len(k) <= 30 else k[:27] + "...") for k in list(obj)[:6]) or "none"
         raise DataError(
-            f"record has none of the fields 'text', 'prompt'/'completion' or 'messages' "
+            f"record has none of the fields {formats.listed([f.keys for f in formats.FORMATS])} "
             f"(found: {keys}): rename the field holding the training text",
             path,
             lineno,

@@ -34,6 +34,8 @@ class DataFormat:
     name: str = ""  # stable id: adapter_config.json, data check --json
     title: str = ""  # for people: "prompt/completion"
     fields: tuple[str, ...] = ()  # what the model is trained on; other keys are ignored
+    keys: str = ""  # the keys that mark a record of it, for messages: "'prompt'/'completion'"
+    shape: str = ""  # a record of it, in brief, for messages
     masks_prompt: bool = False  # --mask-prompt's default: train the answers only
     has_answers: bool = False  # a record poses a prompt with a reference answer: eval generates, the report shows samples
 
@@ -83,6 +85,7 @@ class DataFormat:
 
 class TextFormat(DataFormat):
     name, title, fields = "text", "text", ("text",)
+    keys, shape = "'text'", '{"text": ...}'
 
     def claims(self, obj: Mapping[str, Any]) -> bool:
         return "text" in obj
@@ -101,6 +104,7 @@ class TextFormat(DataFormat):
 
 class CompletionFormat(DataFormat):
     name, title, fields = "completion", "prompt/completion", ("prompt", "completion")
+    keys, shape = "'prompt'/'completion'", '{"prompt": ..., "completion": ...}'
     masks_prompt = has_answers = True
 
     def claims(self, obj: Mapping[str, Any]) -> bool:
@@ -131,6 +135,7 @@ class CompletionFormat(DataFormat):
 
 class ChatFormat(DataFormat):
     name, title, fields = "chat", "chat", ("messages", "tools")
+    keys, shape = "'messages'", '{"messages": [...]}'
     masks_prompt = has_answers = True
 
     def claims(self, obj: Mapping[str, Any]) -> bool:
@@ -219,6 +224,11 @@ _DETECTION = (CHAT, COMPLETION, TEXT)  # a record with 'messages' and 'text' is 
 def detect(obj: Mapping[str, Any]) -> DataFormat | None:
     """The format a record claims by its keys (chat, then prompt/completion, then text), or None."""
     return next((f for f in _DETECTION if f.claims(obj)), None)
+
+
+def listed(parts: list[str]) -> str:
+    """'a, b or c'."""
+    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 
 def get(fmt: DataFormat | str) -> DataFormat:

@@ -151,7 +151,7 @@ def test_smollm2_every_format_lora_report_eval(tmp_path):
         run("lora", "--data", data, "--model", model, "-o", out, "--iters", 2, "--val-every", 2, "--max-seq-len", 64, "--lr", "5e-4")
         report = (out / "report.md").read_text()
         assert ("## Samples" in report) == fmt.has_answers, fmt
-        run("eval", "--adapter", out, "--task", "summarize", "--max-tokens", 4, "--json", tmp_path / f"{fmt.name}.json")
+        run("eval", "--adapter", out, "--task", "summarize", "--max-tokens", 4, "--limit", 2, "--json", tmp_path / f"{fmt.name}.json")
         result = json.loads((tmp_path / f"{fmt.name}.json").read_text())
         tuned = next(s for s in result["scores"] if s["name"] == "tuned")
         assert tuned["loss"] is not None and len(tuned["outputs"]) == (result["records"] if fmt.has_answers else 0), fmt

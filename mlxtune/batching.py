@@ -4,13 +4,15 @@ An ``Example`` is one record's token ids and a loss mask: ``loss_mask[t]`` says
 token ``t`` is a training target, predicted from ``tokens[:t]`` (so
 ``loss_mask[0]`` is always False: nothing predicts the first token). Which
 tokens are targets is what makes a fine-tune learn the answers rather than the
-questions:
+questions, and each data format decides it (``formats``):
 
 - text: every token, plus an end-of-sequence token so the model learns to stop;
 - prompt/completion: the completion and the end-of-turn (or eos) after it;
-- chat: every assistant turn, its content and its end-of-turn marker.
+- chat: every assistant turn (but those with ``"weight": 0``), its content and
+  its end-of-turn marker.
 
-Without ``mask_prompt`` every token after the first is a target.
+Without ``mask_prompt`` every token after the first is a target (but the
+turns with weight 0).
 
 A ``Batch`` holds ``inputs = tokens[:-1]``, ``targets = tokens[1:]`` and
 ``mask = loss_mask[1:]``, right-padded (mask 0 on padding). Both backends
@@ -30,8 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from . import formats
 from .data import Record
-from .errors import DataError, ModelFormatError
+from .errors import DataError
+from .formats import DataFormat
+from .rendering import hf_tokenizer
 
 
 @dataclass
@@ -66,42 +71,20 @@ class Batch:
 
 def encode(
     record: Record | Mapping[str, Any],
-    fmt: str,
+    fmt: DataFormat | str,
     tokenizer: Any,
     mask_prompt: bool,
     max_seq_len: int,
 ) -> Example:
-    """Tokenize one record and mark its training targets; truncate to ``max_seq_len``.
+    """Tokenize one record as its format says and mark its training targets; truncate to ``max_seq_len``.
 
-    ``tokenizer`` is a Hugging Face fast tokenizer (an mlx-lm TokenizerWrapper
-    is unwrapped). Chat renderings are tokenized without added special tokens,
-    as ``apply_chat_template`` does, so a template that writes its own BOS does
-    not get a second one.
+    ``fmt`` is a ``formats.DataFormat`` (or its name); ``tokenizer`` a Hugging
+    Face fast tokenizer (an mlx-lm TokenizerWrapper is unwrapped).
     """
     tokenizer = hf_tokenizer(tokenizer)
     data = record.data if isinstance(record, Record) else record
     where = (record.path, record.line) if isinstance(record, Record) else (None, None)
-    if fmt == "text":
-        tokens, mask = _encode_text(data["text"], tokenizer)
-    elif fmt == "completion":
-        if _has_chat_template(tokenizer):
-            messages = [
-                {"role": "user", "content": data["prompt"]},
-                {"role": "assistant", "content": data["completion"]},
-            ]
-            tokens, mask = _encode_chat(messages, None, tokenizer, mask_prompt, where)
-        else:
-            tokens, mask = _encode_completion(data["prompt"], data["completion"], tokenizer, mask_prompt)
-    elif fmt == "chat":
-        if not _has_chat_template(tokenizer):
-            raise DataError(
-                "chat records need a tokenizer with a chat template, and this model has none: "
-                "use a chat model, or write the data as prompt/completion or text records",
-                *where,
-            )
-        tokens, mask = _encode_chat(data["messages"], data.get("tools"), tokenizer, mask_prompt, where)
-    else:
-        raise ValueError(f"unknown data format {fmt!r}")
+    tokens, mask = formats.get(fmt).encode(data, tokenizer, mask_prompt, where)
 
     tokens = np.asarray(tokens, dtype=np.int32)
     mask = np.asarray(mask, dtype=bool)
@@ -115,7 +98,7 @@ def encode(
 
 def encode_dataset(
     records: Sequence[Record | Mapping[str, Any]],
-    fmt: str,
+    fmt: DataFormat | str,
     tokenizer: Any,
     mask_prompt: bool,
     max_seq_len: int,
@@ -135,137 +118,6 @@ def encode_dataset(
         if example.loss_mask.any():
             examples.append(example)
     return examples, n_truncated
-
-
-def hf_tokenizer(tokenizer: Any) -> Any:
-    """The Hugging Face tokenizer inside mlx-lm's TokenizerWrapper, or the tokenizer itself."""
-    # mlx-lm's TokenizerWrapper keeps the Hugging Face tokenizer in ._tokenizer;
-    # a Hugging Face fast tokenizer also has a ._tokenizer (the Rust one), so
-    # unwrap by type name, not by attribute.
-    if type(tokenizer).__name__ == "TokenizerWrapper":
-        return tokenizer._tokenizer
-    return tokenizer
-
-
-def _has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _eos(tokenizer: Any) -> list[int]:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return [] if eos is None else [int(eos)]
-
-
-def _encode_text(text: str, tokenizer: Any) -> tuple[list[int], list[bool]]:
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    eos = _eos(tokenizer)
-    if eos and (not ids or ids[-1] != eos[0]):
-        ids += eos
-    return ids, [True] * len(ids)
-
-
-def _encode_completion(
-    prompt: str, completion: str, tokenizer: Any, mask_prompt: bool
-) -> tuple[list[int], list[bool]]:
-    """No chat template: plain ``prompt + completion + eos``."""
-    text = prompt + completion
-    ids, offsets = _tokenize_with_offsets(tokenizer, text, add_special_tokens=True)
-    if mask_prompt:
-        mask = _mask_from_spans(offsets, [(len(prompt), len(text))])
-    else:
-        mask = [True] * len(ids)
-    eos = _eos(tokenizer)
-    return ids + eos, mask + [True] * len(eos)
-
-
-def _encode_chat(
-    messages: list[dict[str, Any]],
-    tools: list[Any] | None,
-    tokenizer: Any,
-    mask_prompt: bool,
-    where: tuple[str | None, int | None],
-) -> tuple[list[int], list[bool]]:
-    full = _render(tokenizer, messages, tools, False, where)
-    if not mask_prompt:
-        ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
-        return ids, [True] * len(ids)
-    spans = _assistant_spans(tokenizer, messages, tools, full, where)
-    ids, offsets = _tokenize_with_offsets(tokenizer, full, add_special_tokens=False)
-    return ids, _mask_from_spans(offsets, spans)
-
-
-def _render(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    tools: list[Any] | None,
-    add_generation_prompt: bool,
-    where: tuple[str | None, int | None],
-) -> str:
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-    except Exception as e:  # jinja errors, or raise_exception() inside the template
-        raise DataError(
-            f"the model's chat template cannot render this conversation: {e}", *where, "messages"
-        ) from None
-
-
-def _assistant_spans(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    tools: list[Any] | None,
-    full: str,
-    where: tuple[str | None, int | None],
-) -> list[tuple[int, int]]:
-    """Character spans of the assistant turns in ``full``, found by rendering prefixes.
-
-    The turn that answers ``messages[:i]`` starts where the rendering of
-    ``messages[:i]`` with the generation prompt ends, which is exactly what the
-    model sees at inference time, and ends where the rendering of
-    ``messages[:i+1]`` ends (less trailing whitespace after the end-of-turn
-    marker, which generation never reaches).
-    """
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        try:
-            prefix = _render(tokenizer, messages[:i], tools, True, where)
-            upto = _render(tokenizer, messages[: i + 1], tools, False, where)
-        except DataError:
-            prefix = upto = None
-        if prefix is None or not (upto.startswith(prefix) and full.startswith(upto)):
-            raise DataError(
-                f"the model's chat template does not render messages[{i}] (assistant) the same "
-                "way in a partial and in the full conversation, so the assistant turns cannot be "
-                "located: train with --no-mask-prompt",
-                *where,
-                "messages",
-            )
-        spans.append((len(prefix), len(upto.rstrip())))
-    return spans
-
-
-def _tokenize_with_offsets(
-    tokenizer: Any, text: str, add_special_tokens: bool
-) -> tuple[list[int], list[tuple[int, int]]]:
-    try:
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    except NotImplementedError:
-        raise ModelFormatError(
-            "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
-            "which masking the prompt needs: train with --no-mask-prompt"
-        ) from None
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-
-def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """A token is a target when its characters overlap a trained span."""
-    mask = []
-    for s, e in offsets:
-        mask.append(any(s < end and e > start for start, end in spans))
-    return mask
 
 
 # ------------------------------------------------------------------ batching

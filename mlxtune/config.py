@@ -47,6 +47,7 @@ class TrainConfig:
     early_stop: int | None = None  # stop after this many validations without a new best (None: never)
     seed: int = 0
     valid_fraction: float = 0.1
+    skip_bad_lines: bool = False  # leave out (and list) data lines that fail validation, instead of stopping
     offline: bool | None = None
     dtype: str | None = None  # compute dtype; None: runtime.choose_compute decides
     recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)

@@ -1,39 +1,37 @@
 """Training data: JSONL files read, validated and split into train/valid/test.
 
-Three record formats, one JSON object per line, one format per data set:
-
-- ``{"text": str}``: plain text, every token trained.
-- ``{"prompt": str, "completion": str}``: the completion is trained.
-- ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]}``: a chat,
-  the assistant turns are trained (``tools`` is optional).
+One JSON object per line, one format per data set; the formats (text,
+prompt/completion, chat) and what each requires are in ``formats``.
 
 Unknown extra keys are ignored, so files written for other tools load as they
 are. Everything a user can get wrong is caught here, before any model is
 loaded, and reported as a ``DataError`` naming the file, the line and the
-field: a bad line 9,000 should cost seconds, not a training run.
+field: a bad line 9,000 should cost seconds, not a training run. With
+``skip_bad_lines`` such lines are left out instead, and every one is listed
+(``Splits.skipped``): never dropped silently.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import formats
 from .errors import ConfigError, DataError
+from .formats import DataFormat, json_type
 
-FORMATS = ("text", "completion", "chat")
-ROLES = ("system", "user", "assistant", "tool")
-_FORMAT_NAMES = {"text": "a text", "completion": "a prompt/completion", "chat": "a chat"}
 _SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 _BOM = b"\xef\xbb\xbf"
 _HEAD_BYTES = 8192  # like git, a NUL byte in the first 8 KB means binary
 MAX_LINE_BYTES = 8 << 20  # one record; far more text than any --max-seq-len trains on
 MAX_DEPTH = 100  # JSON nesting; real records nest a handful of levels
+SKIP_HINT = "; or pass --skip-bad-lines to leave out such lines (each one is reported)"
 _MAGIC = {
     b"\x1f\x8b": "a gzip-compressed file: decompress it first (gunzip -k FILE) and pass the .jsonl inside",
     b"PK\x03\x04": "a zip archive: extract it and pass the .jsonl inside",
@@ -60,11 +58,15 @@ class Record:
 
 @dataclass
 class Dataset:
-    """The validated records of one file (or part of one), all of one format."""
+    """The validated records of one file (or part of one), all of one format.
+
+    ``skipped`` holds the error of each line left out with ``skip_bad_lines``.
+    """
 
     records: list[Record]
-    format: str
+    format: DataFormat
     path: str | None = None
+    skipped: list[DataError] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -82,7 +84,8 @@ class Splits:
 
     ``test`` is always a Dataset; it has no records when there is no test file.
     ``note`` says what was decided on the user's behalf (e.g. a split made
-    because ``valid.jsonl`` was missing), or is None.
+    because ``valid.jsonl`` was missing), or is None. ``skipped`` lists the
+    bad lines of every file left out with ``skip_bad_lines``.
     """
 
     train: Dataset
@@ -91,25 +94,42 @@ class Splits:
     description: str
     note: str | None = None
     seed: int = 0
+    skipped: list[DataError] = field(default_factory=list)
 
     @property
-    def format(self) -> str:
+    def format(self) -> DataFormat:
         return self.train.format
 
+    def skipped_notes(self, limit: int = 20) -> list[str]:
+        """What the CLI says about the skipped lines: how many, then each (up to ``limit``) with its file, line and why."""
+        if not self.skipped:
+            return []
+        files = sorted({e.path for e in self.skipped if e.path})
+        out = [f"skipped {len(self.skipped)} bad line(s) of {', '.join(files)} (--skip-bad-lines): they are not used"]
+        out += [f"skipped {e}" for e in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            out.append(f"... and {len(self.skipped) - limit} more (mlxtune data check --skip-bad-lines --json lists them all)")
+        return out
 
-def trains_prompt_masked(fmt: str, requested: bool | None) -> bool:
-    """Whether only completions and assistant turns are trained: as asked, else for every format but text."""
-    return fmt != "text" if requested is None else bool(requested)
+
+def trains_prompt_masked(fmt: DataFormat, requested: bool | None) -> bool:
+    """Whether only completions and assistant turns are trained: as asked, else as the format has it."""
+    return formats.get(fmt).trains_prompt_masked(requested)
 
 
 # ---------------------------------------------------------------- reading
 
 
-def load_jsonl(path: str | Path) -> Dataset:
+def load_jsonl(path: str | Path, skip_bad_lines: bool | None = None) -> Dataset:
     """Read and validate one JSONL file; every record must have the same format.
 
     The file is read a line at a time, and no line may exceed ``MAX_LINE_BYTES``,
-    so a binary or runaway file costs bounded memory and fails fast.
+    so a binary or runaway file costs bounded memory and fails fast. A bad
+    line raises its DataError; with ``skip_bad_lines`` it is left out and
+    its error kept in ``Dataset.skipped`` (a record of another format than the
+    first good one counts as bad). ``skip_bad_lines=False`` means the caller
+    offers the option, and the error says so; None, that it does not.
+    Problems of the whole file (binary, empty, unreadable) always raise.
     """
     path = Path(path)
     if not path.exists():
@@ -119,38 +139,50 @@ def load_jsonl(path: str | Path) -> Dataset:
     if not path.is_file():
         raise DataError("is not a regular file: give --data a .jsonl file", path)
     records: list[Record] = []
-    fmt: str | None = None
+    skipped: list[DataError] = []
+    fmt: DataFormat | None = None
     first_line = 0
     try:
         with open(path, "rb") as f:
             _check_text(f.read(_HEAD_BYTES), path)
             f.seek(0)
             for lineno, line in _lines(f, path):
-                if not line.strip():
+                try:
+                    if isinstance(line, DataError):
+                        raise line
+                    if not line.strip():
+                        continue
+                    obj = _parse_line(line, path, lineno)
+                    rec_fmt = _validate(obj, path, lineno)
+                    if fmt is not None and rec_fmt is not fmt:
+                        raise DataError(
+                            f"line {lineno} is {rec_fmt.a_record} but line {first_line} was "
+                            f"{fmt.a_record}: use one format per file",
+                            path,
+                            lineno,
+                        )
+                except DataError as e:
+                    if not skip_bad_lines:
+                        raise (e if skip_bad_lines is None else DataError(e.reason + SKIP_HINT, e.path, e.line, e.field)) from None
+                    skipped.append(e)
                     continue
-                obj = _parse_line(line, path, lineno)
-                rec_fmt = _validate(obj, path, lineno)
                 if fmt is None:
                     fmt, first_line = rec_fmt, lineno
-                elif rec_fmt != fmt:
-                    raise DataError(
-                        f"line {lineno} is {_FORMAT_NAMES[rec_fmt]} record but line {first_line} was "
-                        f"{_FORMAT_NAMES[fmt]} record: use one format per file",
-                        path,
-                        lineno,
-                    )
                 records.append(Record(obj, lineno, str(path)))
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror or e}): check its permissions", path) from None
+    if fmt is None and skipped:
+        first = skipped[0]
+        raise DataError(f"no usable record: all {len(skipped)} line(s) are bad (--skip-bad-lines), the first: {first}", path)
     if fmt is None:
         raise DataError(
             'file is empty: expected one JSON object per line, e.g. {"text": "..."}', path
         )
-    return Dataset(records, fmt, str(path))
+    return Dataset(records, fmt, str(path), skipped)
 
 
-def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, decoded text) of each line, each at most MAX_LINE_BYTES."""
+def _lines(f, path: Path) -> Iterator[tuple[int, str | DataError]]:
+    """(line number, decoded text) of each line, each at most MAX_LINE_BYTES; a line that is not text gives its DataError."""
     offset = 0
     for lineno in itertools.count(1):
         raw = f.readline(MAX_LINE_BYTES + 1)
@@ -159,31 +191,37 @@ def _lines(f, path: Path) -> Iterator[tuple[int, str]]:
         start = offset
         offset += len(raw)
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise DataError(
+            while raw and not raw.endswith(b"\n"):  # pass over the rest of the line, a piece at a time
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                offset += len(raw)
+            yield lineno, DataError(
                 f"line is longer than {MAX_LINE_BYTES >> 20} MB, the limit for one record: "
                 "check that the file holds one JSON object per line, and split very long "
                 "texts into several records (training sees at most --max-seq-len tokens of one)",
                 path,
                 lineno,
             )
+            continue
         if lineno == 1 and raw.startswith(_BOM):
             raw, start = raw[len(_BOM) :], start + len(_BOM)
         nul = raw.find(b"\x00")
         if nul >= 0:
-            raise DataError(
+            yield lineno, DataError(
                 f"not a text file (NUL byte at byte offset {start + nul}): expected a UTF-8 "
                 "text file with one JSON object per line",
                 path,
                 lineno,
             )
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(
+            yield lineno, DataError(
                 f"not valid UTF-8 (byte offset {start + e.start} in the file): save the file as UTF-8",
                 path,
                 lineno,
-            ) from None
+            )
+            continue
         yield lineno, text
 
 
@@ -207,12 +245,16 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
     def reject_constant(name: str) -> None:
         raise DataError(f"{name} is not valid JSON: write a number, null or a string", path, lineno)
 
+    # Without its line break: json would read past it as whitespace and place an
+    # error at the end of the line at "line 2, column 1" of the one-line document.
+    line = line.rstrip("\r\n")
     try:
         obj = json.loads(line, parse_constant=reject_constant)
         deep = _too_deep(line, obj)
     except json.JSONDecodeError as e:
+        at_end = " (the end of the line)" if e.pos >= len(line) else ""
         raise DataError(
-            f"invalid JSON at column {e.colno}: {e.msg} "
+            f"invalid JSON at column {e.colno}{at_end}: {e.msg} "
             "(each line must hold one complete JSON object)",
             path,
             lineno,
@@ -230,8 +272,8 @@ def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
         )
     if not isinstance(obj, dict):
         raise DataError(
-            f"line is a JSON {_json_type(obj)}, not an object: each line must be one JSON object "
-            'like {"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [...]}',
+            f"line is a JSON {json_type(obj)}, not an object: each line must be one JSON object "
+            f"like {formats.listed([f.shape for f in formats.FORMATS])}",
             path,
             lineno,
         )
@@ -252,134 +294,31 @@ def _too_deep(line: str, obj: Any) -> bool:
     return False
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object"
-
-
-# ------------------------------------------------------------- validation
-
-
-def record_format(obj: Mapping[str, Any]) -> str | None:
-    """The format a record claims by its keys (chat, then completion, then text), or None."""
-    if "messages" in obj:
-        return "chat"
-    if "prompt" in obj or "completion" in obj:
-        return "completion"
-    if "text" in obj:
-        return "text"
-    return None
-
-
-def _validate(obj: dict[str, Any], path: Path, lineno: int) -> str:
+def _validate(obj: dict[str, Any], path: Path, lineno: int) -> DataFormat:
     """Check one record's fields; return its format."""
-    fmt = record_format(obj)
-
-    def fail(fld: str, message: str) -> DataError:
-        return DataError(message, path, lineno, fld)
-
+    fmt = formats.detect(obj)
     if fmt is None:
         keys = ", ".join(repr(k if len(k) <= 30 else k[:27] + "...") for k in list(obj)[:6]) or "none"
         raise DataError(
-            f"record has none of the fields 'text', 'prompt'/'completion' or 'messages' "
+            f"record has none of the fields {formats.listed([f.keys for f in formats.FORMATS])} "
             f"(found: {keys}): rename the field holding the training text",
             path,
             lineno,
         )
-    if fmt == "text":
-        _expect_str(obj["text"], fail, "text")
-        if not obj["text"]:
-            raise fail("text", "is empty: remove the record or give it text")
-    elif fmt == "completion":
-        for key in ("prompt", "completion"):
-            if key not in obj:
-                other = "completion" if key == "prompt" else "prompt"
-                raise fail(key, f"is missing: a record with '{other}' also needs '{key}'")
-            _expect_str(obj[key], fail, key)
-        if not obj["completion"]:
-            raise fail("completion", "is empty: there is nothing to train on")
-    else:
-        _validate_chat(obj, fail)
+    fmt.validate(obj, lambda fld, message: DataError(message, path, lineno, fld))
     return fmt
-
-
-def _expect_str(value: Any, fail, fld: str) -> None:
-    if not isinstance(value, str):
-        raise fail(fld, f"must be a string, got a {_json_type(value)} ({_short(value)})")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:  # "\ud83d" alone: JSON allows it, tokenizers choke on it
-        raise fail(
-            fld,
-            f"holds a broken character (\\u{ord(value[e.start]):04x}, half of a surrogate pair, "
-            f"at character {e.start}), usually text cut in the middle of an emoji: fix or remove it",
-        ) from None
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    text = text if len(text) <= 30 else text[:27] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # printable even with broken characters
-
-
-def _validate_chat(obj: dict[str, Any], fail) -> None:
-    messages = obj["messages"]
-    if not isinstance(messages, list):
-        raise fail(
-            "messages",
-            f"must be a list of {{\"role\", \"content\"}} objects, got a {_json_type(messages)} "
-            f"({_short(messages)})",
-        )
-    if not messages:
-        raise fail("messages", "is empty: a chat needs at least one assistant turn")
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise fail(where, f"must be an object with 'role' and 'content', got a {_json_type(message)}")
-        if "role" not in message:
-            raise fail(f"{where}.role", "is missing: each message needs a 'role'")
-        role = message["role"]
-        if role not in ROLES:
-            raise fail(
-                f"{where}.role",
-                f"unknown role {_short(role)}: use one of {', '.join(ROLES)}",
-            )
-        calls = message.get("tool_calls")
-        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
-            raise fail(f"{where}.tool_calls", f"must be a list of objects, got {_short(calls)}")
-        # An assistant turn that only calls tools may carry no content.
-        if role == "assistant" and calls and message.get("content") is None:
-            continue
-        if "content" not in message:
-            raise fail(f"{where}.content", "is missing: each message needs a 'content' string")
-        _expect_str(message["content"], fail, f"{where}.content")
-        if role == "assistant" and not message["content"] and not calls:
-            raise fail(f"{where}.content", "is empty: an assistant turn needs text to train on; remove the turn or give it text")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise fail("messages", "has no assistant turn: there is nothing to train on")
-    tools = obj.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise fail("tools", f"must be a list of tool definitions (objects), got {_short(tools)}")
 
 
 # -------------------------------------------------------------- splitting
 
 
-def load_data(path: str | Path, valid_fraction: float = 0.1, seed: int = 0) -> Splits:
+def load_data(path: str | Path, valid_fraction: float = 0.1, seed: int = 0, skip_bad_lines: bool | None = None) -> Splits:
     """Load a data set: one JSONL file, or a directory of train/valid/test.jsonl.
 
     A single file is split into train and valid with a fixed seed, so that the
     same command always holds out the same records and validation losses of
-    different runs compare.
+    different runs compare. ``skip_bad_lines`` as in ``load_jsonl``; the
+    lines left out are in ``Splits.skipped`` and counted in the description.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ConfigError(f"valid fraction must be between 0 and 1, got {valid_fraction}")
@@ -387,20 +326,24 @@ def load_data(path: str | Path, valid_fraction: float = 0.1, seed: int = 0) -> S
     if not path.exists():
         raise DataError("does not exist: give --data a .jsonl file or a directory with train.jsonl", path)
     if path.is_file():
-        data = load_jsonl(path)
+        data = load_jsonl(path, skip_bad_lines)
         train, valid = split(data, valid_fraction, seed)
         description = (
-            f"{path}: {len(data)} {data.format} records, split {len(train)} train / "
+            f"{path}: {len(data)} {data.format} records{_skipped(data.skipped)}, split {len(train)} train / "
             f"{len(valid)} valid (seed {seed})"
         )
         empty = Dataset([], data.format, None)
-        return Splits(train, valid, empty, description, None, seed)
+        return Splits(train, valid, empty, description, None, seed, data.skipped)
     if not path.is_dir():
         raise DataError("is neither a regular file nor a directory: give --data a .jsonl file or a directory with train.jsonl", path)
-    return _load_dir(path, valid_fraction, seed)
+    return _load_dir(path, valid_fraction, seed, skip_bad_lines)
 
 
-def _load_dir(path: Path, valid_fraction: float, seed: int) -> Splits:
+def _skipped(errors: list[DataError]) -> str:
+    return f" ({len(errors)} bad line(s) skipped)" if errors else ""
+
+
+def _load_dir(path: Path, valid_fraction: float, seed: int, skip_bad_lines: bool | None) -> Splits:
     train_path = path / "train.jsonl"
     if not train_path.is_file():
         others = sorted(p.name for p in path.glob("*.jsonl") if p.name not in _SPLIT_FILES)
@@ -410,12 +353,12 @@ def _load_dir(path: Path, valid_fraction: float, seed: int) -> Splits:
             f"are optional){hint}",
             path,
         )
-    train = load_jsonl(train_path)
+    train = load_jsonl(train_path, skip_bad_lines)
     loaded = {"train.jsonl": train}
     note = None
     valid_path = path / "valid.jsonl"
     if valid_path.is_file():
-        valid = load_jsonl(valid_path)
+        valid = load_jsonl(valid_path, skip_bad_lines)
         loaded["valid.jsonl"] = valid
     else:
         n_train = len(train)
@@ -425,23 +368,24 @@ def _load_dir(path: Path, valid_fraction: float, seed: int) -> Splits:
             f"for validation (seed {seed})"
         )
     test_path = path / "test.jsonl"
-    test = load_jsonl(test_path) if test_path.is_file() else Dataset([], train.format, None)
+    test = load_jsonl(test_path, skip_bad_lines) if test_path.is_file() else Dataset([], train.format, None)
     if test.path is not None:
         loaded["test.jsonl"] = test
     for name, ds in loaded.items():
-        if ds.format != train.format:
+        if ds.format is not train.format:
             raise DataError(
                 f"{name} holds {ds.format} records but train.jsonl holds {train.format} records: "
                 "use one format for all files of a data set",
                 ds.path,
             )
+    skipped = [e for ds in loaded.values() for e in ds.skipped]
     parts = [f"{len(train)} train", f"{len(valid)} valid"]
     if len(test):
         parts.append(f"{len(test)} test")
-    description = f"{path}: {' / '.join(parts)} {train.format} records"
+    description = f"{path}: {' / '.join(parts)} {train.format} records{_skipped(skipped)}"
     if note:
         description += f" (valid split from train.jsonl, seed {seed})"
-    return Splits(train, valid, test, description, note, seed)
+    return Splits(train, valid, test, description, note, seed, skipped)
 
 
 def split(data: Dataset, valid_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

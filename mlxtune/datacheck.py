@@ -5,13 +5,13 @@ meet: token lengths as the model sees them (chat template applied), records
 that ``--max-seq-len`` would cut or leave with nothing to learn, duplicates,
 and records shared between train and valid/test, which make validation and
 test scores look better than they are. Problems that make the data unusable
-raise ``DataError``; the rest are warnings in the report.
+raise ``DataError``; the rest are warnings in the report. What a record
+trains on, and what makes two records the same, its format says (``formats``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .batching import Example, encode
-from .data import Dataset, Record, Splits, load_data, trains_prompt_masked
+from .data import Dataset, Splits, load_data, trains_prompt_masked
 from .errors import DataError
 
 _EXAMPLES = 3  # line pairs kept to show where duplicates and overlaps are
@@ -45,6 +45,8 @@ class SplitReport:
     path: str | None  # the file its records came from
     records: int
     lengths: LengthStats | None = None  # None: not tokenized, or no records
+    trained_tokens: int | None = None  # tokens trained within max_seq_len (None: not tokenized)
+    untrained_turns: int = 0  # chat assistant turns with "weight": 0, not trained
     truncated: int = 0  # records longer than max_seq_len
     no_target: int = 0  # records with no trained token within max_seq_len (training skips them)
     duplicates: int = 0  # records equal to an earlier record of the same split
@@ -72,6 +74,7 @@ class DataReport:
     warnings: list[str]
     notes: list[str] = field(default_factory=list)  # decisions made on the user's behalf
     model: str | None = None  # whose tokenizer counted the tokens
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # bad lines left out (--skip-bad-lines): path, line, field, reason
 
     def split(self, name: str) -> SplitReport:
         return next(s for s in self.splits if s.name == name)
@@ -85,6 +88,7 @@ class _Tokens:
     lengths: list[int]
     truncated: int
     no_target: int
+    targets: int = 0  # trained tokens within max_seq_len
 
 
 # ------------------------------------------------------------------ entry points
@@ -98,16 +102,18 @@ def check(
     valid_fraction: float = 0.1,
     seed: int = 0,
     offline: bool | None = None,
+    skip_bad_lines: bool = False,
 ) -> DataReport:
     """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer.
 
-    The data is read before the model, so a broken file fails fast.
+    The data is read before the model, so a broken file fails fast (or, with
+    ``skip_bad_lines``, its bad lines are left out and listed in the report).
     """
     from .convert import ensure_mlx_model
     from .hub import resolve_model
     from .tokenizer import load_tokenizer
 
-    splits = load_data(path, valid_fraction=valid_fraction, seed=seed)
+    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
     source = resolve_model(model, offline=offline)
     tokenizer = load_tokenizer(ensure_mlx_model(source))
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
@@ -127,9 +133,11 @@ def check_data(splits: Splits, tokenizer: Any, max_seq_len: int, mask_prompt: bo
         t = tokens[name] = _Tokens([], 0, 0)
         for record in ds:
             example = encode(record, ds.format, tokenizer, mask_prompt, sys.maxsize)
+            trained = int(example.loss_mask[:max_seq_len].sum())
             t.lengths.append(len(example))
             t.truncated += len(example) > max_seq_len
-            t.no_target += not example.loss_mask[:max_seq_len].any()
+            t.no_target += not trained
+            t.targets += trained
     train = tokens["train"]
     if train.no_target == len(splits.train):
         why = (
@@ -158,7 +166,7 @@ def check_splits(
     tokens = {}
     for name, (examples, n_truncated) in (encoded or {}).items():
         ds = getattr(splits, name)
-        tokens[name] = _Tokens([len(e) for e in examples], n_truncated, len(ds) - len(examples))
+        tokens[name] = _Tokens([len(e) for e in examples], n_truncated, len(ds) - len(examples), sum(e.n_targets for e in examples))
     return _report(splits, max_seq_len, mask_prompt, tokens)
 
 
@@ -176,22 +184,24 @@ def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping
         s = SplitReport(name, ds.path, len(ds))
         t = tokens.get(name)
         if t is not None and t.lengths:
-            s.lengths, s.truncated, s.no_target = _stats(t.lengths), t.truncated, t.no_target
-        repeats = _duplicates(ds, fmt)
+            s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets
+        s.untrained_turns = sum(fmt.untrained_turns(r) for r in ds)
+        repeats = _duplicates(ds)
         s.duplicates, s.duplicate_lines = len(repeats), repeats[:_EXAMPLES]
         reports.append(s)
     train_keys = {}
     train_prompts = set()
     for r in splits.train:
-        train_keys.setdefault(record_key(r, fmt), r.line)
-        train_prompts.add(prompt_key(r, fmt))
+        train_keys.setdefault(fmt.record_key(r), r.line)
+        train_prompts.add(fmt.prompt_key(r))
     overlaps = []
     for name, ds in _named(splits)[1:]:
-        shared = [(r.line, train_keys[k]) for r in ds if (k := record_key(r, fmt)) in train_keys]
-        prompts = None if fmt == "text" else sum(prompt_key(r, fmt) in train_prompts for r in ds)
+        shared = [(r.line, train_keys[k]) for r in ds if (k := fmt.record_key(r)) in train_keys]
+        prompts = sum(fmt.prompt_key(r) in train_prompts for r in ds) if fmt.has_answers else None
         overlaps.append(Overlap(name, len(shared), prompts, shared[:_EXAMPLES]))
-    report = DataReport(splits.description, fmt, max_seq_len, mask_prompt, reports, overlaps, [])
-    report.notes = [splits.note] if splits.note else []
+    report = DataReport(splits.description, fmt.name, max_seq_len, mask_prompt, reports, overlaps, [])
+    report.notes = ([splits.note] if splits.note else []) + splits.skipped_notes()
+    report.skipped = [{"path": e.path, "line": e.line, "field": e.field, "reason": e.reason} for e in splits.skipped]
     report.warnings = _warnings(report, splits)
     return report
 
@@ -203,34 +213,14 @@ def _stats(lengths: list[int]) -> LengthStats:
     return LengthStats(int(a.min()), p50, p90, p99, int(a.max()), int(a.sum()))
 
 
-def _duplicates(ds: Dataset, fmt: str) -> list[tuple[int, int]]:
+def _duplicates(ds: Dataset) -> list[tuple[int, int]]:
     first: dict[str, int] = {}
     repeats = []
     for r in ds:
-        line = first.setdefault(record_key(r, fmt), r.line)
+        line = first.setdefault(ds.format.record_key(r), r.line)
         if line != r.line:
             repeats.append((r.line, line))
     return repeats
-
-
-_TRAINED_FIELDS = {"text": ("text",), "completion": ("prompt", "completion"), "chat": ("messages", "tools")}
-
-
-def record_key(record: Record, fmt: str) -> str:
-    """What the model trains on, as canonical JSON: extra fields (ids, sources) do not make records differ."""
-    data = {k: record.data[k] for k in _TRAINED_FIELDS[fmt] if record.data.get(k) is not None}
-    return json.dumps(data, sort_keys=True)
-
-
-def prompt_key(record: Record, fmt: str) -> str | None:
-    """The part a model is asked (before the last assistant turn), as canonical JSON; None for text."""
-    if fmt == "completion":
-        return json.dumps(record.data["prompt"])
-    if fmt == "chat":
-        messages = record.data["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return json.dumps([messages[:last], record.data.get("tools")], sort_keys=True)
-    return None
 
 
 def _warnings(report: DataReport, splits: Splits) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from .data import trains_prompt_masked
 from .errors import DataError, UsageError
+from .formats import DataFormat
 
 SPLITS = ("test", "valid", "train", "all")
 
@@ -111,13 +112,13 @@ def evaluate(
         raise DataError(f"the {where} split has no records to evaluate", data)
 
     prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records))
-    if fmt == "text" and samples:
+    if not fmt.has_answers and samples:
         notes.append("text records have no prompt to answer: no side-by-side samples")
         samples = 0
     result = EvalResult(str(data), split, where, settings["task"], len(records), [], list(references), [_prompt_text(p) for p in prompts], samples=samples, notes=notes)
     result.trained_on = _trained_on(records, run_data, run_cfg, notes)
     # the task's measure needs every answer; the samples shown need theirs
-    answered = len(prompts) if settings["task"] != "loss" and fmt != "text" else min(samples, len(prompts))
+    answered = len(prompts) if settings["task"] != "loss" and fmt.has_answers else min(samples, len(prompts))
     if settings["task"] == "style":
         from .metrics import marker_scores, style_markers
 
@@ -181,7 +182,7 @@ def answers(loaded, prompts: list, max_tokens: int, on_each: Callable[[int], Non
     return out
 
 
-def _encoding(run_cfg: dict, fmt: str) -> tuple[bool, int]:
+def _encoding(run_cfg: dict, fmt: DataFormat) -> tuple[bool, int]:
     """(mask_prompt, max_seq_len) as the run trained: the loss counts the tokens training counted."""
     mask_prompt = run_cfg.get("mask_prompt")
     return trains_prompt_masked(fmt, mask_prompt), int(run_cfg.get("max_seq_len") or 1024)
@@ -214,7 +215,7 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     notes: list[str] = []
     seed, fraction = int(run_cfg.get("seed") or 0), float(run_cfg.get("valid_fraction") or 0.1)
-    splits = load_data(data, valid_fraction=fraction, seed=seed)
+    splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=True if run_cfg.get("skip_bad_lines") else None)
     parts = {"test": list(splits.test), "valid": list(splits.valid), "train": list(splits.train)}
     parts["all"] = parts["train"] + parts["valid"] + parts["test"]
     if data.is_file():
@@ -251,17 +252,9 @@ def _trained_on(records: list, run_data: Path | None, run_cfg: dict, notes: list
     return sum(json.dumps(r.data, sort_keys=True) in seen for r in records)
 
 
-def _prompt_and_reference(record, fmt: str) -> tuple[Any, str]:
-    """(the prompt: chat messages or a string, the reference answer) of a record."""
-    if fmt == "chat":
-        messages = list(record["messages"])
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            return messages, ""
-        return messages[:last], messages[last]["content"]
-    if fmt == "completions":
-        return record["prompt"], record["completion"]
-    return record["text"], ""
+def _prompt_and_reference(record, fmt: DataFormat) -> tuple[Any, str]:
+    """(the prompt: chat messages or a string, the reference answer) of a record, as its format has them."""
+    return fmt.prompt_and_reference(record)
 
 
 def _prompt_text(prompt) -> str:
@@ -282,7 +275,7 @@ def _prompt_ids(tokenizer, prompt) -> list[int]:
     return chat_prompt(tokenizer, prompt)
 
 
-def _loss(loaded, records, fmt: str, mask_prompt: bool, max_seq_len: int, batch_size: int = 4) -> tuple[float | None, int]:
+def _loss(loaded, records, fmt: DataFormat, mask_prompt: bool, max_seq_len: int, batch_size: int = 4) -> tuple[float | None, int]:
     """Mean cross-entropy over the split's target tokens, and their number."""
     import numpy as np
 

@@ -254,7 +254,7 @@ def plan_for(cfg) -> Plan:
         from .data import load_data, trains_prompt_masked
         from .tokenizer import load_tokenizer
 
-        splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+        splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
         tokenizer = load_tokenizer(model_dir)
         mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
         lengths = [len(e) for part in (splits.train, splits.valid) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]]

@@ -57,7 +57,7 @@ def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> li
     if n <= 0 or not run_cfg.get("data"):
         return []
     records, fmt, *_ = _eval_records(Path(run_cfg["data"]), "valid", run_cfg)
-    if fmt == "text" or not records:
+    if not fmt.has_answers or not records:
         return []
     prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records[:n]))
     out = [{"prompt": _prompt_text(p), "reference": ref} for p, ref in zip(prompts, references)]

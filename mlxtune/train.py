@@ -91,9 +91,9 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str
     from .data import load_data, trains_prompt_masked
     from .hub import resolve_model
 
-    splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
-    if splits.note:
-        on_event(Event("note", {"message": splits.note}))
+    splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
+    for message in ([splits.note] if splits.note else []) + splits.skipped_notes():
+        on_event(Event("note", {"message": message}))
     start = None
     if cfg.init_adapter:
         from .init_adapter import locate
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         "compute": trainer.description,
         "versions": _versions(),
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
-        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
+        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format.name, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
     }
     if setup.start is not None:
         meta["init_adapter"] = setup.start.record()

@@ -356,7 +356,7 @@ def test_batches_from_real_records(tok):
 
 def test_notes_encode_without_truncation_and_masks_the_answer(tok):
     ds = load_jsonl(REPO / "data" / "notes.jsonl")
-    assert ds.format == "chat" and len(ds) == 300
+    assert ds.format.name == "chat" and len(ds) == 300
     examples, n_truncated = encode_dataset(ds.records, ds.format, tok, True, 512)
     assert n_truncated == 0 and len(examples) == 300
     for record, ex in zip(ds.records[:50], examples):

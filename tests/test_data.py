@@ -9,6 +9,7 @@ import pytest
 
 from mlxtune.data import Dataset, Record, load_data, load_jsonl, split
 from mlxtune.errors import ConfigError, DataError
+from mlxtune.formats import TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,13 +51,13 @@ def assert_error(err: DataError, path: Path, line: int | None, field: str | None
 
 def test_three_formats_load_with_line_numbers(tmp_path):
     text = load_jsonl(write(tmp_path / "t.jsonl", {"text": "a"}, "", {"text": "b", "id": 7}))
-    assert text.format == "text" and len(text) == 2
+    assert text.format.name == "text" and len(text) == 2
     assert [r.line for r in text] == [1, 3]
     assert text[1]["text"] == "b" and text[1].get("id") == 7  # extra keys kept, ignored
     assert text.path == str(tmp_path / "t.jsonl")
 
     comp = load_jsonl(write(tmp_path / "c.jsonl", {"prompt": "p", "completion": "c", "meta": {}}))
-    assert comp.format == "completion"
+    assert comp.format.name == "completion"
 
     ds = load_jsonl(
         write(
@@ -65,7 +66,7 @@ def test_three_formats_load_with_line_numbers(tmp_path):
             chat(("user", "u"), ("assistant", "a"), ("tool", "t"), ("assistant", "b")),
         )
     )
-    assert ds.format == "chat" and len(ds) == 2
+    assert ds.format.name == "chat" and len(ds) == 2
     assert isinstance(ds[0], Record) and ds[0].path == str(tmp_path / "m.jsonl")
 
 
@@ -86,7 +87,7 @@ def test_assistant_tool_call_without_content_is_accepted(tmp_path):
             {"role": "assistant", "content": "Sunny."},
         ]
     }
-    assert load_jsonl(write(tmp_path / "d.jsonl", record)).format == "chat"
+    assert load_jsonl(write(tmp_path / "d.jsonl", record)).format.name == "chat"
 
 
 # ------------------------------------------------------------- file errors
@@ -210,7 +211,7 @@ def test_single_file_split_sizes_and_description(tmp_path):
     path = write(tmp_path / "d.jsonl", *({"text": f"r{i}"} for i in range(300)))
     splits = load_data(path)
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (270, 30, 0)
-    assert splits.format == "text" and splits.note is None
+    assert splits.format.name == "text" and splits.note is None
     assert splits.description == f"{path}: 300 text records, split 270 train / 30 valid (seed 0)"
     lines = sorted(r.line for r in splits.train) + sorted(r.line for r in splits.valid)
     assert sorted(lines) == list(range(1, 301))  # a partition of the file
@@ -259,10 +260,10 @@ def test_directory_with_all_three_files(tmp_path):
     write(tmp_path / "test.jsonl", {"prompt": "t", "completion": "c"})
     splits = load_data(tmp_path)
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (8, 2, 1)
-    assert splits.format == "completion" and splits.note is None
+    assert splits.format.name == "completion" and splits.note is None
     assert splits.train.path == str(tmp_path / "train.jsonl")
     assert splits.test.path == str(tmp_path / "test.jsonl")
-    assert splits.description == f"{tmp_path}: 8 train / 2 valid / 1 test completion records"
+    assert splits.description == f"{tmp_path}: 8 train / 2 valid / 1 test prompt/completion records"
 
 
 def test_directory_without_valid_splits_train_and_says_so(tmp_path):
@@ -300,15 +301,15 @@ def test_directory_error_in_test_file_names_it(tmp_path):
 
 
 def test_split_function_keeps_records_and_format():
-    ds = Dataset([Record({"text": str(i)}, i + 1, "x.jsonl") for i in range(10)], "text", "x.jsonl")
+    ds = Dataset([Record({"text": str(i)}, i + 1, "x.jsonl") for i in range(10)], TEXT, "x.jsonl")
     train, valid = split(ds, 0.2, seed=0)
     assert len(train) == 8 and len(valid) == 2
-    assert train.format == valid.format == "text" and train.path == "x.jsonl"
+    assert train.format is valid.format is TEXT and train.path == "x.jsonl"
     assert {r.line for r in train} | {r.line for r in valid} == set(range(1, 11))
 
 
 def test_shipped_notes_data_set():
     splits = load_data(REPO / "data" / "notes.jsonl")
-    assert splits.format == "chat"
+    assert splits.format.name == "chat"
     assert (len(splits.train), len(splits.valid)) == (270, 30)
     assert splits.description.endswith("300 chat records, split 270 train / 30 valid (seed 0)")

@@ -32,6 +32,8 @@ from ..progress import fmt_bytes, fmt_duration
 @click.option("--target-modules", help="Comma-separated linear layers to adapt, e.g. q_proj,v_proj. [default: all-linear]")
 @click.option("--max-seq-len", type=int, help="Longer records are truncated (with a warning). [default: 1024]")
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
+@click.option("--valid-fraction", type=float, help="Share of a single file (or of train.jsonl without valid.jsonl) held out for validation. [default: 0.1]")
+@click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, listing each (file:line and why), instead of stopping at the first.")
 @click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
 @click.option("--early-stop", type=int, help="Stop after this many validations without a new best validation loss. The best adapters are always kept in RUN/best. [default: off]")
@@ -160,6 +162,7 @@ def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
 @click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Gradient checkpointing. [default: numpy: past its activation budget; mlx: off]")
 @click.option("--auto/--no-auto", "auto_fit", default=None, help="Adjust batch, accumulation and checkpointing until the run fits. [default: on]")
+@click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, as lora does.")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(config_file, recipe, as_json, **options) -> None:
@@ -209,9 +212,10 @@ def data() -> None:
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns, as lora would. [default: on for prompt/completion and chat data]")
 @click.option("--valid-fraction", type=float, help="Share of a single file held out for validation, as lora does. [default: 0.1]")
 @click.option("--seed", type=int, help="Seed of that split. [default: 0]")
+@click.option("--skip-bad-lines", is_flag=True, help="Leave out lines that fail validation, as lora --skip-bad-lines would, and list each (file:line and why).")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, offline, as_json) -> None:
+def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip_bad_lines, offline, as_json) -> None:
     """Check a data set without training: sizes, token lengths, truncation, duplicates, overlaps.
 
     PATH is what lora's --data takes: a JSONL file (split into train/valid as
@@ -231,7 +235,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, offl
     d = TrainConfig()
     r = check(
         path, model, max_seq_len or d.max_seq_len, mask_prompt,
-        d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline,
+        d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline, skip_bad_lines,
     )
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
@@ -240,15 +244,18 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, offl
         return
     click.echo(f"Data: {r.description}")
     click.echo(f"Tokens: as {r.model}'s tokenizer sees the {r.format} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
-    columns = {"split": 6, "records": 8, "tokens": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
+    columns = {"split": 6, "records": 8, "tokens": 9, "trained": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
     click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))
     for s in (s for s in r.splits if s.records):
         n = s.lengths
-        tokens = [n.total, n.min, n.median, n.p90, n.p99, n.max, s.truncated, s.no_target] if n else ["-"] * 8
+        tokens = [n.total, s.trained_tokens, n.min, n.median, n.p90, n.p99, n.max, s.truncated, s.no_target] if n else ["-"] * 9
         values = [s.name, s.records, *tokens, s.duplicates]
         click.echo("".join(f"{v:<{w}}" if h == "split" else f"{v:>{w}}" for (h, w), v in zip(columns.items(), values)))
     shared = [f"{o.split} {o.records} of {r.split(o.split).records} records" + (f" (same prompt: {o.prompts})" if o.prompts is not None else "") for o in r.overlaps if r.split(o.split).records]
     click.echo("Shared with train: " + ", ".join(shared))
+    untrained = [f"{s.name} {s.untrained_turns}" for s in r.splits if s.untrained_turns]
+    if untrained:
+        click.echo('Assistant turns with "weight": 0 (not trained): ' + ", ".join(untrained))
     for w in r.warnings:
         click.echo(f"warning: {w}")
     click.echo("OK: usable for training" + (f", with {len(r.warnings)} warning(s) above" if r.warnings else ""))

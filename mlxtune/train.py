@@ -26,6 +26,7 @@ the processes of a distributed run, the run directory) and hands it to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,7 +34,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import __version__, checkpoint
 from .adapters import ADAPTER_WEIGHTS
@@ -42,6 +43,7 @@ from .config import TrainConfig
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
+from .runlock import LOCK_NAME, RunLock
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -124,8 +126,13 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None]) -> _Setup:
     return _Setup(cfg, splits, source, model_dir, backend, train_set, valid_set, n_truncated, mask_prompt, steps_per_epoch, total)
 
 
-def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False) -> TrainResult:
-    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``."""
+def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False, hold: contextlib.ExitStack | None = None) -> TrainResult:
+    """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``.
+
+    The run directory is locked for this process (``own_run_dir``) from the
+    start, before the data is read, to the end; given ``hold``, until
+    ``hold`` closes (the CLI writes the report under it).
+    """
     if cfg.data is None:
         raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
     from .distributed import world_from_env
@@ -133,8 +140,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     world = world_from_env(required=cfg.distributed)
     on_event = on_event if world.main else _silent
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
-    if world.main:  # only rank 0 writes the run directory
-        check_output_dir(run_dir, force, what="run")
+    with own_run_dir(run_dir, world.main, on_event, hold):
+        if world.main:  # only rank 0 writes the run directory
+            check_output_dir(run_dir, force, what="run", ignore=(LOCK_NAME,))
+        return _train(cfg, on_event, force, world, run_dir)
+
+
+def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, world, run_dir: Path) -> TrainResult:
     setup = _prepare(cfg, on_event)
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
     _agree(world, setup)  # after the plan: the micro-batch it chose is part of what must agree
@@ -158,9 +170,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         meta["distributed"] = {"processes": world.size, "backend": world.backend}
     ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
     if world.main:  # ---- from here on, the run directory exists
-        if run_dir.exists() and force:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)  # it may exist, empty
+        if force:  # what was there goes; the lock this process holds stays
+            for old in (p for p in run_dir.iterdir() if p.name != LOCK_NAME):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
     return Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
 
@@ -208,21 +224,27 @@ def _agree(world, setup: _Setup) -> None:
     })
 
 
-def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None) -> TrainResult:
+def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None, hold: contextlib.ExitStack | None = None) -> TrainResult:
     """Continue a run from its last checkpoint, with the settings it was started with.
 
     The checkpoint holds the adapters, the optimizer's moments and step, and
     where the run was (step, batches drawn, best validation loss so far); the
     learning rate and the dropout masks are functions of the step. So the
     resumed run takes the same steps, on the same batches, as one never
-    stopped.
+    stopped. The run directory is locked as ``train`` locks it.
     """
-    from .backends import open_trainer
     from .distributed import world_from_env
-    from . import npio
 
     run_dir = Path(run_dir)
     world = world_from_env()
+    with own_run_dir(run_dir, world.main, on_event, hold, create=False):
+        return _resume(run_dir, on_event, world)
+
+
+def _resume(run_dir: Path, on_event: Callable[[Event], None], world) -> TrainResult:
+    from .backends import open_trainer
+    from . import npio
+
     if world.size == 1:
         files = checkpoint.read_for_resume(run_dir)
     else:  # rank 0 reads the checkpoint and sends it: the ranks need not share a file system
@@ -256,6 +278,34 @@ def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: No
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
     trainer.load_state(weights, opt_state)
     return Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
+
+
+@contextlib.contextmanager
+def own_run_dir(run_dir: Path, main: bool, on_event: Callable[[Event], None], hold: contextlib.ExitStack | None = None, create: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock (``runlock``) while the block runs, and after it until ``hold`` closes.
+
+    Only rank 0 locks: the other ranks of a distributed run never write. A
+    second run into the directory is refused here, before it reads or writes
+    anything; a lock left by a process that was killed is reported and taken
+    over. On an error or Ctrl-C the lock is released at once.
+    """
+    lock = RunLock.acquire(run_dir, create=create) if main else None
+    if lock is None:
+        yield
+        return
+    if lock.stale:
+        on_event(Event("note", {"message": f"{run_dir} was locked by a run that ended without releasing it ({lock.stale.describe()}): taking it over"}))
+    if lock.unchecked:
+        on_event(Event("note", {"message": lock.unchecked}))
+    try:
+        yield
+    except BaseException:
+        lock.release()
+        raise
+    if hold is None:
+        lock.release()
+    else:
+        hold.callback(lock.release)
 
 
 def _versions() -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from . import BACKEND_HELP, BACKENDS, CONTEXT, DTYPES
@@ -65,17 +67,18 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
+    hold = ctx.with_resource(contextlib.ExitStack())  # the run directory stays locked until the report is written
     if resume_run:
         given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json"})
         if given:
             raise click.UsageError(f"--resume continues a run with the settings it was started with; drop {', '.join(given)}")
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = resume(resume_run, on_event=printer)
+            result = resume(resume_run, on_event=printer, hold=hold)
         cfg = result.config
     else:
         cfg = _train_config(recipe, config_file, options)
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = train(cfg, on_event=printer, force=force)
+            result = train(cfg, on_event=printer, force=force, hold=hold)
     if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
         return
     say = printer.summary  # the human summary; --json has it in the done event

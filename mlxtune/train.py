@@ -196,7 +196,8 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
 
     cfg = setup.cfg
     share = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / world.size))
-    memory = plan_run(share, setup.model_dir, setup.backend, [len(e) for e in setup.train_set] + [len(e) for e in setup.valid_set])
+    train, valid = [len(e) for e in setup.train_set], [len(e) for e in setup.valid_set]
+    memory = plan_run(share, setup.model_dir, setup.backend, *((train + valid, []) if cfg.val_every > 0 else (train, valid)))  # --val-every 0: valid never goes through the model
     on_event(Event("plan", {"lines": memory.lines(table=False), "plan": memory.to_dict()}))
     memory.check()  # nothing fits: an error before the run directory exists
     planned = memory.apply(share)

@@ -153,12 +153,12 @@ class Run:
                     round_loss, round_n = round_loss + s, round_n + k
                 if i % world.size != world.size - 1 and i != n - 1:
                     continue  # the round goes on
+                self.on_event(Event("validate", {"step": step, "batch": i + 1, "batches": n, "elapsed": time.perf_counter() - started}))
                 stop = self.stop.requested
                 if world.size > 1:
                     _, (round_loss, round_n, votes) = world.all_sum({}, [round_loss, round_n, float(stop)])
                     stop = votes > 0
                 total_loss, total_n, round_loss, round_n = total_loss + round_loss, total_n + round_n, 0.0, 0.0
-                self.on_event(Event("validate", {"step": step, "batch": i + 1, "batches": n, "elapsed": time.perf_counter() - started}))
                 if stop and i < n - 1:
                     raise _ValidationStopped
         finally:

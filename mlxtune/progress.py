@@ -88,7 +88,7 @@ def validation_line(d: dict) -> str:
         if not d.get("valid_examples"):
             return "Validation: none (no validation records): no validation loss, no best/ adapters"
         return "Validation: none (--val-every 0): no validation loss, no best/ adapters, no early stopping"
-    when = ("before training, " if d.get("step") is None else "") + f"every {v['every']} steps and at the end"
+    when = ("before training, " if d.get("step") is None else "") + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
     if v["batches"] == v["of_batches"]:
         return f"Validation: {v['examples']} examples in {v['batches']} batches, {when}"
     return f"Validation: the first {v['batches']} of {v['of_batches']} batches ({v['examples']} of {v['of_examples']} examples; --val-batches), {when}"
@@ -252,9 +252,9 @@ class TrainPrinter:
                 f"Model: {d['model']}",
                 f"Compute: {d['backend']} backend; {d['compute']}",
                 f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(k.rsplit('.', 1)[-1] for k in d['keys'])})",
-                validation_line(d),
                 f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
                 else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
+                validation_line(d),
             ]
         if kind == "val":
             return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []

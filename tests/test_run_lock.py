@@ -56,8 +56,6 @@ def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_first(tiny_m
     first = _long_run(tiny_model, small_data, run)
     try:
         _wait_for_checkpoint(first, run)
-        holder = json.loads((run / LOCK_NAME).read_text())
-        assert holder["pid"] == first.pid and "lora" in holder["command"] and holder["host"]
         common = ["--data", small_data, "--model", tiny_model, "--iters", 3, "--no-report", "--backend", "numpy"]
         for extra in (["-o", run], ["-o", run, "--force"], ["--resume", run]):
             args = ["--resume", run, "--no-report"] if extra[0] == "--resume" else [*common, *extra]
@@ -70,6 +68,8 @@ def test_a_second_run_into_a_directory_in_use_is_refused_naming_the_first(tiny_m
             assert second.stdout == "" and "Traceback" not in second.stderr
             print(f"{extra[-1]}: refused in {time.monotonic() - started:.1f} s: {lines[0]}")
             assert first.poll() is None  # the first goes on
+        holder = json.loads((run / LOCK_NAME).read_text())
+        assert holder["pid"] == first.pid and "lora" in holder["command"] and holder["host"]
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=60)
     finally:

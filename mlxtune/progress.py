@@ -81,9 +81,14 @@ def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
     return text[:width]
 
 
-def validation_line(d: dict) -> str:
-    """What a run's validations cover, from a start or resume event's data ``d``: the line that says so before the first one."""
-    v = d.get("validation")
+def validation_line(d: dict) -> str | None:
+    """What a run's validations cover, from a start or resume event's data ``d``: the line that says so before the first one.
+
+    None when ``d`` does not say (an event from elsewhere).
+    """
+    if "validation" not in d:
+        return None
+    v = d["validation"]
     if v is None:
         if not d.get("valid_examples"):
             return "Validation: none (no validation records): no validation loss, no best/ adapters"
@@ -247,7 +252,7 @@ class TrainPrinter:
 
     def _lines(self, kind: str, d: dict) -> list[str]:
         if kind in ("start", "resume"):
-            return [
+            return [line for line in (
                 f"Data: {d['data']}",
                 f"Model: {d['model']}",
                 f"Compute: {d['backend']} backend; {d['compute']}",
@@ -255,7 +260,7 @@ class TrainPrinter:
                 f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
                 else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
                 validation_line(d),
-            ]
+            ) if line is not None]
         if kind == "val":
             return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
         if kind == "plan":

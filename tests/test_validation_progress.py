@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import needs_mlx
 from mlxtune.cli import cli
 from mlxtune.config import TrainConfig
 from mlxtune.progress import TrainPrinter, validation_line
@@ -206,3 +207,33 @@ def test_the_printer_shows_a_validation_bar_plain_lines_or_json(monkeypatch):
         for e in progress[:2]:
             p(e)
     assert [json.loads(line) for line in out.getvalue().splitlines()] == [{"event": "validate"} | e.data for e in progress[:2]]
+
+
+@needs_mlx
+def test_ctrl_c_during_a_distributed_validation_stops_every_rank(tiny_model, big_valid, tmp_path):
+    """Two processes (mlx.launch): SIGINT to both while they validate; after the same round of batches both stop, within seconds."""
+    from test_distributed import _children, _launch
+
+    run = tmp_path / "run"
+    proc = _launch(2, ["lora", "--data", big_valid, "--model", tiny_model, "--iters", 1, "--batch-size", 1, "--backend", "numpy", "--no-report", "--json", "-o", run],
+                   tmp_path, start_new_session=True)
+    lines, signalled = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            e = json.loads(line) if line.startswith("{") else {}
+            if e.get("event") == "validate" and e["batch"] >= 2 and signalled is None:
+                for pid in _children(proc.pid):
+                    if b"MLX_RANK=" in Path(f"/proc/{pid}/environ").read_bytes():
+                        os.kill(pid, signal.SIGINT)
+                signalled = time.monotonic()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert signalled is not None and time.monotonic() - signalled < 20, out
+    progress = [json.loads(line) for line in lines if '"validate"' in line]
+    assert progress[0]["batches"] == 240 and progress[-1]["batch"] < 20, progress[-1]
+    assert "Traceback" not in out and out.count("Stopped: interrupted before the first step finished, nothing to keep") == 2, out
+    assert latest_checkpoint(run) is None

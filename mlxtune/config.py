@@ -41,8 +41,8 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     max_seq_len: int = 1024
     mask_prompt: bool | None = None  # None: on for prompt/completion and chat
-    val_every: int = 25
-    val_batches: int = -1  # -1: the whole validation split
+    val_every: int = 25  # 0: never validate (no validation loss, no best/, no early stopping)
+    val_batches: int = -1  # validate on the first N batches of the validation split; -1: all of it
     save_every: int = 50
     early_stop: int | None = None  # stop after this many validations without a new best (None: never)
     seed: int = 0
@@ -116,10 +116,14 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _check_ranges(v: dict[str, Any]) -> list[str]:
     errors = []
-    positive = ["batch_size", "grad_accumulation", "rank", "max_seq_len", "val_every", "save_every", "early_stop"]
+    positive = ["batch_size", "grad_accumulation", "rank", "max_seq_len", "save_every", "early_stop"]
     for k in positive:
         if v.get(k) is not None and v[k] <= 0:
             errors.append(f"key '{k}' must be positive, not {v[k]}")
+    if v.get("val_every") is not None and v["val_every"] < 0:
+        errors.append(f"key 'val_every' must be positive, or 0 to never validate, not {v['val_every']}")
+    if v.get("val_batches") is not None and v["val_batches"] != -1 and v["val_batches"] <= 0:
+        errors.append(f"key 'val_batches' must be positive (-1: the whole validation split), not {v['val_batches']}; to skip validation, set val_every to 0")
     for k in ["iters", "epochs"]:
         if v.get(k) is not None and v[k] <= 0:
             errors.append(f"key '{k}' must be positive, not {v[k]}")
@@ -166,4 +170,7 @@ def build(file_values: dict[str, Any] | None, cli_values: dict[str, Any]) -> Tra
         merged.pop("epochs", None)
     if "epochs" in cli_values and cli_values.get("epochs") is not None:
         merged.pop("iters", None)
-    return TrainConfig(**merged)
+    cfg = TrainConfig(**merged)
+    if cfg.early_stop and cfg.val_every == 0:  # the two may come from different places (a file, a flag): checked together
+        raise ConfigError("--early-stop (early_stop) stops after validations without a better loss, and --val-every 0 (val_every: 0) turns validation off: drop one of them")
+    return cfg

@@ -99,16 +99,16 @@ def save_safetensors_atomic(path: Path, arrays: dict, metadata: dict | None = No
         raise
 
 
-def is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+def is_nonempty_dir(path: Path, ignore: tuple[str, ...] = ()) -> bool:
+    return path.is_dir() and any(p.name not in ignore for p in path.iterdir())
 
 
-def check_output_dir(path: Path, force: bool, what: str = "output") -> None:
-    """Refuse to overwrite a non-empty directory unless ``force``."""
+def check_output_dir(path: Path, force: bool, what: str = "output", ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to overwrite a non-empty directory unless ``force``; entries named in ``ignore`` (a run's lock) do not count."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{what} path {path} exists and is not a directory")
-    if is_nonempty_dir(path) and not force:
+    if is_nonempty_dir(path, ignore) and not force:
         raise OutputExistsError(f"{what} directory {path} already exists and is not empty: choose another with -o, or pass --force to replace it")
 
 

@@ -31,9 +31,17 @@ class TrainingInterrupted(MlxtuneError):
     label = "Stopped"
 
 
+class _ValidationStopped(Exception):
+    """Ctrl-C or SIGTERM during a validation, which stops between two batches."""
+
+
 @dataclass
 class Event:
-    """A progress report for the CLI: ``kind`` is start, resume, step, val, save, note, early_stop or done."""
+    """A progress report for the CLI: ``kind`` is start, resume, validate, step, val, save, note, early_stop or done.
+
+    ``validate`` reports a validation's progress: before its first batch and
+    after each (``batch`` of ``batches`` done, ``elapsed`` seconds).
+    """
 
     kind: str
     data: dict = field(default_factory=dict)
@@ -85,23 +93,63 @@ class Run:
         self.trainer.apply(sums, n, lr)
         return loss_sum / max(n, 1.0), int(n), int(seen), stops > 0
 
-    def validate(self) -> float | None:
+    def validation_plan(self) -> dict | None:
+        """What each validation covers, for the start line: None when the run does not validate.
+
+        ``--val-batches N`` takes the first N batches of the split's seeded
+        order, so every validation of the run sees the same examples.
+        """
+        from itertools import islice
+
+        from .batching import epoch_steps, iterate_batches
+
+        valid, cfg = self.setup.valid_set, self.cfg
+        if cfg.val_every <= 0 or not valid:
+            return None
+        every = epoch_steps(len(valid), cfg.batch_size)
+        batches = every if cfg.val_batches < 0 else min(cfg.val_batches, every)
+        examples = len(valid) if batches == every else sum(len(b.lengths) for b in islice(iterate_batches(valid, cfg.batch_size, seed=cfg.seed, loop=False), batches))
+        return {"batches": batches, "of_batches": every, "examples": examples, "of_examples": len(valid), "every": cfg.val_every}
+
+    def validate(self, step: int, stopping: bool = False) -> float | None:
+        """The validation loss (token-weighted mean over the validated batches); None when the run does not validate.
+
+        Reports its progress (``validate`` events) and checks for a stop
+        request between batches: Ctrl-C raises _ValidationStopped at the next
+        one (``stopping``: one came before it began). Distributed, the batches
+        are dealt out to the ranks, and after each round (a batch per rank)
+        the ranks add up their losses and whether any was asked to stop, so
+        all stop after the same round.
+        """
         from .batching import iterate_batches
 
-        if not self.setup.valid_set:
+        if self.val_plan is None:
             return None
-        total_loss, total_n = 0.0, 0
-        world = self.world
-        for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False)):
-            if 0 <= self.cfg.val_batches <= i:
-                break
-            if i % world.size != world.rank:  # distributed: batches dealt out to the ranks
-                continue
-            s, n = self.trainer.evaluate(batch)
-            total_loss += s
-            total_n += n
-        if world.size > 1:
-            _, (total_loss, total_n) = world.all_sum({}, [total_loss, total_n])
+        if stopping:
+            raise _ValidationStopped
+        world, n = self.world, self.val_plan["batches"]
+        started, self.validating = time.perf_counter(), step
+        total_loss, total_n, round_loss, round_n = 0.0, 0.0, 0.0, 0.0
+        self.on_event(Event("validate", {"step": step, "batch": 0, "batches": n, "elapsed": 0.0}))
+        try:
+            for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False)):
+                if i >= n:
+                    break
+                if i % world.size == world.rank:  # distributed: batches dealt out to the ranks
+                    s, k = self.trainer.evaluate(batch)
+                    round_loss, round_n = round_loss + s, round_n + k
+                if i % world.size != world.size - 1 and i != n - 1:
+                    continue  # the round goes on
+                self.on_event(Event("validate", {"step": step, "batch": i + 1, "batches": n, "elapsed": time.perf_counter() - started}))
+                stop = self.stop.requested
+                if world.size > 1:
+                    _, (round_loss, round_n, votes) = world.all_sum({}, [round_loss, round_n, float(stop)])
+                    stop = votes > 0
+                total_loss, total_n, round_loss, round_n = total_loss + round_loss, total_n + round_n, 0.0, 0.0
+                if stop and i < n - 1:
+                    raise _ValidationStopped
+        finally:
+            self.validating = None
         return total_loss / max(total_n, 1)
 
     def save(self, step: int, finished: bool = False) -> Path:
@@ -117,7 +165,7 @@ class Run:
             "learning_rate": self.schedule.lr(step), "schedule": self.schedule.to_list(),
             "batches_drawn": self.batches.consumed, "seed": self.cfg.seed, "data_fingerprint": self.setup.fingerprint,
             "random_state": "dropout masks are drawn from generators seeded by (seed, step, rank)",
-            "initial_val_loss": self.initial_val, "last_val_loss": self.last_val,
+            "initial_val_loss": self.initial_val, "last_val_loss": self.last_val, "pending_validation": self.pending,
             "best_step": self.best_step, "best_val_loss": self.best_val, "validations_since_best": self.stale,
             "trained_tokens": self.trained_before + self.trained_tokens, "train_seconds": self.seconds_before + (time.perf_counter() - self.train_start),
         }
@@ -143,11 +191,13 @@ class Run:
         cfg, setup, run_dir = self.cfg, self.setup, self.run_dir
         state, total = self.state, setup.total
         start_step = state["step"] if state else 0
-        self.saved = start_step
+        self.saved, self.validating = start_step, None
         self.schedule = Schedule.of(cfg, total, state)
+        self.pending = (state or {}).get("pending_validation")  # a step whose validation a stop cut short
         self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
         self.seconds_before = (state or {}).get("train_seconds", 0.0)
         self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size))
+        self.val_plan = self.validation_plan()
         if self.batches.note and not state:
             self.on_event(Event("note", {"message": self.batches.note}))
         if state:
@@ -160,13 +210,12 @@ class Run:
             "trainable": self.trainer.n_trainable, "layers": self.trainer.num_layers, "keys": self.trainer.keys, "steps": total, "steps_per_epoch": setup.steps_per_epoch,
             "train_examples": len(setup.train_set), "valid_examples": len(setup.valid_set),
             "batch_size": cfg.batch_size, "grad_accumulation": cfg.grad_accumulation, "grad_checkpoint": cfg.grad_checkpoint,
-            "processes": self.world.size,
+            "processes": self.world.size, "validation": self.val_plan,
         }
         self.metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if self.world.main else None
         self.train_start = time.perf_counter()
         try:
-            asked = Event("note", {"message": "stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)"})
-            with checkpoint.GracefulStop(lambda: self.on_event(asked)) as stop:
+            with checkpoint.GracefulStop(lambda: self.on_event(Event("note", {"message": self._stopping()}))) as stop:
                 self.stop = stop
                 return self._loop(start_step, state, start_info)
         except KeyboardInterrupt:  # a second Ctrl-C: out at once, without writing anything more
@@ -176,6 +225,14 @@ class Run:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+
+    def _stopping(self) -> str:
+        """What the first Ctrl-C does, said when it arrives."""
+        if self.validating == 0:
+            return "stopping the validation before training; nothing is trained yet (Ctrl-C again to stop at once)"
+        if self.validating is not None:
+            return f"stopping the validation of step {self.validating} and saving a checkpoint (Ctrl-C again to stop at once)"
+        return "stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)"
 
     def _kept(self) -> str:
         last = latest_checkpoint(self.run_dir)
@@ -188,9 +245,11 @@ class Run:
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
 
-    def _interrupted(self, completed: int) -> TrainingInterrupted:
+    def _interrupted(self, completed: int, pending: dict | None = None) -> TrainingInterrupted:
+        """Save what a stop after step ``completed`` keeps; ``pending``: the step's record, its validation cut short (the resume does it first)."""
         if completed == 0:
             return TrainingInterrupted(f"interrupted before the first step finished, nothing to keep: start again with --force (it replaces {self.run_dir})")
+        self.pending = pending
         where = self.save(completed) if self.saved != completed else latest_checkpoint(self.run_dir)
         if not self.world.main:
             # Wait for rank 0's checkpoint, then leave with success: a launcher (mlx.launch)
@@ -200,10 +259,12 @@ class Run:
             stopped.exit_code = 0
             return stopped
         self.world.all_sum({}, [0.0])  # the checkpoint is written: the others may go
-        return TrainingInterrupted(f"interrupted at step {completed} of {self.setup.total}: checkpoint {where}; continue with: mlxtune lora --resume {self.run_dir}")
+        during = " (its validation had not finished: the resumed run does it first)" if pending else ""
+        return TrainingInterrupted(f"interrupted at step {completed} of {self.setup.total}{during}: checkpoint {where}; continue with: mlxtune lora --resume {self.run_dir}")
 
     def _loop(self, start_step: int, state: dict | None, start_info: dict) -> TrainResult:
         cfg, total, trainer = self.cfg, self.setup.total, self.trainer
+        completed, stopped_early = start_step, False
         if state:
             self.initial_val, self.last_val = state["initial_val_loss"], state["last_val_loss"]
             self.best_step, self.best_val, self.stale = state["best_step"], state["best_val_loss"], state["validations_since_best"]
@@ -211,18 +272,25 @@ class Run:
                 self.best_val = self.initial_val
             changed = {k: state[k] for k in ("extended", "schedule_change") if state.get(k)}  # set by train.resume for a new total
             self.on_event(Event("resume", start_info | {"step": start_step, "checkpoint": str(latest_checkpoint(self.run_dir))} | changed))
+            if self.pending:  # the validation a stop cut short, then what followed it in the step
+                report, self.pending = dict(self.pending), None
+                self._validate_step(start_step, report, stopping=self.world.size == 1 and self.stop.requested)
+                stopped_early = self._after_step(start_step, report)
         else:
             self.on_event(Event("start", start_info))
-            self.initial_val = self.last_val = self.validate()
-            self._log({"step": 0, "val_loss": self.initial_val, "elapsed": time.perf_counter() - self.train_start})
-            self.on_event(Event("val", {"step": 0, "val_loss": self.initial_val}))
+            try:
+                self.initial_val = self.last_val = self.validate(0, stopping=self.world.size == 1 and self.stop.requested)
+            except _ValidationStopped:
+                raise self._interrupted(0) from None
+            if self.val_plan is not None:
+                self._log({"step": 0, "val_loss": self.initial_val, "elapsed": time.perf_counter() - self.train_start})
+                self.on_event(Event("val", {"step": 0, "val_loss": self.initial_val}))
             self.best_step, self.best_val, self.stale = None, self.initial_val, 0
             if self.stop.requested and self.world.size == 1:  # distributed: the first step's vote stops every rank
                 raise self._interrupted(0)
         window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
         self.train_start = time.perf_counter()
-        completed, stopped_early = start_step, False
-        for step in range(start_step + 1, total + 1):
+        for step in range(start_step + 1, total + 1) if not stopped_early else ():
             micro = [next(self.batches) for _ in range(cfg.grad_accumulation)]
             lr = self.schedule.lr(step)
             loss_v, ntok, seen, stop_now = self.step(micro, lr)
@@ -242,27 +310,13 @@ class Run:
                 "trained_tokens": self.trained_before + self.trained_tokens, "peak_memory_bytes": trainer.peak_memory(),
                 "elapsed": self.seconds_before + elapsed, "eta": elapsed / (step - start_step) * (total - step),
             }
-            improved = False
-            if step % cfg.val_every == 0 or step == total:
-                self.last_val = self.validate()
-                report["val_loss"] = self.last_val
+            stopping = stop_now or (self.world.size == 1 and self.stop.requested)
+            if self.val_plan is not None and (step % cfg.val_every == 0 or step == total):
+                self._validate_step(step, report, stopping)
                 window_tokens, window_seen, window_start = 0, 0, time.perf_counter()
-                if self.last_val is not None:
-                    improved = self.best_val is None or self.last_val < self.best_val
-                    self.stale = 0 if improved else self.stale + 1
-                    stopped_early = bool(cfg.early_stop) and self.stale >= cfg.early_stop and step < total
-            if improved:
-                self.best_step, self.best_val = step, self.last_val
-                self.save_best(step, self.last_val)
-                report["best"] = True
-            self._log(report)
-            self.on_event(Event("step", report | {"total": total}))
+            stopped_early = self._after_step(step, report)
             if stopped_early:
-                self.save(step, finished=True)
-                self.on_event(Event("early_stop", {"step": step, "patience": cfg.early_stop, "best_step": self.best_step, "best_val_loss": self.best_val}))
                 break
-            if step % cfg.save_every == 0 or step == total:
-                self.save(step, finished=step == total)
             if (stop_now or (self.world.size == 1 and self.stop.requested)) and step < total:  # at the last step, the run is done
                 raise self._interrupted(step)
         seconds = time.perf_counter() - self.train_start
@@ -274,4 +328,30 @@ class Run:
         self.on_event(Event("done", {"result": result}))
         return result
 
+    def _validate_step(self, step: int, report: dict, stopping: bool) -> None:
+        """Validate after step ``step`` into its ``report``; a stop during it saves the step, its validation pending."""
+        try:
+            self.last_val = report["val_loss"] = self.validate(step, stopping)
+        except _ValidationStopped:
+            raise self._interrupted(step, pending=report) from None
 
+    def _after_step(self, step: int, report: dict) -> bool:
+        """best/, the early-stop count, the metrics line and event, the checkpoint; True when the run stops early here."""
+        cfg, total = self.cfg, self.setup.total
+        improved = stopped_early = False
+        if report.get("val_loss") is not None:
+            improved = self.best_val is None or report["val_loss"] < self.best_val
+            self.stale = 0 if improved else self.stale + 1
+            stopped_early = bool(cfg.early_stop) and self.stale >= cfg.early_stop and step < total
+        if improved:
+            self.best_step, self.best_val = step, report["val_loss"]
+            self.save_best(step, report["val_loss"])
+            report["best"] = True
+        self._log(report)
+        self.on_event(Event("step", report | {"total": total}))
+        if stopped_early:
+            self.save(step, finished=True)
+            self.on_event(Event("early_stop", {"step": step, "patience": cfg.early_stop, "best_step": self.best_step, "best_val_loss": self.best_val}))
+        elif step % cfg.save_every == 0 or step == total:
+            self.save(step, finished=step == total)
+        return stopped_early

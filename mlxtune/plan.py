@@ -215,11 +215,13 @@ def _advice(est, best, limit: int, device: str, tensors) -> list[str]:
 # ---------------------------------------------------------------- for the commands
 
 
-def plan_run(cfg, model_dir, backend: str, lengths) -> Plan:
+def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     """The memory plan of a `mlxtune lora` run, once the model, backend and encoded data are known.
 
-    ``lengths``: the token counts of the encoded examples (train and
-    validation: both go through the model in batches of ``cfg.batch_size``).
+    ``lengths``: the token counts of the encoded examples that go through the
+    model, in batches of ``cfg.batch_size`` (train, and validation if the run
+    validates); ``idle``: those of examples only held in memory (validation
+    with ``val_every`` 0: its longest record must not shrink the batch).
     """
     import os
 
@@ -230,7 +232,7 @@ def plan_run(cfg, model_dir, backend: str, lengths) -> Plan:
     lengths = list(lengths) if lengths is not None else None
     try:
         return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len), available=runtime.available_memory(), device=device,
-                   tensors=tensors, n_examples=len(lengths) if lengths else None, baseline=BASELINE_BYTES.get(backend, BASELINE_BYTES["numpy"]) + data_bytes(lengths),
+                   tensors=tensors, n_examples=len(lengths) if lengths else None, baseline=BASELINE_BYTES.get(backend, BASELINE_BYTES["numpy"]) + data_bytes(None if lengths is None else lengths + list(idle)),
                    activation_mb=os.environ.get("MLXTUNE_ACTIVATION_MB"))
     except UnsupportedModelError as e:
         return Plan(cfg.batch_size, cfg.grad_accumulation, cfg.grad_checkpoint, None, None, "unknown", cfg.auto_fit, reasons=[f"no estimate ({e})"])
@@ -257,5 +259,7 @@ def plan_for(cfg) -> Plan:
         splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
         tokenizer = load_tokenizer(model_dir)
         mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
-        lengths = [len(e) for part in (splits.train, splits.valid) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]]
+        train, valid = ([len(e) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]] for part in (splits.train, splits.valid))
+        lengths, idle = (train + valid, []) if cfg.val_every > 0 else (train, valid)
+        return plan_run(cfg, model_dir, backend, lengths, idle)
     return plan_run(cfg, model_dir, backend, lengths)

@@ -81,6 +81,44 @@ def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
     return text[:width]
 
 
+def validation_line(d: dict) -> str | None:
+    """What a run's validations cover, from a start or resume event's data ``d``: the line that says so before the first one.
+
+    None when ``d`` does not say (an event from elsewhere).
+    """
+    if "validation" not in d:
+        return None
+    v = d["validation"]
+    if v is None:
+        if not d.get("valid_examples"):
+            return "Validation: none (no validation records): no validation loss, no best/ adapters"
+        return "Validation: none (--val-every 0): no validation loss, no best/ adapters, no early stopping"
+    when = ("before training, " if d.get("step") is None else "") + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
+    if v["batches"] == v["of_batches"]:
+        return f"Validation: {v['examples']} examples in {v['batches']} batches, {when}"
+    return f"Validation: the first {v['batches']} of {v['of_batches']} batches ({v['examples']} of {v['of_examples']} examples; --val-batches), {when}"
+
+
+def validating_text(d: dict) -> str:
+    """``validating at step 25: 3/8 batches, elapsed 0m12s, ETA 0m20s`` for a validate event's data ``d``."""
+    done, n = d.get("batch", 0), d.get("batches") or 0
+    eta = d["elapsed"] / done * (n - done) if done and d.get("elapsed") is not None else None
+    where = "before training" if d.get("step") == 0 else f"at step {d.get('step')}"
+    return f"validating {where}: {done}/{n} batches, elapsed {fmt_duration(d.get('elapsed'))}, ETA {fmt_duration(eta)}"
+
+
+def validating_bar(d: dict, width: int) -> str:
+    """The progress line of a validation, at most ``width`` characters: ``[####------] validating at step 25: 3/8 batches, ...``."""
+    done, n = d.get("batch", 0), d.get("batches") or 0
+    text = validating_text(d)
+    room = max(width, 0) - len(text) - 3
+    if room < BAR_MIN:
+        return text[: max(width, 0)]
+    size = min(room, BAR_MAX)
+    filled = int(size * min(done / n, 1.0)) if n else size
+    return f"[{'#' * filled}{'-' * (size - filled)}] {text}"
+
+
 class Throttle:
     """Which step lines a log gets: the first, the last, each validation step, else one per ``interval`` seconds."""
 
@@ -149,6 +187,8 @@ class TrainPrinter:
         self.throttle = Throttle()
         self.last_step: dict | None = None  # the step event the bar shows
         self.last_val: float | None = None
+        self.validating: dict | None = None  # the validate event the bar shows, while a validation runs
+        self.val_since = 0.0  # when a log last had a line about the validation in progress
         self.drawn = False
         self.busy, self.pending = False, []
 
@@ -184,6 +224,10 @@ class TrainPrinter:
             return self.json_event(kind, d)
         if kind in ("step", "val") and d.get("val_loss") is not None:
             self.last_val = d["val_loss"]
+        if kind in ("step", "val"):
+            self.validating = None
+        if kind == "validate":
+            return self._validate(d)
         if kind == "step":
             return self._step(d)
         if kind == "done":
@@ -208,7 +252,7 @@ class TrainPrinter:
 
     def _lines(self, kind: str, d: dict) -> list[str]:
         if kind in ("start", "resume"):
-            return [
+            return [line for line in (
                 f"Data: {d['data']}",
                 f"Model: {d['model']}",
                 f"Compute: {d['backend']} backend; {d['compute']}",
@@ -216,7 +260,9 @@ class TrainPrinter:
                 f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
                 else f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}" if d.get("extended")
                 else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
-            ] + ([f"Schedule: {d['schedule_change']}"] if d.get("schedule_change") else [])
+                f"Schedule: {d['schedule_change']}" if d.get("schedule_change") else None,
+                validation_line(d),
+            ) if line is not None]
         if kind == "init_adapter":
             return [d["message"]]
         if kind == "val":
@@ -241,6 +287,20 @@ class TrainPrinter:
         elif self.throttle(d["step"], d["total"], validated):
             self._say(self._step_line(d))
 
+    def _validate(self, d: dict) -> None:
+        """A validation's progress: on a terminal, the bar; in a log, a line every PLAIN_INTERVAL seconds of a long one."""
+        if self.quiet:
+            return
+        if self.bar:
+            self.validating = d
+            return self._draw()
+        now = self.throttle.clock()
+        if d.get("batch", 0) == 0:
+            self.val_since = now
+        elif d["batch"] < d.get("batches", 0) and now - self.val_since >= self.throttle.interval:
+            self.val_since = now
+            self._say(validating_text(d))
+
     @staticmethod
     def _step_line(d: dict) -> str:
         val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
@@ -260,9 +320,13 @@ class TrainPrinter:
             self._draw()
 
     def _draw(self) -> None:
-        if self.last_step is None:
+        width = shutil.get_terminal_size().columns - 1  # - 1: no wrap at the last column
+        if self.validating is not None:
+            line = validating_bar(self.validating, width)
+        elif self.last_step is not None:
+            line = bar_line(self.last_step, width, self.last_val)
+        else:
             return
-        line = bar_line(self.last_step, shutil.get_terminal_size().columns - 1, self.last_val)  # - 1: no wrap at the last column
         click.echo("\r\x1b[K" + line, nl=False, file=self.out, color=True)
         self.drawn = True
 

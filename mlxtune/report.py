@@ -92,6 +92,7 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
         f"{', DoRA' if cfg.get('dora') else ''}, on {', '.join(meta.get('lora_parameters', {}).get('keys', []) or ['all linear layers'])} of {meta.get('num_layers')} blocks",
         f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}{_accumulation(cfg)}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
     ]
+    lines.append(f"- **Validation**: {_validation(cfg, data)}")
     if len(meta.get("schedule") or []) > 1:  # extended with --resume --iters: one warmup + cosine cycle per extension
         lines.append("- **Extended**: learning-rate cycles over steps " + ", ".join(f"{a + 1}-{b}" for a, b in meta["schedule"]) + " (each a warmup and a cosine decay)")
     start = meta.get("init_adapter")
@@ -116,6 +117,19 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _validation(cfg: dict, data: dict) -> str:
+    """What the validation losses below are measured on, or why there are none."""
+    if cfg.get("val_every") == 0:
+        return "none (val_every 0): no validation loss, no best/ adapters, no early stopping"
+    if not data.get("valid"):
+        return "none: no validation records"
+    every = f"every {cfg.get('val_every')} steps and at the end"
+    n = cfg.get("val_batches", -1)
+    if n is not None and n > 0:
+        return f"the first {n} batches of {cfg.get('batch_size')} of the {data['valid']} validation examples (val_batches), {every}"
+    return f"all {data['valid']} validation examples, {every}"
 
 
 def _accumulation(cfg: dict) -> str:

@@ -26,6 +26,7 @@ the processes of a distributed run, the run directory) and hands it to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,7 +34,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import __version__, checkpoint
 from .adapters import ADAPTER_WEIGHTS
@@ -42,6 +43,7 @@ from .config import TrainConfig
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
+from .runlock import LOCK_NAME, RunLock
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -140,11 +142,17 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str
     return _Setup(cfg, splits, source, model_dir, backend, train_set, valid_set, n_truncated, mask_prompt, steps_per_epoch, total, start)
 
 
-def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False, given: set[str] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False,
+    given: set[str] | None = None, hold: contextlib.ExitStack | None = None,
+) -> TrainResult:
     """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``.
 
     ``given`` names the settings the user set (the CLI's flags, file and
     recipe): with ``cfg.init_adapter`` those must agree with the adapter's shape.
+    The run directory is locked for this process (``own_run_dir``) from the
+    start, before the data is read, to the end; given ``hold``, until
+    ``hold`` closes (the CLI writes the report under it).
     """
     if cfg.data is None:
         raise UsageError("no data: pass --data FILE.jsonl or a directory with train.jsonl")
@@ -153,8 +161,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
     world = world_from_env(required=cfg.distributed)
     on_event = on_event if world.main else _silent
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
-    if world.main:  # only rank 0 writes the run directory
-        check_output_dir(run_dir, force, what="run")
+    with own_run_dir(run_dir, world.main, on_event, hold):
+        if world.main:  # only rank 0 writes the run directory
+            check_output_dir(run_dir, force, what="run", ignore=(LOCK_NAME,))
+        return _train(cfg, on_event, force, world, run_dir, given)
+
+
+def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, world, run_dir: Path, given: set[str] | None) -> TrainResult:
     setup = _prepare(cfg, on_event, given)
     if setup.start is not None and setup.start.within(run_dir):
         raise UsageError(f"--init-adapter {cfg.init_adapter} is inside {run_dir}, the directory this run writes: give the new run another one (-o)")
@@ -185,9 +198,13 @@ def train(cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, 
         meta["distributed"] = {"processes": world.size, "backend": world.backend}
     ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
     if world.main:  # ---- from here on, the run directory exists
-        if run_dir.exists() and force:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)  # it may exist, empty
+        if force:  # what was there goes; the lock this process holds stays
+            for old in (p for p in run_dir.iterdir() if p.name != LOCK_NAME):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
     return Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
 
@@ -207,7 +224,8 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
 
     cfg = setup.cfg
     share = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / world.size))
-    memory = plan_run(share, setup.model_dir, setup.backend, [len(e) for e in setup.train_set] + [len(e) for e in setup.valid_set])
+    train, valid = [len(e) for e in setup.train_set], [len(e) for e in setup.valid_set]
+    memory = plan_run(share, setup.model_dir, setup.backend, *((train + valid, []) if cfg.val_every > 0 else (train, valid)))  # --val-every 0: valid never goes through the model
     on_event(Event("plan", {"lines": memory.lines(table=False), "plan": memory.to_dict()}))
     memory.check()  # nothing fits: an error before the run directory exists
     planned = memory.apply(share)
@@ -235,29 +253,39 @@ def _agree(world, setup: _Setup) -> None:
     })
 
 
-def resume(run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None, iters: int | None = None, epochs: float | None = None) -> TrainResult:
+def resume(
+    run_dir: str | Path, on_event: Callable[[Event], None] = lambda e: None,
+    iters: int | None = None, epochs: float | None = None, hold: contextlib.ExitStack | None = None,
+) -> TrainResult:
     """Continue a run from its last checkpoint, with the settings it was started with.
 
     The checkpoint holds the adapters, the optimizer's moments and step, and
     where the run was (step, batches drawn, best validation loss so far); the
     learning rate and the dropout masks are functions of the step. So the
     resumed run takes the same steps, on the same batches, as one never
-    stopped.
+    stopped. The run directory is locked as ``train`` locks it.
 
     ``iters`` or ``epochs`` give a new total, counted from the run's start:
     the run, finished or not, goes on to it (``schedule.Schedule.extended``
     says what the learning rate does then).
     """
-    from .backends import open_trainer
     from .config import validate
     from .distributed import world_from_env
-    from . import npio
 
     run_dir = Path(run_dir)
     extend = iters is not None or epochs is not None
     if extend:
         validate({"iters": iters, "epochs": epochs}, "--resume")  # positive, and not both
     world = world_from_env()
+    with own_run_dir(run_dir, world.main, on_event, hold, create=False):
+        return _resume(run_dir, on_event, world, iters, epochs)
+
+
+def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int | None, epochs: float | None) -> TrainResult:
+    extend = iters is not None or epochs is not None
+    from .backends import open_trainer
+    from . import npio
+
     if world.size == 1:
         files = checkpoint.read_for_resume(run_dir, extend)
     else:  # rank 0 reads the checkpoint and sends it: the ranks need not share a file system
@@ -315,6 +343,34 @@ def _new_total(run_dir: Path, setup: _Setup, state: dict, ad_config: dict, epoch
     if main:
         atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
     return state, ad_config
+
+
+@contextlib.contextmanager
+def own_run_dir(run_dir: Path, main: bool, on_event: Callable[[Event], None], hold: contextlib.ExitStack | None = None, create: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock (``runlock``) while the block runs, and after it until ``hold`` closes.
+
+    Only rank 0 locks: the other ranks of a distributed run never write. A
+    second run into the directory is refused here, before it reads or writes
+    anything; a lock left by a process that was killed is reported and taken
+    over. On an error or Ctrl-C the lock is released at once.
+    """
+    lock = RunLock.acquire(run_dir, create=create) if main else None
+    if lock is None:
+        yield
+        return
+    if lock.stale:
+        on_event(Event("note", {"message": f"{run_dir} was locked by a run that ended without releasing it ({lock.stale.describe()}): taking it over"}))
+    if lock.unchecked:
+        on_event(Event("note", {"message": lock.unchecked}))
+    try:
+        yield
+    except BaseException:
+        lock.release()
+        raise
+    if hold is None:
+        lock.release()
+    else:
+        hold.callback(lock.release)
 
 
 def _versions() -> dict:

@@ -43,7 +43,7 @@ def test_run_writes_the_run_dir(tiny_model, small_data, tmp_path, backend):
     assert all({"loss", "lr", "tokens_per_sec", "peak_memory_bytes"} <= set(l) for l in lines[1:])
     assert lines[-1]["val_loss"] == result.final_val_loss
     assert result.final_val_loss < 0.7 * result.initial_val_loss
-    kinds = [e.kind for e in events if e.kind not in ("note", "plan")]
+    kinds = [e.kind for e in events if e.kind not in ("note", "plan", "validate")]
     assert kinds[:2] == ["start", "val"] and kinds[-1] == "done"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from . import BACKEND_HELP, BACKENDS, CONTEXT, DTYPES
@@ -34,9 +36,10 @@ from ..progress import fmt_bytes, fmt_duration
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
 @click.option("--valid-fraction", type=float, help="Share of a single file (or of train.jsonl without valid.jsonl) held out for validation. [default: 0.1]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, listing each (file:line and why), instead of stopping at the first.")
-@click.option("--val-every", type=int, help="Steps between validation-loss reports. [default: 25]")
+@click.option("--val-every", type=int, help="Steps between validations (there is one before training and one at the end too). 0: never validate: no validation loss, no best/ adapters, no --early-stop. [default: 25]")
+@click.option("--val-batches", type=int, help="Validate on the first N batches (of --batch-size) of the validation split, the same N each time, instead of all of it: quicker, noisier. [default: all]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
-@click.option("--early-stop", type=int, help="Stop after this many validations without a new best validation loss. The best adapters are always kept in RUN/best. [default: off]")
+@click.option("--early-stop", type=int, help="Stop after this many validations without a new best validation loss (needs validation: not with --val-every 0). The adapters with the best validation loss are kept in RUN/best. [default: off]")
 @click.option("--seed", type=int, help="Seed for the data split, order and LoRA init. [default: 0]")
 @click.option("--backend", type=BACKENDS, help="mlx, or numpy (runs anywhere; the faster on a CPU for the llama family); auto: mlx on a GPU, numpy on a CPU where it implements the model (see README). [default: auto]")
 @click.option("--dtype", type=DTYPES, help="Compute dtype. [default: float32 on CPU, the model's on a GPU]")
@@ -70,18 +73,19 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
+    hold = ctx.with_resource(contextlib.ExitStack())  # the run directory stays locked until the report is written
     if resume_run:
         given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json", "iters", "epochs"})
         if given:
             raise click.UsageError(f"--resume continues a run with the settings it was started with (only --iters or --epochs, a new total, may be given); drop {', '.join(given)}")
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = resume(resume_run, on_event=printer, iters=options["iters"], epochs=options["epochs"])
+            result = resume(resume_run, on_event=printer, iters=options["iters"], epochs=options["epochs"], hold=hold)
         cfg = result.config
     else:
         cfg = _train_config(recipe, config_file, options)
         given = {k for k, v in options.items() if v is not None} | _file_settings(recipe, config_file)
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
-            result = train(cfg, on_event=printer, force=force, given=given)
+            result = train(cfg, on_event=printer, force=force, given=given, hold=hold)
     if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
         return
     say = printer.summary  # the human summary; --json has it in the done event

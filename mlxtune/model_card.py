@@ -70,7 +70,7 @@ def _eval_summary(path: Path) -> dict | None:
     try:
         r = json.loads(path.read_text(encoding="utf-8"))
         scores = [{"name": s["name"], "loss": s.get("loss"), "perplexity": s.get("perplexity"), **{k: v for k, v in (s.get("metrics") or {}).items() if isinstance(v, (int, float))}} for s in r["scores"]]
-        return {"split": r.get("split"), "source": r.get("source") or r.get("data"), "records": r.get("records"), "scores": scores}
+        return {"split": r.get("split"), "source": r.get("source") or r.get("data"), "records": r.get("records"), "trained_on": r.get("trained_on"), "scores": scores}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -137,7 +137,8 @@ def _training(facts: dict) -> list[str]:
 def _measured(facts: dict) -> list[str]:
     rows = [f"| validation, {v['label']} | step {v['step']} | {v['loss']:.3f} | {_ppl(v['loss'])} |" for v in facts.get("validation") or []]
     for e in facts.get("evals") or []:
-        what = f"eval, {e.get('split')} split ({e.get('records')} records)"
+        trained = f", trained on {e['trained_on']} of them" if e.get("trained_on") else ""  # not held out: it measures fit, not generalisation
+        what = f"eval, {e.get('split')} split ({e.get('records')} records{trained})"
         rows += [f"| {what}, {s['name']} | | {s['loss']:.3f} | {_ppl(s['loss'])} |" for s in e["scores"] if isinstance(s.get("loss"), (int, float))]
     if not rows:
         return []

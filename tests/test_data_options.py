@@ -85,6 +85,13 @@ def test_lora_valid_fraction_out_of_range_is_refused(tmp_path, tiny_model):
     assert not (tmp_path / "run").exists()
 
 
+def test_data_check_names_the_format_by_its_title(tmp_path, tiny_model):
+    path = write(tmp_path / "d.jsonl", [{"prompt": f"Q{i}?", "completion": f"A{i}."} for i in range(10)])
+    r = invoke("data", "check", path, "--model", tiny_model)
+    assert r.exit_code == 0, r.output
+    assert "tokenizer sees the prompt/completion records (prompt masked)" in r.stdout and "the completion records" not in r.stdout
+
+
 # ------------------------------------------------------------ (c) --skip-bad-lines
 
 

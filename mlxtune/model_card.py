@@ -26,6 +26,7 @@ _KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "p
 def run_facts(run_dir: str | Path) -> dict:
     """What a card says about a training run, read from what the run wrote (JSON-able, missing parts left out)."""
     from .adapters import read_adapter_config
+    from .checkpoint import read_metrics
 
     run_dir = Path(run_dir)
     meta = read_adapter_config(run_dir)
@@ -42,27 +43,12 @@ def run_facts(run_dir: str | Path) -> dict:
         facts["data"] = data.get("description") or cfg.get("data")
     facts["adapter"] = {"rank": lp.get("rank"), "alpha": cfg.get("alpha"), "scale": lp.get("scale"), "dropout": lp.get("dropout"), "keys": lp.get("keys"), "blocks": meta.get("num_layers")}
     facts["training"] = {k: cfg.get(k) for k in ("iters", "epochs", "batch_size", "grad_accumulation", "learning_rate", "max_seq_len", "seed", "recipe") if cfg.get(k) is not None}
-    vals = [m for m in _metrics(run_dir) if m.get("val_loss") is not None]
+    vals = [m for m in read_metrics(run_dir) if m.get("val_loss") is not None]
     if vals:
         picks = (("before training", vals[0]), ("best", min(vals, key=lambda m: m["val_loss"])), ("final", vals[-1]))
         facts["validation"] = [{"label": label, "step": m["step"], "loss": m["val_loss"]} for label, m in picks]
     facts["evals"] = [e for e in (_eval_summary(p) for p in sorted(run_dir.glob("eval-*.json"))) if e]
     return facts
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records (as report.read_metrics reads them, without importing the report's dependencies)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a hard stop
-    return out
 
 
 def _eval_summary(path: Path) -> dict | None:

@@ -8,26 +8,13 @@ and a few validation prompts answered by the base model and by the tuned one.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from .checkpoint import read_metrics
 from .fsutil import atomic_write_text
 
 PNG_SIZE = (800, 480)  # width, height of loss.png
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a hard stop
-    return out
 
 
 def loss_curves(metrics: list[dict]) -> dict[str, tuple[list[float], list[float]]]:

@@ -242,7 +242,7 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
                          "(its figures flatter the model a little); for an unbiased measure keep a test file apart (a directory with test.jsonl)")
         return parts[split], splits.format, parts["train"], split, where, notes, splits.skipped
     if split == "test" and not len(splits.test):
-        raise DataError(f"has no {data / 'test.jsonl'} (or it has no records), which --split test evaluates: add one, or choose "
+        raise DataError(f"has no {data / 'test.jsonl'}, which --split test evaluates: add one, or choose "
                         "--split valid (valid.jsonl, or the part of train.jsonl training held out), train or all", data)
     if split is None:
         split = "test" if len(splits.test) else "valid"

@@ -40,7 +40,7 @@ def _unique(parent: Path, prefix: str, suffix: str, create) -> Path:
         except FileExistsError:
             continue
     raise OutputExistsError(
-        f"{parent} holds no unused temporary name {prefix}*{suffix} ({_ATTEMPTS} random names tried): "
+        f"{Path(parent).absolute()} holds no unused temporary name {prefix}*{suffix} ({_ATTEMPTS} random names tried): "
         f"remove the {prefix}* leftovers of interrupted commands there, or write elsewhere"
     )
 

@@ -131,6 +131,21 @@ def clean_leftovers(run_dir: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (none without one); a line cut short by a hard stop is passed over."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a hard stop
+    return out
+
+
 def keep_metrics_until(path: Path, step: int) -> None:
     """Drop what a hard-stopped session logged after its last checkpoint: the resumed run logs it again."""
     if not path.exists():

@@ -16,7 +16,6 @@ Semantics of the options:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .fsutil import copy_file, staged_dir
+from .fsutil import copy_file, file_digest, staged_dir
 from .hub import ModelSource, resolve_model
 
 TOKENIZER_FILES = (
@@ -211,14 +210,6 @@ def _stats(path: Path) -> tuple[int, int]:
 
 def mlxtune_home() -> Path:
     return Path(os.environ.get("MLXTUNE_HOME") or Path.home() / ".cache" / "mlxtune")
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_mlx_model(source: ModelSource) -> Path:

@@ -59,6 +59,7 @@ class EvalResult:
     reference_metrics: dict[str, float] = field(default_factory=dict)
     samples: int = 3
     notes: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # the bad lines left out (--skip-bad-lines, or the run's): path, line, field, reason
     trained_on: int | None = None  # how many of the records the run trained on (None: no run, or its data is gone)
 
     def to_dict(self) -> dict:
@@ -84,8 +85,14 @@ def evaluate(
     backend: str = "auto",
     offline: bool | None = None,
     on_progress: Callable[[str, int, int], None] = lambda name, done, total: None,
+    skip_bad_lines: bool = False,
 ) -> EvalResult:
-    """Evaluate ``adapter`` (on its base, or on ``model``), or ``model`` alone, on a split of ``data``."""
+    """Evaluate ``adapter`` (on its base, or on ``model``), or ``model`` alone, on a split of ``data``.
+
+    Bad lines stop the evaluation unless ``skip_bad_lines``, or unless the data
+    is the run's own and the run skipped them; the lines left out are listed
+    in the result's notes and ``skipped``, never dropped silently.
+    """
     from . import recipes
     from .adapters import read_adapter_config
 
@@ -105,17 +112,19 @@ def evaluate(
     if data is None:
         raise UsageError("no data: pass --data (a JSONL file or a directory with test.jsonl)")
     own = run_data is not None and data.resolve() == run_data.resolve()
-    records, fmt, train_records, split, where, notes = _eval_records(data, split, run_cfg, own)
+    skip = bool(skip_bad_lines or own and run_cfg.get("skip_bad_lines"))  # the run's setting is for the run's data only
+    records, fmt, train_records, split, where, notes, skipped = _eval_records(data, split, run_cfg, own, skip)
     if limit is not None:
         records = records[:limit]
     if not records:
-        raise DataError(f"the {where} split has no records to evaluate", data)
+        raise DataError(f"its {split} split has no records to evaluate: choose another --split ({', '.join(SPLITS)})", data)
 
     prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records))
     if not fmt.has_answers and samples:
         notes.append("text records have no prompt to answer: no side-by-side samples")
         samples = 0
     result = EvalResult(str(data), split, where, settings["task"], len(records), [], list(references), [_prompt_text(p) for p in prompts], samples=samples, notes=notes)
+    result.skipped = [{"path": e.path, "line": e.line, "field": e.field, "reason": e.reason} for e in skipped]
     result.trained_on = _trained_on(records, run_data, run_cfg, notes)
     # the task's measure needs every answer; the samples shown need theirs
     answered = len(prompts) if settings["task"] != "loss" and fmt.has_answers else min(samples, len(prompts))
@@ -198,8 +207,8 @@ def run_data_path(run: dict) -> Path | None:
     return Path(path) if path else None
 
 
-def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = False) -> tuple[list, str, list, str, str, list[str]]:
-    """(records to evaluate, format, training records, split name, the records in words, notes) for ``data``.
+def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = False, skip_bad_lines: bool | None = None) -> tuple[list, str, list, str, str, list[str], list]:
+    """(records to evaluate, format, training records, split name, the records in words, notes, skipped lines) for ``data``.
 
     A directory: its ``test.jsonl`` (default), else the validation split
     (``valid.jsonl``, or the part of ``train.jsonl`` training held out);
@@ -208,14 +217,15 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
     (the default for the run's ``own`` data) is exactly the part the run held
     out and ``train`` the part it trained on; ``all`` (the default for any
     other file, e.g. one kept apart for testing) is the whole file.
+    ``skip_bad_lines`` as in ``data.load_data``; the notes list each line left out.
     """
     from .data import load_data
 
     if split is not None and split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
-    notes: list[str] = []
     seed, fraction = int(run_cfg.get("seed") or 0), float(run_cfg.get("valid_fraction") or 0.1)
-    splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=True if run_cfg.get("skip_bad_lines") else None)
+    splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=skip_bad_lines)
+    notes: list[str] = splits.skipped_notes()
     parts = {"test": list(splits.test), "valid": list(splits.valid), "train": list(splits.train)}
     parts["all"] = parts["train"] + parts["valid"] + parts["test"]
     if data.is_file():
@@ -230,12 +240,20 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
         if own and split == "valid":
             notes.append(f"{data} is a single file: evaluating on the validation split the run held out of it, which training watched "
                          "(its figures flatter the model a little); for an unbiased measure keep a test file apart (a directory with test.jsonl)")
-        return parts[split], splits.format, parts["train"], split, where, notes
+        return parts[split], splits.format, parts["train"], split, where, notes, splits.skipped
+    if split == "test" and not len(splits.test):
+        raise DataError(f"has no {data / 'test.jsonl'}, which --split test evaluates: add one, or choose "
+                        "--split valid (valid.jsonl, or the part of train.jsonl training held out), train or all", data)
     if split is None:
         split = "test" if len(splits.test) else "valid"
         if split == "valid":
             notes.append(f"{data} has no test.jsonl: evaluating on the validation split, which training watched (its figures flatter the model a little)")
-    return parts[split], splits.format, parts["train"], split, f"{data} {split} split", notes
+    return parts[split], splits.format, parts["train"], split, f"{data} {split} split", notes, splits.skipped
+
+
+def run_skips_bad_lines(run_cfg: dict) -> bool | None:
+    """How the run's own data is read again (eval, report, fuse): skipping the bad lines it skipped."""
+    return True if run_cfg.get("skip_bad_lines") else None
 
 
 def _trained_on(records: list, run_data: Path | None, run_cfg: dict, notes: list[str]) -> int | None:
@@ -247,7 +265,7 @@ def _trained_on(records: list, run_data: Path | None, run_cfg: dict, notes: list
     if not run_data.exists():
         notes.append(f"cannot tell which records the run trained on: its data {run_data} is not there any more")
         return None
-    trained = _eval_records(run_data, "train", run_cfg)[0]
+    trained = _eval_records(run_data, "train", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))[0]
     seen = {json.dumps(r.data, sort_keys=True) for r in trained}
     return sum(json.dumps(r.data, sort_keys=True) in seen for r in records)
 
@@ -312,11 +330,11 @@ def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: st
     """
     from .adapters import read_adapter_config
 
-    run_cfg = read_adapter_config(Path(run_dir)).get("config") or {}
-    data = run_cfg.get("data")
-    if not data or not Path(data).exists():
+    run = read_adapter_config(Path(run_dir))
+    run_cfg, data = run.get("config") or {}, run_data_path(run)
+    if data is None or not data.exists():
         return None
-    records, fmt, *_ = _eval_records(Path(data), "valid", run_cfg)
+    records, fmt, *_ = _eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
     if not records:
         return None
     mask_prompt, max_seq_len = _encoding(run_cfg, fmt)

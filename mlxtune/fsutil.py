@@ -16,13 +16,15 @@ usual 022; private under 077). Copies (``copy_file``) follow the same rule.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputExistsError
+from .errors import MlxtuneError, OutputExistsError
 
 
 _ATTEMPTS = 100  # random names tried before giving up (a clash needs 2^32 draws to be likely)
@@ -37,7 +39,10 @@ def _unique(parent: Path, prefix: str, suffix: str, create) -> Path:
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"no unused temporary name {prefix}*{suffix} in {parent}")
+    raise OutputExistsError(
+        f"{Path(parent).absolute()} holds no unused temporary name {prefix}*{suffix} ({_ATTEMPTS} random names tried): "
+        f"remove the {prefix}* leftovers of interrupted commands there, or write elsewhere"
+    )
 
 
 def make_temp_file(parent: Path, prefix: str, suffix: str = "") -> tuple[int, Path]:
@@ -136,3 +141,31 @@ def staged_dir(final: Path, force: bool = False) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MB chunks: what a cache or a record names a file by."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json_object(path: Path, error: type[MlxtuneError], what: str) -> dict:
+    """The JSON object in ``path``, else ``error`` naming the file, what is wrong, and that it should be ``what``.
+
+    ``error`` is the caller's typed error (a model's config.json is a
+    ModelFormatError, an adapter's config an AdapterError); ``what`` says what
+    the file should hold, e.g. "a model's configuration".
+    """
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e}): check its permissions") from None
+    except ValueError as e:
+        raise error(f"{path} is not valid JSON ({e}): it should hold {what}; replace it with a good copy") from None
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise error(f"{path} holds {kind}, not {what} (a JSON object): replace it with a good copy")
+    return value

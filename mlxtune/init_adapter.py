@@ -18,7 +18,6 @@ To continue a run itself (its optimizer state, step and data order too),
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from .adapters import ADAPTER_WEIGHTS, read_adapter_config
 from .config import TrainConfig
 from .errors import AdapterError, UsageError
+from .fsutil import file_digest
 
 # The settings that make an adapter's shape, and the flags that set them.
 SHAPE_FLAGS = {"rank": "--rank", "alpha": "--alpha", "target_modules": "--target-modules", "layers": "--layers", "dora": "--dora"}
@@ -187,7 +187,7 @@ class InitAdapter:
         """What the new run's adapter_config.json says about where it started."""
         return {
             "path": str(self.path), "kind": self.kind, "step": self.step, "val_loss": self.val_loss,
-            "sha256": _sha256(self.weights_file), "base_model": self.base,
+            "sha256": file_digest(self.weights_file), "base_model": self.base,
             "rank": self.rank, "scale": self.scale, "num_layers": self.num_layers, "keys": self.keys, "fine_tune_type": "dora" if self.dora else "lora",
         }
 
@@ -267,10 +267,3 @@ def _shown(value) -> str:
         return f"{value:g}"
     return str(value)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -26,6 +26,7 @@ _KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "p
 def run_facts(run_dir: str | Path) -> dict:
     """What a card says about a training run, read from what the run wrote (JSON-able, missing parts left out)."""
     from .adapters import read_adapter_config
+    from .checkpoint import read_metrics
 
     run_dir = Path(run_dir)
     meta = read_adapter_config(run_dir)
@@ -42,7 +43,7 @@ def run_facts(run_dir: str | Path) -> dict:
         facts["data"] = data.get("description") or cfg.get("data")
     facts["adapter"] = {"rank": lp.get("rank"), "alpha": cfg.get("alpha"), "scale": lp.get("scale"), "dropout": lp.get("dropout"), "keys": lp.get("keys"), "blocks": meta.get("num_layers")}
     facts["training"] = {k: cfg.get(k) for k in ("iters", "epochs", "batch_size", "grad_accumulation", "learning_rate", "max_seq_len", "seed", "recipe") if cfg.get(k) is not None}
-    vals = [m for m in _metrics(run_dir) if m.get("val_loss") is not None]
+    vals = [m for m in read_metrics(run_dir) if m.get("val_loss") is not None]
     if vals:
         picks = (("before training", vals[0]), ("best", min(vals, key=lambda m: m["val_loss"])), ("final", vals[-1]))
         facts["validation"] = [{"label": label, "step": m["step"], "loss": m["val_loss"]} for label, m in picks]
@@ -50,27 +51,12 @@ def run_facts(run_dir: str | Path) -> dict:
     return facts
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's records (as report.read_metrics reads them, without importing the report's dependencies)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a hard stop
-    return out
-
-
 def _eval_summary(path: Path) -> dict | None:
     """The losses of an ``mlxtune eval`` result file, or None when it cannot be read."""
     try:
         r = json.loads(path.read_text(encoding="utf-8"))
         scores = [{"name": s["name"], "loss": s.get("loss"), "perplexity": s.get("perplexity"), **{k: v for k, v in (s.get("metrics") or {}).items() if isinstance(v, (int, float))}} for s in r["scores"]]
-        return {"split": r.get("split"), "source": r.get("source") or r.get("data"), "records": r.get("records"), "scores": scores}
+        return {"split": r.get("split"), "source": r.get("source") or r.get("data"), "records": r.get("records"), "trained_on": r.get("trained_on"), "scores": scores}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -137,7 +123,8 @@ def _training(facts: dict) -> list[str]:
 def _measured(facts: dict) -> list[str]:
     rows = [f"| validation, {v['label']} | step {v['step']} | {v['loss']:.3f} | {_ppl(v['loss'])} |" for v in facts.get("validation") or []]
     for e in facts.get("evals") or []:
-        what = f"eval, {e.get('split')} split ({e.get('records')} records)"
+        trained = f", trained on {e['trained_on']} of them" if e.get("trained_on") else ""  # not held out: it measures fit, not generalisation
+        what = f"eval, {e.get('split')} split ({e.get('records')} records{trained})"
         rows += [f"| {what}, {s['name']} | | {s['loss']:.3f} | {_ppl(s['loss'])} |" for s in e["scores"] if isinstance(s.get("loss"), (int, float))]
     if not rows:
         return []

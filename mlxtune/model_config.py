@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from .errors import ModelFormatError, UnsupportedModelError
+from .fsutil import read_json_object
 
 # The rope types of transformers that mlx-lm's rope_utils.initialize_rope implements,
 # with the fields transformers requires of each (besides rope_type and rope_theta).
@@ -71,13 +72,7 @@ def _read(model_dir: str | Path) -> tuple[Path, dict]:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ModelFormatError(f"{model_dir} has no config.json: not a model directory")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{path}: cannot read it ({e})") from None
-    if not isinstance(config, dict):
-        raise ModelFormatError(f"{path}: not a JSON object")
-    return path, config
+    return path, read_json_object(path, ModelFormatError, "a model's configuration")
 
 
 def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
@@ -96,14 +91,26 @@ def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
     if not params:
         return out
     if not isinstance(params, dict):
-        raise ModelFormatError(f"{source}: rope_parameters is not a JSON object")
+        raise ModelFormatError(
+            f"{source}: rope_parameters is {json.dumps(params)[:40]}, not a JSON object: write it as transformers does, "
+            'e.g. "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, or take config.json again from the model\'s source'
+        )
     # Per layer type: a dict (or None, for layers without rotary embedding) under each layer type's name.
     nested = [k for k, v in params.items() if isinstance(v, dict) or (v is None and k.endswith("_attention"))]
     if not nested:
         _set_global(out, params, source, "rope_parameters")
         return out
     if nested != list(params):
-        raise ModelFormatError(f"{source}: rope_parameters mixes per-layer-type entries ({', '.join(nested)}) with other fields")
+        others = [k for k in params if k not in nested]
+        for k in (k for k in others if k.endswith("_attention")):  # a layer type whose entry is not a dict
+            raise ModelFormatError(
+                f"{source}: rope_parameters.{k} is {json.dumps(params[k])[:40]}, not a JSON object (or null, for layers without rotary embedding): "
+                f'write it as the other layer types\' entries are, e.g. "{k}": {{"rope_type": "default", "rope_theta": 10000.0}}'
+            )
+        raise ModelFormatError(
+            f"{source}: rope_parameters mixes per-layer-type entries ({', '.join(nested)}) with other fields ({', '.join(others)}): "
+            f"move those into each layer type's entry (e.g. rope_parameters.{nested[0]}.{others[0]}), or take config.json again from the model's source"
+        )
     model_type = out.get("model_type")
     if model_type in READS_PER_LAYER_TYPE:
         return out
@@ -130,7 +137,10 @@ def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
 def _set_global(out: dict, params: dict, source, where: str) -> None:
     """rope_theta, rope_scaling (None for plain rotary) and partial_rotary_factor from one rope_parameters dict."""
     if not isinstance(params, dict):
-        raise ModelFormatError(f"{source}: {where} is not a JSON object")
+        raise ModelFormatError(
+            f"{source}: {where} is {json.dumps(params)[:40]}, not a JSON object: write it as transformers does, "
+            'e.g. {"rope_type": "default", "rope_theta": 10000.0}, or take config.json again from the model\'s source'
+        )
     rope_type = _rope_type(params, source, where)
     _agree(out, "rope_theta", _theta(params, out, source, where), source, f"{where}.rope_theta")
     if params.get("partial_rotary_factor") is not None:

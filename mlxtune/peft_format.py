@@ -38,7 +38,7 @@ import numpy as np
 from . import npio
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, read_adapter_config
 from .errors import AdapterError
-from .fsutil import staged_dir
+from .fsutil import file_digest, read_json_object, staged_dir
 from .model_card import CARD, model_card, run_facts
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -230,7 +230,7 @@ def as_mlx_adapter(path: str | Path, num_blocks: int | None = None, cache_dir: P
         return path
     if not (path / PEFT_WEIGHTS).exists():
         _import(path, num_blocks)  # raises the precise error
-    from .convert import file_digest, mlxtune_home
+    from .convert import mlxtune_home
 
     h = hashlib.sha256((path / PEFT_CONFIG).read_bytes() if (path / PEFT_CONFIG).exists() else b"")
     h.update(file_digest(path / PEFT_WEIGHTS).encode() + str(num_blocks).encode())
@@ -331,12 +331,7 @@ def _read_peft_config(peft_dir: Path) -> tuple[dict, Path]:
         raise AdapterError(f"adapter directory {peft_dir} does not exist")
     if not cfg_path.exists():
         raise AdapterError(f"{peft_dir} has no {PEFT_CONFIG}: not a PEFT adapter directory")
-    try:
-        pc = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{cfg_path} is not valid JSON ({e})") from None
-    if not isinstance(pc, dict):
-        raise AdapterError(f"{cfg_path} is not a PEFT adapter config (a JSON object)")
+    pc = read_json_object(cfg_path, AdapterError, "a PEFT adapter config")
     _check_config(pc, cfg_path)
     return pc, cfg_path
 

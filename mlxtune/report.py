@@ -8,26 +8,13 @@ and a few validation prompts answered by the base model and by the tuned one.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from .checkpoint import read_metrics
 from .fsutil import atomic_write_text
 
 PNG_SIZE = (800, 480)  # width, height of loss.png
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a hard stop
-    return out
 
 
 def loss_curves(metrics: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
@@ -51,12 +38,13 @@ def write_loss_png(run_dir: Path, metrics: list[dict]) -> Path:
 def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> list[dict]:
     """The first ``n`` validation prompts with their reference, the base's answer and the tuned model's."""
     from .adapters import read_adapter_config
-    from .evaluate import _eval_records, _prompt_and_reference, _prompt_text, answers, load_model
+    from .evaluate import _eval_records, _prompt_and_reference, _prompt_text, answers, load_model, run_data_path, run_skips_bad_lines
 
-    run_cfg = read_adapter_config(run_dir).get("config") or {}
-    if n <= 0 or not run_cfg.get("data"):
+    run = read_adapter_config(run_dir)
+    run_cfg, data = run.get("config") or {}, run_data_path(run)
+    if n <= 0 or data is None or not data.exists():
         return []
-    records, fmt, *_ = _eval_records(Path(run_cfg["data"]), "valid", run_cfg)
+    records, fmt, *_ = _eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
     if not fmt.has_answers or not records:
         return []
     prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records[:n]))

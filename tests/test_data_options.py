@@ -85,6 +85,13 @@ def test_lora_valid_fraction_out_of_range_is_refused(tmp_path, tiny_model):
     assert not (tmp_path / "run").exists()
 
 
+def test_data_check_names_the_format_by_its_title(tmp_path, tiny_model):
+    path = write(tmp_path / "d.jsonl", [{"prompt": f"Q{i}?", "completion": f"A{i}."} for i in range(10)])
+    r = invoke("data", "check", path, "--model", tiny_model)
+    assert r.exit_code == 0, r.output
+    assert "tokenizer sees the prompt/completion records (prompt masked)" in r.stdout and "the completion records" not in r.stdout
+
+
 # ------------------------------------------------------------ (c) --skip-bad-lines
 
 
@@ -118,9 +125,29 @@ def test_lora_skips_bad_lines_and_lists_each(tmp_path, tiny_model):
     meta = json.loads((run_dir / "adapter_config.json").read_text())
     assert "10 text records (3 bad line(s) skipped)" in meta["data"]["description"]
     assert meta["data"]["train"] + meta["data"]["valid"] == 10
-    # eval reads the data as the run did: the bad lines are skipped again, not an error
-    r = invoke("eval", "--adapter", run_dir, "--json", tmp_path / "e.json")
+    # eval reads the data as the run did: the bad lines are skipped again, not an error, and it says which
+    r = invoke("eval", "--adapter", run_dir, "--json", tmp_path / "e.json", "--samples", 0)
     assert r.exit_code == 0, r.output
+    assert f"note: skipped 3 bad line(s) of {path} (--skip-bad-lines)" in r.stderr
+    assert f"note: skipped {path}:7: field 'text': must be a string, got a number (7)" in r.stderr
+    assert "(3 bad line(s) skipped, listed above)" in r.stdout
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert [(s["line"], s["field"]) for s in result["skipped"]] == [(3, None), (7, "text"), (13, None)]
+
+
+def test_eval_of_other_data_skips_bad_lines_only_when_asked(tmp_path, tiny_model):
+    """The run's --skip-bad-lines is for the run's data: another file's bad lines stop eval until it is given --skip-bad-lines."""
+    run_dir = tmp_path / "run"
+    r = invoke("lora", "--data", _with_bad_lines(tmp_path), "--model", tiny_model, "-o", run_dir, "--iters", 1, "--no-report", "--skip-bad-lines")
+    assert r.exit_code == 0, r.output
+    other = write(tmp_path / "other.jsonl", GOOD[:4] + ['{"text": "cut', {"text": None}] + GOOD[4:])
+    line = error_line(invoke("eval", "--adapter", run_dir, "--data", other, "--samples", 0))
+    assert f"{other}:5: invalid JSON" in line and "--skip-bad-lines" in line
+    r = invoke("eval", "--adapter", run_dir, "--data", other, "--samples", 0, "--skip-bad-lines", "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    assert f"note: skipped 2 bad line(s) of {other} (--skip-bad-lines)" in r.stderr and f"note: skipped {other}:6: field 'text'" in r.stderr
+    assert f"Eval: {other} (whole file): 10 records (2 bad line(s) skipped, listed above)" in r.stdout
+    assert [s["line"] for s in json.loads((tmp_path / "e.json").read_text())["skipped"]] == [5, 6]
 
 
 def test_data_check_skips_bad_lines_and_lists_each(tmp_path, tiny_model):

@@ -80,6 +80,15 @@ def test_a_single_file_has_no_test_split(run):
     assert "is a single file: it has no test split" in r.output and "--split valid" in r.output
 
 
+def test_a_directory_without_test_jsonl_names_it_for_split_test(run, tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(NOTES.read_text().splitlines(keepends=True)[24:40]))
+    r = _eval(run[0], "--data", str(tmp_path), "--split", "test")
+    assert r.exit_code == 1
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {tmp_path}: has no {tmp_path / 'test.jsonl'}") and "--split valid" in line and "train or all" in line
+    assert "split split" not in line
+
+
 def test_a_directory_is_scored_on_its_test_file(run, tmp_path):
     """A directory's test.jsonl by default; a test record that is also a training record is counted as trained on."""
     run_dir, data = run

@@ -92,9 +92,11 @@ def _check_card(directory: Path, run_dir: Path, library: str) -> str:
 
 def test_fuse_hf_and_peft_outputs_carry_the_same_model_card(notes_run, tiny_model, tmp_path):
     run("eval", "--adapter", notes_run, "--limit", 2, "--samples", 0, "--backend", "numpy")  # its losses join the card
+    run("eval", "--adapter", notes_run, "--split", "train", "--limit", 2, "--samples", 0, "--backend", "numpy")  # records it trained on: said so
     run("fuse", "--adapter", notes_run, "-o", tmp_path / "fused", "--backend", "numpy")
     body = _check_card(tmp_path / "fused", notes_run, "mlx")
-    assert 'load("' + str(tmp_path / "fused") + '")' in body and "| eval, " in body
+    assert 'load("' + str(tmp_path / "fused") + '")' in body and "| eval, valid split (2 records), tuned |" in body
+    assert "| eval, train split (2 records, trained on 2 of them), tuned |" in body
     run("export", "-f", "hf", "--adapter", notes_run, "-o", tmp_path / "hf-model")
     assert 'AutoModelForCausalLM.from_pretrained("' + str(tmp_path / "hf-model") + '")' in _check_card(tmp_path / "hf-model", notes_run, "transformers")
     run("export", "-f", "peft", "--adapter", notes_run, "-o", tmp_path / "peft")

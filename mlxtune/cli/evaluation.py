@@ -22,9 +22,10 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 @click.option("--limit", type=int, help="Evaluate only the first N records.")
 @click.option("--samples", type=int, help="Side-by-side examples to show. [default: 3]")
 @click.option("--json", "json_path", type=click.Path(), help="Write the results here. [default: <run>/eval-<split>.json with --adapter]")
+@click.option("--skip-bad-lines", is_flag=True, help="Leave out data lines that fail validation, and list each (file:line and why). [default: as the run did, for the run's own data]")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
-def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, json_path, backend, offline) -> None:
+def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, json_path, skip_bad_lines, backend, offline) -> None:
     """Measure a model (with or without an adapter) on held-out data.
 
     Loss and perplexity always; with a task, the greedy answers to the
@@ -54,11 +55,12 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
             last[name] = done
             click.echo(f"  {name}: {done}/{total} answers", err=True)
 
-    r = evaluate(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, backend, offline, on_progress=progress)
+    r = evaluate(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, backend, offline, on_progress=progress, skip_bad_lines=skip_bad_lines)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     held_out = ", none trained on" if r.trained_on == 0 else ""
-    click.echo(f"Eval: {r.source}: {r.records} records{held_out}, task {r.task}")
+    skipped = f" ({len(r.skipped)} bad line(s) skipped, listed above)" if r.skipped else ""
+    click.echo(f"Eval: {r.source}: {r.records} records{skipped}{held_out}, task {r.task}")
     if r.trained_on:
         click.echo(f"Trained on: {r.trained_on} of these {r.records} records are in the run's training split: "
                    "the figures show how well it fits the data it learned from, not how it does on new data")

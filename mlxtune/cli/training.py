@@ -233,6 +233,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
     """
     import json
 
+    from .. import formats
     from ..config import TrainConfig
     from ..datacheck import check
 
@@ -247,7 +248,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     click.echo(f"Data: {r.description}")
-    click.echo(f"Tokens: as {r.model}'s tokenizer sees the {r.format} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
+    click.echo(f"Tokens: as {r.model}'s tokenizer sees the {formats.get(r.format).title} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
     columns = {"split": 6, "records": 8, "tokens": 9, "trained": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
     click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))
     for s in (s for s in r.splits if s.records):

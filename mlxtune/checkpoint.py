@@ -47,6 +47,11 @@ def write(run_dir: Path, step: int, weights: dict, optimizer_state: dict, state:
     return final
 
 
+def write_state(run_dir: Path, step: int, state: dict) -> None:
+    """Replace checkpoint ``step``'s state.json (atomically): a resume to a new total records it before training."""
+    atomic_write_text(Path(run_dir) / "checkpoints" / f"step-{step:07d}" / STATE, json.dumps(state, indent=1))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (a directory is renamed into place only once whole)."""
     found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if (p / STATE).is_file())

@@ -30,21 +30,20 @@ import contextlib
 import functools
 import json
 import math
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from . import __version__, checkpoint
-from .adapters import ADAPTER_WEIGHTS
+from .adapters import ADAPTER_WEIGHTS, library_versions
 from .checkpoint import OPTIMIZER, latest_checkpoint  # noqa: F401 (latest_checkpoint: part of this module's interface)
 from .config import TrainConfig
+from .distributed import agree_on_run
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
 from .runlock import LOCK_NAME, own_run_dir
-from .schedule import extend_state
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -174,7 +173,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
     if setup.start is not None and setup.start.within(run_dir):
         raise UsageError(f"--init-adapter {cfg.init_adapter} is inside {run_dir}, the directory this run writes: give the new run another one (-o)")
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
-    _agree(world, setup)  # after the plan: the micro-batch it chose is part of what must agree
+    agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)  # after the plan: the micro-batch it chose is part of what must agree
 
     from .adapters import adapter_config
     from .backends import open_trainer
@@ -190,7 +189,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
                        "signature": checkpoint.model_signature(setup.model_dir), "weights_sample": checkpoint.weights_sample(setup.model_dir)},
         "backend": setup.backend,
         "compute": trainer.description,
-        "versions": _versions(),
+        "versions": library_versions(),
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
         "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format.name, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
     }
@@ -217,7 +216,7 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
     The micro-batch, accumulation and checkpointing may change, the effective
     batch (and so the steps) never. A resumed run does not come here: other
     micro-batches would be other batches. Distributed, each process plans for
-    its share of the batch on its own machine (``_agree`` then checks that
+    its share of the batch on its own machine (``agree_on_run`` then checks that
     all chose alike).
     """
     import dataclasses
@@ -243,21 +242,6 @@ def _notes(on_event: Callable[[Event], None]) -> Callable[[str], None]:
 
 def _silent(event: Event) -> None:
     """What ranks other than 0 print: nothing (their errors still reach the CLI)."""
-
-
-def _agree(world, setup: _Setup) -> None:
-    """All processes of a distributed run must train the same model on the same data with the same settings."""
-    if world.size == 1:
-        return
-    from .distributed import fingerprint_files
-
-    model_files = [p for p in Path(setup.model_dir).iterdir() if p.suffix == ".safetensors" or p.name == "config.json"]
-    settings = {k: v for k, v in setup.cfg.to_dict().items() if k not in ("data", "output", "model", "offline", "revision")}
-    world.agree({
-        "model": fingerprint_files(model_files),
-        "data": setup.fingerprint,
-        "settings": json.dumps(settings, sort_keys=True) + setup.backend,
-    })
 
 
 def resume(
@@ -315,7 +299,7 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
         cfg.data = data_path  # resumed from another working directory
     on_event = on_event if world.main else _silent
     setup = _prepare(cfg, on_event)
-    _agree(world, setup)
+    agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)
     if setup.fingerprint != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
     if base.get("signature") and checkpoint.model_signature(setup.model_dir) != base["signature"]:
@@ -323,42 +307,10 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
     if setup.backend != state.get("backend"):
         raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
     if extend:
-        state, ad_config = _new_total(run_dir, setup, state, ad_config, epochs, world.main)
+        state, ad_config = checkpoint.extend_to(run_dir, setup.cfg, setup.total, state, ad_config, epochs, write=world.main)
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
     ckpt = run_dir / "checkpoints" / f"step-{state['step']:07d}"
     weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS, data=files["adapters"])
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
     trainer.load_state(weights, opt_state)
     return Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
-
-
-def _new_total(run_dir: Path, setup: _Setup, state: dict, ad_config: dict, epochs: float | None, main: bool) -> tuple[dict, dict]:
-    """The checkpoint's state and the run's config for going on to ``setup.total``, both written back at once.
-
-    The checkpoint's state.json first: a stop before the next checkpoint (in
-    the validation the resume does first) must not lose the new total.
-    """
-    step = int(state["step"])
-    if setup.total <= step:
-        asked = f"--epochs {epochs:g} is {setup.total} steps" if epochs is not None else f"--iters {setup.total}"
-        raise UsageError(f"{asked}, but {run_dir} is at step {step} already: --iters and --epochs give the new total, counted from the run's start (e.g. --iters {step + max(step // 2, 1)})")
-    state, notes = extend_state(setup.cfg, state, setup.total)
-    if not notes:  # an unfinished run, to the total it had: a plain resume
-        return state, ad_config
-    ad_config = ad_config | {"config": ad_config["config"] | {"iters": setup.total, "epochs": epochs}, "schedule": state["schedule"]}
-    if main:
-        checkpoint.write_state(run_dir, step, state)
-        atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
-    return state | notes, ad_config
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
-    for name in ("mlx", "mlx-lm", "numpy", "transformers"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out

@@ -106,3 +106,7 @@ def test_an_init_adapter_refusal_names_where_the_value_was_set(tiny_model, small
     assert r.exit_code == 2, r.output
     assert f"drop rank: 16 in {conf} (the adapter's: 4), --layers 1 (the adapter's: " in r.output
     assert "--rank" not in r.output
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("description: rank 16\ntrain:\n  rank: 16\n")
+    r = run("lora", "--data", small_data, "--init-adapter", source, "--recipe", recipe, "-o", tmp_path / "new", "--iters", 1, "--no-report")
+    assert r.exit_code == 2 and f"drop rank: 16 in recipe {recipe} (the adapter's: 4)" in r.output, r.output

@@ -45,3 +45,15 @@ def read_adapter_config(directory: Path) -> dict:
     return config
 
 
+def library_versions() -> dict:
+    """Python, the platform and the libraries a run trained with, for its adapter_config.json."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
+    for name in ("mlx", "mlx-lm", "numpy", "transformers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .config import TrainConfig
 from .errors import UsageError
 from .fsutil import atomic_write_text
 
@@ -45,6 +46,36 @@ def write(run_dir: Path, step: int, weights: dict, optimizer_state: dict, state:
     for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-KEEP]:
         discard(old)
     return final
+
+
+def write_state(run_dir: Path, step: int, state: dict) -> None:
+    """Replace checkpoint ``step``'s state.json (atomically): a resume to a new total records it before training."""
+    atomic_write_text(Path(run_dir) / "checkpoints" / f"step-{step:07d}" / STATE, json.dumps(state, indent=1))
+
+
+def extend_to(run_dir: Path, cfg: TrainConfig, total: int, state: dict, ad_config: dict, epochs: float | None = None, write: bool = True) -> tuple[dict, dict]:
+    """The last checkpoint's state and the run's config for going on to a new ``total`` (``--resume --iters/--epochs``).
+
+    Both are written back at once (``write``: rank 0), state.json first: a
+    stop before the next checkpoint (in the validation the resume does
+    first) must not lose the new total, nor leave adapter_config.json saying
+    one total and the checkpoint another. The returned state also carries
+    what the session says (``schedule.extend_state``), which is not written.
+    """
+    from .schedule import extend_state
+
+    step = int(state["step"])
+    if total <= step:
+        asked = f"--epochs {epochs:g} is {total} steps" if epochs is not None else f"--iters {total}"
+        raise UsageError(f"{asked}, but {run_dir} is at step {step} already: --iters and --epochs give the new total, counted from the run's start (e.g. --iters {step + max(step // 2, 1)})")
+    state, notes = extend_state(cfg, state, total)
+    if not notes:  # an unfinished run, to the total it had: a plain resume
+        return state, ad_config
+    ad_config = ad_config | {"config": ad_config["config"] | {"iters": total, "epochs": epochs}, "schedule": state["schedule"]}
+    if write:
+        write_state(run_dir, step, state)
+        atomic_write_text(Path(run_dir) / ADAPTER_CONFIG, json.dumps(ad_config, indent=2))
+    return state | notes, ad_config
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -177,3 +177,22 @@ def fingerprint_files(paths: list[str | os.PathLike]) -> str:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def agree_on_run(world: World, model_dir: str | os.PathLike, settings: dict, backend: str, data_fingerprint: str) -> None:
+    """All processes of a distributed run must train the same model on the same data with the same settings.
+
+    ``settings``: the run's configuration; where each process finds its data
+    and model, and which Hub commit, may differ between machines.
+    """
+    if world.size == 1:
+        return
+    import json
+
+    model_files = [p for p in os.scandir(model_dir) if p.name.endswith(".safetensors") or p.name == "config.json"]
+    same = {k: v for k, v in settings.items() if k not in ("data", "output", "model", "offline", "revision")}
+    world.agree({
+        "model": fingerprint_files([p.path for p in model_files]),
+        "data": data_fingerprint,
+        "settings": json.dumps(same, sort_keys=True) + backend,
+    })

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +88,13 @@ class InitAdapter:
         model = base["path"] if local else base.get("spec")
         return dataclasses.replace(cfg, model=model, revision=cfg.revision or base.get("revision")), f"training on {model}, the model the adapter in {self.path} was trained on"
 
-    def fit(self, cfg: TrainConfig, source, model_dir: Path, given: set[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    def fit(self, cfg: TrainConfig, source, model_dir: Path, given: Mapping[str, str] | set[str] | None = None) -> tuple[TrainConfig, list[str]]:
         """Check the adapter against the run's model and options; read its weights; ``cfg`` in its shape, and notes.
 
-        ``given``: the settings the user set (flags, config file, recipe);
-        besides them, any that differs from its default counts as set. A
-        shape setting set that differs from the adapter's is refused, never
-        silently replaced.
+        ``given``: the settings the user set, each with where (``--rank``, a
+        config file, ``recipe NAME``), which the refusal names; besides them,
+        any that differs from its default counts as set. A shape setting set
+        that differs from the adapter's is refused, never silently replaced.
         """
         notes = self._check_base(source, model_dir)
         config, _ = _read_model(model_dir)
@@ -113,7 +114,7 @@ class InitAdapter:
             value = getattr(cfg, key)
             set_by_user = value != getattr(defaults, key) or key in (given or ())
             if set_by_user and not self._agrees(key, value, cfg, n_blocks, model_dir):
-                conflicts.append(f"{flag} {_shown(value)} (the adapter's: {_shown(want[key]) if key != 'alpha' else f'scale {self.scale:g}, alpha {want[key]:g} at rank {self.rank}'})")
+                conflicts.append(f"{_setting(key, flag, value, given)} (the adapter's: {_shown(want[key]) if key != 'alpha' else f'scale {self.scale:g}, alpha {want[key]:g} at rank {self.rank}'})")
         if conflicts:
             raise UsageError(f"a run from --init-adapter {self.path} keeps the adapter's rank, scale and adapted layers; drop " + ", ".join(conflicts))
         return dataclasses.replace(cfg, **want), notes
@@ -258,6 +259,14 @@ def _linear_keys(model_dir: Path) -> list[str]:
         if m and len(t.shape) == 2:
             found.add(m["key"])
     return sorted(found)
+
+
+def _setting(key: str, flag: str, value, given: Mapping[str, str] | set[str] | None) -> str:
+    """A shape setting as the user set it: ``--rank 16``, ``rank: 16 in c.yaml``, ``rank: 16 in recipe style``."""
+    where = given.get(key) if isinstance(given, Mapping) else None
+    if where is None or where.startswith("--"):
+        return f"{flag} {_shown(value)}"
+    return f"{key}: {_shown(value)} in {where}"
 
 
 def _shown(value) -> str:

@@ -64,6 +64,8 @@ class TrainResult:
     config: TrainConfig | None = None  # the settings the run trained with
     rank: int = 0  # this process's rank in a distributed run; only rank 0 reports and writes
     processes: int = 1
+    total: int | None = None  # the steps the run goes to
+    total_before: int | None = None  # a resume to a new total (--iters/--epochs): the total the checkpoint had
 
 
 class Run:
@@ -323,7 +325,7 @@ class Run:
         result = TrainResult(
             self.run_dir, completed, self.initial_val, self.last_val, self.trained_tokens, seconds, self.trained_tokens / max(seconds, 1e-9), trainer.peak_memory(),
             self.best_step, self.best_val if self.best_step is not None else None, stopped_early, start_step if state else None, cfg,
-            self.world.rank, self.world.size,
+            self.world.rank, self.world.size, total, (state or {}).get("total_before"),
         )
         self.on_event(Event("done", {"result": result}))
         return result

@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .errors import MlxtuneError, OutputExistsError
 
@@ -102,7 +103,7 @@ class RunLock:
     not be enforced here (a file system without locks), else None.
     """
 
-    def __init__(self, run_dir: Path, fd: int, created: bool, stale: Holder | None, unchecked: str | None):
+    def __init__(self, run_dir: Path, fd: int, created: list[Path], stale: Holder | None, unchecked: str | None):
         self.run_dir, self.path, self.fd, self.created = run_dir, run_dir / LOCK_NAME, fd, created
         self.stale, self.unchecked = stale, unchecked
         self._old_term = None
@@ -119,15 +120,16 @@ class RunLock:
         (there is nothing to lock: the caller's own checks say what is wrong).
         """
         run_dir = Path(run_dir)
-        created = False
+        created: list[Path] = []  # the directories this lock made, deepest first
         if run_dir.exists() and not run_dir.is_dir():
             raise OutputExistsError(f"run path {run_dir} exists and is not a directory")
         if not run_dir.exists():
             if not create:
                 return None
+            missing = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
             with contextlib.suppress(FileExistsError):  # another process may create it at the same moment
                 run_dir.mkdir(parents=True)
-                created = True
+                created = missing
         path = run_dir / LOCK_NAME
         for _ in range(100):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -148,16 +150,18 @@ class RunLock:
         return cls(run_dir, fd, created, stale, unchecked)
 
     def release(self) -> None:
-        """Remove the lock file (while still holding it) and unlock; a directory this lock created and nothing filled goes too."""
+        """Remove the lock file (while still holding it) and unlock; the directories this lock created and nothing filled go too."""
         if self.fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         os.close(self.fd)
         self.fd = None
-        if self.created:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()  # only if empty: a run that failed before writing anything leaves nothing
+        for made in self.created:  # the run directory, then the parents it needed (runs/ for runs/NAME)
+            try:
+                made.rmdir()  # only if empty: a run that failed before writing anything leaves nothing
+            except OSError:
+                break
         if self._old_term is not None and signal.getsignal(signal.SIGTERM) is _terminated:
             signal.signal(signal.SIGTERM, self._old_term)
 
@@ -166,6 +170,35 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def own_run_dir(run_dir: Path, main: bool, on_note: Callable[[str], None], hold: contextlib.ExitStack | None = None, create: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock while the block runs, and after it until ``hold`` closes.
+
+    Only rank 0 locks (``main``): the other ranks of a distributed run never
+    write. A second run into the directory is refused here, before it reads
+    or writes anything; a lock left by a process that was killed is reported
+    (``on_note``) and taken over. On an error or Ctrl-C the lock is released
+    at once.
+    """
+    lock = RunLock.acquire(run_dir, create=create) if main else None
+    if lock is None:
+        yield
+        return
+    if lock.stale:
+        on_note(f"{run_dir} was locked by a run that ended without releasing it ({lock.stale.describe()}): taking it over")
+    if lock.unchecked:
+        on_note(lock.unchecked)
+    try:
+        yield
+    except BaseException:
+        lock.release()
+        raise
+    if hold is None:
+        lock.release()
+    else:
+        hold.callback(lock.release)
 
 
 def _terminated(signum, frame) -> None:

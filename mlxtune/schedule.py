@@ -95,3 +95,26 @@ class Schedule:
             f"rate {new.lr(step + 1):.1e} at step {step + 1} (it would have been {self.lr(step + 1):.1e}), "
             f"{new.lr(total):.1e} at step {total}"
         )
+
+
+def extend_state(cfg: TrainConfig, state: dict, total: int) -> tuple[dict, dict]:
+    """A checkpoint's ``state`` for going on to a new ``total``, and what the session says about it.
+
+    Returns (the state to write back into the checkpoint, the notes for the
+    resume event and the result: ``extended``, ``schedule_change``,
+    ``total_before``); ``state`` unchanged and no notes when nothing changes
+    (a stopped run resumed to the total it had). A run at its total counts as
+    finished even when a Ctrl-C cut its last validation short: its rate has
+    decayed to the floor, so its added steps get a cycle of their own, as
+    those of a run that ended normally do. The new total and cycles go into
+    the checkpoint at once, so a stop before the next save keeps them.
+    """
+    step, before = int(state["step"]), int(state["total"])
+    finished = bool(state.get("finished")) or step >= before
+    schedule, change = Schedule.of(cfg, before, state).extended(step, total, finished)
+    if not change:
+        return state, {}
+    new = state | {"total": total, "finished": False, "schedule": schedule.to_list()}
+    if finished:
+        new["validations_since_best"] = 0  # --early-stop counts afresh in the added steps
+    return new, {"extended": finished, "schedule_change": change, "total_before": before}

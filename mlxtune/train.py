@@ -30,20 +30,20 @@ import contextlib
 import functools
 import json
 import math
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Mapping
 
 from . import __version__, checkpoint
-from .adapters import ADAPTER_WEIGHTS
+from .adapters import ADAPTER_WEIGHTS, library_versions
 from .checkpoint import OPTIMIZER, latest_checkpoint  # noqa: F401 (latest_checkpoint: part of this module's interface)
 from .config import TrainConfig
+from .distributed import agree_on_run
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
-from .runlock import LOCK_NAME, RunLock
+from .runlock import LOCK_NAME, own_run_dir
 
 
 def default_output(cfg: TrainConfig) -> Path:
@@ -83,7 +83,7 @@ class _Setup:
         return h.hexdigest()[:32]
 
 
-def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str] | None = None) -> _Setup:
+def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping[str, str] | None = None) -> _Setup:
     """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input.
 
     ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
@@ -144,12 +144,13 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str
 
 def train(
     cfg: TrainConfig, on_event: Callable[[Event], None] = lambda e: None, force: bool = False,
-    given: set[str] | None = None, hold: contextlib.ExitStack | None = None,
+    given: Mapping[str, str] | None = None, hold: contextlib.ExitStack | None = None,
 ) -> TrainResult:
     """Run a LoRA fine-tune as ``cfg`` says, reporting progress through ``on_event``.
 
-    ``given`` names the settings the user set (the CLI's flags, file and
-    recipe): with ``cfg.init_adapter`` those must agree with the adapter's shape.
+    ``given`` names the settings the user set, each with where (a flag, the
+    -c file, the recipe): with ``cfg.init_adapter`` those must agree with the
+    adapter's shape, and a refusal says where to change them.
     The run directory is locked for this process (``own_run_dir``) from the
     start, before the data is read, to the end; given ``hold``, until
     ``hold`` closes (the CLI writes the report under it).
@@ -161,18 +162,18 @@ def train(
     world = world_from_env(required=cfg.distributed)
     on_event = on_event if world.main else _silent
     run_dir = Path(cfg.output) if cfg.output else default_output(cfg)
-    with own_run_dir(run_dir, world.main, on_event, hold):
+    with own_run_dir(run_dir, world.main, _notes(on_event), hold):
         if world.main:  # only rank 0 writes the run directory
             check_output_dir(run_dir, force, what="run", ignore=(LOCK_NAME,))
         return _train(cfg, on_event, force, world, run_dir, given)
 
 
-def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, world, run_dir: Path, given: set[str] | None) -> TrainResult:
+def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, world, run_dir: Path, given: Mapping[str, str] | None) -> TrainResult:
     setup = _prepare(cfg, on_event, given)
     if setup.start is not None and setup.start.within(run_dir):
         raise UsageError(f"--init-adapter {cfg.init_adapter} is inside {run_dir}, the directory this run writes: give the new run another one (-o)")
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
-    _agree(world, setup)  # after the plan: the micro-batch it chose is part of what must agree
+    agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)  # after the plan: the micro-batch it chose is part of what must agree
 
     from .adapters import adapter_config
     from .backends import open_trainer
@@ -188,7 +189,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
                        "signature": checkpoint.model_signature(setup.model_dir), "weights_sample": checkpoint.weights_sample(setup.model_dir)},
         "backend": setup.backend,
         "compute": trainer.description,
-        "versions": _versions(),
+        "versions": library_versions(),
         "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
         "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format.name, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
     }
@@ -215,7 +216,7 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
     The micro-batch, accumulation and checkpointing may change, the effective
     batch (and so the steps) never. A resumed run does not come here: other
     micro-batches would be other batches. Distributed, each process plans for
-    its share of the batch on its own machine (``_agree`` then checks that
+    its share of the batch on its own machine (``agree_on_run`` then checks that
     all chose alike).
     """
     import dataclasses
@@ -234,23 +235,13 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
     return dataclasses.replace(cfg, grad_checkpoint=planned.grad_checkpoint)
 
 
+def _notes(on_event: Callable[[Event], None]) -> Callable[[str], None]:
+    """What the run-directory lock says, as the run's notes."""
+    return lambda message: on_event(Event("note", {"message": message}))
+
+
 def _silent(event: Event) -> None:
     """What ranks other than 0 print: nothing (their errors still reach the CLI)."""
-
-
-def _agree(world, setup: _Setup) -> None:
-    """All processes of a distributed run must train the same model on the same data with the same settings."""
-    if world.size == 1:
-        return
-    from .distributed import fingerprint_files
-
-    model_files = [p for p in Path(setup.model_dir).iterdir() if p.suffix == ".safetensors" or p.name == "config.json"]
-    settings = {k: v for k, v in setup.cfg.to_dict().items() if k not in ("data", "output", "model", "offline", "revision")}
-    world.agree({
-        "model": fingerprint_files(model_files),
-        "data": setup.fingerprint,
-        "settings": json.dumps(settings, sort_keys=True) + setup.backend,
-    })
 
 
 def resume(
@@ -277,7 +268,7 @@ def resume(
     if extend:
         validate({"iters": iters, "epochs": epochs}, "--resume")  # positive, and not both
     world = world_from_env()
-    with own_run_dir(run_dir, world.main, on_event, hold, create=False):
+    with own_run_dir(run_dir, world.main, _notes(on_event), hold, create=False):
         return _resume(run_dir, on_event, world, iters, epochs)
 
 
@@ -308,7 +299,7 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
         cfg.data = data_path  # resumed from another working directory
     on_event = on_event if world.main else _silent
     setup = _prepare(cfg, on_event)
-    _agree(world, setup)
+    agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)
     if setup.fingerprint != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
     if base.get("signature") and checkpoint.model_signature(setup.model_dir) != base["signature"]:
@@ -316,70 +307,10 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
     if setup.backend != state.get("backend"):
         raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")
     if extend:
-        state, ad_config = _new_total(run_dir, setup, state, ad_config, epochs, world.main)
+        state, ad_config = checkpoint.extend_to(run_dir, setup.cfg, setup.total, state, ad_config, epochs, write=world.main)
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
     ckpt = run_dir / "checkpoints" / f"step-{state['step']:07d}"
     weights, _ = npio.read_safetensors(ckpt / ADAPTER_WEIGHTS, data=files["adapters"])
     opt_state, _ = npio.read_safetensors(ckpt / OPTIMIZER, data=files["optimizer"])
     trainer.load_state(weights, opt_state)
     return Run(setup, trainer, run_dir, ad_config, on_event, state, world).go()
-
-
-def _new_total(run_dir: Path, setup: _Setup, state: dict, ad_config: dict, epochs: float | None, main: bool) -> tuple[dict, dict]:
-    """The checkpoint's state and the run's config for going on to ``setup.total`` (written to adapter_config.json)."""
-    from .schedule import Schedule
-
-    step, finished = int(state["step"]), bool(state.get("finished"))
-    if setup.total <= step:
-        asked = f"--epochs {epochs:g} is {setup.total} steps" if epochs is not None else f"--iters {setup.total}"
-        raise UsageError(f"{asked}, but {run_dir} is at step {step} already: --iters and --epochs give the new total, counted from the run's start (e.g. --iters {step + max(step // 2, 1)})")
-    schedule, change = Schedule.of(setup.cfg, int(state["total"]), state).extended(step, setup.total, finished)
-    if not change:  # an unfinished run, to the total it had: a plain resume
-        return state, ad_config
-    state = state | {"total": setup.total, "finished": False, "schedule": schedule.to_list(), "schedule_change": change, "extended": finished}
-    if finished:
-        state["validations_since_best"] = 0  # --early-stop counts afresh in the added steps
-    ad_config = ad_config | {"config": ad_config["config"] | {"iters": setup.total, "epochs": epochs}, "schedule": schedule.to_list()}
-    if main:
-        atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
-    return state, ad_config
-
-
-@contextlib.contextmanager
-def own_run_dir(run_dir: Path, main: bool, on_event: Callable[[Event], None], hold: contextlib.ExitStack | None = None, create: bool = True) -> Iterator[None]:
-    """Hold the run directory's lock (``runlock``) while the block runs, and after it until ``hold`` closes.
-
-    Only rank 0 locks: the other ranks of a distributed run never write. A
-    second run into the directory is refused here, before it reads or writes
-    anything; a lock left by a process that was killed is reported and taken
-    over. On an error or Ctrl-C the lock is released at once.
-    """
-    lock = RunLock.acquire(run_dir, create=create) if main else None
-    if lock is None:
-        yield
-        return
-    if lock.stale:
-        on_event(Event("note", {"message": f"{run_dir} was locked by a run that ended without releasing it ({lock.stale.describe()}): taking it over"}))
-    if lock.unchecked:
-        on_event(Event("note", {"message": lock.unchecked}))
-    try:
-        yield
-    except BaseException:
-        lock.release()
-        raise
-    if hold is None:
-        lock.release()
-    else:
-        hold.callback(lock.release)
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
-    for name in ("mlx", "mlx-lm", "numpy", "transformers"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out

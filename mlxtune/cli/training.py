@@ -83,7 +83,7 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
         cfg = result.config
     else:
         cfg = _train_config(recipe, config_file, options)
-        given = {k for k, v in options.items() if v is not None} | _file_settings(recipe, config_file)
+        given = _file_settings(recipe, config_file) | {k: "--" + k.replace("_", "-") for k, v in options.items() if v is not None}
         with TrainPrinter(quiet=quiet, as_json=as_json) as printer:
             result = train(cfg, on_event=printer, force=force, given=given, hold=hold)
     if result.rank != 0:  # a distributed run: rank 0 reports (and writes the report) for all
@@ -91,7 +91,8 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
     say = printer.summary  # the human summary; --json has it in the done event
     iv, fv = result.initial_val_loss, result.final_val_loss
     val = f"; validation loss {iv:.3f} -> {fv:.3f} ({fv / iv:.0%} of the start)" if iv and fv is not None else ""
-    resumed = "extended" if resume_run and (options["iters"] or options["epochs"]) else "resumed"
+    before = result.total_before  # set when the resume went to another total than the checkpoint's
+    resumed = "resumed" if before is None else "extended" if result.total > before else f"shortened from {before} steps,"
     session = f" ({resumed} after step {result.resumed_from}: {result.steps - result.resumed_from} steps)" if result.resumed_from is not None else ""
     say(f"Done: {result.steps} steps{session} in {fmt_duration(result.seconds)}, {result.tokens_per_sec:.0f} trained tokens/s, peak memory {fmt_bytes(result.peak_memory_bytes)}{val}")
     if result.best_step is not None:
@@ -119,13 +120,13 @@ def _train_config(recipe: str | None, config_file: str | None, options: dict):
     return build(settings, options)
 
 
-def _file_settings(recipe: str | None, config_file: str | None) -> set[str]:
-    """The settings a recipe or a -c file sets (as _train_config reads them)."""
+def _file_settings(recipe: str | None, config_file: str | None) -> dict[str, str]:
+    """The settings a recipe or a -c file sets (as _train_config reads them), each with where it is set."""
     from ..config import load_yaml
     from ..recipes import load as load_recipe
 
-    keys = set(load_recipe(recipe).train) if recipe else set()
-    return keys | (set(load_yaml(config_file)) if config_file else set())
+    keys = {k: f"recipe {recipe}" for k in load_recipe(recipe).train} if recipe else {}
+    return keys | ({k: str(config_file) for k in load_yaml(config_file)} if config_file else {})
 
 
 def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:

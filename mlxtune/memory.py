@@ -42,6 +42,8 @@ from pathlib import Path
 
 from .errors import ModelFormatError, UnsupportedModelError
 from .model_config import read_config
+from .models import families
+from .models.families.base import LLAMA_LINEAR_KEYS
 
 # Resident memory of a `mlxtune lora` process just before the trainer is
 # created (interpreter, numpy, click, the tokenizer, mlx.core imported to
@@ -54,7 +56,7 @@ BASELINE_BYTES = {"numpy": 115 * 10**6, "mlx": 285 * 10**6}
 DATA_BYTES_PER_TOKEN = 5
 DATA_BYTES_PER_EXAMPLE = 400
 PAD_MULTIPLE = 8  # batching.make_batch pads T up to a multiple of this
-LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the block layout the estimate counts (the numpy model's; mlx-lm's llama-like models')
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _DTYPE_SIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -178,10 +180,9 @@ def _dims(config: dict) -> dict:
     if missing:
         raise UnsupportedModelError(f"config.json lacks {', '.join(missing)}: no memory estimate for model type '{config.get('model_type')}'")
     C, H = int(config["hidden_size"]), int(config["num_attention_heads"])
-    qwen2 = config.get("model_type") == "qwen2"
     return {
         "C": C, "F": int(config["intermediate_size"]), "L": int(config["num_hidden_layers"]), "H": H,
-        "KVH": int(config.get("num_key_value_heads") or H), "D": C // H if qwen2 else int(config.get("head_dim") or C // H),
+        "KVH": int(config.get("num_key_value_heads") or H), "D": families.head_dim(config),
         "V": int(config["vocab_size"]), "tied": bool(config.get("tie_word_embeddings", True)),
     }
 

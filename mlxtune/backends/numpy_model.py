@@ -47,20 +47,12 @@ import numpy as np
 
 from ..errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
 from ..model_config import normalize_config
+from ..models import families
+from ..models.families.base import LLAMA_LINEAR_KEYS
 from . import numpy_ops as ops
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-# The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora).
-LINEAR_KEYS = (
-    "mlp.down_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "self_attn.k_proj",
-    "self_attn.o_proj",
-    "self_attn.q_proj",
-    "self_attn.v_proj",
-)
+# The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora): the llama layout's.
+LINEAR_KEYS = LLAMA_LINEAR_KEYS
 # The same layers grouped by the input they read: each group is one stacked matmul.
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _O = ("self_attn.o_proj",)
@@ -96,16 +88,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
-        """Read config.json with mlx-lm's defaults (which differ between llama and qwen2).
+        """Read config.json with mlx-lm's defaults (which differ between families: ``models.families``).
 
         Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
         """
         config = normalize_config(config)
         model_type = config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        family = families.get(model_type)
+        if family is None or not family.numpy:
             raise UnsupportedModelError(
                 f"model type '{model_type}' is not supported by the numpy backend "
-                f"(it supports {', '.join(SUPPORTED_MODEL_TYPES)}; SmolLM and SmolLM2 are llama); use the mlx backend"
+                f"(it supports {', '.join(families.numpy_model_types())}; SmolLM and SmolLM2 are llama); use the mlx backend"
             )
         missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps", "vocab_size") if config.get(k) is None]
         if missing:
@@ -115,12 +108,12 @@ class ModelConfig:
             raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend (full_attention only)")
         scaling = config.get("rope_scaling")
         rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(SUPPORTED_ROPE_TYPES)})")
+        if rope_type not in family.rope_types:
+            raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(family.rope_types)})")
         if rope_type in ("linear", "llama3") and "factor" not in scaling:
             raise ModelFormatError(f"config.json: rope_scaling of type '{rope_type}' has no 'factor'")
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-        qwen2 = model_type == "qwen2"
+        attention_bias, o_proj_bias, mlp_bias = family.biases(config)
         return cls(
             model_type=model_type,
             hidden_size=hidden,
@@ -128,17 +121,16 @@ class ModelConfig:
             num_hidden_layers=int(config["num_hidden_layers"]),
             num_attention_heads=heads,
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-            # mlx-lm's qwen2 always uses hidden // heads; llama honours head_dim.
-            head_dim=hidden // heads if qwen2 else int(config.get("head_dim") or hidden // heads),
+            head_dim=family.head_dim(config),
             rms_norm_eps=float(config["rms_norm_eps"]),
             vocab_size=int(config["vocab_size"]),
-            rope_theta=float(config.get("rope_theta", 1000000.0 if qwen2 else 10000.0)),
+            rope_theta=family.rope_theta(config),
             rope_traditional=bool(config.get("rope_traditional", False)),
             rope_scaling=dict(scaling) if scaling else None,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-            attention_bias=True if qwen2 else bool(config.get("attention_bias", False)),
-            o_proj_bias=False if qwen2 else bool(config.get("attention_bias", False)),
-            mlp_bias=False if qwen2 else bool(config.get("mlp_bias", False)),
+            attention_bias=attention_bias,
+            o_proj_bias=o_proj_bias,
+            mlp_bias=mlp_bias,
         )
 
     def rope_frequencies(self) -> tuple[np.ndarray, float]:

@@ -142,7 +142,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
 
 def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes: list[str]):
     """(architecture, the tensors to write in order, ModelConfig), every weight checked against config.json."""
-    from .backends.numpy_model import ModelConfig, expected_shapes
+    from .models.layout import ModelConfig, expected_shapes
 
     model_type = config.get("model_type")
     family = families.get(model_type)

@@ -188,7 +188,7 @@ def _dims(config: dict) -> dict:
 
 
 def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
-    """(out, in) of each matmul weight, and the embedding (and head), by name as numpy_model.expected_shapes."""
+    """(out, in) of each matmul weight, and the embedding (and head), by name as models.layout.expected_shapes."""
     C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
     out = {"model.embed_tokens.weight": (V, C)}
     for i in range(d["L"]):
@@ -202,8 +202,8 @@ def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
 
 
 def _numpy_weight_bytes(config: dict) -> int:
-    """Float32 bytes of every tensor the numpy model keeps (numpy_model.expected_shapes)."""
-    from .backends.numpy_model import ModelConfig, expected_shapes
+    """Float32 bytes of every tensor the numpy model keeps (models.layout.expected_shapes)."""
+    from .models.layout import ModelConfig, expected_shapes
 
     return 4 * sum(math.prod(s) for s in expected_shapes(ModelConfig.from_dict(config)).values())
 

@@ -61,7 +61,7 @@ def choose_backend(requested: str | None, mlx_ok: bool, device: str | None = Non
         return "numpy"
     if device == "gpu" or mlx_only:
         return "mlx"
-    return "numpy" if model_type in families.numpy_model_types() else "mlx"  # numpy_model.ModelConfig checks the details
+    return "numpy" if model_type in families.numpy_model_types() else "mlx"  # models.layout.ModelConfig checks the details
 
 
 def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -> str:

@@ -51,7 +51,8 @@ LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the numpy model's block (numpy_model.LINEAR_K
 def load_model(model_dir: Path, dtype=np.float32):
     """A NumpyLlama for an MLX- or HF-layout directory (quantized weights expanded exactly)."""
     from .. import npio
-    from .numpy_model import ModelConfig, NumpyLlama
+    from ..models.layout import ModelConfig
+    from .numpy_model import NumpyLlama
 
     config, weights = npio.load_weights(model_dir)
     return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config

@@ -33,6 +33,9 @@ Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
 * past ``activation_budget``, blocks are checkpointed: they keep only their
   two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
+How config.json is read (per family) and which tensors the model has is
+``mlxtune.models.layout`` (``ModelConfig``, ``expected_shapes``).
+
 This module imports numpy (and mlxtune's error types and config reading) only; never mlx.
 """
 
@@ -40,15 +43,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
-from ..model_config import normalize_config
-from ..models import families
+from ..errors import AdapterError, ConfigError, ModelFormatError
 from ..models.families.base import LLAMA_LINEAR_KEYS
+from ..models.layout import ModelConfig, expected_shapes
 from . import numpy_ops as ops
 
 # The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora): the llama layout's.
@@ -63,121 +64,6 @@ _BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
 HEAD_CHUNK_BYTES = 32 * 2**20
 # Tensors a checkpoint may carry that the model does not use (mlx-lm's sanitize drops them too).
 _IGNORED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
-
-
-@dataclass
-class ModelConfig:
-    """The fields of a llama / mistral / qwen2 config.json that the computation depends on."""
-
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    vocab_size: int
-    rope_theta: float = 10000.0
-    rope_traditional: bool = False
-    rope_scaling: dict | None = None
-    tie_word_embeddings: bool = True
-    attention_bias: bool = False  # biases on q, k and v
-    o_proj_bias: bool = False
-    mlp_bias: bool = False
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "ModelConfig":
-        """Read config.json with mlx-lm's defaults (which differ between families: ``models.families``).
-
-        Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
-        """
-        config = normalize_config(config)
-        model_type = config.get("model_type")
-        family = families.get(model_type)
-        if family is None or not family.numpy:
-            raise UnsupportedModelError(
-                f"model type '{model_type}' is not supported by the numpy backend "
-                f"(it supports {', '.join(families.numpy_model_types())}; SmolLM and SmolLM2 are llama); use the mlx backend"
-            )
-        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps", "vocab_size") if config.get(k) is None]
-        if missing:
-            raise ModelFormatError(f"config.json of this {model_type} model lacks {', '.join(missing)}")
-        layer_types = config.get("layer_types")
-        if layer_types and any(t != "full_attention" for t in layer_types):
-            raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend (full_attention only)")
-        scaling = config.get("rope_scaling")
-        rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
-        if rope_type not in family.rope_types:
-            raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(family.rope_types)})")
-        if rope_type in ("linear", "llama3") and "factor" not in scaling:
-            raise ModelFormatError(f"config.json: rope_scaling of type '{rope_type}' has no 'factor'")
-        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-        attention_bias, o_proj_bias, mlp_bias = family.biases(config)
-        return cls(
-            model_type=model_type,
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=family.head_dim(config),
-            rms_norm_eps=float(config["rms_norm_eps"]),
-            vocab_size=int(config["vocab_size"]),
-            rope_theta=family.rope_theta(config),
-            rope_traditional=bool(config.get("rope_traditional", False)),
-            rope_scaling=dict(scaling) if scaling else None,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-            attention_bias=attention_bias,
-            o_proj_bias=o_proj_bias,
-            mlp_bias=mlp_bias,
-        )
-
-    def rope_frequencies(self) -> tuple[np.ndarray, float]:
-        """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope."""
-        D = self.head_dim
-        freqs = self.rope_theta ** (np.arange(0, D, 2) / D)  # (D/2,) wavelengths / 2π
-        scaling = self.rope_scaling or {}
-        rope_type = scaling.get("type") or scaling.get("rope_type") or "default"
-        if rope_type == "linear":
-            return 1.0 / freqs, 1.0 / float(scaling["factor"])
-        if rope_type == "llama3":  # mlx_lm.models.rope_utils.Llama3RoPE
-            factor = float(scaling["factor"])
-            low_ff = float(scaling.get("low_freq_factor", 1.0))
-            high_ff = float(scaling.get("high_freq_factor", 4.0))
-            old_len = float(scaling.get("original_max_position_embeddings", 8192))
-            wavelens = 2 * np.pi * freqs
-            freqs = np.where(wavelens > old_len / low_ff, freqs * factor, freqs)
-            medium = (wavelens > old_len / high_ff) & (wavelens < old_len / low_ff)
-            smooth = (old_len / wavelens - low_ff) / (high_ff - low_ff)
-            freqs = np.where(medium, freqs / ((1 - smooth) / factor + smooth), freqs)
-        return 1.0 / freqs, 1.0
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the model needs, with its Hugging Face name and shape."""
-    C, F, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (C,)
-        shapes[p + "post_attention_layernorm.weight"] = (C,)
-        for name, out_dim, in_dim, bias in (
-            ("self_attn.q_proj", q, C, cfg.attention_bias),
-            ("self_attn.k_proj", kv, C, cfg.attention_bias),
-            ("self_attn.v_proj", kv, C, cfg.attention_bias),
-            ("self_attn.o_proj", C, q, cfg.o_proj_bias),
-            ("mlp.gate_proj", F, C, cfg.mlp_bias),
-            ("mlp.up_proj", F, C, cfg.mlp_bias),
-            ("mlp.down_proj", C, F, cfg.mlp_bias),
-        ):
-            shapes[p + name + ".weight"] = (out_dim, in_dim)
-            if bias:
-                shapes[p + name + ".bias"] = (out_dim,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
 
 
 KV_CACHE_START = 256  # positions a cache has room for before it first grows

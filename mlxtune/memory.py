@@ -248,13 +248,14 @@ def estimate(
     ``tensors``: the safetensors headers (``read_model``), for the stored
     layout (quantization, dtypes, the order of loading); without them the
     layout follows config.json's ``quantization``. ``keys``: block-relative
-    LoRA targets (``backends.numpy.resolve_keys``; None: all seven linear
-    layers). ``seq_len``: T of the longest batch (``batch_seq_len``).
+    LoRA targets (``backends.numpy.resolve_keys``; None: every linear layer
+    of the family's block, ``Family.linear_keys``). ``seq_len``: T of the longest batch (``batch_seq_len``).
     ``activation_mb``: MLXTUNE_ACTIVATION_MB, which the numpy trainer honours.
     """
     d = _dims(config)
     tensors = tensors if tensors is not None else _stored(config, d)
-    keys = list(keys) if keys is not None else list(LINEAR_KEYS)
+    family = families.get(config.get("model_type"))  # its block's linear layers; a family not known here: the llama layout's
+    keys = list(keys) if keys is not None else list(family.linear_keys if family and family.linear_keys else LINEAR_KEYS)
     n_blocks = d["L"] if num_layers < 0 or num_layers > d["L"] else num_layers
     shapes = _model_tensors(d)
     P = n_blocks * sum(rank * sum(shapes[f"model.layers.0.{k}.weight"]) for k in keys)  # each adapter: (in, r) + (r, out)

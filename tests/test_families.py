@@ -46,3 +46,15 @@ def test_family_for_names_the_known_ones():
     with pytest.raises(UnsupportedModelError, match=r"model type 'gpt2' is not one mlxtune knows \(it knows gemma, .*llama, mistral"):
         families.family_for("gpt2")
     assert families.get(None) is None and families.get(["llama"]) is None
+
+
+def test_numpy_families_have_the_layout_the_numpy_model_computes():
+    """A family the numpy backend claims must have the llama layout it computes, and GGUF names for each of its tensors."""
+    from mlxtune.backends.numpy_model import LINEAR_KEYS
+
+    for family in families.FAMILIES:
+        if family.numpy:
+            assert family.linear_keys == LINEAR_KEYS and family.rope_types
+        if family.gguf_arch:
+            assert set(family.linear_keys) <= {hf for _, hf in family.gguf_block} and family.gguf_global and family.gguf_rope_types
+    assert all(f.gguf_arch for f in map(families.for_gguf_arch, families.gguf_import_archs()))

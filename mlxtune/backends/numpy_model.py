@@ -34,7 +34,8 @@ Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
   two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
 How config.json is read (per family) and which tensors the model has is
-``mlxtune.models.layout`` (``ModelConfig``, ``expected_shapes``).
+``mlxtune.models.layout``; checking and stacking the weights, ``numpy_weights``;
+placing LoRA and its arrays, ``numpy_lora``.
 
 This module imports numpy (and mlxtune's error types and config reading) only; never mlx.
 """
@@ -47,23 +48,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AdapterError, ConfigError, ModelFormatError
+from ..errors import ModelFormatError
 from ..models.families.base import LLAMA_LINEAR_KEYS
-from ..models.layout import ModelConfig, expected_shapes
+from ..models.layout import ModelConfig
 from . import numpy_ops as ops
+from .numpy_lora import LoRAMethods
+from .numpy_weights import GATE_UP, QKV, check_weights, stacked_weights
 
 # The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora): the llama layout's.
 LINEAR_KEYS = LLAMA_LINEAR_KEYS
-# The same layers grouped by the input they read: each group is one stacked matmul.
-_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-_O = ("self_attn.o_proj",)
-_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
-_DOWN = ("mlp.down_proj",)
+# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
+_QKV, _O, _GATE_UP, _DOWN = QKV, ("self_attn.o_proj",), GATE_UP, ("mlp.down_proj",)
 _BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
 # Logits computed at a time by the loss head: (rows, V) of this many bytes.
 HEAD_CHUNK_BYTES = 32 * 2**20
-# Tensors a checkpoint may carry that the model does not use (mlx-lm's sanitize drops them too).
-_IGNORED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
 
 
 KV_CACHE_START = 256  # positions a cache has room for before it first grows
@@ -98,8 +96,8 @@ class KVCache:
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
-class NumpyLlama:
-    """A llama-family model in numpy with LoRA adapters, a forward pass and a LoRA backward pass."""
+class NumpyLlama(LoRAMethods):
+    """A llama-family model in numpy with LoRA adapters (``numpy_lora``), a forward pass and a LoRA backward pass."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32, consume: bool = False):
         """``consume``: take the arrays out of ``weights`` as they are stored (the dict ends up empty), so
@@ -108,18 +106,8 @@ class NumpyLlama:
         self.dtype = np.dtype(dtype).type
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ModelFormatError(f"num_attention_heads {cfg.num_attention_heads} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
-        expected = expected_shapes(cfg)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ModelFormatError(f"the model weights lack {len(missing)} tensor(s) the config calls for, e.g. {missing[0]} of shape {expected[missing[0]]}")
-        ignored = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-        extra = [k for k in weights if k not in expected and k not in ignored and not k.endswith(_IGNORED_SUFFIXES)]
-        if extra:
-            raise ModelFormatError(f"the model weights have {len(extra)} tensor(s) a {cfg.model_type} model with this config does not use, e.g. {extra[0]}")
-        for name, shape in expected.items():
-            if tuple(weights[name].shape) != shape:
-                raise ModelFormatError(f"tensor {name} has shape {tuple(weights[name].shape)}, but the config calls for {shape}")
-        self.weights = _stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
+        expected = check_weights(cfg, weights)
+        self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
         self.attn_scale = cfg.head_dim**-0.5
@@ -127,76 +115,6 @@ class NumpyLlama:
         # (see activation_plan); None keeps every block's.
         self.activation_budget: int | None = None
         self._scratch: dict[str, np.ndarray] = {}
-
-    # ------------------------------------------------------------------ LoRA
-
-    def add_lora(self, num_layers: int, keys: list[str], rank: int, scale: float, rng: np.random.Generator, dropout: float = 0.0) -> int:
-        """Put LoRA on ``keys`` of the last ``num_layers`` blocks (-1 or more than there are: all).
-
-        Placement and initialisation as ``mlxtune.lora.apply_adapters`` /
-        ``LoRALinear``: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0, so the model is
-        unchanged until B trains. Returns the number of adapted layers.
-        """
-        unknown = [k for k in keys if k not in LINEAR_KEYS]
-        if unknown:
-            raise ConfigError(f"LoRA target '{unknown[0]}' is not a linear layer of a {self.config.model_type} block; choose from: {', '.join(LINEAR_KEYS)}")
-        n_blocks = self.config.num_hidden_layers
-        if num_layers < 0 or num_layers > n_blocks:
-            num_layers = n_blocks
-        count = 0
-        for i in range(n_blocks - num_layers, n_blocks):
-            for key in dict.fromkeys(keys):
-                name = f"model.layers.{i}.{key}"
-                out_dim, in_dim = self.weights[name + ".weight"].shape
-                bound = 1 / math.sqrt(in_dim)
-                a = rng.uniform(-bound, bound, size=(in_dim, rank)).astype(self.dtype)  # (in, r)
-                b = np.zeros((rank, out_dim), dtype=self.dtype)  # (r, out)
-                self.adapters[name] = ops.LoRA(a, b, float(scale), float(dropout))
-                count += 1
-        return count
-
-    def lora_params(self) -> dict[str, np.ndarray]:
-        """The live adapter arrays: "<layer>.lora_a" (in, r) and "<layer>.lora_b" (r, out)."""
-        params = {}
-        for name, lora in self.adapters.items():
-            params[name + ".lora_a"] = lora.a
-            params[name + ".lora_b"] = lora.b
-        return params
-
-    def set_lora_params(self, params: dict[str, np.ndarray]) -> None:
-        """Replace every adapter array (copied, cast to the model dtype); keys and shapes must match exactly."""
-        expected = self.lora_params()
-        missing = [k for k in expected if k not in params]
-        extra = [k for k in params if k not in expected]
-        if missing or extra:
-            example = (missing or extra)[0]
-            raise AdapterError(f"adapter weights do not fit this model: {len(missing)} missing and {len(extra)} unexpected tensor(s), e.g. {example}")
-        for key, value in params.items():
-            if tuple(np.shape(value)) != expected[key].shape:
-                raise AdapterError(f"adapter tensor {key} has shape {tuple(np.shape(value))}, but this model needs {expected[key].shape}")
-        for name, lora in self.adapters.items():
-            lora.a = np.array(params[name + ".lora_a"], dtype=self.dtype)
-            lora.b = np.array(params[name + ".lora_b"], dtype=self.dtype)
-
-    def merge_adapters(self) -> None:
-        """Add every adapter into its frozen weight, in place, and drop the adapters (for inference).
-
-        The sum is the one the forward forms for a folded adapter
-        (``ops.stacked_weight``: delta, then + W), so outputs are bit for bit
-        what they were; the stacked weights stay stacked, and no step copies
-        them again.
-        """
-        for name, lora in self.adapters.items():
-            w = self.weights[name + ".weight"]  # (out, in), a view into its block's stack
-            np.add(ops.lora_delta(lora), w, out=w)
-        self.adapters = {}
-
-    def fused_weights(self) -> dict[str, np.ndarray]:
-        """The dense weights with every adapter merged in: W + scale * (A B)ᵀ."""
-        fused = dict(self.weights)
-        for name, lora in self.adapters.items():
-            fused[name + ".weight"] = self.weights[name + ".weight"] + lora.scale * (lora.a @ lora.b).T  # (out, in)
-        return fused
 
     # --------------------------------------------------------------- forward
 
@@ -551,31 +469,6 @@ class NumpyLlama:
         if buf is None or buf.shape[0] < rows:
             buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
         return buf
-
-
-def _stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: int, dtype, consume: bool) -> dict[str, np.ndarray]:
-    """The tensors ``names`` of ``weights`` in ``dtype``; q | k | v and gate | up of each block stored as one array each.
-
-    Each layer's weight is a row block (a contiguous view) of its group's
-    array, which ``ops.stacked_weight`` then uses as is: the layers that read
-    the same input run as one sgemm without copying their weights first.
-    With ``consume``, each tensor leaves ``weights`` as soon as it is stored.
-    """
-    take = weights.pop if consume else weights.__getitem__
-    out: dict[str, np.ndarray] = {}
-    for i in range(n_blocks):
-        for group in (_QKV, _GATE_UP):
-            group_names = [f"model.layers.{i}.{k}.weight" for k in group]
-            parts = [take(n) for n in group_names]
-            rows = [p.shape[0] for p in parts]
-            stack = np.concatenate(parts, axis=0, dtype=dtype)  # (sum of out, in)
-            del parts
-            for n, start, r in zip(group_names, np.cumsum([0] + rows), rows):
-                out[n] = stack[start : start + r]
-    for n in names:
-        if n not in out:
-            out[n] = np.ascontiguousarray(take(n), dtype=dtype)
-    return out
 
 
 class _Saved:

@@ -271,16 +271,16 @@ def estimate(
 def _numpy(config, d, tensors, keys, n_blocks, rank, P, B, T, grad_checkpoint, accumulation, base, activation_mb) -> Estimate:
     """The numpy backend, from its code: NumpyTrainer, NumpyLlama.loss_and_grads, npio.load_weights."""
     from .backends.numpy import activation_budget
+    from .backends.numpy_activations import block_bytes, checkpointed_blocks
     from .backends.numpy_model import HEAD_CHUNK_BYTES
 
     C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
     weights = _numpy_weight_bytes(config)
     N, f32 = B * T, 4
-    # NumpyLlama.saved_bytes_per_block and activation_plan
-    inputs = 2 * C + 2 + H
-    keep, ckpt = N * (inputs + (H + 2 * KVH) * D + 2 * F) * f32, N * inputs * f32
+    # what NumpyLlama.saved_bytes_per_block and activation_plan decide with
+    keep, ckpt = block_bytes(C, H, KVH, D, F, N, f32)
     budget = activation_budget(weights, activation_mb, grad_checkpoint)
-    n_ckpt = 0 if budget is None or n_blocks * keep <= budget else min(n_blocks, math.ceil((n_blocks * keep - budget) / (keep - ckpt)))
+    n_ckpt = checkpointed_blocks(n_blocks, keep, ckpt, budget)
     activations = (n_blocks - n_ckpt) * keep + n_ckpt * ckpt
     # The backward of the last block: d out, d m and m at once (C + 2F a row), and, when every
     # block is checkpointed, that block's recomputed q, k, v, gate and up; the head's logits chunk.

@@ -43,7 +43,6 @@ This module imports numpy (and mlxtune's error types and config reading) only; n
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ from ..errors import ModelFormatError
 from ..models.families.base import LLAMA_LINEAR_KEYS
 from ..models.layout import ModelConfig
 from . import numpy_ops as ops
+from .numpy_activations import block_bytes, checkpointed_blocks
 from .numpy_lora import LoRAMethods
 from .numpy_weights import GATE_UP, QKV, check_weights, stacked_weights
 
@@ -205,10 +205,7 @@ class NumpyLlama(LoRAMethods):
         and up too (two of its four matmuls).
         """
         cfg = self.config
-        inputs = 2 * cfg.hidden_size + 2 + cfg.num_attention_heads  # per row
-        rest = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 2 * cfg.intermediate_size
-        itemsize = np.dtype(self.dtype).itemsize
-        return rows * (inputs + rest) * itemsize, rows * inputs * itemsize
+        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows, np.dtype(self.dtype).itemsize)
 
     def activation_plan(self, B: int, T: int) -> tuple[int, int]:
         """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.
@@ -220,11 +217,7 @@ class NumpyLlama(LoRAMethods):
         of a step for SmolLM2-135M). None: keep all.
         """
         n = self.config.num_hidden_layers - self._first_adapted()
-        keep, ckpt = self.saved_bytes_per_block(B * T)
-        budget = self.activation_budget
-        if budget is None or n * keep <= budget:
-            return n, 0
-        k = min(n, math.ceil((n * keep - budget) / (keep - ckpt)))
+        k = checkpointed_blocks(n, *self.saved_bytes_per_block(B * T), self.activation_budget)
         return n - k, k
 
     # ------------------------------------------------------------- internals

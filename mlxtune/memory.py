@@ -189,12 +189,14 @@ def _dims(config: dict) -> dict:
 
 def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
     """(out, in) of each matmul weight, and the embedding (and head), by name as models.layout.expected_shapes."""
-    C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
+    from .models.layout import block_linears
+
+    C, V = d["C"], d["V"]
+    linears = block_linears(C, d["F"], d["H"], d["KVH"], d["D"])
     out = {"model.embed_tokens.weight": (V, C)}
     for i in range(d["L"]):
         p = f"model.layers.{i}."
-        for key, shape in (("self_attn.q_proj", (H * D, C)), ("self_attn.k_proj", (KVH * D, C)), ("self_attn.v_proj", (KVH * D, C)),
-                           ("self_attn.o_proj", (C, H * D)), ("mlp.gate_proj", (F, C)), ("mlp.up_proj", (F, C)), ("mlp.down_proj", (C, F))):
+        for key, shape in linears.items():
             out[p + key + ".weight"] = shape
     if not d["tied"]:
         out["lm_head.weight"] = (V, C)

@@ -109,26 +109,33 @@ class ModelConfig:
         return 1.0 / freqs, 1.0
 
 
+def block_linears(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, tuple[int, int]]:
+    """(out, in) of each linear layer of a block, by block-relative name, in a checkpoint's order (q, k, v, o, gate, up, down)."""
+    C, F, q, kv = hidden, intermediate, heads * head_dim, kv_heads * head_dim
+    return {
+        "self_attn.q_proj": (q, C),
+        "self_attn.k_proj": (kv, C),
+        "self_attn.v_proj": (kv, C),
+        "self_attn.o_proj": (C, q),
+        "mlp.gate_proj": (F, C),
+        "mlp.up_proj": (F, C),
+        "mlp.down_proj": (C, F),
+    }
+
+
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the model needs, with its Hugging Face name and shape."""
-    C, F, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
+    C, V = cfg.hidden_size, cfg.vocab_size
+    linears = block_linears(C, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+    bias = {"self_attn.o_proj": cfg.o_proj_bias, "mlp.gate_proj": cfg.mlp_bias, "mlp.up_proj": cfg.mlp_bias, "mlp.down_proj": cfg.mlp_bias}
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes[p + "input_layernorm.weight"] = (C,)
         shapes[p + "post_attention_layernorm.weight"] = (C,)
-        for name, out_dim, in_dim, bias in (
-            ("self_attn.q_proj", q, C, cfg.attention_bias),
-            ("self_attn.k_proj", kv, C, cfg.attention_bias),
-            ("self_attn.v_proj", kv, C, cfg.attention_bias),
-            ("self_attn.o_proj", C, q, cfg.o_proj_bias),
-            ("mlp.gate_proj", F, C, cfg.mlp_bias),
-            ("mlp.up_proj", F, C, cfg.mlp_bias),
-            ("mlp.down_proj", C, F, cfg.mlp_bias),
-        ):
+        for name, (out_dim, in_dim) in linears.items():
             shapes[p + name + ".weight"] = (out_dim, in_dim)
-            if bias:
+            if bias.get(name, cfg.attention_bias):  # q, k and v: attention_bias
                 shapes[p + name + ".bias"] = (out_dim,)
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (V, C)

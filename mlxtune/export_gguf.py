@@ -39,20 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UnsupportedModelError, UsageError
-from . import gguf_import
 from .export_gguf_tokenizer import add_tokenizer, check_tokenizer
 from .fsutil import atomic_write_text
+from .models import families
 
 # --outtype -> (general.file_type, tensor type of 2-D weights)
 OUTTYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0"), "q4_0": ("MOSTLY_Q4_0", "Q4_0")}
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # model_type -> general.architecture
 BLOCK = 32  # values per Q8_0 / Q4_0 block
-
-# Hugging Face name -> GGUF name: the inverse of what the importer reads.
-_GLOBAL = {hf: name for name, hf in gguf_import._GLOBAL.items()}
-_LAYER = {hf: name for name, hf in gguf_import._LAYER.items()}
-# A block's tensors in the order convert_hf_to_gguf's tensor map lists them.
-_BLOCK_ORDER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 
 # Tokens that end a turn in chat templates; each one the template uses becomes an Ollama stop.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
@@ -149,18 +142,19 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
 
 def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes: list[str]):
     """(architecture, the tensors to write in order, ModelConfig), every weight checked against config.json."""
-    from .backends.numpy_model import ModelConfig, expected_shapes
+    from .models.layout import ModelConfig, expected_shapes
 
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    family = families.get(model_type)
+    if family is None or not family.gguf_arch:
         raise UnsupportedModelError(
-            f"GGUF export supports the llama family ({', '.join(ARCHITECTURES)}; SmolLM is llama), not model type {model_type!r}; "
+            f"GGUF export supports the llama family ({', '.join(families.gguf_export_model_types())}; SmolLM is llama), not model type {model_type!r}; "
             "for other architectures use llama.cpp's convert_hf_to_gguf.py on the Hugging Face model"
         )
-    arch = ARCHITECTURES[model_type]
+    arch = family.gguf_arch
     scaling = config.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type not in ("default", "linear", "llama3") or (rope_type == "llama3" and arch != "llama"):
+    if rope_type not in family.gguf_rope_types:
         raise UnsupportedModelError(f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (supported: linear; llama3 for llama)")
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
@@ -183,13 +177,15 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         factors = _llama3_rope_factors(cfg.rope_theta, cfg.head_dim, scaling, config)
         plan.append(_Tensor("rope_freqs.weight", None, factors.shape, "F32", data=factors))
     fallback = []
+    outside = {hf: name for name, hf in family.gguf_global}  # Hugging Face name -> GGUF name
+    block = {hf: name for name, hf in family.gguf_block}
     for name in expected:  # embed, norm, then each block's, then lm_head
         stem, _, param = name.rpartition(".")
         if stem.startswith("model.layers."):
             layer, _, rest = stem.removeprefix("model.layers.").partition(".")
-            gname = f"blk.{layer}.{_LAYER[rest]}.{param}"
+            gname = f"blk.{layer}.{block[rest]}.{param}"
         else:
-            gname = f"{_GLOBAL[stem]}.{param}"
+            gname = f"{outside[stem]}.{param}"
         shape = tuple(weights[name].shape)
         # convert_hf_to_gguf.py: 1-D tensors, norms and anything but a .weight stay F32.
         kind = "F32" if len(shape) == 1 or gname.endswith("_norm.weight") or param != "weight" else weight_type
@@ -197,10 +193,11 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
             kind = "F16"  # as llama.cpp falls back when gguf.quants refuses a row length
             fallback.append(gname)
         heads = None
-        if arch == "llama" and stem.endswith(("self_attn.q_proj", "self_attn.k_proj")):
+        if family.gguf_permute_qk and stem.endswith(("self_attn.q_proj", "self_attn.k_proj")):
             heads = cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
         plan.append(_Tensor(gname, name, shape, kind, heads))
-    plan.sort(key=_order)
+    order = [name for name, _ in family.gguf_block]
+    plan.sort(key=lambda t: _order(t, order))
     if fallback:
         notes.append(f"{len(fallback)} tensor(s) stored as F16 because their rows are not a multiple of {BLOCK} (as llama.cpp does): {', '.join(fallback[:4])}{' ...' if len(fallback) > 4 else ''}")
     if weight_type == "Q4_0":
@@ -212,11 +209,11 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     return arch, plan, cfg
 
 
-def _order(t: _Tensor) -> tuple:
+def _order(t: _Tensor, block_order: list[str]) -> tuple:
     """rope_freqs, token_embd, blocks in order (each as convert_hf_to_gguf's tensor map lists them), output_norm, output."""
     parts = t.name.split(".")
     if parts[0] == "blk":
-        return (2, int(parts[1]), _BLOCK_ORDER.index(parts[2]), parts[3])
+        return (2, int(parts[1]), block_order.index(parts[2]), parts[3])
     return ({"rope_freqs": 0, "token_embd": 1, "output_norm": 3, "output": 4}[parts[0]], 0, 0, parts[-1])
 
 
@@ -224,7 +221,7 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's ``LlamaModel.permute``: rows (n_head, 2, d/2) stored as (n_head, d/2, 2).
 
     llama.cpp rotates adjacent pairs of a head's rows; Hugging Face rotates its
-    two halves. The inverse is ``gguf_import._unpermute``.
+    two halves. The inverse is ``gguf_import._unpermute``; which families need it: ``Family.gguf_permute_qk``.
     """
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelNotFoundError, UsageError
+from .models import families
 
 DTYPES = ("float16", "bfloat16", "float32")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM"}
 # Keys MLX configs carry that are not transformers config fields.
 _MLX_KEYS = ("quantization", "quantization_config")
 
@@ -66,9 +66,10 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
         weights.pop("lm_head.weight", None)
     model_type = config.get("model_type")
     if not config.get("architectures"):
-        if model_type not in ARCHITECTURES:
+        hf_classes = families.hf_classes()  # model_type -> transformers class
+        if model_type not in hf_classes:
             raise UsageError(f"{model_dir}/config.json has no 'architectures' and model_type {model_type!r} is not one mlxtune knows the class of: add \"architectures\": [\"<Class>ForCausalLM\"] to it")
-        config["architectures"] = [ARCHITECTURES[model_type]]
+        config["architectures"] = [hf_classes[model_type]]
     config["torch_dtype"] = dtype
     fused_name, facts = fused_facts(model_dir)
     card = model_card("hf", name or fused_name or model_dir.resolve().name, str(out_dir), facts, base_model=None if facts else base_model or str(model_dir), detail=f", {dtype}")

@@ -20,28 +20,12 @@ import numpy as np
 
 from .errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from .gguf_tokenizer import build_tokenizer
+from .models import families
+from .models.families.base import Family
 
-# GGUF architecture -> (mlx_lm model_type, HF class, q/k rows permuted by llama.cpp's converter)
-ARCHITECTURES = {
-    "llama": ("llama", "LlamaForCausalLM", True),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
-}
 QUANT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # kept as MLX affine triplets, group size 32
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
 GROUP_SIZE = 32
-
-_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_LAYER = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
 
 
 @dataclass
@@ -68,10 +52,11 @@ def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
         raise ModelNotFoundError(f"{path}: no such GGUF file; check the path")
     md, tensors = read_header(path)
     arch = md.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    family = families.for_gguf_arch(arch)
+    if family is None:
         raise UnsupportedModelError(
             f"{path.name}: GGUF architecture {arch!r} is not supported (supported: "
-            f"{', '.join(ARCHITECTURES)}); use the original Hugging Face model instead"
+            f"{', '.join(families.gguf_import_archs())}); use the original Hugging Face model instead"
         )
     bad = [t for t in tensors if t.type not in SUPPORTED_TYPES]
     if bad:
@@ -80,14 +65,14 @@ def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
             f"{', '.join(sorted({t.type for t in bad}))}), which cannot be imported losslessly; supported "
             f"types: {', '.join(SUPPORTED_TYPES)}. Use a Q8_0, Q4_0, Q4_1, F16 or BF16 GGUF, or the Hugging Face model"
         )
-    names = {t.name: _hf_name(t.name, path) for t in tensors if not t.name.startswith("rope_freqs.")}
+    names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith("rope_freqs.")}
     hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
     if dense is None:
         dense = not _mlx_importable()
     loader = _load_weights_dense if dense else _load_weights
-    weights, bits, extra = loader(path, arch, hp, tensors, names)
-    config = _config(md, arch, hp, weights, bits, tokenizer, extra, path)
+    weights, bits, extra = loader(path, family, hp, tensors, names)
+    config = _config(md, family, hp, weights, bits, tokenizer, extra, path)
     source = {
         "path": str(path),
         "architecture": arch,
@@ -207,21 +192,22 @@ def read_header(path: Path) -> tuple[dict, list[TensorInfo]]:
 # --- weights ----------------------------------------------------------------
 
 
-def _hf_name(name: str, path: Path) -> tuple[str, str]:
+def _hf_name(name: str, family: Family, path: Path) -> tuple[str, str]:
     """(HF module path, parameter) for a GGUF tensor name such as ``blk.3.attn_q.weight``."""
     stem, _, param = name.rpartition(".")
     parts = stem.split(".")
-    if stem in _GLOBAL:
-        return _GLOBAL[stem], param
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER:
-        return f"model.layers.{parts[1]}.{_LAYER[parts[2]]}", param
+    outside, block = dict(family.gguf_global), dict(family.gguf_block)
+    if stem in outside:
+        return outside[stem], param
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in block:
+        return f"model.layers.{parts[1]}.{block[parts[2]]}", param
     raise UnsupportedModelError(
         f"{path.name}: tensor '{name}' has no counterpart in the Hugging Face llama layout; "
         "this variant of the architecture is not supported"
     )
 
 
-def _load_weights(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], names: dict):
+def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
     """(HF-named weights, {module: bits} of quantized modules, {name: np.ndarray} of non-weights)."""
     import mlx.core as mx
 
@@ -245,7 +231,7 @@ def _load_weights(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], na
             parts = {f"{module}.{param}": mx.array(data.reshape(t.shape)).view(mx.bfloat16)}
         else:
             parts = {f"{module}.{param}": raw[t.name]}
-        if ARCHITECTURES[arch][2] and stem.endswith((".attn_q", ".attn_k")):
+        if family.gguf_permute_qk and stem.endswith((".attn_q", ".attn_k")):
             heads = n_head if stem.endswith(".attn_q") else n_kv
             parts = {k: _unpermute(v, heads, t.name, path) for k, v in parts.items()}
         weights.update(parts)
@@ -260,7 +246,7 @@ def _mlx_importable() -> bool:
     return True
 
 
-def _load_weights_dense(path: Path, arch: str, hp: dict, tensors: list[TensorInfo], names: dict):
+def _load_weights_dense(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
     """Like ``_load_weights`` but numpy-only: every tensor dequantized to float32."""
     import gguf
 
@@ -277,7 +263,7 @@ def _load_weights_dense(path: Path, arch: str, hp: dict, tensors: list[TensorInf
             continue
         module, param = names[t.name]
         stem = t.name.rpartition(".")[0]
-        if ARCHITECTURES[arch][2] and stem.endswith((".attn_q", ".attn_k")):
+        if family.gguf_permute_qk and stem.endswith((".attn_q", ".attn_k")):
             data = _unpermute(data, n_head if stem.endswith(".attn_q") else n_kv, t.name, path)
         weights[f"{module}.{param}"] = np.ascontiguousarray(data)
     return weights, {}, extra
@@ -325,7 +311,9 @@ def _hyperparameters(md: dict, arch: str, path: Path) -> dict:
     return hp
 
 
-def _config(md: dict, arch: str, hp: dict, weights: dict, bits: dict, tokenizer, extra: dict, path: Path) -> dict:
+def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, tokenizer, extra: dict, path: Path) -> dict:
+    arch = family.gguf_arch
+
     def get(key, default=None):
         return md.get(f"{arch}.{key}", default)
 
@@ -334,7 +322,7 @@ def _config(md: dict, arch: str, hp: dict, weights: dict, bits: dict, tokenizer,
         raise ModelFormatError(
             f"{path.name}: the tensors do not match the metadata ({hp['num_attention_heads']} heads x {hp['head_dim']}); the file is inconsistent"
         )
-    model_type, hf_class, _ = ARCHITECTURES[arch]
+    model_type, hf_class = family.model_types[0], family.hf_class
     theta = _f32(get("rope.freq_base", 10000.0))
     config = {
         "model_type": model_type,
@@ -348,7 +336,7 @@ def _config(md: dict, arch: str, hp: dict, weights: dict, bits: dict, tokenizer,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if arch == "llama":
+    if family.gguf_attention_bias_key:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in weights
     scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
     if scaling:

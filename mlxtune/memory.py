@@ -42,6 +42,8 @@ from pathlib import Path
 
 from .errors import ModelFormatError, UnsupportedModelError
 from .model_config import read_config
+from .models import families
+from .models.families.base import LLAMA_LINEAR_KEYS
 
 # Resident memory of a `mlxtune lora` process just before the trainer is
 # created (interpreter, numpy, click, the tokenizer, mlx.core imported to
@@ -54,7 +56,7 @@ BASELINE_BYTES = {"numpy": 115 * 10**6, "mlx": 285 * 10**6}
 DATA_BYTES_PER_TOKEN = 5
 DATA_BYTES_PER_EXAMPLE = 400
 PAD_MULTIPLE = 8  # batching.make_batch pads T up to a multiple of this
-LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the block layout the estimate counts (the numpy model's; mlx-lm's llama-like models')
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _DTYPE_SIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -178,22 +180,23 @@ def _dims(config: dict) -> dict:
     if missing:
         raise UnsupportedModelError(f"config.json lacks {', '.join(missing)}: no memory estimate for model type '{config.get('model_type')}'")
     C, H = int(config["hidden_size"]), int(config["num_attention_heads"])
-    qwen2 = config.get("model_type") == "qwen2"
     return {
         "C": C, "F": int(config["intermediate_size"]), "L": int(config["num_hidden_layers"]), "H": H,
-        "KVH": int(config.get("num_key_value_heads") or H), "D": C // H if qwen2 else int(config.get("head_dim") or C // H),
+        "KVH": int(config.get("num_key_value_heads") or H), "D": families.head_dim(config),
         "V": int(config["vocab_size"]), "tied": bool(config.get("tie_word_embeddings", True)),
     }
 
 
 def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
-    """(out, in) of each matmul weight, and the embedding (and head), by name as numpy_model.expected_shapes."""
-    C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
+    """(out, in) of each matmul weight, and the embedding (and head), by name as models.layout.expected_shapes."""
+    from .models.layout import block_linears
+
+    C, V = d["C"], d["V"]
+    linears = block_linears(C, d["F"], d["H"], d["KVH"], d["D"])
     out = {"model.embed_tokens.weight": (V, C)}
     for i in range(d["L"]):
         p = f"model.layers.{i}."
-        for key, shape in (("self_attn.q_proj", (H * D, C)), ("self_attn.k_proj", (KVH * D, C)), ("self_attn.v_proj", (KVH * D, C)),
-                           ("self_attn.o_proj", (C, H * D)), ("mlp.gate_proj", (F, C)), ("mlp.up_proj", (F, C)), ("mlp.down_proj", (C, F))):
+        for key, shape in linears.items():
             out[p + key + ".weight"] = shape
     if not d["tied"]:
         out["lm_head.weight"] = (V, C)
@@ -201,8 +204,8 @@ def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
 
 
 def _numpy_weight_bytes(config: dict) -> int:
-    """Float32 bytes of every tensor the numpy model keeps (numpy_model.expected_shapes)."""
-    from .backends.numpy_model import ModelConfig, expected_shapes
+    """Float32 bytes of every tensor the numpy model keeps (models.layout.expected_shapes)."""
+    from .models.layout import ModelConfig, expected_shapes
 
     return 4 * sum(math.prod(s) for s in expected_shapes(ModelConfig.from_dict(config)).values())
 
@@ -247,13 +250,14 @@ def estimate(
     ``tensors``: the safetensors headers (``read_model``), for the stored
     layout (quantization, dtypes, the order of loading); without them the
     layout follows config.json's ``quantization``. ``keys``: block-relative
-    LoRA targets (``backends.numpy.resolve_keys``; None: all seven linear
-    layers). ``seq_len``: T of the longest batch (``batch_seq_len``).
+    LoRA targets (``backends.numpy.resolve_keys``; None: every linear layer
+    of the family's block, ``Family.linear_keys``). ``seq_len``: T of the longest batch (``batch_seq_len``).
     ``activation_mb``: MLXTUNE_ACTIVATION_MB, which the numpy trainer honours.
     """
     d = _dims(config)
     tensors = tensors if tensors is not None else _stored(config, d)
-    keys = list(keys) if keys is not None else list(LINEAR_KEYS)
+    family = families.get(config.get("model_type"))  # its block's linear layers; a family not known here: the llama layout's
+    keys = list(keys) if keys is not None else list(family.linear_keys if family and family.linear_keys else LINEAR_KEYS)
     n_blocks = d["L"] if num_layers < 0 or num_layers > d["L"] else num_layers
     shapes = _model_tensors(d)
     P = n_blocks * sum(rank * sum(shapes[f"model.layers.0.{k}.weight"]) for k in keys)  # each adapter: (in, r) + (r, out)
@@ -269,16 +273,16 @@ def estimate(
 def _numpy(config, d, tensors, keys, n_blocks, rank, P, B, T, grad_checkpoint, accumulation, base, activation_mb) -> Estimate:
     """The numpy backend, from its code: NumpyTrainer, NumpyLlama.loss_and_grads, npio.load_weights."""
     from .backends.numpy import activation_budget
+    from .backends.numpy_activations import block_bytes, checkpointed_blocks
     from .backends.numpy_model import HEAD_CHUNK_BYTES
 
     C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
     weights = _numpy_weight_bytes(config)
     N, f32 = B * T, 4
-    # NumpyLlama.saved_bytes_per_block and activation_plan
-    inputs = 2 * C + 2 + H
-    keep, ckpt = N * (inputs + (H + 2 * KVH) * D + 2 * F) * f32, N * inputs * f32
+    # what NumpyLlama.saved_bytes_per_block and activation_plan decide with
+    keep, ckpt = block_bytes(C, H, KVH, D, F, N, f32)
     budget = activation_budget(weights, activation_mb, grad_checkpoint)
-    n_ckpt = 0 if budget is None or n_blocks * keep <= budget else min(n_blocks, math.ceil((n_blocks * keep - budget) / (keep - ckpt)))
+    n_ckpt = checkpointed_blocks(n_blocks, keep, ckpt, budget)
     activations = (n_blocks - n_ckpt) * keep + n_ckpt * ckpt
     # The backward of the last block: d out, d m and m at once (C + 2F a row), and, when every
     # block is checkpointed, that block's recomputed q, k, v, gate and up; the head's logits chunk.

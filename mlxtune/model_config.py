@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .errors import ModelFormatError, UnsupportedModelError
 from .fsutil import read_json_object
+from .models import families
 
 # The rope types of transformers that mlx-lm's rope_utils.initialize_rope implements,
 # with the fields transformers requires of each (besides rope_type and rope_theta).
@@ -40,14 +41,15 @@ ROPE_TYPES: dict[str, tuple[str, ...]] = {
 }
 # Scaled types whose original context transformers takes from the config when the dict lacks it.
 _ORIGINAL_CONTEXT = ("yarn", "longrope", "llama3")
+# From the model families (models/families: Family.local_rope_base_field, layer_pattern_field, reads_per_layer_type_rope):
 # Model types whose layer types rotate differently, and how mlx-lm's model reads that:
 # the full-attention layers from rope_theta / rope_scaling, the sliding ones from this field.
-LOCAL_BASE_FIELD = {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
+LOCAL_BASE_FIELD = families.local_rope_base_fields()
 # Model types whose mlx-lm model places its sliding-window layers by a period (every Nth layer is
 # full attention) rather than by transformers 5's explicit ``layer_types`` list.
-PATTERN_FIELD = {"gemma3_text": "sliding_window_pattern", "gemma3": "sliding_window_pattern"}
+PATTERN_FIELD = families.layer_pattern_fields()
 # Model types whose mlx-lm model reads a per-layer-type rope_parameters itself.
-READS_PER_LAYER_TYPE = ("gemma4", "gemma4_text", "laguna")
+READS_PER_LAYER_TYPE = tuple(families.per_layer_type_rope_readers())
 
 
 def read_config(model_dir: str | Path) -> dict:

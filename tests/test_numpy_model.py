@@ -14,8 +14,9 @@ import pytest
 from mlxtune import npio
 from mlxtune.backends import numpy_model
 from mlxtune.backends import numpy_ops as ops
-from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, expected_shapes, load_model
+from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model
 from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
+from mlxtune.models.layout import expected_shapes
 from tiny import tiny_config
 from tolerances import GRAD_CHECK
 

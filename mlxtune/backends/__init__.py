@@ -18,6 +18,7 @@ an adapter trained on one loads on the other.
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..models import families
 
 BACKENDS = ("auto", "mlx", "numpy")
 
@@ -37,10 +38,6 @@ def mlx_available() -> bool:
         return importlib.util.find_spec("mlx_lm") is not None
     except (ImportError, ValueError):  # ValueError: a module blocked by a None in sys.modules
         return False
-
-
-# Model types the numpy backend implements (numpy_model.ModelConfig checks the details).
-NUMPY_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def choose_backend(requested: str | None, mlx_ok: bool, device: str | None = None, model_type: str | None = None, mlx_only: str | None = None) -> str:
@@ -64,7 +61,7 @@ def choose_backend(requested: str | None, mlx_ok: bool, device: str | None = Non
         return "numpy"
     if device == "gpu" or mlx_only:
         return "mlx"
-    return "numpy" if model_type in NUMPY_MODEL_TYPES else "mlx"
+    return "numpy" if model_type in families.numpy_model_types() else "mlx"  # models.layout.ModelConfig checks the details
 
 
 def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -> str:

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import AdapterError, UsageError
+from ..models.families.base import LLAMA_LINEAR_KEYS
 
 # The activations a training step keeps for its backward pass may take this
 # fraction of the model's weight memory (at least ACTIVATION_FLOOR bytes);
@@ -44,13 +45,14 @@ def activation_budget(weight_bytes: int, env: str | None = None, grad_checkpoint
             raise UsageError(f"MLXTUNE_ACTIVATION_MB must be a number of megabytes or 'all', not {env!r}") from None
     return max(ACTIVATION_FLOOR, int(ACTIVATION_FRACTION * weight_bytes))
 
-LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the numpy model's block (numpy_model.LINEAR_KEYS)
 
 
 def load_model(model_dir: Path, dtype=np.float32):
     """A NumpyLlama for an MLX- or HF-layout directory (quantized weights expanded exactly)."""
     from .. import npio
-    from .numpy_model import ModelConfig, NumpyLlama
+    from ..models.layout import ModelConfig
+    from .numpy_model import NumpyLlama
 
     config, weights = npio.load_weights(model_dir)
     return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config

@@ -33,159 +33,35 @@ Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
 * past ``activation_budget``, blocks are checkpointed: they keep only their
   two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
+How config.json is read (per family) and which tensors the model has is
+``mlxtune.models.layout``; checking and stacking the weights, ``numpy_weights``;
+placing LoRA and its arrays, ``numpy_lora``.
+
 This module imports numpy (and mlxtune's error types and config reading) only; never mlx.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
-from ..model_config import normalize_config
+from ..errors import ModelFormatError
+from ..models.families.base import LLAMA_LINEAR_KEYS
+from ..models.layout import ModelConfig
 from . import numpy_ops as ops
+from .numpy_activations import block_bytes, checkpointed_blocks
+from .numpy_lora import LoRAMethods
+from .numpy_weights import GATE_UP, QKV, check_weights, stacked_weights
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-# The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora).
-LINEAR_KEYS = (
-    "mlp.down_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "self_attn.k_proj",
-    "self_attn.o_proj",
-    "self_attn.q_proj",
-    "self_attn.v_proj",
-)
-# The same layers grouped by the input they read: each group is one stacked matmul.
-_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-_O = ("self_attn.o_proj",)
-_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
-_DOWN = ("mlp.down_proj",)
+# The linear layers of a block that LoRA can target (block-relative names, as mlxtune.lora): the llama layout's.
+LINEAR_KEYS = LLAMA_LINEAR_KEYS
+# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
+_QKV, _O, _GATE_UP, _DOWN = QKV, ("self_attn.o_proj",), GATE_UP, ("mlp.down_proj",)
 _BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
 # Logits computed at a time by the loss head: (rows, V) of this many bytes.
 HEAD_CHUNK_BYTES = 32 * 2**20
-# Tensors a checkpoint may carry that the model does not use (mlx-lm's sanitize drops them too).
-_IGNORED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
-
-
-@dataclass
-class ModelConfig:
-    """The fields of a llama / mistral / qwen2 config.json that the computation depends on."""
-
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    vocab_size: int
-    rope_theta: float = 10000.0
-    rope_traditional: bool = False
-    rope_scaling: dict | None = None
-    tie_word_embeddings: bool = True
-    attention_bias: bool = False  # biases on q, k and v
-    o_proj_bias: bool = False
-    mlp_bias: bool = False
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "ModelConfig":
-        """Read config.json with mlx-lm's defaults (which differ between llama and qwen2).
-
-        Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
-        """
-        config = normalize_config(config)
-        model_type = config.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"model type '{model_type}' is not supported by the numpy backend "
-                f"(it supports {', '.join(SUPPORTED_MODEL_TYPES)}; SmolLM and SmolLM2 are llama); use the mlx backend"
-            )
-        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps", "vocab_size") if config.get(k) is None]
-        if missing:
-            raise ModelFormatError(f"config.json of this {model_type} model lacks {', '.join(missing)}")
-        layer_types = config.get("layer_types")
-        if layer_types and any(t != "full_attention" for t in layer_types):
-            raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend (full_attention only)")
-        scaling = config.get("rope_scaling")
-        rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(SUPPORTED_ROPE_TYPES)})")
-        if rope_type in ("linear", "llama3") and "factor" not in scaling:
-            raise ModelFormatError(f"config.json: rope_scaling of type '{rope_type}' has no 'factor'")
-        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-        qwen2 = model_type == "qwen2"
-        return cls(
-            model_type=model_type,
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-            # mlx-lm's qwen2 always uses hidden // heads; llama honours head_dim.
-            head_dim=hidden // heads if qwen2 else int(config.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(config["rms_norm_eps"]),
-            vocab_size=int(config["vocab_size"]),
-            rope_theta=float(config.get("rope_theta", 1000000.0 if qwen2 else 10000.0)),
-            rope_traditional=bool(config.get("rope_traditional", False)),
-            rope_scaling=dict(scaling) if scaling else None,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-            attention_bias=True if qwen2 else bool(config.get("attention_bias", False)),
-            o_proj_bias=False if qwen2 else bool(config.get("attention_bias", False)),
-            mlp_bias=False if qwen2 else bool(config.get("mlp_bias", False)),
-        )
-
-    def rope_frequencies(self) -> tuple[np.ndarray, float]:
-        """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope."""
-        D = self.head_dim
-        freqs = self.rope_theta ** (np.arange(0, D, 2) / D)  # (D/2,) wavelengths / 2π
-        scaling = self.rope_scaling or {}
-        rope_type = scaling.get("type") or scaling.get("rope_type") or "default"
-        if rope_type == "linear":
-            return 1.0 / freqs, 1.0 / float(scaling["factor"])
-        if rope_type == "llama3":  # mlx_lm.models.rope_utils.Llama3RoPE
-            factor = float(scaling["factor"])
-            low_ff = float(scaling.get("low_freq_factor", 1.0))
-            high_ff = float(scaling.get("high_freq_factor", 4.0))
-            old_len = float(scaling.get("original_max_position_embeddings", 8192))
-            wavelens = 2 * np.pi * freqs
-            freqs = np.where(wavelens > old_len / low_ff, freqs * factor, freqs)
-            medium = (wavelens > old_len / high_ff) & (wavelens < old_len / low_ff)
-            smooth = (old_len / wavelens - low_ff) / (high_ff - low_ff)
-            freqs = np.where(medium, freqs / ((1 - smooth) / factor + smooth), freqs)
-        return 1.0 / freqs, 1.0
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the model needs, with its Hugging Face name and shape."""
-    C, F, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (C,)
-        shapes[p + "post_attention_layernorm.weight"] = (C,)
-        for name, out_dim, in_dim, bias in (
-            ("self_attn.q_proj", q, C, cfg.attention_bias),
-            ("self_attn.k_proj", kv, C, cfg.attention_bias),
-            ("self_attn.v_proj", kv, C, cfg.attention_bias),
-            ("self_attn.o_proj", C, q, cfg.o_proj_bias),
-            ("mlp.gate_proj", F, C, cfg.mlp_bias),
-            ("mlp.up_proj", F, C, cfg.mlp_bias),
-            ("mlp.down_proj", C, F, cfg.mlp_bias),
-        ):
-            shapes[p + name + ".weight"] = (out_dim, in_dim)
-            if bias:
-                shapes[p + name + ".bias"] = (out_dim,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
 
 
 KV_CACHE_START = 256  # positions a cache has room for before it first grows
@@ -220,8 +96,8 @@ class KVCache:
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
-class NumpyLlama:
-    """A llama-family model in numpy with LoRA adapters, a forward pass and a LoRA backward pass."""
+class NumpyLlama(LoRAMethods):
+    """A llama-family model in numpy with LoRA adapters (``numpy_lora``), a forward pass and a LoRA backward pass."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32, consume: bool = False):
         """``consume``: take the arrays out of ``weights`` as they are stored (the dict ends up empty), so
@@ -230,18 +106,8 @@ class NumpyLlama:
         self.dtype = np.dtype(dtype).type
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ModelFormatError(f"num_attention_heads {cfg.num_attention_heads} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
-        expected = expected_shapes(cfg)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ModelFormatError(f"the model weights lack {len(missing)} tensor(s) the config calls for, e.g. {missing[0]} of shape {expected[missing[0]]}")
-        ignored = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-        extra = [k for k in weights if k not in expected and k not in ignored and not k.endswith(_IGNORED_SUFFIXES)]
-        if extra:
-            raise ModelFormatError(f"the model weights have {len(extra)} tensor(s) a {cfg.model_type} model with this config does not use, e.g. {extra[0]}")
-        for name, shape in expected.items():
-            if tuple(weights[name].shape) != shape:
-                raise ModelFormatError(f"tensor {name} has shape {tuple(weights[name].shape)}, but the config calls for {shape}")
-        self.weights = _stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
+        expected = check_weights(cfg, weights)
+        self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
         self.attn_scale = cfg.head_dim**-0.5
@@ -249,76 +115,6 @@ class NumpyLlama:
         # (see activation_plan); None keeps every block's.
         self.activation_budget: int | None = None
         self._scratch: dict[str, np.ndarray] = {}
-
-    # ------------------------------------------------------------------ LoRA
-
-    def add_lora(self, num_layers: int, keys: list[str], rank: int, scale: float, rng: np.random.Generator, dropout: float = 0.0) -> int:
-        """Put LoRA on ``keys`` of the last ``num_layers`` blocks (-1 or more than there are: all).
-
-        Placement and initialisation as ``mlxtune.lora.apply_adapters`` /
-        ``LoRALinear``: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0, so the model is
-        unchanged until B trains. Returns the number of adapted layers.
-        """
-        unknown = [k for k in keys if k not in LINEAR_KEYS]
-        if unknown:
-            raise ConfigError(f"LoRA target '{unknown[0]}' is not a linear layer of a {self.config.model_type} block; choose from: {', '.join(LINEAR_KEYS)}")
-        n_blocks = self.config.num_hidden_layers
-        if num_layers < 0 or num_layers > n_blocks:
-            num_layers = n_blocks
-        count = 0
-        for i in range(n_blocks - num_layers, n_blocks):
-            for key in dict.fromkeys(keys):
-                name = f"model.layers.{i}.{key}"
-                out_dim, in_dim = self.weights[name + ".weight"].shape
-                bound = 1 / math.sqrt(in_dim)
-                a = rng.uniform(-bound, bound, size=(in_dim, rank)).astype(self.dtype)  # (in, r)
-                b = np.zeros((rank, out_dim), dtype=self.dtype)  # (r, out)
-                self.adapters[name] = ops.LoRA(a, b, float(scale), float(dropout))
-                count += 1
-        return count
-
-    def lora_params(self) -> dict[str, np.ndarray]:
-        """The live adapter arrays: "<layer>.lora_a" (in, r) and "<layer>.lora_b" (r, out)."""
-        params = {}
-        for name, lora in self.adapters.items():
-            params[name + ".lora_a"] = lora.a
-            params[name + ".lora_b"] = lora.b
-        return params
-
-    def set_lora_params(self, params: dict[str, np.ndarray]) -> None:
-        """Replace every adapter array (copied, cast to the model dtype); keys and shapes must match exactly."""
-        expected = self.lora_params()
-        missing = [k for k in expected if k not in params]
-        extra = [k for k in params if k not in expected]
-        if missing or extra:
-            example = (missing or extra)[0]
-            raise AdapterError(f"adapter weights do not fit this model: {len(missing)} missing and {len(extra)} unexpected tensor(s), e.g. {example}")
-        for key, value in params.items():
-            if tuple(np.shape(value)) != expected[key].shape:
-                raise AdapterError(f"adapter tensor {key} has shape {tuple(np.shape(value))}, but this model needs {expected[key].shape}")
-        for name, lora in self.adapters.items():
-            lora.a = np.array(params[name + ".lora_a"], dtype=self.dtype)
-            lora.b = np.array(params[name + ".lora_b"], dtype=self.dtype)
-
-    def merge_adapters(self) -> None:
-        """Add every adapter into its frozen weight, in place, and drop the adapters (for inference).
-
-        The sum is the one the forward forms for a folded adapter
-        (``ops.stacked_weight``: delta, then + W), so outputs are bit for bit
-        what they were; the stacked weights stay stacked, and no step copies
-        them again.
-        """
-        for name, lora in self.adapters.items():
-            w = self.weights[name + ".weight"]  # (out, in), a view into its block's stack
-            np.add(ops.lora_delta(lora), w, out=w)
-        self.adapters = {}
-
-    def fused_weights(self) -> dict[str, np.ndarray]:
-        """The dense weights with every adapter merged in: W + scale * (A B)ᵀ."""
-        fused = dict(self.weights)
-        for name, lora in self.adapters.items():
-            fused[name + ".weight"] = self.weights[name + ".weight"] + lora.scale * (lora.a @ lora.b).T  # (out, in)
-        return fused
 
     # --------------------------------------------------------------- forward
 
@@ -409,10 +205,7 @@ class NumpyLlama:
         and up too (two of its four matmuls).
         """
         cfg = self.config
-        inputs = 2 * cfg.hidden_size + 2 + cfg.num_attention_heads  # per row
-        rest = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim + 2 * cfg.intermediate_size
-        itemsize = np.dtype(self.dtype).itemsize
-        return rows * (inputs + rest) * itemsize, rows * inputs * itemsize
+        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows, np.dtype(self.dtype).itemsize)
 
     def activation_plan(self, B: int, T: int) -> tuple[int, int]:
         """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.
@@ -424,11 +217,7 @@ class NumpyLlama:
         of a step for SmolLM2-135M). None: keep all.
         """
         n = self.config.num_hidden_layers - self._first_adapted()
-        keep, ckpt = self.saved_bytes_per_block(B * T)
-        budget = self.activation_budget
-        if budget is None or n * keep <= budget:
-            return n, 0
-        k = min(n, math.ceil((n * keep - budget) / (keep - ckpt)))
+        k = checkpointed_blocks(n, *self.saved_bytes_per_block(B * T), self.activation_budget)
         return n - k, k
 
     # ------------------------------------------------------------- internals
@@ -673,31 +462,6 @@ class NumpyLlama:
         if buf is None or buf.shape[0] < rows:
             buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
         return buf
-
-
-def _stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: int, dtype, consume: bool) -> dict[str, np.ndarray]:
-    """The tensors ``names`` of ``weights`` in ``dtype``; q | k | v and gate | up of each block stored as one array each.
-
-    Each layer's weight is a row block (a contiguous view) of its group's
-    array, which ``ops.stacked_weight`` then uses as is: the layers that read
-    the same input run as one sgemm without copying their weights first.
-    With ``consume``, each tensor leaves ``weights`` as soon as it is stored.
-    """
-    take = weights.pop if consume else weights.__getitem__
-    out: dict[str, np.ndarray] = {}
-    for i in range(n_blocks):
-        for group in (_QKV, _GATE_UP):
-            group_names = [f"model.layers.{i}.{k}.weight" for k in group]
-            parts = [take(n) for n in group_names]
-            rows = [p.shape[0] for p in parts]
-            stack = np.concatenate(parts, axis=0, dtype=dtype)  # (sum of out, in)
-            del parts
-            for n, start, r in zip(group_names, np.cumsum([0] + rows), rows):
-                out[n] = stack[start : start + r]
-    for n in names:
-        if n not in out:
-            out[n] = np.ascontiguousarray(take(n), dtype=dtype)
-    return out
 
 
 class _Saved:

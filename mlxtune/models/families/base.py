@@ -1,0 +1,92 @@
+"""What mlxtune knows of one model family, as one typed record (``Family``).
+
+A family is the set of Hugging Face ``model_type`` values that mlx-lm computes
+with one model file and that share one tensor layout. Each family file in this
+folder builds one ``Family``; the registry (``families/__init__.py``) finds it
+by name. Every module that depends on the architecture (the numpy backend, the
+memory plan, GGUF import and export, HF export, config normalisation) reads
+these records instead of keeping its own table, so adding a family is one new
+file and one registry line.
+
+A field left at its default means "mlxtune knows nothing particular here":
+a family may be known to one reader only (HF export's class name, the config
+normaliser's rope fields) and absent from the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The linear layers of a llama-layout block that LoRA can target (block-relative names, as mlxtune.lora).
+LLAMA_LINEAR_KEYS = (
+    "mlp.down_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "self_attn.k_proj",
+    "self_attn.o_proj",
+    "self_attn.q_proj",
+    "self_attn.v_proj",
+)
+# GGUF <-> Hugging Face names of a llama-layout model: the tensors outside the blocks ...
+LLAMA_GGUF_GLOBAL = (("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head"))
+# ... and a block's, in the order llama.cpp's convert_hf_to_gguf tensor map lists them (the order of a GGUF file).
+LLAMA_GGUF_BLOCK = (
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+)
+# The rope scaling types the numpy model computes (mlx-lm's rope_utils.initialize_rope for these).
+NUMPY_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its ``model_type`` values and what each part of mlxtune needs to know of it."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values it covers (the first is the canonical one)
+    # --- Hugging Face
+    hf_class: str | None = None  # transformers class for config.json's "architectures" (None: unknown to mlxtune)
+    # --- the block, as the numpy backend and the memory plan read it
+    linear_keys: tuple[str, ...] = ()  # block-relative linear layers LoRA can target (empty: not known here)
+    numpy: bool = False  # the numpy backend implements it
+    qkv_bias: bool | None = None  # fixed biases on q, k, v (and none on o_proj and the MLP); None: config.json's attention_bias / mlp_bias
+    head_dim_from_config: bool = True  # False: head_dim is always hidden_size // heads, whatever config.json says
+    default_rope_theta: float = 10000.0  # rope_theta when config.json has none
+    rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it
+    # --- GGUF (llama.cpp)
+    gguf_arch: str | None = None  # general.architecture it is exported as (None: no GGUF export)
+    gguf_import: bool = False  # a GGUF file of gguf_arch is imported as this family
+    gguf_permute_qk: bool = False  # llama.cpp's converter permutes the rotary rows of q and k
+    gguf_rope_types: tuple[str, ...] = ()  # rope scaling types GGUF export writes for it
+    gguf_attention_bias_key: bool = False  # GGUF import writes config.json's attention_bias (from the q bias's presence)
+    gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
+    gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
+    # --- config.json normalisation (model_config.normalize_config)
+    local_rope_base_field: str | None = None  # field mlx-lm reads the sliding-window layers' rope_theta from
+    layer_pattern_field: str | None = None  # field mlx-lm reads the period of full-attention layers from
+    reads_per_layer_type_rope: bool = False  # mlx-lm's model reads a per-layer-type rope_parameters itself
+
+    def head_dim(self, config: dict) -> int:
+        """head_dim as mlx-lm's model of this family reads config.json."""
+        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        if not self.head_dim_from_config:
+            return hidden // heads
+        return int(config.get("head_dim") or hidden // heads)
+
+    def biases(self, config: dict) -> tuple[bool, bool, bool]:
+        """(q/k/v, o_proj, MLP) biases as mlx-lm's model of this family reads config.json."""
+        if self.qkv_bias is not None:
+            return self.qkv_bias, False, False
+        attention = bool(config.get("attention_bias", False))
+        return attention, attention, bool(config.get("mlp_bias", False))
+
+    def rope_theta(self, config: dict) -> float:
+        """rope_theta from config.json, else this family's default."""
+        return float(config.get("rope_theta", self.default_rope_theta))

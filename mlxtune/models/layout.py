@@ -1,0 +1,142 @@
+"""The llama layout: a config.json as mlx-lm's model of its family reads it, and the tensors it calls for.
+
+llama, mistral and qwen2 (and SmolLM, SmolLM2, Qwen2.5) share one layout:
+an embedding, blocks of RMSNorm, grouped-query attention (q, k, v, o) with
+rotary embeddings and a SwiGLU MLP (gate, up, down), a final norm and a head
+(tied or not). What differs between the families is how config.json is read
+(biases, head_dim, the default rotary base): ``Family`` in
+``models/families`` says it, ``ModelConfig.from_dict`` applies it. The numpy
+model computes with this, GGUF export writes it, the memory plan counts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..model_config import normalize_config
+from . import families
+
+
+@dataclass
+class ModelConfig:
+    """The fields of a llama / mistral / qwen2 config.json that the computation depends on."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    vocab_size: int
+    rope_theta: float = 10000.0
+    rope_traditional: bool = False
+    rope_scaling: dict | None = None
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False  # biases on q, k and v
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ModelConfig":
+        """Read config.json with mlx-lm's defaults (which differ between families: ``models.families``).
+
+        Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
+        """
+        config = normalize_config(config)
+        model_type = config.get("model_type")
+        family = families.get(model_type)
+        if family is None or not family.numpy:
+            raise UnsupportedModelError(
+                f"model type '{model_type}' is not supported by the numpy backend "
+                f"(it supports {', '.join(families.numpy_model_types())}; SmolLM and SmolLM2 are llama); use the mlx backend"
+            )
+        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps", "vocab_size") if config.get(k) is None]
+        if missing:
+            raise ModelFormatError(f"config.json of this {model_type} model lacks {', '.join(missing)}")
+        layer_types = config.get("layer_types")
+        if layer_types and any(t != "full_attention" for t in layer_types):
+            raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend (full_attention only)")
+        scaling = config.get("rope_scaling")
+        rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
+        if rope_type not in family.rope_types:
+            raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(family.rope_types)})")
+        if rope_type in ("linear", "llama3") and "factor" not in scaling:
+            raise ModelFormatError(f"config.json: rope_scaling of type '{rope_type}' has no 'factor'")
+        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        attention_bias, o_proj_bias, mlp_bias = family.biases(config)
+        return cls(
+            model_type=model_type,
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=family.head_dim(config),
+            rms_norm_eps=float(config["rms_norm_eps"]),
+            vocab_size=int(config["vocab_size"]),
+            rope_theta=family.rope_theta(config),
+            rope_traditional=bool(config.get("rope_traditional", False)),
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
+            attention_bias=attention_bias,
+            o_proj_bias=o_proj_bias,
+            mlp_bias=mlp_bias,
+        )
+
+    def rope_frequencies(self) -> tuple[np.ndarray, float]:
+        """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope."""
+        D = self.head_dim
+        freqs = self.rope_theta ** (np.arange(0, D, 2) / D)  # (D/2,) wavelengths / 2π
+        scaling = self.rope_scaling or {}
+        rope_type = scaling.get("type") or scaling.get("rope_type") or "default"
+        if rope_type == "linear":
+            return 1.0 / freqs, 1.0 / float(scaling["factor"])
+        if rope_type == "llama3":  # mlx_lm.models.rope_utils.Llama3RoPE
+            factor = float(scaling["factor"])
+            low_ff = float(scaling.get("low_freq_factor", 1.0))
+            high_ff = float(scaling.get("high_freq_factor", 4.0))
+            old_len = float(scaling.get("original_max_position_embeddings", 8192))
+            wavelens = 2 * np.pi * freqs
+            freqs = np.where(wavelens > old_len / low_ff, freqs * factor, freqs)
+            medium = (wavelens > old_len / high_ff) & (wavelens < old_len / low_ff)
+            smooth = (old_len / wavelens - low_ff) / (high_ff - low_ff)
+            freqs = np.where(medium, freqs / ((1 - smooth) / factor + smooth), freqs)
+        return 1.0 / freqs, 1.0
+
+
+def block_linears(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, tuple[int, int]]:
+    """(out, in) of each linear layer of a block, by block-relative name, in a checkpoint's order (q, k, v, o, gate, up, down)."""
+    C, F, q, kv = hidden, intermediate, heads * head_dim, kv_heads * head_dim
+    return {
+        "self_attn.q_proj": (q, C),
+        "self_attn.k_proj": (kv, C),
+        "self_attn.v_proj": (kv, C),
+        "self_attn.o_proj": (C, q),
+        "mlp.gate_proj": (F, C),
+        "mlp.up_proj": (F, C),
+        "mlp.down_proj": (C, F),
+    }
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model needs, with its Hugging Face name and shape."""
+    C, V = cfg.hidden_size, cfg.vocab_size
+    linears = block_linears(C, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+    bias = {"self_attn.o_proj": cfg.o_proj_bias, "mlp.gate_proj": cfg.mlp_bias, "mlp.up_proj": cfg.mlp_bias, "mlp.down_proj": cfg.mlp_bias}
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (C,)
+        shapes[p + "post_attention_layernorm.weight"] = (C,)
+        for name, (out_dim, in_dim) in linears.items():
+            shapes[p + name + ".weight"] = (out_dim, in_dim)
+            if bias.get(name, cfg.attention_bias):  # q, k and v: attention_bias
+                shapes[p + name + ".bias"] = (out_dim,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes

@@ -1,0 +1,60 @@
+"""The model-family registry (mlxtune/models/families): one file per family, read by every architecture-dependent module."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxtune.errors import UnsupportedModelError
+from mlxtune.models import families
+from mlxtune.models.families.base import Family
+
+
+def test_each_family_file_defines_its_family():
+    assert families.FAMILY_MODULES == tuple(sorted(families.FAMILY_MODULES))
+    for name, family in zip(families.FAMILY_MODULES, families.FAMILIES):
+        assert isinstance(family, Family) and family.name == name and family.model_types
+    types = [t for f in families.FAMILIES for t in f.model_types]
+    assert len(types) == len(set(types)), "a model_type belongs to one family"
+
+
+def test_the_tables_the_readers_had_before():
+    """What numpy_model, backends, export_gguf, gguf_import, export_hf and model_config each kept in a table of their own."""
+    assert families.numpy_model_types() == ["llama", "mistral", "qwen2"]
+    assert families.gguf_export_model_types() == ["llama", "mistral", "qwen2"]
+    assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+    assert families.gguf_import_archs() == ["llama", "qwen2"]
+    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("llama", "qwen2"))] == [
+        ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False)]
+    assert families.hf_classes() == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                                     "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM"}
+    assert families.local_rope_base_fields() == {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
+    assert families.layer_pattern_fields() == {"gemma3_text": "sliding_window_pattern", "gemma3": "sliding_window_pattern"}
+    assert sorted(families.per_layer_type_rope_readers()) == ["gemma4", "gemma4_text", "laguna"]
+    assert families.for_gguf_arch("gpt2") is None and families.for_gguf_arch(None) is None
+
+
+def test_family_rules_as_mlx_lm_reads_config():
+    config = {"hidden_size": 64, "num_attention_heads": 4, "head_dim": 32, "attention_bias": True, "mlp_bias": True}
+    llama, qwen2 = families.family_for("llama"), families.family_for("qwen2")
+    assert (llama.head_dim(config), qwen2.head_dim(config)) == (32, 16)  # mlx-lm's qwen2 ignores head_dim
+    assert llama.biases(config) == (True, True, True) and qwen2.biases({}) == (True, False, False)
+    assert (llama.rope_theta({}), qwen2.rope_theta({}), qwen2.rope_theta({"rope_theta": 5.0})) == (10000.0, 1000000.0, 5.0)
+    assert families.head_dim({"model_type": "some_new_model", **config}) == 32  # unknown: read as llama is
+
+
+def test_family_for_names_the_known_ones():
+    with pytest.raises(UnsupportedModelError, match=r"model type 'gpt2' is not one mlxtune knows \(it knows gemma, .*llama, mistral"):
+        families.family_for("gpt2")
+    assert families.get(None) is None and families.get(["llama"]) is None
+
+
+def test_numpy_families_have_the_layout_the_numpy_model_computes():
+    """A family the numpy backend claims must have the llama layout it computes, and GGUF names for each of its tensors."""
+    from mlxtune.backends.numpy_model import LINEAR_KEYS
+
+    for family in families.FAMILIES:
+        if family.numpy:
+            assert family.linear_keys == LINEAR_KEYS and family.rope_types
+        if family.gguf_arch:
+            assert set(family.linear_keys) <= {hf for _, hf in family.gguf_block} and family.gguf_global and family.gguf_rope_types
+    assert all(f.gguf_arch for f in map(families.for_gguf_arch, families.gguf_import_archs()))

@@ -168,6 +168,25 @@ class RunSettings(_Record):
 
 
 @dataclass(frozen=True)
+class StartRecord(_Record):
+    """``init_adapter``: the adapter a run started from (``init_adapter.InitAdapter.record``)."""
+
+    path: str | None = None
+    kind: str | None = None  # run, best, checkpoint, mlx-lm or peft
+    step: int | None = None
+    val_loss: float | None = None
+    sha256: str | None = None
+    base_model: BaseModel | None = None
+    rank: int | None = None
+    scale: float | None = None
+    num_layers: int | None = None
+    keys: list[str] | None = None
+    fine_tune_type: str | None = None
+
+    _nested: ClassVar[dict[str, type[_Record]]] = {"base_model": BaseModel}
+
+
+@dataclass(frozen=True)
 class Distributed(_Record):
     processes: int | None = None
     backend: str | None = None
@@ -195,14 +214,14 @@ class RunConfig(_Record):
     versions: dict[str, str] | None = None  # adapters.library_versions
     config: RunSettings | None = None
     data: DataInfo | None = None
-    init_adapter: dict[str, Any] | None = None  # init_adapter.InitAdapter.record
+    init_adapter: StartRecord | None = None
     distributed: Distributed | None = None
     schedule: list[list[int]] | None = None  # learning-rate cycles, once extended (schedule.extend_state)
     best: Best | None = None
     source: dict[str, Any] | None = None  # what an adapter converted from PEFT came from
 
     _nested: ClassVar[dict[str, type[_Record]]] = {
-        "lora_parameters": LoraParameters, "base_model": BaseModel, "config": RunSettings, "data": DataInfo, "distributed": Distributed, "best": Best,
+        "lora_parameters": LoraParameters, "base_model": BaseModel, "config": RunSettings, "data": DataInfo, "init_adapter": StartRecord, "distributed": Distributed, "best": Best,
     }
     _omit_none: ClassVar[frozenset[str]] = frozenset({
         "mlxtune_version", "base_model", "backend", "compute", "versions", "config", "data", "init_adapter", "distributed", "schedule", "best", "source",
@@ -233,4 +252,4 @@ class RunConfig(_Record):
         return json.dumps(self.to_dict(), indent=2)
 
 
-__all__ = ["ADAPTER_CONFIG", "BaseModel", "Best", "DataInfo", "Distributed", "LoraParameters", "RunConfig", "RunSettings"]
+__all__ = ["ADAPTER_CONFIG", "BaseModel", "Best", "DataInfo", "Distributed", "LoraParameters", "RunConfig", "RunSettings", "StartRecord"]

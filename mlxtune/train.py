@@ -43,7 +43,7 @@ from .distributed import agree_on_run
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
-from .run_schema import BaseModel, DataInfo, Distributed, LoraParameters, RunConfig, RunSettings
+from .run_schema import BaseModel, DataInfo, Distributed, LoraParameters, RunConfig, RunSettings, StartRecord
 from .runlock import LOCK_NAME, own_run_dir
 
 
@@ -194,7 +194,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
         versions=library_versions(),
         config=RunSettings.from_dict(cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total}),
         data=DataInfo(description=splits.description, path=str(Path(cfg.data).resolve()), format=splits.format.name, train=len(setup.train_set), valid=len(setup.valid_set), truncated=setup.n_truncated, fingerprint=setup.fingerprint),
-        init_adapter=setup.start.record() if setup.start is not None else None,
+        init_adapter=StartRecord.from_dict(setup.start.record()) if setup.start is not None else None,
         distributed=Distributed(processes=world.size, backend=world.backend) if world.size > 1 else None,
     )
     if world.main:  # ---- from here on, the run directory exists

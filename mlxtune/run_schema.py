@@ -69,6 +69,14 @@ class _Record:
             return list(self.key_order)
         return [n for n in self._names() if not (n in self._omit_none and getattr(self, n) is None)] + [k for k in self.extra if k not in self._names()]
 
+    def present(self) -> tuple[str, ...]:
+        """The keys the object has (a field read as None may have been written as null, or not at all)."""
+        return tuple(self._order())
+
+    def __bool__(self) -> bool:
+        """False for an empty object, as its dict was (``if run.base_model:``)."""
+        return bool(self._order())
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, its keys in the order read (or declared), unknown ones included."""
         out: dict[str, Any] = {}
@@ -207,6 +215,7 @@ class RunConfig(_Record):
     fine_tune_type: str = "lora"  # lora or dora
     num_layers: int = 0  # the number of final blocks adapted
     lora_parameters: LoraParameters = field(default_factory=LoraParameters)
+    model: str | None = None  # the base model, as mlx-lm records it (mlxtune writes base_model)
     mlxtune_version: str | None = None
     base_model: BaseModel | None = None
     backend: str | None = None
@@ -224,7 +233,7 @@ class RunConfig(_Record):
         "lora_parameters": LoraParameters, "base_model": BaseModel, "config": RunSettings, "data": DataInfo, "init_adapter": StartRecord, "distributed": Distributed, "best": Best,
     }
     _omit_none: ClassVar[frozenset[str]] = frozenset({
-        "mlxtune_version", "base_model", "backend", "compute", "versions", "config", "data", "init_adapter", "distributed", "schedule", "best", "source",
+        "model", "mlxtune_version", "base_model", "backend", "compute", "versions", "config", "data", "init_adapter", "distributed", "schedule", "best", "source",
     })
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
@@ -20,6 +20,7 @@ from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedError
 from .errors import MlxtuneError
+from .events import Event
 from .fsutil import atomic_write_text
 from .run_schema import Best, RunConfig
 from .schedule import Schedule, learning_rate_at  # noqa: F401 (learning_rate_at: part of this module's interface)
@@ -34,18 +35,6 @@ class TrainingInterrupted(MlxtuneError):
 
 class _ValidationStopped(Exception):
     """Ctrl-C or SIGTERM during a validation, which stops between two batches."""
-
-
-@dataclass
-class Event:
-    """A progress report for the CLI: ``kind`` is start, resume, validate, step, val, save, note, early_stop or done.
-
-    ``validate`` reports a validation's progress: before its first batch and
-    after each (``batch`` of ``batches`` done, ``elapsed`` seconds).
-    """
-
-    kind: str
-    data: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -97,7 +97,8 @@ def read_for_resume(run_dir: Path, extend: bool = False) -> dict[str, bytes]:
     if not config_path.exists():
         raise UsageError(f"{run_dir} is not a training run ({ADAPTER_CONFIG} is missing): --resume takes the directory 'mlxtune lora' wrote")
     try:
-        if not isinstance(json.loads(config_path.read_text(encoding="utf-8"))["config"], dict):
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or RunConfig.from_dict(raw).config is None:  # no settings: not a run of mlxtune
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{config_path} is damaged or not from mlxtune: cannot resume this run") from None

@@ -220,8 +220,9 @@ def convert_peft_to_mlx(peft_dir: str | Path, out_dir: str | Path, force: bool =
     with staged_dir(Path(out_dir), force) as tmp:
         npio.write_safetensors(tmp / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"}, bf16=bf16)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    lp, src = config["lora_parameters"], config["source"]
-    return ConvertResult(Path(out_dir), src["modules"], config["num_layers"], lp["keys"], lp["rank"], lp["scale"], config["fine_tune_type"] == "dora", src["notes"])
+    run = RunConfig.from_dict(config)
+    lp, src = run.lora_parameters, run.source
+    return ConvertResult(Path(out_dir), src["modules"], run.num_layers, lp.keys, lp.rank, lp.scale, run.dora, src["notes"])
 
 
 def as_mlx_adapter(path: str | Path, num_blocks: int | None = None, cache_dir: Path | None = None) -> Path:

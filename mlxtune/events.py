@@ -10,8 +10,14 @@ overloads tie each kind to its payload) and a test checks every event a run
 sends against them (``payload_problems``).
 """
 
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, get_args, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # typing's TypedDict knows NotRequired from 3.11 (typing_extensions comes with huggingface-hub)
+    from typing_extensions import NotRequired, TypedDict
 
 EventKind = Literal["plan", "init_adapter", "note", "start", "resume", "validate", "val", "step", "save", "early_stop", "done"]
 

@@ -24,9 +24,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from .adapters import ADAPTER_CONFIG, read_adapter_config
+from .adapters import read_adapter_config
+
+_R = TypeVar("_R", bound="_Record")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class _Record:
         return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "key_order")]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> _Record:
+    def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
         """The record of a JSON object as read: absent fields None, unknown keys kept, order kept.
 
         A field that should hold an object but holds something else (mlx-lm's
@@ -88,7 +90,7 @@ class _Record:
                 out[key] = value.to_dict() if isinstance(value, _Record) else value
         return out
 
-    def updated(self, **changes: Any) -> _Record:
+    def updated(self: _R, **changes: Any) -> _R:
         """A copy with ``changes``; a key new to the record goes last, as with ``dict | {...}``."""
         order = self._order()
         extra = {k: v for k, v in self.extra.items() if k not in changes}
@@ -261,4 +263,4 @@ class RunConfig(_Record):
         return json.dumps(self.to_dict(), indent=2)
 
 
-__all__ = ["ADAPTER_CONFIG", "BaseModel", "Best", "DataInfo", "Distributed", "LoraParameters", "RunConfig", "RunSettings", "StartRecord"]
+__all__ = ["BaseModel", "Best", "DataInfo", "Distributed", "LoraParameters", "RunConfig", "RunSettings", "StartRecord"]

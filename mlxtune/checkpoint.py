@@ -21,6 +21,7 @@ from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from .config import TrainConfig
 from .errors import UsageError
 from .fsutil import atomic_write_text
+from .run_schema import RunConfig
 
 KEEP = 3  # checkpoints kept per run
 STATE = "state.json"
@@ -53,7 +54,7 @@ def write_state(run_dir: Path, step: int, state: dict) -> None:
     atomic_write_text(Path(run_dir) / "checkpoints" / f"step-{step:07d}" / STATE, json.dumps(state, indent=1))
 
 
-def extend_to(run_dir: Path, cfg: TrainConfig, total: int, state: dict, ad_config: dict, epochs: float | None = None, write: bool = True) -> tuple[dict, dict]:
+def extend_to(run_dir: Path, cfg: TrainConfig, total: int, state: dict, ad_config: RunConfig, epochs: float | None = None, write: bool = True) -> tuple[dict, RunConfig]:
     """The last checkpoint's state and the run's config for going on to a new ``total`` (``--resume --iters/--epochs``).
 
     Both are written back at once (``write``: rank 0), state.json first: a
@@ -71,10 +72,10 @@ def extend_to(run_dir: Path, cfg: TrainConfig, total: int, state: dict, ad_confi
     state, notes = extend_state(cfg, state, total)
     if not notes:  # an unfinished run, to the total it had: a plain resume
         return state, ad_config
-    ad_config = ad_config | {"config": ad_config["config"] | {"iters": total, "epochs": epochs}, "schedule": state["schedule"]}
+    ad_config = ad_config.updated(config=ad_config.settings.updated(iters=total, epochs=epochs), schedule=state["schedule"])
     if write:
         write_state(run_dir, step, state)
-        atomic_write_text(Path(run_dir) / ADAPTER_CONFIG, json.dumps(ad_config, indent=2))
+        atomic_write_text(Path(run_dir) / ADAPTER_CONFIG, ad_config.write_text())
     return state | notes, ad_config
 
 
@@ -96,7 +97,8 @@ def read_for_resume(run_dir: Path, extend: bool = False) -> dict[str, bytes]:
     if not config_path.exists():
         raise UsageError(f"{run_dir} is not a training run ({ADAPTER_CONFIG} is missing): --resume takes the directory 'mlxtune lora' wrote")
     try:
-        if not isinstance(json.loads(config_path.read_text(encoding="utf-8"))["config"], dict):
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or RunConfig.from_dict(raw).config is None:  # no settings: not a run of mlxtune
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{config_path} is damaged or not from mlxtune: cannot resume this run") from None

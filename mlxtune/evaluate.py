@@ -28,6 +28,7 @@ from typing import Any, Callable
 from .data import trains_prompt_masked
 from .errors import DataError, UsageError
 from .formats import DataFormat
+from .run_schema import RunConfig, RunSettings
 
 SPLITS = ("test", "valid", "train", "all")
 
@@ -94,7 +95,6 @@ def evaluate(
     in the result's notes and ``skipped``, never dropped silently.
     """
     from . import recipes
-    from .adapters import read_adapter_config
 
     if adapter is None and model is None:
         raise UsageError("give --adapter RUN (a run of mlxtune lora), --model MODEL, or both")
@@ -102,17 +102,17 @@ def evaluate(
         from .peft_format import as_mlx_adapter
 
         adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
-    run = read_adapter_config(Path(adapter)) if adapter is not None else {}
-    run_cfg = run.get("config") or {}
-    settings = recipes.eval_for(recipe or run_cfg.get("recipe"), task)
+    run = RunConfig.from_file(adapter) if adapter is not None else RunConfig()
+    run_cfg = run.settings
+    settings = recipes.eval_for(recipe or run_cfg.recipe, task)
     max_tokens = max_tokens or settings["max_tokens"]
     samples = settings["samples"] if samples is None else samples
-    run_data = run_data_path(run)
+    run_data = run.data_path
     data = Path(data) if data is not None else run_data
     if data is None:
         raise UsageError("no data: pass --data (a JSONL file or a directory with test.jsonl)")
     own = run_data is not None and data.resolve() == run_data.resolve()
-    skip = bool(skip_bad_lines or own and run_cfg.get("skip_bad_lines"))  # the run's setting is for the run's data only
+    skip = bool(skip_bad_lines or own and run_cfg.skip_bad_lines)  # the run's setting is for the run's data only
     records, fmt, train_records, split, where, notes, skipped = _eval_records(data, split, run_cfg, own, skip)
     if limit is not None:
         records = records[:limit]
@@ -191,23 +191,16 @@ def answers(loaded, prompts: list, max_tokens: int, on_each: Callable[[int], Non
     return out
 
 
-def _encoding(run_cfg: dict, fmt: DataFormat) -> tuple[bool, int]:
+def _encoding(run_cfg: RunSettings, fmt: DataFormat) -> tuple[bool, int]:
     """(mask_prompt, max_seq_len) as the run trained: the loss counts the tokens training counted."""
-    mask_prompt = run_cfg.get("mask_prompt")
-    return trains_prompt_masked(fmt, mask_prompt), int(run_cfg.get("max_seq_len") or 1024)
+    return trains_prompt_masked(fmt, run_cfg.mask_prompt), int(run_cfg.max_seq_len or 1024)
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def run_data_path(run: dict) -> Path | None:
-    """The data a run trained on, as it resolved it (eval may run from another directory), or None without a run."""
-    path = (run.get("data") or {}).get("path") or (run.get("config") or {}).get("data")
-    return Path(path) if path else None
-
-
-def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = False, skip_bad_lines: bool | None = None) -> tuple[list, str, list, str, str, list[str], list]:
+def _eval_records(data: Path, split: str | None, run_cfg: RunSettings, own: bool = False, skip_bad_lines: bool | None = None) -> tuple[list, str, list, str, str, list[str], list]:
     """(records to evaluate, format, training records, split name, the records in words, notes, skipped lines) for ``data``.
 
     A directory: its ``test.jsonl`` (default), else the validation split
@@ -223,7 +216,7 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
 
     if split is not None and split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
-    seed, fraction = int(run_cfg.get("seed") or 0), float(run_cfg.get("valid_fraction") or 0.1)
+    seed, fraction = int(run_cfg.seed or 0), float(run_cfg.valid_fraction or 0.1)
     splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=skip_bad_lines)
     notes: list[str] = splits.skipped_notes()
     parts = {"test": list(splits.test), "valid": list(splits.valid), "train": list(splits.train)}
@@ -251,12 +244,12 @@ def _eval_records(data: Path, split: str | None, run_cfg: dict, own: bool = Fals
     return parts[split], splits.format, parts["train"], split, f"{data} {split} split", notes, splits.skipped
 
 
-def run_skips_bad_lines(run_cfg: dict) -> bool | None:
+def run_skips_bad_lines(run_cfg: RunSettings) -> bool | None:
     """How the run's own data is read again (eval, report, fuse): skipping the bad lines it skipped."""
-    return True if run_cfg.get("skip_bad_lines") else None
+    return True if run_cfg.skip_bad_lines else None
 
 
-def _trained_on(records: list, run_data: Path | None, run_cfg: dict, notes: list[str]) -> int | None:
+def _trained_on(records: list, run_data: Path | None, run_cfg: RunSettings, notes: list[str]) -> int | None:
     """How many of ``records`` are in the run's training split (the run's data split as training split it), or None if unknown."""
     import json
 
@@ -328,10 +321,8 @@ def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: st
     Returns (share kept, the three losses), or None when the run's data is not
     at hand or the adapter did not improve the loss.
     """
-    from .adapters import read_adapter_config
-
-    run = read_adapter_config(Path(run_dir))
-    run_cfg, data = run.get("config") or {}, run_data_path(run)
+    run = RunConfig.from_file(run_dir)
+    run_cfg, data = run.settings, run.data_path
     if data is None or not data.exists():
         return None
     records, fmt, *_ = _eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))

@@ -20,12 +20,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import read_adapter_config
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import AdapterError, UsageError
 from .fsutil import copy_file, staged_dir
 from .model_card import CARD, FUSE_INFO, model_card, run_facts
 from .model_config import read_config
+from .run_schema import RunConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
 SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
@@ -94,7 +94,7 @@ def fuse(
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     base_dir, notes = base_model_dir(adapter_dir, model, offline)
-    dora = read_adapter_config(adapter_dir).get("fine_tune_type") == "dora"
+    dora = RunConfig.from_file(adapter_dir).dora
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     if backend == "numpy" and quantize:
         raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")

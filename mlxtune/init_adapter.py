@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import ADAPTER_WEIGHTS, read_adapter_config
+from .adapters import ADAPTER_WEIGHTS
 from .config import TrainConfig
 from .errors import AdapterError, UsageError
 from .fsutil import file_digest
+from .run_schema import BaseModel, RunConfig
 
 # The settings that make an adapter's shape, and the flags that set them.
 SHAPE_FLAGS = {"rank": "--rank", "alpha": "--alpha", "target_modules": "--target-modules", "layers": "--layers", "dora": "--dora"}
@@ -41,7 +42,7 @@ class InitAdapter:
 
     path: Path  # what was named, resolved
     kind: str  # "run", "best", "checkpoint", "mlx-lm" or "peft"
-    config: dict  # mlx-lm's adapter config (lora_parameters, num_layers, fine_tune_type), plus base_model where known
+    config: RunConfig  # mlx-lm's adapter config (lora_parameters, num_layers, fine_tune_type), plus base_model where known
     weights_file: Path  # adapters.safetensors, or PEFT's adapter_model.safetensors
     step: int | None = None  # the training step the weights are from, where known
     val_loss: float | None = None  # their validation loss, where known
@@ -49,44 +50,44 @@ class InitAdapter:
 
     @property
     def rank(self) -> int:
-        return int(self.config["lora_parameters"]["rank"])
+        return int(self.config.lora_parameters.rank)
 
     @property
     def scale(self) -> float:
-        return float(self.config["lora_parameters"]["scale"])
+        return float(self.config.lora_parameters.scale)
 
     @property
     def keys(self) -> list[str]:
-        return list(self.config["lora_parameters"].get("keys") or [])
+        return list(self.config.lora_parameters.keys or [])
 
     @property
     def num_layers(self) -> int:
-        return int(self.config["num_layers"])
+        return int(self.config.num_layers)
 
     @property
     def dora(self) -> bool:
-        return self.config.get("fine_tune_type") == "dora"
+        return self.config.dora
 
     @property
-    def base(self) -> dict:
-        """The model it was trained on, as recorded: mlxtune's base_model, or the ``model`` mlx-lm records."""
-        if self.config.get("base_model"):
-            return self.config["base_model"]
-        model = self.config.get("model")
+    def base(self) -> BaseModel:
+        """The model it was trained on, as recorded: mlxtune's base_model, or the ``model`` mlx-lm records (empty: not known)."""
+        if self.config.base_model:
+            return self.config.base_model
+        model = self.config.model
         if not isinstance(model, str) or not model:
-            return {}
+            return BaseModel.from_dict({})
         if Path(model).expanduser().is_dir():
-            return {"spec": model, "kind": "dir", "path": str(Path(model).expanduser().resolve())}
-        return {"spec": model, "kind": "hub", "repo_id": model}
+            return BaseModel.from_dict({"spec": model, "kind": "dir", "path": str(Path(model).expanduser().resolve())})
+        return BaseModel.from_dict({"spec": model, "kind": "hub", "repo_id": model})
 
     def default_model(self, cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
         """``cfg`` training on the adapter's base model when no --model was given (and a note saying so)."""
         base = self.base
-        if cfg.model is not None or not (base.get("spec") or base.get("path")):
+        if cfg.model is not None or not (base.spec or base.path):
             return cfg, None
-        local = base.get("kind") in ("dir", "gguf") and base.get("path") and Path(base["path"]).exists()
-        model = base["path"] if local else base.get("spec")
-        return dataclasses.replace(cfg, model=model, revision=cfg.revision or base.get("revision")), f"training on {model}, the model the adapter in {self.path} was trained on"
+        local = base.kind in ("dir", "gguf") and base.path and Path(base.path).exists()
+        model = base.path if local else base.spec
+        return dataclasses.replace(cfg, model=model, revision=cfg.revision or base.revision), f"training on {model}, the model the adapter in {self.path} was trained on"
 
     def fit(self, cfg: TrainConfig, source, model_dir: Path, given: Mapping[str, str] | set[str] | None = None) -> tuple[TrainConfig, list[str]]:
         """Check the adapter against the run's model and options; read its weights; ``cfg`` in its shape, and notes.
@@ -102,7 +103,8 @@ class InitAdapter:
         if self.kind == "peft":  # imported anew for this model's block count (adapters that leave the last blocks alone)
             from .peft_format import import_peft
 
-            self.config, self.weights = import_peft(self.path, num_blocks=n_blocks or None)
+            config, self.weights = import_peft(self.path, num_blocks=n_blocks or None)
+            self.config = RunConfig.from_dict(config)
         else:
             from . import npio
 
@@ -149,22 +151,22 @@ class InitAdapter:
         if not base:
             return [f"the adapter in {self.path} does not say which model it was trained on: only the shapes of its tensors can be checked against {source.spec}"]
         mine_dirs = [model_dir] + ([source.path] if source.kind == "dir" and Path(source.path) != Path(model_dir) else [])
-        their_dir = Path(base["path"]) if base.get("kind") == "dir" and base.get("path") and Path(base["path"]).is_dir() else None
+        their_dir = Path(base.path) if base.kind == "dir" and base.path and Path(base.path).is_dir() else None
         differs, checked = [], False
         for name, measure, why in (("weights_sample", weights_sample, "their weights differ"), ("signature", model_signature, "their config.json or weight files differ")):
-            theirs = base.get(name) or (measure(their_dir) if their_dir else None)
+            theirs = getattr(base, name) or (measure(their_dir) if their_dir else None)
             if theirs and not differs:
                 checked = True
                 if theirs not in {measure(d) for d in mine_dirs}:
                     differs.append(why)
-        theirs_id, mine_id = base.get("repo_id"), source.repo_id
+        theirs_id, mine_id = base.repo_id, source.repo_id
         if theirs_id and mine_id:
             checked = True
             if theirs_id.lower() != mine_id.lower():
                 differs.append("they are other Hub models")
-            elif base.get("revision") and source.revision and base["revision"] != source.revision:
-                differs.append(f"the adapter's is revision {base['revision'][:12]}, this one {source.revision[:12]}")
-        name = base.get("spec") or base.get("path")
+            elif base.revision and source.revision and base.revision != source.revision:
+                differs.append(f"the adapter's is revision {base.revision[:12]}, this one {source.revision[:12]}")
+        name = base.spec or base.path
         if differs:
             raise AdapterError(
                 f"the adapter in {self.path} was trained on {name}, not on this run's model {source.spec} ({'; '.join(differs)}): "
@@ -188,7 +190,7 @@ class InitAdapter:
         """What the new run's adapter_config.json says about where it started."""
         return {
             "path": str(self.path), "kind": self.kind, "step": self.step, "val_loss": self.val_loss,
-            "sha256": file_digest(self.weights_file), "base_model": self.base,
+            "sha256": file_digest(self.weights_file), "base_model": self.base.to_dict(),
             "rank": self.rank, "scale": self.scale, "num_layers": self.num_layers, "keys": self.keys, "fine_tune_type": "dora" if self.dora else "lora",
         }
 
@@ -216,18 +218,18 @@ def locate(path: str | Path) -> InitAdapter:
     directory = given.parent if weights else given
     if weights is None and is_peft_adapter(directory):
         config, _ = import_peft(directory)  # checks it, and reads base_model_name_or_path
-        return InitAdapter(directory, "peft", config, directory / PEFT_WEIGHTS)
+        return InitAdapter(directory, "peft", RunConfig.from_dict(config), directory / PEFT_WEIGHTS)
     weights = weights or directory / ADAPTER_WEIGHTS
     if weights.suffix != ".safetensors" or not weights.is_file():
         raise AdapterError(f"--init-adapter {path}: no {ADAPTER_WEIGHTS} there; pass a run directory of 'mlxtune lora' (or its best/ or checkpoints/step-N), an mlx-lm or a PEFT adapter directory")
     state = _json(directory / "state.json")
     if state is not None and directory.parent.name == "checkpoints":  # RUN/checkpoints/step-N: the run's config
         run = directory.parent.parent
-        return InitAdapter(given, "checkpoint", read_adapter_config(run), weights, int(state.get("step", 0)) or None, state.get("last_val_loss"))
-    config = read_adapter_config(directory)  # the precise error where there is none
-    if "best" in config:
-        return InitAdapter(given, "best", config, weights, config["best"].get("step"), config["best"].get("val_loss"))
-    if "config" in config:  # a run: its adapters are those of its last checkpoint
+        return InitAdapter(given, "checkpoint", RunConfig.from_file(run), weights, int(state.get("step", 0)) or None, state.get("last_val_loss"))
+    config = RunConfig.from_file(directory)  # the precise error where there is none
+    if config.best is not None:
+        return InitAdapter(given, "best", config, weights, config.best.step, config.best.val_loss)
+    if "config" in config.present():  # a run: its adapters are those of its last checkpoint
         from .checkpoint import latest_checkpoint
 
         last = latest_checkpoint(directory)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
-from .adapters import ADAPTER_WEIGHTS
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedError
 from .errors import MlxtuneError
+from .events import Event
 from .fsutil import atomic_write_text
+from .run_schema import Best, RunConfig
 from .schedule import Schedule, learning_rate_at  # noqa: F401 (learning_rate_at: part of this module's interface)
 
 
@@ -33,18 +35,6 @@ class TrainingInterrupted(MlxtuneError):
 
 class _ValidationStopped(Exception):
     """Ctrl-C or SIGTERM during a validation, which stops between two batches."""
-
-
-@dataclass
-class Event:
-    """A progress report for the CLI: ``kind`` is start, resume, validate, step, val, save, note, early_stop or done.
-
-    ``validate`` reports a validation's progress: before its first batch and
-    after each (``batch`` of ``batches`` done, ``elapsed`` seconds).
-    """
-
-    kind: str
-    data: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -71,7 +61,7 @@ class TrainResult:
 class Run:
     """The training loop of one session of a run (a new run, or a resumed one)."""
 
-    def __init__(self, setup, trainer, run_dir: Path, ad_config: dict, on_event, state: dict | None = None, world=None):
+    def __init__(self, setup, trainer, run_dir: Path, ad_config: RunConfig, on_event, state: dict | None = None, world=None):
         from .distributed import World
 
         self.setup, self.cfg, self.trainer, self.run_dir = setup, setup.cfg, trainer, run_dir
@@ -185,7 +175,7 @@ class Run:
         best = self.run_dir / "best"
         best.mkdir(exist_ok=True)
         npio.write_safetensors(best / ADAPTER_WEIGHTS, self.trainer.adapter_weights(), metadata={"format": "mlx"})
-        atomic_write_text(best / "adapter_config.json", json.dumps(self.ad_config | {"best": {"step": step, "val_loss": val}}, indent=2))
+        atomic_write_text(best / ADAPTER_CONFIG, self.ad_config.updated(best=Best(step=step, val_loss=val)).write_text())
 
     def go(self) -> TrainResult:
         from .batching import iterate_batches

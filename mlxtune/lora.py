@@ -29,6 +29,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from .adapters import ADAPTER_CONFIG, ADAPTER_LEAVES, ADAPTER_WEIGHTS, adapter_config, read_adapter_config  # noqa: F401 (re-exported)
 from .errors import AdapterError, ConfigError
 from .fsutil import atomic_write_text, save_safetensors_atomic
+from .run_schema import RunConfig
 
 
 def _dense_weight(linear: nn.Module) -> mx.array:
@@ -223,13 +224,13 @@ def save_adapters(directory: Path, weights: dict[str, mx.array], config: dict | 
         atomic_write_text(directory / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=False))
 
 
-def load_adapters(model: nn.Module, directory: Path) -> dict:
+def load_adapters(model: nn.Module, directory: Path) -> RunConfig:
     """Wrap the model as the adapter config says and load its weights; returns the config."""
     directory = Path(directory)
-    config = read_adapter_config(directory)
-    lp = config["lora_parameters"]
-    keys = lp.get("keys") or linear_keys(model)
-    apply_adapters(model, int(config["num_layers"]), keys, int(lp["rank"]), float(lp["scale"]), 0.0, config.get("fine_tune_type") == "dora")
+    config = RunConfig.from_file(directory)
+    lp = config.lora_parameters
+    keys = lp.keys or linear_keys(model)
+    apply_adapters(model, int(config.num_layers), keys, int(lp.rank), float(lp.scale), 0.0, config.dora)
     weights_path = directory / ADAPTER_WEIGHTS
     if not weights_path.exists():
         raise AdapterError(f"{directory} has no {ADAPTER_WEIGHTS}: the run may not have saved yet")

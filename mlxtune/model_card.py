@@ -25,24 +25,23 @@ _KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "p
 
 def run_facts(run_dir: str | Path) -> dict:
     """What a card says about a training run, read from what the run wrote (JSON-able, missing parts left out)."""
-    from .adapters import read_adapter_config
     from .checkpoint import read_metrics
+    from .run_schema import BaseModel, DataInfo, RunConfig
 
     run_dir = Path(run_dir)
-    meta = read_adapter_config(run_dir)
-    cfg, base, data = meta.get("config") or {}, meta.get("base_model") or {}, meta.get("data") or {}
-    lp = meta.get("lora_parameters") or {}
-    facts: dict = {"run": run_dir.resolve().name, "method": "DoRA" if meta.get("fine_tune_type") == "dora" else "LoRA"}
-    peft = (meta.get("source") or {}).get("peft_config") or {}  # an adapter converted from PEFT
-    facts["base_model"] = base.get("repo_id") or base.get("spec") or base.get("path") or peft.get("base_model_name_or_path")
-    if base.get("revision"):
-        facts["base_revision"] = base["revision"]
-    if base.get("kind") == "gguf" and base.get("path"):
-        facts["base_file"] = Path(base["path"]).name
-    if data.get("description") or cfg.get("data"):
-        facts["data"] = data.get("description") or cfg.get("data")
-    facts["adapter"] = {"rank": lp.get("rank"), "alpha": cfg.get("alpha"), "scale": lp.get("scale"), "dropout": lp.get("dropout"), "keys": lp.get("keys"), "blocks": meta.get("num_layers")}
-    facts["training"] = {k: cfg.get(k) for k in ("iters", "epochs", "batch_size", "grad_accumulation", "learning_rate", "max_seq_len", "seed", "recipe") if cfg.get(k) is not None}
+    meta = RunConfig.from_file(run_dir)
+    cfg, base, data, lp = meta.settings, meta.base_model or BaseModel(), meta.data or DataInfo(), meta.lora_parameters
+    facts: dict = {"run": run_dir.resolve().name, "method": "DoRA" if meta.dora else "LoRA"}
+    peft = (meta.source or {}).get("peft_config") or {}  # an adapter converted from PEFT
+    facts["base_model"] = base.repo_id or base.spec or base.path or peft.get("base_model_name_or_path")
+    if base.revision:
+        facts["base_revision"] = base.revision
+    if base.kind == "gguf" and base.path:
+        facts["base_file"] = Path(base.path).name
+    if data.description or cfg.data:
+        facts["data"] = data.description or cfg.data
+    facts["adapter"] = {"rank": lp.rank, "alpha": cfg.alpha, "scale": lp.scale, "dropout": lp.dropout, "keys": lp.keys, "blocks": meta.num_layers}
+    facts["training"] = {k: getattr(cfg, k) for k in ("iters", "epochs", "batch_size", "grad_accumulation", "learning_rate", "max_seq_len", "seed", "recipe") if getattr(cfg, k) is not None}
     vals = [m for m in read_metrics(run_dir) if m.get("val_loss") is not None]
     if vals:
         picks = (("before training", vals[0]), ("best", min(vals, key=lambda m: m["val_loss"])), ("final", vals[-1]))

@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from . import npio
-from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, read_adapter_config
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
 from .errors import AdapterError
 from .fsutil import file_digest, read_json_object, staged_dir
 from .model_card import CARD, model_card, run_facts
+from .run_schema import BaseModel, RunConfig
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"  # the same name as mlx-lm's; the fields tell them apart
@@ -94,9 +95,9 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_pat
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if is_peft_adapter(run_dir):
         raise AdapterError(f"{run_dir} is a PEFT adapter already: pass the run directory that 'mlxtune lora' wrote")
-    config = read_adapter_config(run_dir)
-    lp = config["lora_parameters"]
-    rank, scale, dora = int(lp["rank"]), float(lp["scale"]), config.get("fine_tune_type") == "dora"
+    config = RunConfig.from_file(run_dir)
+    lp = config.lora_parameters
+    rank, scale, dora = int(lp.rank), float(lp.scale), config.dora
     path = run_dir / ADAPTER_WEIGHTS
     if not path.exists():
         raise AdapterError(f"{run_dir} has no {ADAPTER_WEIGHTS}: the run may not have saved yet")
@@ -142,16 +143,16 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_pat
     layers_to_transform = layers if layers[0] > 0 else None
     alpha = scale * rank
     alpha = int(alpha) if float(alpha).is_integer() else alpha
-    base = config.get("base_model") or {}
-    name = base_model_name_or_path or base.get("repo_id") or base.get("spec")
+    base = config.base_model or BaseModel()
+    name = base_model_name_or_path or base.repo_id or base.spec
     peft_config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": name,
-        "revision": base.get("revision") if not base_model_name_or_path else None,
+        "revision": base.revision if not base_model_name_or_path else None,
         "r": rank,
         "lora_alpha": alpha,
-        "lora_dropout": float(lp.get("dropout") or 0.0),
+        "lora_dropout": float(lp.dropout or 0.0),
         "target_modules": targets,
         "layers_to_transform": layers_to_transform,
         "layers_pattern": (stems[0] if len(stems) == 1 else stems) if layers_to_transform else None,
@@ -219,8 +220,9 @@ def convert_peft_to_mlx(peft_dir: str | Path, out_dir: str | Path, force: bool =
     with staged_dir(Path(out_dir), force) as tmp:
         npio.write_safetensors(tmp / ADAPTER_WEIGHTS, weights, metadata={"format": "mlx"}, bf16=bf16)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    lp, src = config["lora_parameters"], config["source"]
-    return ConvertResult(Path(out_dir), src["modules"], config["num_layers"], lp["keys"], lp["rank"], lp["scale"], config["fine_tune_type"] == "dora", src["notes"])
+    run = RunConfig.from_dict(config)
+    lp, src = run.lora_parameters, run.source
+    return ConvertResult(Path(out_dir), src["modules"], run.num_layers, lp.keys, lp.rank, lp.scale, run.dora, src["notes"])
 
 
 def as_mlx_adapter(path: str | Path, num_blocks: int | None = None, cache_dir: Path | None = None) -> Path:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from .events import Event, StepData, ValidateData
+
 PLAIN_INTERVAL = 10.0  # seconds: in a log, at most one step line this often (validation, first and last steps aside)
 BAR_MIN, BAR_MAX = 10, 30  # characters of the bar itself; below BAR_MIN fields are dropped, then the bar
 DROP_ORDER = ("speed", "elapsed", "val")  # the fields a narrow terminal loses first
@@ -185,9 +187,9 @@ class TrainPrinter:
         self.quiet, self.as_json, self.out = quiet, as_json, out  # out: None is stdout at the time of each write
         self.bar = not (quiet or as_json) and use_bar(out or sys.stdout)
         self.throttle = Throttle()
-        self.last_step: dict | None = None  # the step event the bar shows
+        self.last_step: StepData | None = None  # the step event the bar shows
         self.last_val: float | None = None
-        self.validating: dict | None = None  # the validate event the bar shows, while a validation runs
+        self.validating: ValidateData | None = None  # the validate event the bar shows, while a validation runs
         self.val_since = 0.0  # when a log last had a line about the validation in progress
         self.drawn = False
         self.busy, self.pending = False, []
@@ -206,7 +208,7 @@ class TrainPrinter:
         if self.as_json:
             click.echo(json_line(kind, data), file=self.out)
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: Event) -> None:
         if self.busy:  # from a signal handler (Ctrl-C's note) in the middle of a write: print it after
             self.pending.append(event)
             return
@@ -218,7 +220,7 @@ class TrainPrinter:
         finally:
             self.busy = False
 
-    def _handle(self, event) -> None:
+    def _handle(self, event: Event) -> None:
         kind, d = event.kind, event.data
         if self.as_json:
             return self.json_event(kind, d)
@@ -275,7 +277,7 @@ class TrainPrinter:
             return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
         return self._generic(kind, d)  # kinds this printer does not know yet
 
-    def _step(self, d: dict) -> None:
+    def _step(self, d: StepData) -> None:
         validated = "val_loss" in d
         if self.quiet:
             return
@@ -287,7 +289,7 @@ class TrainPrinter:
         elif self.throttle(d["step"], d["total"], validated):
             self._say(self._step_line(d))
 
-    def _validate(self, d: dict) -> None:
+    def _validate(self, d: ValidateData) -> None:
         """A validation's progress: on a terminal, the bar; in a log, a line every PLAIN_INTERVAL seconds of a long one."""
         if self.quiet:
             return
@@ -302,7 +304,7 @@ class TrainPrinter:
             self._say(validating_text(d))
 
     @staticmethod
-    def _step_line(d: dict) -> str:
+    def _step_line(d: StepData) -> str:
         val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
         return (
             f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .checkpoint import read_metrics
 from .fsutil import atomic_write_text
+from .run_schema import DataInfo, RunConfig, RunSettings
 
 PNG_SIZE = (800, 480)  # width, height of loss.png
 
@@ -37,11 +38,10 @@ def write_loss_png(run_dir: Path, metrics: list[dict]) -> Path:
 
 def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> list[dict]:
     """The first ``n`` validation prompts with their reference, the base's answer and the tuned model's."""
-    from .adapters import read_adapter_config
-    from .evaluate import _eval_records, _prompt_and_reference, _prompt_text, answers, load_model, run_data_path, run_skips_bad_lines
+    from .evaluate import _eval_records, _prompt_and_reference, _prompt_text, answers, load_model, run_skips_bad_lines
 
-    run = read_adapter_config(run_dir)
-    run_cfg, data = run.get("config") or {}, run_data_path(run)
+    run = RunConfig.from_file(run_dir)
+    run_cfg, data = run.settings, run.data_path
     if n <= 0 or data is None or not data.exists():
         return []
     records, fmt, *_ = _eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
@@ -59,33 +59,31 @@ def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> li
 
 def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160, backend: str = "auto") -> Path:
     """Write ``report.md`` and ``loss.png`` into the run directory; returns the report's path."""
-    from .adapters import read_adapter_config
-
     run_dir = Path(run_dir)
-    meta = read_adapter_config(run_dir)
-    cfg = meta.get("config") or {}
+    meta = RunConfig.from_file(run_dir)
+    cfg = meta.settings
     metrics = read_metrics(run_dir)
     write_loss_png(run_dir, metrics)
     vals = [m for m in metrics if m.get("val_loss") is not None]
     steps = [m for m in metrics if m.get("loss") is not None]
     lines = [f"# Training report: {run_dir.name}", ""]
-    base = meta.get("base_model") or {}
-    data = meta.get("data") or {}
+    base = meta.base_model
+    data = meta.data or DataInfo()
     lines += [
-        f"- **Model**: {base.get('spec') or base.get('path')}",
-        f"- **Data**: {data.get('description', cfg.get('data'))}",
-        f"- **Recipe**: {cfg.get('recipe') or 'none'}",
-        f"- **Compute**: {meta.get('backend')} backend; {meta.get('compute', '')}",
-        f"- **LoRA**: rank {cfg.get('rank')}, alpha {cfg.get('alpha')} (scale {cfg.get('scale')}), dropout {cfg.get('dropout')}"
-        f"{', DoRA' if cfg.get('dora') else ''}, on {', '.join(meta.get('lora_parameters', {}).get('keys', []) or ['all linear layers'])} of {meta.get('num_layers')} blocks",
-        f"- **Training**: {cfg.get('iters')} steps, batch {cfg.get('batch_size')}{_accumulation(cfg)}, learning rate {cfg.get('learning_rate')} (warmup {cfg.get('warmup')}, cosine to {cfg.get('min_lr_ratio')}x), max sequence {cfg.get('max_seq_len')} tokens, seed {cfg.get('seed')}",
+        f"- **Model**: {(base.spec or base.path) if base else None}",
+        f"- **Data**: {data.description if data.description is not None else cfg.data}",
+        f"- **Recipe**: {cfg.recipe or 'none'}",
+        f"- **Compute**: {meta.backend} backend; {meta.compute if meta.compute is not None else ''}",
+        f"- **LoRA**: rank {cfg.rank}, alpha {cfg.alpha} (scale {cfg.scale}), dropout {cfg.dropout}"
+        f"{', DoRA' if cfg.dora else ''}, on {', '.join(meta.lora_parameters.keys or ['all linear layers'])} of {meta.num_layers} blocks",
+        f"- **Training**: {cfg.iters} steps, batch {cfg.batch_size}{_accumulation(cfg)}, learning rate {cfg.learning_rate} (warmup {cfg.warmup}, cosine to {cfg.min_lr_ratio}x), max sequence {cfg.max_seq_len} tokens, seed {cfg.seed}",
     ]
     lines.append(f"- **Validation**: {_validation(cfg, data)}")
-    if len(meta.get("schedule") or []) > 1:  # extended with --resume --iters: one warmup + cosine cycle per extension
-        lines.append("- **Extended**: learning-rate cycles over steps " + ", ".join(f"{a + 1}-{b}" for a, b in meta["schedule"]) + " (each a warmup and a cosine decay)")
-    start = meta.get("init_adapter")
+    if len(meta.schedule or []) > 1:  # extended with --resume --iters: one warmup + cosine cycle per extension
+        lines.append("- **Extended**: learning-rate cycles over steps " + ", ".join(f"{a + 1}-{b}" for a, b in meta.schedule) + " (each a warmup and a cosine decay)")
+    start = meta.init_adapter
     if start:
-        lines.append(f"- **Started from**: the {start.get('kind')} adapter {start.get('path')}" + (f" (step {start['step']})" if start.get("step") is not None else ""))
+        lines.append(f"- **Started from**: the {start.kind} adapter {start.path}" + (f" (step {start.step})" if start.step is not None else ""))
     if steps:
         last = steps[-1]
         lines.append(f"- **Run**: {last['step']} steps in {last.get('elapsed', 0) / 60:.1f} min, {last.get('trained_tokens', 0)} trained tokens, peak memory {last.get('peak_memory_bytes', 0) / 1e9:.2f} GB")
@@ -107,21 +105,21 @@ def write_report(run_dir: str | Path, n_samples: int = 3, max_tokens: int = 160,
     return path
 
 
-def _validation(cfg: dict, data: dict) -> str:
+def _validation(cfg: RunSettings, data: DataInfo) -> str:
     """What the validation losses below are measured on, or why there are none."""
-    if cfg.get("val_every") == 0:
+    if cfg.val_every == 0:
         return "none (val_every 0): no validation loss, no best/ adapters, no early stopping"
-    if not data.get("valid"):
+    if not data.valid:
         return "none: no validation records"
-    every = f"every {cfg.get('val_every')} steps and at the end"
-    n = cfg.get("val_batches", -1)
+    every = f"every {cfg.val_every} steps and at the end"
+    n = cfg.val_batches
     if n is not None and n > 0:
-        return f"the first {n} batches of {cfg.get('batch_size')} of the {data['valid']} validation examples (val_batches), {every}"
-    return f"all {data['valid']} validation examples, {every}"
+        return f"the first {n} batches of {cfg.batch_size} of the {data.valid} validation examples (val_batches), {every}"
+    return f"all {data.valid} validation examples, {every}"
 
 
-def _accumulation(cfg: dict) -> str:
-    parts = [f" x {cfg['grad_accumulation']} micro-batches a step" if (cfg.get("grad_accumulation") or 1) > 1 else "", ", gradient checkpointing" if cfg.get("grad_checkpoint") else ""]
+def _accumulation(cfg: RunSettings) -> str:
+    parts = [f" x {cfg.grad_accumulation} micro-batches a step" if (cfg.grad_accumulation or 1) > 1 else "", ", gradient checkpointing" if cfg.grad_checkpoint else ""]
     return "".join(parts)
 
 

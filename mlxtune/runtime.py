@@ -23,7 +23,8 @@ small pure function that the tests call with every platform:
   says which of this process's cgroup files hold its limit and usage.
 
 This module must not import mlx at module level: ``preload_blas`` has to run
-before mlx is first imported, which ``mlxtune/__init__.py`` guarantees.
+before mlx is first imported, which ``mlxtune/__init__.py`` guarantees by
+calling ``prepare_process`` (the package's one import-time effect).
 """
 
 from __future__ import annotations
@@ -170,6 +171,20 @@ def share_cores() -> dict[str, str]:
     chosen = choose_blas_threads(platform.system(), os.cpu_count() or 1, local_processes(dict(os.environ)), dict(os.environ))
     os.environ.update(chosen)
     return chosen
+
+
+def prepare_process() -> BlasChoice:
+    """What importing ``mlxtune`` does, and all it does: the process set up before numpy or mlx load their BLAS.
+
+    Two effects, each idempotent, both too late once a BLAS has started: the
+    cores are split between the processes of a distributed run that share
+    this machine (``share_cores``: BLAS thread counts the user has not set, in
+    ``os.environ``), then the BLAS mlx should bind to is loaded (``preload_blas``).
+    ``mlxtune/__init__.py`` calls it, since it is the first module of ours any
+    caller imports; nothing else of ours acts at import time.
+    """
+    share_cores()  # before numpy or mlx start their BLAS threads
+    return preload_blas()
 
 
 @dataclass(frozen=True)

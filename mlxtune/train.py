@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import __version__, checkpoint
-from .adapters import ADAPTER_WEIGHTS, library_versions
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, library_versions
 from .checkpoint import OPTIMIZER, latest_checkpoint  # noqa: F401 (latest_checkpoint: part of this module's interface)
 from .config import TrainConfig
 from .distributed import agree_on_run
 from .errors import DataError, MlxtuneError, UsageError
 from .fsutil import atomic_write_text, check_output_dir
 from .loop import Event, Run, TrainingInterrupted, TrainResult, learning_rate_at  # noqa: F401 (the same)
+from .run_schema import BaseModel, DataInfo, Distributed, LoraParameters, RunConfig, RunSettings, StartRecord
 from .runlock import LOCK_NAME, own_run_dir
 
 
@@ -175,7 +176,6 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
     agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)  # after the plan: the micro-batch it chose is part of what must agree
 
-    from .adapters import adapter_config
     from .backends import open_trainer
 
     trainer = open_trainer(setup.backend, setup.model_dir, cfg)
@@ -183,21 +183,20 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
         setup.start.load_into(trainer)
         on_event(Event("init_adapter", {"message": setup.start.describe(), **setup.start.record()}))
     source, splits = setup.source, setup.splits
-    meta = {
-        "mlxtune_version": __version__,
-        "base_model": {"spec": source.spec, "kind": source.kind, "path": str(source.path), "repo_id": source.repo_id, "revision": source.revision, "mlx_dir": str(setup.model_dir),
-                       "signature": checkpoint.model_signature(setup.model_dir), "weights_sample": checkpoint.weights_sample(setup.model_dir)},
-        "backend": setup.backend,
-        "compute": trainer.description,
-        "versions": library_versions(),
-        "config": cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total},
-        "data": {"description": splits.description, "path": str(Path(cfg.data).resolve()), "format": splits.format.name, "train": len(setup.train_set), "valid": len(setup.valid_set), "truncated": setup.n_truncated, "fingerprint": setup.fingerprint},
-    }
-    if setup.start is not None:
-        meta["init_adapter"] = setup.start.record()
-    if world.size > 1:
-        meta["distributed"] = {"processes": world.size, "backend": world.backend}
-    ad_config = adapter_config(trainer.num_layers, trainer.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora, **meta)
+    ad_config = RunConfig(
+        fine_tune_type="dora" if cfg.dora else "lora", num_layers=trainer.num_layers,
+        lora_parameters=LoraParameters(rank=cfg.rank, scale=cfg.scale, dropout=cfg.dropout, keys=list(trainer.keys)),
+        mlxtune_version=__version__,
+        base_model=BaseModel(spec=source.spec, kind=source.kind, path=str(source.path), repo_id=source.repo_id, revision=source.revision, mlx_dir=str(setup.model_dir),
+                             signature=checkpoint.model_signature(setup.model_dir), weights_sample=checkpoint.weights_sample(setup.model_dir)),
+        backend=setup.backend,
+        compute=trainer.description,
+        versions=library_versions(),
+        config=RunSettings.from_dict(cfg.to_dict() | {"output": str(run_dir), "backend": setup.backend, "scale": cfg.scale, "mask_prompt": setup.mask_prompt, "iters": setup.total}),
+        data=DataInfo(description=splits.description, path=str(Path(cfg.data).resolve()), format=splits.format.name, train=len(setup.train_set), valid=len(setup.valid_set), truncated=setup.n_truncated, fingerprint=setup.fingerprint),
+        init_adapter=StartRecord.from_dict(setup.start.record()) if setup.start is not None else None,
+        distributed=Distributed(processes=world.size, backend=world.backend) if world.size > 1 else None,
+    )
     if world.main:  # ---- from here on, the run directory exists
         if force:  # what was there goes; the lock this process holds stays
             for old in (p for p in run_dir.iterdir() if p.name != LOCK_NAME):
@@ -206,7 +205,7 @@ def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, wor
                 else:
                     old.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "adapter_config.json", json.dumps(ad_config, indent=2))
+        atomic_write_text(run_dir / ADAPTER_CONFIG, ad_config.write_text())
     return Run(setup, trainer, run_dir, ad_config, on_event, world=world).go()
 
 
@@ -287,14 +286,14 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
         files = world.broadcast(files)
         if "error" in files:
             raise UsageError(files["error"].decode())
-    ad_config, state = json.loads(files["config"]), json.loads(files["state"])
+    ad_config, state = RunConfig.from_dict(json.loads(files["config"])), json.loads(files["state"])
     fields = {f for f in TrainConfig.__dataclass_fields__}
-    base = ad_config.get("base_model") or {}
-    cfg = TrainConfig(**{k: v for k, v in ad_config["config"].items() if k in fields} | {"epochs": None, "iters": state["total"], "init_adapter": None})
+    base = ad_config.base_model or BaseModel()
+    cfg = TrainConfig(**{k: v for k, v in ad_config.settings.to_dict().items() if k in fields} | {"epochs": None, "iters": state["total"], "init_adapter": None})
     if extend:
         cfg.iters, cfg.epochs = iters, epochs
-    cfg.revision = cfg.revision or base.get("revision")  # the commit trained on, not the Hub's latest
-    data_path = (ad_config.get("data") or {}).get("path")
+    cfg.revision = cfg.revision or base.revision  # the commit trained on, not the Hub's latest
+    data_path = ad_config.data.path if ad_config.data else None
     if data_path and not Path(cfg.data).exists():
         cfg.data = data_path  # resumed from another working directory
     on_event = on_event if world.main else _silent
@@ -302,7 +301,7 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
     agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)
     if setup.fingerprint != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)
-    if base.get("signature") and checkpoint.model_signature(setup.model_dir) != base["signature"]:
+    if base.signature and checkpoint.model_signature(setup.model_dir) != base.signature:
         raise UsageError(f"the base model {setup.source.spec} is not the one the run started on (its files in {setup.model_dir} differ): resume with the same model")
     if setup.backend != state.get("backend"):
         raise UsageError(f"the run was trained with the {state.get('backend')} backend, which is not available here (this machine would use {setup.backend})")

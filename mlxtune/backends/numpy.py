@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from ..errors import AdapterError, UsageError
 from ..models.families.base import LLAMA_LINEAR_KEYS
+
+if TYPE_CHECKING:
+    from ..run_schema import RunConfig
 
 # The activations a training step keeps for its backward pass may take this
 # fraction of the model's weight memory (at least ACTIVATION_FLOOR bytes);
@@ -213,17 +216,18 @@ class NumpyTrainer:
 # ---------------------------------------------------------------- inference
 
 
-def load_adapters(model, adapter_dir: Path) -> dict:
+def load_adapters(model, adapter_dir: Path) -> RunConfig:
     """Add the LoRA layers an adapter directory describes and load its weights."""
     from .. import npio
-    from ..adapters import ADAPTER_WEIGHTS, read_adapter_config
+    from ..adapters import ADAPTER_WEIGHTS
+    from ..run_schema import RunConfig
 
-    config = read_adapter_config(adapter_dir)
-    if config.get("fine_tune_type") == "dora":
+    config = RunConfig.from_file(adapter_dir)
+    if config.dora:
         raise UsageError(f"{adapter_dir} holds a DoRA adapter, which the numpy backend does not implement; use --backend mlx")
-    lp = config["lora_parameters"]
-    keys = lp.get("keys") or list(LINEAR_KEYS)
-    model.add_lora(int(config["num_layers"]), keys, int(lp["rank"]), float(lp["scale"]), np.random.default_rng(0))
+    lp = config.lora_parameters
+    keys = lp.keys or list(LINEAR_KEYS)
+    model.add_lora(int(config.num_layers), keys, int(lp.rank), float(lp.scale), np.random.default_rng(0))
     path = Path(adapter_dir) / ADAPTER_WEIGHTS
     if not path.exists():
         raise AdapterError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}: the run may not have saved yet")

@@ -99,7 +99,7 @@ def baseline_child(backend: str, model: str, workdir: Path) -> None:
     from mlxtune.batching import encode_dataset
     from mlxtune.convert import ensure_mlx_model
     from mlxtune.data import load_data
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.hub import resolve_model
     from mlxtune.tokenizer import load_tokenizer
 
     splits = load_data(str(write_data(workdir / "data-baseline", 1, 16)))
@@ -129,7 +129,7 @@ def _rss_now() -> int:
 def default_model() -> str:
     import mlxtune  # noqa: F401
     from mlxtune.convert import ensure_mlx_model
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.hub import resolve_model
 
     return str(ensure_mlx_model(resolve_model(None, offline=True)))
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import UsageError
 from .fsutil import copy_file, file_digest, staged_dir
-from .hub import ModelSource, resolve_model
+from .models.hub import ModelSource, resolve_model
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -110,7 +110,7 @@ def check(
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
     """
     from .convert import ensure_mlx_model
-    from .hub import resolve_model
+    from .models.hub import resolve_model
     from .tokenizer import load_tokenizer
 
     splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)

@@ -88,7 +88,7 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     """
     if adapter is None:
         from .convert import ensure_mlx_model
-        from .hub import resolve_model
+        from .models.hub import resolve_model
         from .model_card import fused_facts
 
         source = resolve_model(model, offline=offline)

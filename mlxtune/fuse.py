@@ -48,7 +48,7 @@ def base_model_dir(adapter_dir: Path, model: str | None, offline: bool | None = 
     """The model directory an adapter applies to: ``model`` if given, else the one it was trained on."""
     from .adapters import read_adapter_config
     from .convert import ensure_mlx_model
-    from .hub import resolve_model
+    from .models.hub import resolve_model
 
     notes: list[str] = []
     if model is None:

@@ -41,7 +41,7 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
     from .backends import backend_for, choose_backend, mlx_available
     from .convert import ensure_mlx_model
     from .fuse import base_model_dir
-    from .hub import resolve_model
+    from .models.hub import resolve_model
 
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     notes: list[str] = []

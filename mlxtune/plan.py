@@ -246,7 +246,7 @@ def plan_for(cfg) -> Plan:
     """
     from .backends import backend_for
     from .convert import ensure_mlx_model
-    from .hub import resolve_model
+    from .models.hub import resolve_model
 
     model_dir = ensure_mlx_model(resolve_model(cfg.model, revision=cfg.revision, offline=cfg.offline))
     backend = backend_for(cfg.backend, model_dir, mlx_only="DoRA" if cfg.dora else None)

@@ -91,7 +91,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: set[str
     from .batching import encode_dataset, epoch_steps
     from .convert import ensure_mlx_model
     from .data import load_data, trains_prompt_masked
-    from .hub import resolve_model
+    from .models.hub import resolve_model
 
     splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
     for message in ([splits.note] if splits.note else []) + splits.skipped_notes():

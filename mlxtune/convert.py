@@ -103,7 +103,8 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
     import mlx.nn as nn
     from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
+    from .backends.mlx import load_model
+    from .backends.mlx_weights import DTYPES, cast, dequantize_model
 
     model, config = load_model(src)
     quant = config.get("quantization")
@@ -111,14 +112,14 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
         notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
         quantize = False
     if (dtype is not None or quantize) and quant:
-        model = dequantize_model(model, _DTYPES[dtype] if dtype else None)
+        model = dequantize_model(model, DTYPES[dtype] if dtype else None)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
         if quantize:
             notes.append("source was quantized: dequantized before re-quantizing (lossy)")
         quant = None
     if dtype is not None:
-        cast(model, _DTYPES[dtype])
+        cast(model, DTYPES[dtype])
         config["torch_dtype"] = dtype
     if quantize:
 

@@ -122,7 +122,8 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
     import mlx.nn as nn
     from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
+    from .backends.mlx import load_model
+    from .backends.mlx_weights import DTYPES as MX_DTYPES, cast, dequantize_model
     from .lora import fuse_model, load_adapters
 
     base, config = load_model(base_dir)
@@ -133,9 +134,9 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
         group = q_group_size or (base_quant or {}).get("group_size") or 64
         if bits not in Q_BITS or group not in Q_GROUP_SIZES:
             raise UsageError(f"quantization must use --q-bits in {Q_BITS} and --q-group-size in {Q_GROUP_SIZES}")
-    n = fuse_model(base, _DTYPES[dtype])
-    base = dequantize_model(base, _DTYPES[dtype])  # layers without an adapter, and the embeddings
-    cast(base, _DTYPES[dtype])
+    n = fuse_model(base, MX_DTYPES[dtype])
+    base = dequantize_model(base, MX_DTYPES[dtype])  # layers without an adapter, and the embeddings
+    cast(base, MX_DTYPES[dtype])
     config.pop("quantization", None)
     config.pop("quantization_config", None)
     config["torch_dtype"] = dtype

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def converted_model(workdir: Path) -> Path:
-    from mlxtune.hub import smollm2_gguf
+    from mlxtune.models.hub import smollm2_gguf
 
     out = workdir / "smollm2"
     if not (out / "config.json").exists():

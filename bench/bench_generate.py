@@ -76,7 +76,7 @@ def prepare(args) -> None:
     """Child: the float32, float16 and 4-bit model directories, the GGUF path and the prompt's token ids."""
     import mlxtune  # noqa: F401  (BLAS first)
     from mlxtune.convert import convert
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.hub import resolve_model
     from mlxtune.tokenizer import load_tokenizer
 
     work, notes = args.workdir, []

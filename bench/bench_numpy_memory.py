@@ -76,8 +76,8 @@ def child(args) -> dict:
     from mlxtune import runtime
     from mlxtune.backends import open_trainer
     from mlxtune.config import TrainConfig
-    from mlxtune.convert import ensure_mlx_model
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.source import ensure_mlx_model
+    from mlxtune.models.hub import resolve_model
 
     model_dir = ensure_mlx_model(resolve_model(None))
     batches = _batches(args.child, model_dir, args.data)

@@ -97,9 +97,9 @@ def baseline_child(backend: str, model: str, workdir: Path) -> None:
     import mlxtune.cli  # noqa: F401  (click and the CLI, as `python -m mlxtune lora`)
     from mlxtune.backends import backend_for
     from mlxtune.batching import encode_dataset
-    from mlxtune.convert import ensure_mlx_model
+    from mlxtune.models.source import ensure_mlx_model
     from mlxtune.data import load_data
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.hub import resolve_model
     from mlxtune.tokenizer import load_tokenizer
 
     splits = load_data(str(write_data(workdir / "data-baseline", 1, 16)))
@@ -128,8 +128,8 @@ def _rss_now() -> int:
 
 def default_model() -> str:
     import mlxtune  # noqa: F401
-    from mlxtune.convert import ensure_mlx_model
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.source import ensure_mlx_model
+    from mlxtune.models.hub import resolve_model
 
     return str(ensure_mlx_model(resolve_model(None, offline=True)))
 

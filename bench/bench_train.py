@@ -135,7 +135,7 @@ def prepare(args) -> None:
     four_bit = work / "model-4bit"
     stamp = {"model": args.model, "dtype": "4bit"}
     if not ((four_bit / "config.json").exists() and _read_json(four_bit / "bench-stamp.json") == stamp):
-        from mlxtune.hub import resolve_model
+        from mlxtune.models.hub import resolve_model
 
         is_gguf = resolve_model(args.model).kind == "gguf"
         r = convert(args.model, four_bit, force=True, **({} if is_gguf else {"quantize": True, "q_bits": 4, "q_group_size": 32}))

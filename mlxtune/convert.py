@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .fsutil import copy_file, file_digest, staged_dir
-from .hub import ModelSource, resolve_model
+from .fsutil import copy_file, staged_dir
+from .models.hub import ModelSource, resolve_model
+from .models.source import write_gguf_dir
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -97,39 +97,14 @@ def convert(
     return ConvertResult(out_dir, source, quant, dtype, n_params, size, notes)
 
 
-def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) -> list[str]:
-    """Write a GGUF file's weights, config and tokenizer as an MLX model directory.
-
-    Quantized blocks stay quantized (MLX triplets) unless ``dense``, the default
-    where mlx is not installed: then the weights are written as float32.
-    """
-    from .gguf_import import read_gguf
-
-    g = read_gguf(gguf_path, dense=dense)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if all(isinstance(v, np.ndarray) for v in g.weights.values()):
-        from . import npio
-
-        npio.write_safetensors(out_dir / "model.safetensors", g.weights, metadata={"format": "mlx"})
-    else:
-        import mlx.core as mx
-
-        mx.save_safetensors(str(out_dir / "model.safetensors"), g.weights, metadata={"format": "mlx"})
-    (out_dir / "config.json").write_text(json.dumps(g.config, indent=2, sort_keys=True))
-    for name, text in g.tokenizer_files.items():
-        (out_dir / name).write_text(text, encoding="utf-8")
-    if g.generation_config:
-        (out_dir / "generation_config.json").write_text(json.dumps(g.generation_config, indent=2))
-    return []
-
-
 def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> dict | None:
     """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
+    from .backends.mlx import load_model
+    from .backends.mlx_weights import DTYPES, cast, dequantize_model
 
     model, config = load_model(src)
     quant = config.get("quantization")
@@ -137,14 +112,14 @@ def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, note
         notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
         quantize = False
     if (dtype is not None or quantize) and quant:
-        model = dequantize_model(model, _DTYPES[dtype] if dtype else None)
+        model = dequantize_model(model, DTYPES[dtype] if dtype else None)
         config.pop("quantization", None)
         config.pop("quantization_config", None)
         if quantize:
             notes.append("source was quantized: dequantized before re-quantizing (lossy)")
         quant = None
     if dtype is not None:
-        cast(model, _DTYPES[dtype])
+        cast(model, DTYPES[dtype])
         config["torch_dtype"] = dtype
     if quantize:
 
@@ -203,25 +178,3 @@ def _stats(path: Path) -> tuple[int, int]:
                 header = json.loads(fh.read(k))
             n += sum(math.prod(v["shape"]) for name, v in header.items() if name != "__metadata__" and not name.endswith((".scales", ".biases")))
     return int(n), size
-
-
-# ---------------------------------------------------------------- model cache for GGUF sources
-
-
-def mlxtune_home() -> Path:
-    return Path(os.environ.get("MLXTUNE_HOME") or Path.home() / ".cache" / "mlxtune")
-
-
-def ensure_mlx_model(source: ModelSource) -> Path:
-    """A directory mlx-lm can load for ``source``; GGUF files are converted once and cached."""
-    if source.kind != "gguf":
-        return source.path
-    from .backends import mlx_available
-
-    dense = not mlx_available()  # without mlx, GGUF blocks are expanded to float32 with numpy
-    target = mlxtune_home() / "models" / f"{source.path.stem}-{file_digest(source.path)[:12]}{'-f32' if dense else ''}"
-    if (target / "config.json").exists():
-        return target
-    with staged_dir(target, force=True) as tmp:
-        write_gguf_dir(source.path, tmp, dense=dense)
-    return target

@@ -109,16 +109,15 @@ def check(
     The data is read before the model, so a broken file fails fast (or, with
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
     """
-    from .convert import ensure_mlx_model
-    from .hub import resolve_model
+    from .models.source import open_model
     from .tokenizer import load_tokenizer
 
     splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
-    source = resolve_model(model, offline=offline)
-    tokenizer = load_tokenizer(ensure_mlx_model(source))
+    opened = open_model(model, offline=offline)
+    tokenizer = load_tokenizer(opened.path)
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
-    report.model = source.spec
-    report.notes += [source.note] if source.note else []
+    report.model = opened.source.spec
+    report.notes += list(opened.notes)
     return report
 
 

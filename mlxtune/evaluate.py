@@ -173,10 +173,10 @@ def load_model(run_dir, model: str | None, adapter: Path | None, backend: str = 
     from .generate import load
 
     if adapter is None and model is None:
-        from .fuse import base_model_dir
+        from .models.source import run_base_model
 
-        model_dir, notes = base_model_dir(Path(run_dir), None, offline)
-        return load(str(model_dir), backend=backend, offline=offline), notes
+        base = run_base_model(Path(run_dir), None, offline)
+        return load(str(base.path), backend=backend, offline=offline), list(base.notes)
     return load(model, adapter=adapter, backend=backend, offline=offline), []
 
 

@@ -87,14 +87,12 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     heuristics read a directory's name), removed afterwards.
     """
     if adapter is None:
-        from .convert import ensure_mlx_model
-        from .hub import resolve_model
         from .model_card import fused_facts
+        from .models.source import open_model
 
-        source = resolve_model(model, offline=offline)
-        if source.note:
-            notes.append(source.note)
-        directory = ensure_mlx_model(source)
+        opened = open_model(model, offline=offline)
+        notes.extend(opened.notes)
+        source, directory = opened.source, opened.path
         own = source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
         yield directory, name or fused_facts(directory)[0] or own, source.spec, None
         return

@@ -169,3 +169,8 @@ def read_json_object(path: Path, error: type[MlxtuneError], what: str) -> dict:
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         raise error(f"{path} holds {kind}, not {what} (a JSON object): replace it with a good copy")
     return value
+
+
+def mlxtune_home() -> Path:
+    """mlxtune's own cache (converted GGUF models, imported PEFT adapters): $MLXTUNE_HOME, else ~/.cache/mlxtune."""
+    return Path(os.environ.get("MLXTUNE_HOME") or Path.home() / ".cache" / "mlxtune")

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
-from .errors import AdapterError, UsageError
+from .errors import UsageError
 from .fsutil import copy_file, staged_dir
 from .model_card import CARD, FUSE_INFO, model_card, run_facts
 from .model_config import read_config
+from .models.source import run_base_model
 from .run_schema import RunConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -42,27 +43,6 @@ class FuseResult:
     notes: list[str] = field(default_factory=list)
     name: str = ""  # what the model card (and exports of it) call the model
     default_dtype: str = "float16"  # the base's dtype: the default of fuse and of export -f hf
-
-
-def base_model_dir(adapter_dir: Path, model: str | None, offline: bool | None = None) -> tuple[Path, list[str]]:
-    """The model directory an adapter applies to: ``model`` if given, else the one it was trained on."""
-    from .adapters import read_adapter_config
-    from .convert import ensure_mlx_model
-    from .hub import resolve_model
-
-    notes: list[str] = []
-    if model is None:
-        base = read_adapter_config(adapter_dir).get("base_model") or {}
-        if base.get("mlx_dir") and (Path(base["mlx_dir"]) / "config.json").exists():
-            return Path(base["mlx_dir"]), notes
-        if base.get("spec") or base.get("path"):
-            model = base.get("path") if base.get("kind") in ("dir", "gguf") and Path(base.get("path", "")).exists() else base.get("spec")
-        else:
-            raise AdapterError(f"{adapter_dir}/adapter_config.json does not say which model it was trained on: pass --model")
-    source = resolve_model(model, offline=offline, allow_fallback=True)
-    if source.note:
-        notes.append(source.note)
-    return ensure_mlx_model(source), notes
 
 
 def fuse(
@@ -93,7 +73,8 @@ def fuse(
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
-    base_dir, notes = base_model_dir(adapter_dir, model, offline)
+    base = run_base_model(adapter_dir, model, offline)
+    base_dir, notes = base.path, list(base.notes)
     dora = RunConfig.from_file(adapter_dir).dora
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     if backend == "numpy" and quantize:
@@ -141,7 +122,8 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
     import mlx.nn as nn
     from mlx_lm.utils import save_config, save_model
 
-    from .backends.mlx import _DTYPES, cast, dequantize_model, load_model
+    from .backends.mlx import load_model
+    from .backends.mlx_weights import DTYPES as MX_DTYPES, cast, dequantize_model
     from .lora import fuse_model, load_adapters
 
     base, config = load_model(base_dir)
@@ -152,9 +134,9 @@ def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize
         group = q_group_size or (base_quant or {}).get("group_size") or 64
         if bits not in Q_BITS or group not in Q_GROUP_SIZES:
             raise UsageError(f"quantization must use --q-bits in {Q_BITS} and --q-group-size in {Q_GROUP_SIZES}")
-    n = fuse_model(base, _DTYPES[dtype])
-    base = dequantize_model(base, _DTYPES[dtype])  # layers without an adapter, and the embeddings
-    cast(base, _DTYPES[dtype])
+    n = fuse_model(base, MX_DTYPES[dtype])
+    base = dequantize_model(base, MX_DTYPES[dtype])  # layers without an adapter, and the embeddings
+    cast(base, MX_DTYPES[dtype])
     config.pop("quantization", None)
     config.pop("quantization_config", None)
     config["torch_dtype"] = dtype

@@ -37,26 +37,21 @@ class Chunk:
 
 def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
     """Load a model (and adapter) for inference with the chosen backend."""
-    from .adapters import read_adapter_config
     from .backends import backend_for, choose_backend, mlx_available
-    from .convert import ensure_mlx_model
-    from .fuse import base_model_dir
-    from .hub import resolve_model
+    from .models.source import open_model, run_base_model
+    from .run_schema import RunConfig
 
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
-    notes: list[str] = []
     if adapter is not None:
         from .peft_format import as_mlx_adapter
 
         adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
-        model_dir, notes = base_model_dir(Path(adapter), model, offline)
+        opened = run_base_model(Path(adapter), model, offline)
     else:
-        source = resolve_model(model, revision=revision, offline=offline)
-        if source.note:
-            notes.append(source.note)
-        model_dir = ensure_mlx_model(source)
+        opened = open_model(model, revision=revision, offline=offline)
+    model_dir, notes = opened.path, list(opened.notes)
     adapter_path = Path(adapter) if adapter else None
-    dora = adapter_path is not None and read_adapter_config(adapter_path).get("fine_tune_type") == "dora"
+    dora = adapter_path is not None and RunConfig.from_file(adapter_path).dora
     backend = backend_for(backend, model_dir, mlx_only="DoRA" if dora else None)
     if backend == "numpy":
         from .backends import numpy as npb

@@ -35,7 +35,7 @@ from .run_schema import RunConfig
 def _dense_weight(linear: nn.Module) -> mx.array:
     """The (out, in) weight of a plain or quantized linear layer, dequantized."""
     if isinstance(linear, nn.QuantizedLinear):
-        from .backends.mlx import dequantize
+        from .backends.mlx_weights import dequantize
 
         return dequantize(linear.weight, linear.scales, linear.get("biases"), linear.group_size, linear.bits, linear.mode)
     return linear.weight

@@ -81,7 +81,7 @@ def model_card(kind: str, name: str, where: str, facts: dict | None = None, base
     ``base_model``: what it was made from (a Hub id or a path), in place of the run's base;
     ``detail``: what else to say in its first paragraph (dtype, layers).
     """
-    from .hub import is_repo_id
+    from .models.hub import is_repo_id
 
     facts = facts or {}
     base = base_model or facts.get("base_model")

@@ -38,7 +38,7 @@ import numpy as np
 from . import npio
 from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
 from .errors import AdapterError
-from .fsutil import file_digest, read_json_object, staged_dir
+from .fsutil import file_digest, mlxtune_home, read_json_object, staged_dir
 from .model_card import CARD, model_card, run_facts
 from .run_schema import BaseModel, RunConfig
 
@@ -232,8 +232,6 @@ def as_mlx_adapter(path: str | Path, num_blocks: int | None = None, cache_dir: P
         return path
     if not (path / PEFT_WEIGHTS).exists():
         _import(path, num_blocks)  # raises the precise error
-    from .convert import mlxtune_home
-
     h = hashlib.sha256((path / PEFT_CONFIG).read_bytes() if (path / PEFT_CONFIG).exists() else b"")
     h.update(file_digest(path / PEFT_WEIGHTS).encode() + str(num_blocks).encode())
     target = (cache_dir or mlxtune_home() / "adapters") / f"peft-{path.resolve().name}-{h.hexdigest()[:12]}"

@@ -245,10 +245,9 @@ def plan_for(cfg) -> Plan:
     source is converted into mlxtune's cache first, once, as `lora` does).
     """
     from .backends import backend_for
-    from .convert import ensure_mlx_model
-    from .hub import resolve_model
+    from .models.source import open_model
 
-    model_dir = ensure_mlx_model(resolve_model(cfg.model, revision=cfg.revision, offline=cfg.offline))
+    model_dir = open_model(cfg.model, revision=cfg.revision, offline=cfg.offline).path
     backend = backend_for(cfg.backend, model_dir, mlx_only="DoRA" if cfg.dora else None)
     lengths = None
     if cfg.data:

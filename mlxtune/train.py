@@ -90,9 +90,8 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
     """
     from .batching import encode_dataset, epoch_steps
-    from .convert import ensure_mlx_model
     from .data import load_data, trains_prompt_masked
-    from .hub import resolve_model
+    from .models.source import open_model
 
     splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
     for message in ([splits.note] if splits.note else []) + splits.skipped_notes():
@@ -105,10 +104,8 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
         cfg, note = start.default_model(cfg)
         if note:
             on_event(Event("note", {"message": note}))
-    source = resolve_model(cfg.model, revision=cfg.revision, offline=cfg.offline)
-    if source.note:
-        on_event(Event("note", {"message": source.note}))
-    model_dir = ensure_mlx_model(source)
+    opened = open_model(cfg.model, revision=cfg.revision, offline=cfg.offline, on_note=lambda note: on_event(Event("note", {"message": note})))
+    source, model_dir = opened.source, opened.path
     if start:
         cfg, notes = start.fit(cfg, source, model_dir, given)
         for note in notes:

@@ -8,9 +8,10 @@ import pytest
 from conftest import needs_mlx
 from gguf_fixtures import write_tiny_gguf
 from mlxtune import npio
-from mlxtune.convert import convert, ensure_mlx_model
+from mlxtune.convert import convert
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UsageError
-from mlxtune.hub import ModelSource
+from mlxtune.models.hub import ModelSource
+from mlxtune.models.source import ensure_mlx_model
 
 IDS = [[1, 5, 9, 13, 17, 21]]
 

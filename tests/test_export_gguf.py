@@ -30,7 +30,7 @@ from mlxtune.export_gguf import export_gguf
 from mlxtune.export_gguf_tokenizer import CHKTXT
 from mlxtune.gguf_import import read_gguf, read_header
 from mlxtune.gguf_tokenizer import build_tokenizer
-from mlxtune.hub import smollm2_gguf
+from mlxtune.models.hub import smollm2_gguf
 from tiny import CHATML, make_tiny_model
 from tolerances import scaled_diff
 
@@ -308,7 +308,7 @@ def test_sentencepiece_vocabulary(tmp_path):
     token types llama.cpp's converter gives, and scores that tokenize like sentencepiece."""
     import sentencepiece
 
-    from mlxtune.convert import write_gguf_dir
+    from mlxtune.models.source import write_gguf_dir
 
     original = write_spm_gguf(tmp_path / "spm.gguf").path
     write_gguf_dir(original, tmp_path / "m", dense=True)

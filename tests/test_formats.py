@@ -141,7 +141,7 @@ def test_eval_on_a_data_file_of_another_format_than_the_run(tmp_path, tiny_model
 def test_smollm2_every_format_lora_report_eval(tmp_path):
     """On the real SmolLM2 (bundled GGUF): lora, the report, and eval on text, prompt/completion and chat data."""
     from mlxtune import formats
-    from mlxtune.hub import smollm2_gguf
+    from mlxtune.models.hub import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:

@@ -34,7 +34,7 @@ def test_dense_import_equals_llama_cpp_dequantization(tmp_path, arch):
 
 def test_dense_directory_loads_with_numpy_alone(tmp_path):
     from mlxtune import npio
-    from mlxtune.convert import write_gguf_dir
+    from mlxtune.models.source import write_gguf_dir
 
     g = write_tiny_gguf(tmp_path / "m.gguf")
     write_gguf_dir(g.path, tmp_path / "out", dense=True)

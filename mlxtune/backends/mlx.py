@@ -19,8 +19,7 @@ from mlx.utils import tree_flatten, tree_map
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model_config import implied_fields
 from ..runtime import ComputeChoice
-
-_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+from .mlx_weights import DTYPES, cast, dequantize_model
 
 
 def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Module, dict]:
@@ -45,47 +44,9 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
         if compute.expand_quantized:
             model = dequantize_model(model, mx.float32)
         if compute.dtype is not None:
-            cast(model, _DTYPES[compute.dtype])
+            cast(model, DTYPES[compute.dtype])
     mx.eval(model.parameters())
     return model, config
-
-
-def dequantize(weight: mx.array, scales: mx.array, biases: mx.array | None, group_size: int, bits: int, mode: str = "affine", dtype=mx.float32) -> mx.array:
-    """Dequantize exactly: scales and biases in float32 first.
-
-    ``mx.dequantize`` computes in the scales' dtype; with float16 scales (GGUF,
-    most MLX checkpoints) ``q * s + b`` is rounded to float16, which changes most
-    weights slightly. In float32 the result equals llama.cpp's dequantization.
-    """
-    scales = scales.astype(mx.float32)
-    biases = biases.astype(mx.float32) if biases is not None else None
-    return mx.dequantize(weight, scales, biases, group_size=group_size, bits=bits, mode=mode).astype(dtype)
-
-
-def dequantize_model(model: nn.Module, dtype=None) -> nn.Module:
-    """Replace quantized linear and embedding layers by dense ones (float32 by default).
-
-    With ``dtype`` None the dense weights take the scales' dtype, as mlx-lm does.
-    """
-    from mlx.utils import tree_unflatten
-
-    dense = []
-    for name, m in model.named_modules():
-        if not isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            continue
-        out_dtype = dtype or m.scales.dtype
-        w = dequantize(m.weight, m.scales, m.get("biases"), m.group_size, m.bits, m.mode, out_dtype)
-        if isinstance(m, nn.QuantizedLinear):
-            layer = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
-            if "bias" in m:
-                layer.bias = m.bias.astype(out_dtype)
-        else:
-            layer = nn.Embedding(w.shape[0], w.shape[1])
-        layer.weight = w
-        dense.append((name, layer))
-    if dense:
-        model.update_modules(tree_unflatten(dense))
-    return model
 
 
 def load_tokenizer(path: Path, config: dict | None = None):
@@ -94,11 +55,6 @@ def load_tokenizer(path: Path, config: dict | None = None):
 
     eos = (config or {}).get("eos_token_id")
     return mlx_lm_load_tokenizer(Path(path), eos_token_ids=eos)
-
-
-def cast(model: nn.Module, dtype) -> None:
-    """Cast floating-point parameters (not packed quantized weights) to ``dtype``."""
-    model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
 
 
 def _model_type(path: Path) -> str:

@@ -27,7 +27,7 @@ def download(model: str, revision: str | None, offline: bool | None) -> None:
     Example:
       mlxtune download HuggingFaceTB/SmolLM2-135M-Instruct
     """
-    from ..hub import download as do_download
+    from ..models.hub import download as do_download
 
     click.echo(str(do_download(model, revision=revision, offline=offline)))
 

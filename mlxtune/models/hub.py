@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
+from ..errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

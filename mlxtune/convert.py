@@ -170,11 +170,9 @@ def _stats(path: Path) -> tuple[int, int]:
     files = sorted(path.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files)
     if not n:  # no index (numpy writer): count from the headers
-        import struct
+        from .npio import read_safetensors_header
 
         for f in files:
-            with open(f, "rb") as fh:
-                (k,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(k))
-            n += sum(math.prod(v["shape"]) for name, v in header.items() if name != "__metadata__" and not name.endswith((".scales", ".biases")))
+            header, _ = read_safetensors_header(f)
+            n += sum(math.prod(v["shape"]) for name, v in header.items() if not name.endswith((".scales", ".biases")))
     return int(n), size

@@ -177,13 +177,11 @@ def _fuse_numpy(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quanti
 
 def _stored_dtype(model_dir: Path, config: dict) -> str:
     """The floating-point dtype a model directory stores its weights in."""
-    import struct
+    from .npio import read_safetensors_header
 
     for f in sorted(model_dir.glob("model*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+        header, _ = read_safetensors_header(f)
         for name, info in header.items():
-            if name != "__metadata__" and name.endswith(".weight") and info["dtype"] in ("F32", "F16", "BF16"):
+            if name.endswith(".weight") and info["dtype"] in ("F32", "F16", "BF16"):
                 return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[info["dtype"]]
     return str(config.get("torch_dtype") or "float32")

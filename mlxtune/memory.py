@@ -34,9 +34,7 @@ size, V vocabulary, r rank; floats of the compute dtype):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from .errors import ModelFormatError, UnsupportedModelError
 from .model_config import read_config
 from .models import families
 from .models.families.base import LLAMA_LINEAR_KEYS
+from .npio import read_safetensors_header
 
 # Resident memory of a `mlxtune lora` process just before the trainer is
 # created (interpreter, numpy, click, the tokenizer, mlx.core imported to
@@ -130,13 +129,7 @@ def read_model(model_dir: str | Path) -> tuple[dict, list[Tensor]]:
         raise ModelFormatError(f"{model_dir} has no model*.safetensors weights")
     tensors = []
     for path in files:
-        try:
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-        except (OSError, ValueError, struct.error) as e:
-            raise ModelFormatError(f"{path} is not a readable safetensors file ({e})") from None
-        header.pop("__metadata__", None)
+        header, _ = read_safetensors_header(path)
         tensors.extend(Tensor(name, info["dtype"], tuple(info["shape"])) for name, info in header.items())
     return config, tensors
 

@@ -54,6 +54,32 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """The tensors a safetensors file holds (name -> dtype, shape, data_offsets) and its metadata, without reading weights."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header, metadata, _ = _read_header(f, path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    return header, metadata
+
+
+def _read_header(f, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """(tensors, metadata, header length) from the start of an open safetensors file."""
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise ModelFormatError(f"{path} is not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > 100_000_000:
+        raise ModelFormatError(f"{path} is not a safetensors file (header length {n})")
+    header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    metadata = header.pop("__metadata__", {}) or {}
+    return header, metadata, n
+
+
 def read_safetensors(path: str | Path, keep_bf16_bits: bool = False, data: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata of a safetensors file (bfloat16 widened to float32).
 
@@ -67,15 +93,8 @@ def read_safetensors(path: str | Path, keep_bf16_bits: bool = False, data: bytes
     path = Path(path)
     try:
         with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ModelFormatError(f"{path} is not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ModelFormatError(f"{path} is not a safetensors file (header length {n})")
-            header = json.loads(f.read(n))
+            header, metadata, n = _read_header(f, path)
             size = (len(data) if data is not None else path.stat().st_size) - 8 - n
-            metadata = header.pop("__metadata__", {}) or {}
             out = {}
             for name, info in header.items():
                 dtype = _DTYPES.get(info["dtype"])

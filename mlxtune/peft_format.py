@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,10 +177,8 @@ def export_peft(run_dir: str | Path, out_dir: str | Path, base_model_name_or_pat
 
 def _header_dtypes(path: Path) -> dict[str, str]:
     """The stored dtype of each tensor of a safetensors file (npio widens bfloat16 on read)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    header, _ = npio.read_safetensors_header(path)
+    return {k: v["dtype"] for k, v in header.items()}
 
 
 # ---------------------------------------------------------------- PEFT -> mlxtune

@@ -27,22 +27,9 @@ import numpy as np
 from .errors import UsageError
 from .fsutil import copy_file, staged_dir
 from .models.hub import ModelSource, resolve_model
+from .models.directory import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .models.source import write_gguf_dir
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
-Q_BITS = (4, 8)
-Q_GROUP_SIZES = (32, 64, 128)
 
 
 @dataclass

@@ -43,7 +43,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
     ``base_model``: what the card says it was made from, when it is not a fused model [default: the directory].
     """
     from . import npio
-    from .convert import TOKENIZER_FILES  # with generation_config.json
+    from .models.directory import TOKENIZER_FILES  # with generation_config.json
     from .fsutil import check_output_dir, copy_file, staged_dir
     from .fuse import default_dtype
     from .model_card import CARD, fused_facts, model_card

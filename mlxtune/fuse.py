@@ -20,11 +20,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .convert import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .errors import UsageError
 from .fsutil import copy_file, staged_dir
 from .model_card import CARD, FUSE_INFO, model_card, run_facts
 from .model_config import read_config
+from .models.directory import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .models.source import run_base_model
 from .run_schema import RunConfig
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlxtune import progress, runtime
+from mlxtune import runtime
+from mlxtune.cli import progress
 from mlxtune.cli import cli
-from mlxtune.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
+from mlxtune.cli.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
 from mlxtune.train import Event, TrainResult
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"

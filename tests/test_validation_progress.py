@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from conftest import needs_mlx
 from mlxtune.cli import cli
 from mlxtune.config import TrainConfig
-from mlxtune.progress import TrainPrinter, validation_line
+from mlxtune.cli.progress import TrainPrinter, validation_line
 from mlxtune.runlock import LOCK_NAME
 from mlxtune.train import Event, TrainingInterrupted, latest_checkpoint, resume, train
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import BACKEND_HELP, BACKENDS, CONTEXT, DTYPES
-from ..progress import fmt_bytes
+from .progress import fmt_bytes
 
 
 # ---------------------------------------------------------------- download

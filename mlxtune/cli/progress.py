@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from .events import Event, StepData, ValidateData
+from ..events import Event, StepData, ValidateData
 
 PLAIN_INTERVAL = 10.0  # seconds: in a log, at most one step line this often (validation, first and last steps aside)
 BAR_MIN, BAR_MAX = 10, 30  # characters of the bar itself; below BAR_MIN fields are dropped, then the bar

@@ -298,18 +298,13 @@ def test_gguf_export_and_import_keep_llama3_scaling(tmp_path):
     assert scaled_diff(numpy_logits(tmp_path / "back"), reference) <= TINY_LOGITS
 
 
-@needs_torch
-def test_gemma3_convert_then_logits_match_transformers(tmp_path):
-    """Gemma 3's per-layer-type form: full-attention layers scaled (linear, theta 1e6), sliding ones plain (theta 1e4); mlx only."""
-    if not HAVE_MLX:
-        pytest.skip("mlx is not installed")
+def save_gemma3(src: Path, **config) -> tuple[Path, np.ndarray]:
+    """A tiny Gemma3ForCausalLM saved by transformers into ``src``, and its logits on TOKENS."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    src = tmp_path / "gemma3"
     vocab = make_tokenizer(src)
-    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
-    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, rope_parameters=rope)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, **config)
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config).eval()
     with torch.no_grad():  # weights of tiny.py's scale, so that logits are O(10)
@@ -317,6 +312,16 @@ def test_gemma3_convert_then_logits_match_transformers(tmp_path):
             p.normal_(0, (0.3 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else 0.1)
         reference = model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
     model.save_pretrained(src)
+    return src, reference
+
+
+@needs_torch
+def test_gemma3_convert_then_logits_match_transformers(tmp_path):
+    """Gemma 3's per-layer-type form: full-attention layers scaled (linear, theta 1e6), sliding ones plain (theta 1e4); mlx only."""
+    if not HAVE_MLX:
+        pytest.skip("mlx is not installed")
+    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    src, reference = save_gemma3(tmp_path / "gemma3", num_hidden_layers=6, rope_parameters=rope)
     assert json.loads((src / "config.json").read_text())["rope_parameters"] == rope
     run("convert", src, "-o", tmp_path / "mlx-model")
     assert scaled_diff(mlx_lm_logits(tmp_path / "mlx-model"), reference) <= TINY_LOGITS
@@ -340,20 +345,8 @@ def test_gemma3_with_a_layer_pattern_other_than_six_matches_transformers(tmp_pat
     """Every second layer full attention, saved by transformers 5 as layer_types only: mlx-lm alone would assume 6."""
     if not HAVE_MLX:
         pytest.skip("mlx is not installed")
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    src = tmp_path / "gemma3"
-    vocab = make_tokenizer(src)
     types = ["sliding_attention", "full_attention"] * 2
-    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=4, layer_types=types)
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, (0.3 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else 0.1)
-        reference = model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
-    model.save_pretrained(src)
+    src, reference = save_gemma3(tmp_path / "gemma3", num_hidden_layers=4, sliding_window=4, layer_types=types)
     saved = json.loads((src / "config.json").read_text())
     saved.pop("sliding_window_pattern", None)  # what a config listing layer_types alone looks like
     (src / "config.json").write_text(json.dumps(saved))

@@ -53,6 +53,7 @@ class TrainConfig:
     recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)
     distributed: bool = False  # require a run of several processes (mlx.launch); one is detected without it
     init_adapter: str | None = None  # start from this adapter's weights (its rank, targets and scale); see init_adapter.py
+    objective: str = "cross-entropy"  # the training loss, a name in objectives.OBJECTIVES
 
     @property
     def scale(self) -> float:

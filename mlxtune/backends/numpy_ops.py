@@ -5,7 +5,7 @@ Every op is written as ``<op>_forward(...) -> (out, cache)`` and
 implementation, and each backward is checked against finite differences in
 ``tests/test_numpy_model.py``. The model (``numpy_model``) trains with the same
 ops through their lower-level halves (``linears_*``, ``rmsnorm_*``, ``rotate``,
-``causal_attention*``, ``swiglu_*``, ``cross_entropy_fused``), which take what
+``causal_attention*``, ``swiglu_*``, ``log_probs_fused``), which take what
 they need explicitly, so that it can choose what to keep for the backward pass
 and what to recompute there.
 
@@ -531,36 +531,36 @@ def swiglu_backward(dout, cache):
 # ---------------------------------------------------------------- cross-entropy
 
 
-def cross_entropy_fused(logits, targets, weights, dscale: float | None):
-    """Weighted cross-entropy of a chunk of rows and, in the same buffer, its gradient.
+def log_probs_fused(logits, targets, dlogp):
+    """Log-probabilities of the targets of a chunk of rows and, in the same buffer, their logits' gradient.
 
-    logits: (n, V), overwritten; targets, weights: (n,). Returns (per-row CE
-    (n,), dlogits): with ``dscale`` given, dlogits = dscale * weights *
-    (softmax(logits) - onehot(target)) in the logits' own memory; without it,
-    None (evaluation). CE = logsumexp(logits) - logits[target], as
-    ``mlx.nn.losses.cross_entropy``. With a 49k vocabulary these (n, V) arrays
-    are the largest of the model, so the caller feeds a few rows at a time and
-    this function makes no other array of that size.
+    logits: (n, V), overwritten; targets, dlogp: (n,). Returns (log p(target)
+    (n,), dlogits): with ``dlogp`` (d loss / d log p(target)) given, dlogits =
+    -dlogp * (softmax(logits) - onehot(target)) in the logits' own memory;
+    without it, None (evaluation). log p = logit[target] - logsumexp(logits),
+    the negated ``mlx.nn.losses.cross_entropy``. With a 49k vocabulary these
+    (n, V) arrays are the largest of the model, so the caller feeds a few rows
+    at a time and this function makes no other array of that size.
     """
     rows = np.arange(len(targets))
     logits -= logits.max(axis=-1, keepdims=True)  # shifted
     target_logit = logits[rows, targets]  # (n,)
     np.exp(logits, out=logits)
     sumexp = logits.sum(axis=-1, keepdims=True)  # (n, 1)
-    ce = np.log(sumexp[:, 0]) - target_logit  # (n,) logsumexp - logit of the target
-    if dscale is None:
-        return ce, None
+    logp = target_logit - np.log(sumexp[:, 0])  # (n,) logit of the target - logsumexp
+    if dlogp is None:
+        return logp, None
     logits /= sumexp  # softmax
-    w = (dscale * weights)[:, None]  # (n, 1)
+    w = (-dlogp)[:, None]  # (n, 1)
     logits *= w
     logits[rows, targets] -= w[:, 0]
-    return ce, logits
+    return logp, logits
 
 
 def cross_entropy_forward(logits, targets, weights):
     """sum_n weights[n] * CE(logits[n], targets[n]).  logits: (N, V), targets, weights: (N,).
 
-    The whole-batch form of ``cross_entropy_fused``, keeping the softmax for the backward.
+    The whole-batch form of ``log_probs_fused``, keeping the softmax for the backward.
     """
     rows = np.arange(len(targets))
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (N, V)

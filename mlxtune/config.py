@@ -140,6 +140,11 @@ def _check_ranges(v: dict[str, Any]) -> list[str]:
         errors.append(f"key 'backend' must be auto, mlx or numpy, not {v['backend']!r}")
     if v.get("dtype") not in (None, "float32", "float16", "bfloat16"):
         errors.append(f"key 'dtype' must be float32, float16 or bfloat16, not {v['dtype']!r}")
+    if v.get("objective") is not None:
+        from .objectives import OBJECTIVES
+
+        if v["objective"] not in OBJECTIVES:
+            errors.append(f"key 'objective' must be {' or '.join(OBJECTIVES)}, not {v['objective']!r}")
     return errors
 
 

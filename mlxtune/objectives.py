@@ -26,17 +26,21 @@ device and hand them back. ``scored(*arrays)`` (B, T) says which targets need a
 log-probability: the numpy head computes logits for those rows only.
 
 How DPO would plug in (not implemented): the batcher puts each pair as rows
-2i (chosen) and 2i+1 (rejected), with a mask on the answer tokens and, as an
-extra array, the reference's per-sequence log-probabilities (sum over the
-answer, computed once per batch by the same backend with the adapter switched
-off, e.g. ``scale 0``). ``arrays`` returns (mask, ref); ``scored`` the mask;
-``mlx_loss`` sums ``logp * mask`` per row, takes
-``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))`` per pair; ``token_grad``
-returns None and ``numpy_grad`` returns, for each answer token, the pair's
-``-beta * sigmoid(-margin)`` with the sign of its row (chosen +, rejected -). A
-new objective is this module plus a name in ``OBJECTIVES``; the backends,
-validation (``evaluate`` is ``loss * n``) and the memory plan (the head's
-chunks stay the same size) are unchanged.
+2i (chosen) and 2i+1 (rejected), with a mask on the answer tokens. The
+reference is the model without the adapter: a trainer opened without
+``init_adapter`` is exactly that before its first step (lora_b starts at
+zero), so its ``token_log_probs(batch)`` (B, T), summed over each answer, gives
+the reference's per-sequence log-probabilities, computed once per batch before
+training (as TRL's ``precompute_ref_log_probs``) and carried as an extra array.
+``arrays`` returns (mask, ref); ``scored`` the mask; ``mlx_loss`` sums
+``logp * mask`` per row and takes ``-log sigmoid(beta * ((c - c_ref) - (r -
+r_ref)))`` per pair; ``token_grad`` returns None and ``numpy_grad`` returns, for
+each answer token, the pair's ``-beta * sigmoid(-margin) / pairs`` with the sign
+of its row (chosen +, rejected -); ``numpy_loss`` the mean over pairs, n the
+number of pairs. A new objective is a class here plus its name in
+``OBJECTIVES`` (and a batcher for its data); the backends, validation
+(``evaluate`` returns ``loss * n``) and the memory plan (the head's chunks keep
+their size; a two-pass objective recomputes them) are unchanged.
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ class TokenLogProbs:
     def values(self) -> np.ndarray:
         """(n,) all log-probabilities, in the order of ``rows``."""
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, self.dtype)
+
+    def dense(self, shape: tuple[int, int]) -> np.ndarray:
+        """(B, T) log-probabilities, 0 where no row was scored."""
+        out = np.zeros(shape[0] * shape[1], self.dtype)
+        out[self.rows] = self.values()
+        return out.reshape(shape)
 
     def weighted_sum(self, weights: np.ndarray) -> float:
         """sum(weights * logp), ``weights`` (n,) in the order of ``rows``; summed per chunk, then in float64."""

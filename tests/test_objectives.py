@@ -134,3 +134,16 @@ def test_an_unknown_objective_in_a_config_file_is_a_config_error(tmp_path):
     result = CliRunner().invoke(cli, ["lora", "-c", str(cfg), "--data", str(tmp_path / "none.jsonl")])
     assert result.exit_code != 0
     assert "key 'objective' must be cross-entropy, not 'nope'" in result.output
+
+
+def test_token_log_probs_read_what_the_loss_reads(tiny_model, backend):
+    """The per-token readout a preference objective's reference needs: -sum(logp * mask) / n is the validation loss."""
+    from mlxtune.backends import open_trainer
+
+    trainer = open_trainer(backend, tiny_model, TrainConfig(backend=backend, rank=4))
+    inputs, targets, mask = batch(vocab=200, B=3, T=12)
+    b = Batch(inputs, targets, mask)
+    logp = trainer.token_log_probs(b)
+    summed, n = trainer.evaluate(b)
+    assert logp.shape == mask.shape and np.all(logp[mask == 0] == 0) and np.all(logp[mask != 0] < 0)
+    assert -float(np.sum(logp * mask)) == pytest.approx(summed, rel=1e-5)

@@ -297,6 +297,17 @@ class MlxTrainer:
             self.model.train()
         return s.item(), int(n.item())
 
+    def token_log_probs(self, batch):
+        """(B, T) log p of each target the objective scores (0 elsewhere), under the adapters as they are, no dropout."""
+        scored = self.objective.scored(*self.objective.arrays(batch))
+        self.model.eval()
+        try:
+            logp = token_log_probs(self.model, mx.array(batch.inputs), mx.array(batch.targets))
+            mx.eval(logp)
+        finally:
+            self.model.train()
+        return self._np.where(scored != 0, self._np.array(logp), 0.0).astype(self._np.float32)
+
     def adapter_weights(self) -> dict:
         from ..lora import adapter_weights
 

@@ -194,6 +194,11 @@ class NumpyTrainer:
         loss, n = self.model.loss(batch.inputs, batch.targets, *self.objective.arrays(batch), objective=self.objective)
         return float(loss) * float(n), int(n)
 
+    def token_log_probs(self, batch) -> np.ndarray:
+        """(B, T) log p of each target the objective scores (0 elsewhere), under the adapters as they are."""
+        scored = self.objective.scored(*self.objective.arrays(batch))
+        return self.model.token_log_probs(batch.inputs, batch.targets, scored).dense(np.shape(scored))
+
     def adapter_weights(self) -> dict[str, np.ndarray]:
         return {k: v.astype(np.float32) for k, v in self.model.lora_params().items()}
 

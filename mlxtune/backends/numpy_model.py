@@ -145,13 +145,16 @@ class NumpyLlama(LoRAMethods):
 
     def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
         """(loss, n) of ``objective`` over ``arrays`` (its ``arrays(batch)``; cross-entropy: the mask)."""
+        return objective.numpy_loss(self.token_log_probs(inputs, targets, objective.scored(*arrays)), *arrays)
+
+    def token_log_probs(self, inputs, targets, scored) -> TokenLogProbs:
+        """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
         inputs = self._check_tokens(inputs)
         rope = self._rope(0, inputs.shape[1])
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope)
-        logp, _ = self._head(x, np.asarray(targets), objective.scored(*arrays), None)
-        return objective.numpy_loss(logp, *arrays)
+        return self._head(x, np.asarray(targets), scored, None)[0]
 
     def loss_and_grads(self, inputs, targets, *arrays, rng: np.random.Generator | None = None, objective: Objective = CROSS_ENTROPY) -> tuple[float, float, dict[str, np.ndarray]]:
         """(loss, n, gradients of the loss w.r.t. every lora_params() tensor) of ``objective`` over ``arrays``.

@@ -53,6 +53,7 @@ class TrainConfig:
     recipe: str | None = None  # the recipe the settings came from (its eval section judges the run)
     distributed: bool = False  # require a run of several processes (mlx.launch); one is detected without it
     init_adapter: str | None = None  # start from this adapter's weights (its rank, targets and scale); see init_adapter.py
+    objective: str = "cross-entropy"  # the training loss, a name in objectives.OBJECTIVES
 
     @property
     def scale(self) -> float:
@@ -139,6 +140,11 @@ def _check_ranges(v: dict[str, Any]) -> list[str]:
         errors.append(f"key 'backend' must be auto, mlx or numpy, not {v['backend']!r}")
     if v.get("dtype") not in (None, "float32", "float16", "bfloat16"):
         errors.append(f"key 'dtype' must be float32, float16 or bfloat16, not {v['dtype']!r}")
+    if v.get("objective") is not None:
+        from .objectives import OBJECTIVES
+
+        if v["objective"] not in OBJECTIVES:
+            errors.append(f"key 'objective' must be {' or '.join(OBJECTIVES)}, not {v['objective']!r}")
     return errors
 
 

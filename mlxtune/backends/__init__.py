@@ -4,9 +4,10 @@ Both implement one small contract, with no shared implementation:
 
 * a trainer: ``Trainer(model_dir, cfg)`` loads the model, wraps the target
   layers in LoRA, and offers ``step(batch, lr) -> (loss, n_tokens)``,
-  ``evaluate(batch) -> (summed loss, n_tokens)``, ``adapter_weights()`` and
-  ``optimizer_state()`` as numpy arrays, plus ``num_layers``, ``keys``,
-  ``n_trainable`` and ``description``;
+  ``evaluate(batch) -> (summed loss, n_tokens)``, ``adapter_weights()``,
+  ``optimizer_state()`` and ``token_log_probs(batch)`` (B, T) as numpy arrays,
+  plus ``num_layers``, ``keys``, ``n_trainable``, ``description`` and the
+  ``objective`` (``mlxtune.objectives``) whose loss ``step`` and ``evaluate`` compute;
 * inference and fusing, in ``generate.py`` and ``fuse.py``, which ask
   ``choose_backend`` which one to use.
 

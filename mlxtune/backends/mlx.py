@@ -16,8 +16,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
+from .. import objectives
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model_config import implied_fields
+from ..objectives import CROSS_ENTROPY, Objective
 from ..runtime import ComputeChoice
 from .mlx_weights import DTYPES, cast, dequantize_model
 
@@ -72,12 +74,15 @@ def _mlx_lm_version() -> str:
     return getattr(mlx_lm, "__version__", "")
 
 
-def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
-    """Mean cross-entropy over the trained target tokens; returns (loss, n_tokens)."""
+def token_log_probs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    """(B, T) float32 log-probability of each target token: what an objective reads."""
     logits = model(inputs)  # (B, T, V)
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * mask  # (B, T)
-    n = mask.sum()
-    return ce.sum() / mx.maximum(n, 1), n
+    return -nn.losses.cross_entropy(logits.astype(mx.float32), targets)
+
+
+def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array, *arrays: mx.array, objective: Objective = CROSS_ENTROPY) -> tuple[mx.array, mx.array]:
+    """``objective``'s (loss, n) over ``arrays`` (its ``arrays(batch)``); by default mean cross-entropy over the mask's tokens."""
+    return objective.mlx_loss(token_log_probs(model, inputs, targets), *arrays)
 
 
 def clip_by_global_norm(grads, max_norm: float):
@@ -86,14 +91,14 @@ def clip_by_global_norm(grads, max_norm: float):
     return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
 
 
-def make_train_step(model: nn.Module, optimizer, grad_clip: float | None):
-    """A compiled function (inputs, targets, mask) -> (loss, n_tokens) that updates the model."""
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+def make_train_step(model: nn.Module, optimizer, grad_clip: float | None, objective: Objective = CROSS_ENTROPY):
+    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens) that updates the model."""
+    loss_and_grad = nn.value_and_grad(model, partial(loss_fn, objective=objective))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, targets, mask):
-        (loss, n), grads = loss_and_grad(model, inputs, targets, mask)
+    def step(inputs, targets, *arrays):
+        (loss, n), grads = loss_and_grad(model, inputs, targets, *arrays)
         if grad_clip is not None:
             grads, _ = clip_by_global_norm(grads, grad_clip)
         optimizer.update(model, grads)
@@ -102,14 +107,14 @@ def make_train_step(model: nn.Module, optimizer, grad_clip: float | None):
     return step
 
 
-def make_grad_step(model: nn.Module):
-    """A compiled function (inputs, targets, mask) -> (loss, n_tokens, grads), for accumulation."""
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+def make_grad_step(model: nn.Module, objective: Objective = CROSS_ENTROPY):
+    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens, grads), for accumulation."""
+    loss_and_grad = nn.value_and_grad(model, partial(loss_fn, objective=objective))
     state = [model.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, targets, mask):
-        (loss, n), grads = loss_and_grad(model, inputs, targets, mask)
+    def step(inputs, targets, *arrays):
+        (loss, n), grads = loss_and_grad(model, inputs, targets, *arrays)
         return loss, n, grads
 
     return step
@@ -138,19 +143,20 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.__class__ = type(cls.__name__, (cls,), {"__call__": checkpointed, "_mlxtune_checkpointed": True})
 
 
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, objective: Objective = CROSS_ENTROPY):
     # The parameters are inputs of the compiled graph, not constants baked in
     # at trace time: evaluation runs between training steps that change them.
     @partial(mx.compile, inputs=[model.state])
-    def step(inputs, targets, mask):
-        loss, n = loss_fn(model, inputs, targets, mask)
+    def step(inputs, targets, *arrays):
+        loss, n = loss_fn(model, inputs, targets, *arrays, objective=objective)
         return loss * n, n
 
     return step
 
 
-def to_device(batch) -> tuple[mx.array, mx.array, mx.array]:
-    return mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask, dtype=mx.float32)
+def to_device(batch, objective: Objective = CROSS_ENTROPY) -> tuple[mx.array, ...]:
+    """(inputs, targets, *the objective's arrays) as mx arrays: the compiled steps' arguments."""
+    return (mx.array(batch.inputs), mx.array(batch.targets), *(mx.array(a) for a in objective.arrays(batch)))
 
 
 class MlxTrainer:
@@ -182,9 +188,10 @@ class MlxTrainer:
         self.grad_clip = cfg.grad_clip
         self.seed = cfg.seed
         self.steps_taken = 0
-        self._step = make_train_step(self.model, self.optimizer, cfg.grad_clip)
+        self.objective = objectives.get(cfg.objective)
+        self._step = make_train_step(self.model, self.optimizer, cfg.grad_clip, self.objective)
         self._grads = None  # compiled on the first accumulated step
-        self._eval = make_eval_step(self.model)
+        self._eval = make_eval_step(self.model, self.objective)
         self._np = np
 
     def step(self, batch, lr: float) -> tuple[float, int]:
@@ -197,7 +204,7 @@ class MlxTrainer:
         self._seed_step()
         self.steps_taken += 1
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        loss, n = self._step(*to_device(parts[0]))
+        loss, n = self._step(*to_device(parts[0], self.objective))
         mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
         return loss.item(), int(n.item())
 
@@ -210,12 +217,12 @@ class MlxTrainer:
         so a resumed run draws what an uninterrupted one would.
         """
         if self._grads is None:
-            self._grads = make_grad_step(self.model)
+            self._grads = make_grad_step(self.model, self.objective)
         self._seed_step(rank)
         sums = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
         loss_sum, total = 0.0, 0.0
         for b in parts:
-            loss, n, g = self._grads(*to_device(b))
+            loss, n, g = self._grads(*to_device(b, self.objective))
             sums = {k: sums[k] + v * n.astype(v.dtype) for k, v in tree_flatten(g)}
             mx.eval(loss, n, sums)
             loss_sum += loss.item() * n.item()
@@ -240,11 +247,22 @@ class MlxTrainer:
     def evaluate(self, batch) -> tuple[float, int]:
         self.model.eval()  # no dropout: a validation loss must not depend on the random state
         try:
-            s, n = self._eval(*to_device(batch))
+            s, n = self._eval(*to_device(batch, self.objective))
             mx.eval(s, n)
         finally:
             self.model.train()
         return s.item(), int(n.item())
+
+    def token_log_probs(self, batch):
+        """(B, T) log p of each target the objective scores (0 elsewhere), under the adapters as they are, no dropout."""
+        scored = self.objective.scored(*self.objective.arrays(batch))
+        self.model.eval()
+        try:
+            logp = token_log_probs(self.model, mx.array(batch.inputs), mx.array(batch.targets))
+            mx.eval(logp)
+        finally:
+            self.model.train()
+        return self._np.where(scored != 0, self._np.array(logp), 0.0).astype(self._np.float32)
 
     def adapter_weights(self) -> dict:
         from ..lora import adapter_weights

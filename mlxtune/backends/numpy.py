@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from .. import objectives
 from ..errors import AdapterError, UsageError
 from ..models.families.base import LLAMA_LINEAR_KEYS
 
@@ -142,6 +143,7 @@ class NumpyTrainer:
         self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
         self.keys = resolve_keys(cfg.target_modules)
         self.seed = cfg.seed
+        self.objective = objectives.get(cfg.objective)
         self.model.add_lora(self.num_layers, self.keys, cfg.rank, cfg.scale, np.random.default_rng(cfg.seed), dropout=cfg.dropout)
         self.n_trainable = sum(v.size for v in self.model.lora_params().values())
         self.optimizer = AdamW(cfg.weight_decay)
@@ -153,7 +155,7 @@ class NumpyTrainer:
         """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate."""
         parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
         if len(parts) == 1:
-            loss, n, grads = self.model.loss_and_grads(parts[0].inputs, parts[0].targets, parts[0].mask, rng=self._step_rng())
+            loss, n, grads = self.model.loss_and_grads(parts[0].inputs, parts[0].targets, *self.objective.arrays(parts[0]), rng=self._step_rng(), objective=self.objective)
             self._update(grads, lr)
             return float(loss), int(n)
         sums, loss_sum, n = self.gradients(parts)
@@ -172,7 +174,7 @@ class NumpyTrainer:
         sums = {k: np.zeros_like(v) for k, v in self.model.lora_params().items()}
         loss_sum, total = 0.0, 0.0
         for b in parts:
-            loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, b.mask, rng=rng)
+            loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, *self.objective.arrays(b), rng=rng, objective=self.objective)
             for k, v in g.items():
                 sums[k] += v * np.asarray(n, dtype=v.dtype)
             loss_sum += float(loss) * float(n)
@@ -192,8 +194,13 @@ class NumpyTrainer:
         return np.random.default_rng([self.seed, self.optimizer.step + 1, rank])
 
     def evaluate(self, batch) -> tuple[float, int]:
-        loss, n = self.model.loss(batch.inputs, batch.targets, batch.mask)
+        loss, n = self.model.loss(batch.inputs, batch.targets, *self.objective.arrays(batch), objective=self.objective)
         return float(loss) * float(n), int(n)
+
+    def token_log_probs(self, batch) -> np.ndarray:
+        """(B, T) log p of each target the objective scores (0 elsewhere), under the adapters as they are."""
+        scored = self.objective.scored(*self.objective.arrays(batch))
+        return self.model.token_log_probs(batch.inputs, batch.targets, scored).dense(np.shape(scored))
 
     def adapter_weights(self) -> dict[str, np.ndarray]:
         return {k: v.astype(np.float32) for k, v in self.model.lora_params().items()}

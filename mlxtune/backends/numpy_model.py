@@ -37,7 +37,7 @@ How config.json is read (per family) and which tensors the model has is
 ``mlxtune.models.layout``; checking and stacking the weights, ``numpy_weights``;
 placing LoRA and its arrays, ``numpy_lora``.
 
-This module imports numpy (and mlxtune's error types and config reading) only; never mlx.
+This module imports numpy (and mlxtune's error types, config reading and objectives) only; never mlx.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import numpy as np
 from ..errors import ModelFormatError
 from ..models.families.base import LLAMA_LINEAR_KEYS
 from ..models.layout import ModelConfig
+from ..objectives import CROSS_ENTROPY, Objective, TokenLogProbs
 from . import numpy_ops as ops
 from .numpy_activations import block_bytes, checkpointed_blocks
 from .numpy_lora import LoRAMethods
@@ -142,18 +143,21 @@ class NumpyLlama(LoRAMethods):
         h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
         return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
 
-    def loss(self, inputs, targets, mask) -> tuple[float, float]:
-        """(mean masked cross-entropy, number of targets): sum(CE * mask) / max(sum(mask), 1)."""
+    def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
+        """(loss, n) of ``objective`` over ``arrays`` (its ``arrays(batch)``; cross-entropy: the mask)."""
+        return objective.numpy_loss(self.token_log_probs(inputs, targets, objective.scored(*arrays)), *arrays)
+
+    def token_log_probs(self, inputs, targets, scored) -> TokenLogProbs:
+        """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
         inputs = self._check_tokens(inputs)
         rope = self._rope(0, inputs.shape[1])
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope)
-        loss, n, _ = self._head_loss(x, np.asarray(targets), np.asarray(mask), grad=False)
-        return loss, n
+        return self._head(x, np.asarray(targets), scored, None)[0]
 
-    def loss_and_grads(self, inputs, targets, mask, rng: np.random.Generator | None = None) -> tuple[float, float, dict[str, np.ndarray]]:
-        """(loss, n, gradients of the loss w.r.t. every lora_params() tensor).
+    def loss_and_grads(self, inputs, targets, *arrays, rng: np.random.Generator | None = None, objective: Objective = CROSS_ENTROPY) -> tuple[float, float, dict[str, np.ndarray]]:
+        """(loss, n, gradients of the loss w.r.t. every lora_params() tensor) of ``objective`` over ``arrays``.
 
         Dropout is applied to the LoRA inputs only when an adapter has
         dropout > 0 and ``rng`` is given. Which blocks keep what their
@@ -179,7 +183,12 @@ class NumpyLlama(LoRAMethods):
             s.rng = snapshot
             saved.append(s)
             del drops
-        loss, n, dx = self._head_loss(x, np.asarray(targets), np.asarray(mask), grad=True)
+        targets, scored = np.asarray(targets), objective.scored(*arrays)
+        dlogp = objective.token_grad(self.dtype, *arrays)
+        if dlogp is None:  # the gradient depends on the log-probabilities: a first pass computes them
+            dlogp = objective.numpy_grad(self._head(x, targets, scored, None)[0], *arrays)
+        logp, dx = self._head(x, targets, scored, dlogp)
+        loss, n = objective.numpy_loss(logp, *arrays)
         del x
         grads: dict[str, np.ndarray] = {}
         for i in reversed(range(first, n_blocks)):
@@ -424,25 +433,23 @@ class NumpyLlama(LoRAMethods):
         """Rows of logits computed at a time: HEAD_CHUNK_BYTES of (rows, V) logits."""
         return max(8, HEAD_CHUNK_BYTES // (self.config.vocab_size * np.dtype(self.dtype).itemsize) // 8 * 8)
 
-    def _head_loss(self, x, targets, mask, grad: bool):
-        """Final norm, head and masked mean cross-entropy, a chunk of rows at a time; with ``grad``, d loss / d x too.
+    def _head(self, x, targets, scored, dlogp):
+        """Final norm, head and target log-probabilities, a chunk of rows at a time; with ``dlogp``, d loss / d x too.
 
-        Only rows with a target are computed: rows with mask 0 contribute
-        nothing to the loss or its gradient. The head is the last op, so the
-        gradient of each chunk is computed as soon as its loss is and only
-        d x (B, T, C) is kept; the (rows, V) logits never exist for the whole
-        batch. Returns (loss, n, d x or None).
+        Only the rows ``scored`` (B, T) marks are computed: the others
+        contribute nothing to the loss or its gradient. ``dlogp`` (n,) is
+        d loss / d log p(target) of those rows (the objective's); the head is
+        the last op, so the gradient of each chunk is computed as soon as its
+        logits are and only d x (B, T, C) is kept: the (rows, V) logits never
+        exist for the whole batch. Returns (TokenLogProbs, d x or None).
         """
         B, T, C = x.shape
         x2 = x.reshape(B * T, C)  # (N, C)
-        weights = mask.reshape(-1).astype(self.dtype)  # (N,)
         targets = targets.reshape(-1)
-        rows = np.flatnonzero(weights)  # (n_rows,)
-        n = float(weights.sum())
-        denom = max(n, 1.0)
+        rows = np.flatnonzero(np.asarray(scored).reshape(-1))  # (n,)
+        logp = TokenLogProbs(rows, self.dtype)
         head, norm, eps = self._head_weight(), self.weights["model.norm.weight"], self.config.rms_norm_eps
-        dx = np.zeros_like(x2) if grad else None  # (N, C)
-        total = 0.0
+        dx = np.zeros_like(x2) if dlogp is not None else None  # (N, C)
         step = self._head_rows()
         buffer = self._logits_buffer(min(step, len(rows)))
         for start in range(0, len(rows), step):
@@ -450,11 +457,11 @@ class NumpyLlama(LoRAMethods):
             xs = x2[idx]  # (r, C)
             rstd = ops.rmsnorm_rstd(xs, eps)  # (r, 1)
             logits = np.matmul(ops.rmsnorm_apply(xs, rstd, norm), head.T, out=buffer[: len(idx)])  # (r, V)
-            ce, dlogits = ops.cross_entropy_fused(logits, targets[idx], weights[idx], 1.0 / denom if grad else None)
-            total += float(np.sum(ce * weights[idx]))
-            if grad:
+            lp, dlogits = ops.log_probs_fused(logits, targets[idx], None if dlogp is None else dlogp[start : start + step])
+            logp.chunks.append(lp)
+            if dx is not None:
                 dx[idx] = ops.rmsnorm_grad(dlogits @ head, xs, rstd, norm)  # (r, C)
-        return total / denom, n, None if dx is None else dx.reshape(B, T, C)
+        return logp, None if dx is None else dx.reshape(B, T, C)
 
     def _logits_buffer(self, rows: int) -> np.ndarray:
         """A (rows, V) scratch array kept across steps (a fresh one of this size costs page faults every step)."""

@@ -1,13 +1,13 @@
-"""The operations of a llama-family transformer, each as a forward/backward pair.
+"""The operations of a llama-family transformer, forward and backward.
 
-Every op is written as ``<op>_forward(...) -> (out, cache)`` and
-``<op>_backward(dout, cache) -> grads``, in the style of llm.c's reference
-implementation, and each backward is checked against finite differences in
-``tests/test_numpy_model.py``. The model (``numpy_model``) trains with the same
-ops through their lower-level halves (``linears_*``, ``rmsnorm_*``, ``rotate``,
-``causal_attention*``, ``swiglu_*``, ``cross_entropy_fused``), which take what
-they need explicitly, so that it can choose what to keep for the backward pass
-and what to recompute there.
+The model (``numpy_model``) trains with these ops (``linears_*``,
+``rmsnorm_*``, ``rotate``, ``causal_attention*``, ``swiglu_*``,
+``log_probs_fused``), which take what they need explicitly, so that it can
+choose what to keep for the backward pass and what to recompute there. The
+whole-op pairs built from them, ``<op>_forward(...) -> (out, cache)`` and
+``<op>_backward(dout, cache) -> grads`` in the style of llm.c's reference, live
+in ``tests/numpy_ops_ref.py``, where each backward is checked against finite
+differences (``tests/test_numpy_model.py``) and each forward against mlx.
 
 Only LoRA parameters are trained, so the backward of a frozen weight returns the
 gradient of its *input* (the activation) and never the gradient of the weight:
@@ -193,29 +193,6 @@ def linears_backward_params(dy, x2, layers: list[Linear]) -> list[tuple[np.ndarr
     return grads
 
 
-def linear_forward(x, weight, bias=None, lora: LoRA | None = None, drop=None):
-    """y = x Wᵀ (+ b) (+ scale * (dropout(x) A) B).  x: (..., in), weight: (out, in).
-
-    ``drop`` is a dropout mask shaped like ``x`` (or None): it applies to the
-    LoRA branch only, as in mlx-lm.
-    """
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-    layer = Linear(weight, bias, lora, None if drop is None else drop.reshape(x2.shape))
-    y = linears_forward(x2, [layer])  # (N, out)
-    return y.reshape(*lead, weight.shape[0]), (layer, x2)
-
-
-def linear_backward(dy, cache):
-    """-> (dx, lora_grads); lora_grads is (dA, dB) or None. No gradient for W or b (frozen)."""
-    layer, x2 = cache
-    lead = dy.shape[:-1]
-    dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
-    dx = linears_backward_input(dy2, [layer])  # (N, in)
-    (grads,) = linears_backward_params(dy2, x2, [layer])
-    return dx.reshape(*lead, layer.weight.shape[1]), grads
-
-
 # ----------------------------------------------------------------------- RMSNorm
 
 
@@ -258,19 +235,6 @@ def rmsnorm_grad(dout, x, rstd, weight):
         g -= xhat
         g *= rstd[rows]
     return dx
-
-
-def rmsnorm_forward(x, weight, eps: float):
-    """x * rsqrt(mean(x²) + eps) * w, over the last axis.  x: (..., C), weight: (C,)."""
-    rstd = rmsnorm_rstd(x, eps)  # (..., 1)
-    return rmsnorm_apply(x, rstd, weight), (x, rstd, weight)
-
-
-def rmsnorm_backward(dout, cache):
-    """-> dx."""
-    x, rstd, weight = cache
-    C = x.shape[-1]
-    return rmsnorm_grad(dout.reshape(-1, C), x.reshape(-1, C), rstd.reshape(-1, 1), weight).reshape(x.shape)
 
 
 # -------------------------------------------------------------------------- RoPE
@@ -318,18 +282,6 @@ def rotate(x, COS, SIN, traditional: bool, D: int, out=None):
     out = np.multiply(x, COS, out=out)  # x1 cos | x2 cos
     out += swapped
     return out
-
-
-def rope_forward(x, cos, sin, traditional: bool = False):
-    """x: (B, H, T, D) -> the same shape, each position rotated by its angles (cos, sin: (T, D/2))."""
-    COS, SIN = rope_rows(cos, sin, traditional)
-    return rotate(x, COS, SIN, traditional, x.shape[-1]), (COS, SIN, traditional)
-
-
-def rope_backward(dout, cache):
-    """A rotation is orthogonal: its backward is the rotation by the opposite angles."""
-    COS, SIN, traditional = cache
-    return rotate(dout, COS, -SIN, traditional, dout.shape[-1])
 
 
 # --------------------------------------------------------------------- attention
@@ -421,39 +373,6 @@ def causal_attention_backward(do, q, k, v, lse, offset: int = 0, chunk: int | No
     return dq, dk, dv, o
 
 
-def _grouped(q, KVH: int):
-    """(B, H, T, D) -> (B, KVH, T*G, D), rows ordered (position, query head): the layout of causal_attention."""
-    B, H, T, D = q.shape
-    return np.ascontiguousarray(q.reshape(B, KVH, H // KVH, T, D).swapaxes(2, 3)).reshape(B, KVH, T * (H // KVH), D)
-
-
-def _ungrouped(o, H: int):
-    """The inverse of ``_grouped``: (B, KVH, T*G, D) -> (B, H, T, D)."""
-    B, KVH, TG, D = o.shape
-    G = H // KVH
-    return np.ascontiguousarray(o.reshape(B, KVH, TG // G, G, D).swapaxes(2, 3)).reshape(B, H, TG // G, D)
-
-
-def attention_forward(q, k, v, scale: float, offset: int = 0):
-    """Causal grouped-query attention on (B, H, T, D) queries and (B, KVH, S, D) keys and values.
-
-    Query head h uses key/value head h // G, at positions offset .. offset+T-1.
-    """
-    H, KVH = q.shape[1], k.shape[1]
-    qg = _grouped(q * scale, KVH)  # (B, KVH, T*G, D), scaled
-    o, lse = causal_attention(qg, k, v, offset)
-    return _ungrouped(o, H), (qg, k, v, lse, scale, offset)
-
-
-def attention_backward(dout, cache):
-    """-> (dq, dk, dv). Gradients of the G query heads sharing a k/v head add up in dk, dv."""
-    qg, k, v, lse, scale, offset = cache
-    H = dout.shape[1]
-    dq, dk, dv, _ = causal_attention_backward(_grouped(dout, k.shape[1]), qg, k, v, lse, offset)
-    dq *= scale
-    return _ungrouped(dq, H), dk, dv
-
-
 # ------------------------------------------------------------------------ SwiGLU
 
 
@@ -516,66 +435,30 @@ def swiglu_rows_backward(dm, gu) -> tuple[np.ndarray, np.ndarray]:
     return m, gu
 
 
-def swiglu_forward(gate, up):
-    """silu(gate) * up, with silu(g) = g * sigmoid(g).  gate, up: (..., F)."""
-    sig = sigmoid(gate)  # (..., F)
-    return swiglu_apply(gate, up, sig), (gate, up, sig)
+# ------------------------------------------------------ target log-probabilities
 
 
-def swiglu_backward(dout, cache):
-    """-> (dgate, dup)."""
-    gate, up, sig = cache
-    return swiglu_grad(dout, gate, up, sig, np.empty_like(gate), np.empty_like(gate))
+def log_probs_fused(logits, targets, dlogp):
+    """Log-probabilities of the targets of a chunk of rows and, in the same buffer, their logits' gradient.
 
-
-# ---------------------------------------------------------------- cross-entropy
-
-
-def cross_entropy_fused(logits, targets, weights, dscale: float | None):
-    """Weighted cross-entropy of a chunk of rows and, in the same buffer, its gradient.
-
-    logits: (n, V), overwritten; targets, weights: (n,). Returns (per-row CE
-    (n,), dlogits): with ``dscale`` given, dlogits = dscale * weights *
-    (softmax(logits) - onehot(target)) in the logits' own memory; without it,
-    None (evaluation). CE = logsumexp(logits) - logits[target], as
-    ``mlx.nn.losses.cross_entropy``. With a 49k vocabulary these (n, V) arrays
-    are the largest of the model, so the caller feeds a few rows at a time and
-    this function makes no other array of that size.
+    logits: (n, V), overwritten; targets, dlogp: (n,). Returns (log p(target)
+    (n,), dlogits): with ``dlogp`` (d loss / d log p(target)) given, dlogits =
+    -dlogp * (softmax(logits) - onehot(target)) in the logits' own memory;
+    without it, None (evaluation). log p = logit[target] - logsumexp(logits),
+    the negated ``mlx.nn.losses.cross_entropy``. With a 49k vocabulary these
+    (n, V) arrays are the largest of the model, so the caller feeds a few rows
+    at a time and this function makes no other array of that size.
     """
     rows = np.arange(len(targets))
     logits -= logits.max(axis=-1, keepdims=True)  # shifted
     target_logit = logits[rows, targets]  # (n,)
     np.exp(logits, out=logits)
     sumexp = logits.sum(axis=-1, keepdims=True)  # (n, 1)
-    ce = np.log(sumexp[:, 0]) - target_logit  # (n,) logsumexp - logit of the target
-    if dscale is None:
-        return ce, None
+    logp = target_logit - np.log(sumexp[:, 0])  # (n,) logit of the target - logsumexp
+    if dlogp is None:
+        return logp, None
     logits /= sumexp  # softmax
-    w = (dscale * weights)[:, None]  # (n, 1)
+    w = (-dlogp)[:, None]  # (n, 1)
     logits *= w
     logits[rows, targets] -= w[:, 0]
-    return ce, logits
-
-
-def cross_entropy_forward(logits, targets, weights):
-    """sum_n weights[n] * CE(logits[n], targets[n]).  logits: (N, V), targets, weights: (N,).
-
-    The whole-batch form of ``cross_entropy_fused``, keeping the softmax for the backward.
-    """
-    rows = np.arange(len(targets))
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # (N, V)
-    target_logit = shifted[rows, targets]  # (N,)
-    probs = np.exp(shifted, out=shifted)  # (N, V), in place; normalized below
-    sumexp = probs.sum(axis=-1, keepdims=True)  # (N, 1)
-    probs /= sumexp
-    ce = np.log(sumexp[:, 0]) - target_logit  # (N,) logsumexp - logit of the target
-    return float(np.sum(ce * weights)), (probs, targets, weights)
-
-
-def cross_entropy_backward(dloss: float, cache):
-    """-> dlogits (N, V) = dloss * weights * (softmax(logits) - onehot(target))."""
-    probs, targets, weights = cache
-    w = (dloss * weights)[:, None]  # (N, 1)
-    dlogits = probs * w  # (N, V)
-    dlogits[np.arange(len(targets)), targets] -= w[:, 0]
-    return dlogits
+    return logp, logits

@@ -14,6 +14,11 @@ or the model's own name): a GGUF written into a folder is ``<name>-<TYPE>.gguf``
 beside ``<name>-<TYPE>.Modelfile``, its ``general.name`` is the name, and HF and
 PEFT directories carry a model card that calls it so. Nothing names the
 temporary directory a run is fused in.
+
+Each format registers itself here with ``@target`` (its name, its help, whether
+it writes a model or an adapter); the CLI's ``-f`` choices and their help come
+from ``TARGETS``, so a new format is one function in this module (and the
+module that writes the files).
 """
 
 from __future__ import annotations
@@ -22,11 +27,9 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import UsageError
-
-FORMATS = ("gguf", "hf", "peft")
 
 
 @dataclass
@@ -40,42 +43,108 @@ class Exported:
     name: str = ""  # what the outputs call the model
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the user asked of ``export``, as every target receives it."""
+
+    output: Path
+    into_dir: bool  # ``output`` is a folder to write into (gguf: ``<name>-<TYPE>.gguf``)
+    adapter: str | Path | None
+    model: str | None
+    outtype: str
+    dtype: str | None
+    base_model: str | None
+    offline: bool | None
+    force: bool
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model a model target writes: its directory (a run already fused into its base), name, origin in words, default dtype."""
+
+    directory: Path
+    name: str
+    origin: str
+    default_dtype: str | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """An export format: ``exports`` "model" (a model, or a run fused into its base) or "adapter" (the run's adapter alone)."""
+
+    name: str
+    help: str  # what -f NAME is for, in the CLI's help
+    exports: str
+    write: Callable[..., Exported]  # model targets: (Request, Source); adapter targets: (Request,)
+
+
+# The export formats, in the order the CLI lists them; each registers itself below with ``@target``.
+TARGETS: dict[str, Target] = {}
+
+
+def target(name: str, help: str, exports: str = "model") -> Callable[[Callable[..., Exported]], Callable[..., Exported]]:
+    """Register the decorated function as the export format ``name`` (``mlxtune export -f NAME``)."""
+
+    def register(write: Callable[..., Exported]) -> Callable[..., Exported]:
+        TARGETS[name] = Target(name, help, exports, write)
+        return write
+
+    return register
+
+
+@target("gguf", "llama.cpp and Ollama")
+def _gguf(req: Request, src: Source) -> Exported:
+    from .export_gguf import export_gguf
+
+    path = req.output / f"{src.name}-{req.outtype.upper()}.gguf" if req.into_dir else req.output
+    r = export_gguf(src.directory, path, outtype=req.outtype, force=req.force, name=src.name, origin=src.origin)
+    types = ", ".join(f"{n} {k}" for k, n in sorted(r.tensor_types.items()))
+    return Exported("gguf", r.path, r.size_bytes, f"GGUF {r.outtype.upper()}: {r.n_tensors} tensors ({types})", r.notes, r.modelfile, src.name)
+
+
+@target("hf", "transformers")
+def _hf(req: Request, src: Source) -> Exported:
+    from .export_hf import export_hf
+
+    r = export_hf(src.directory, req.output, dtype=req.dtype or src.default_dtype, force=req.force, name=src.name, base_model=src.origin)
+    return Exported("hf", r.path, r.size_bytes, f"Hugging Face checkpoint, {r.dtype}, {r.n_tensors} tensors", r.notes, name=src.name)
+
+
+@target("peft", "the adapter for peft", exports="adapter")
+def _peft(req: Request) -> Exported:
+    from .peft_format import export_peft
+
+    r = export_peft(req.adapter, req.output, base_model_name_or_path=req.base_model, force=req.force, card_name=req.name)
+    what = f"PEFT {'DoRA' if r.dora else 'LoRA'} adapter on {r.modules} layers ({', '.join(r.target_modules)}), r={r.rank}, lora_alpha={r.lora_alpha:g}, for {r.base_model_name_or_path or 'its base (no name recorded: pass --base-model)'}"
+    return Exported("peft", r.path, r.size_bytes, what, name=req.name or Path(req.adapter).resolve().name)
+
+
 def export(fmt: str, output: str | Path, adapter: str | Path | None = None, model: str | None = None, outtype: str = "f16", dtype: str | None = None, base_model: str | None = None, offline: bool | None = None, force: bool = False, name: str | None = None) -> Exported:
     """Export a model, or a run (``adapter``) fused into its base, or the run's adapter alone (peft), as ``output``.
 
     ``name``: what the outputs call the model [default: the run's directory name, else the model's].
-    ``dtype`` (hf): [default: the base model's, float16 for a quantized one: what ``fuse`` writes].
+    ``dtype`` (hf): [default: the base model's, float16 for a quantized base: what ``fuse`` writes].
     """
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt not in TARGETS:
+        raise UsageError(f"--format must be one of {', '.join(TARGETS)}, not {fmt!r}")
     if name is not None and (not name.strip() or "/" in name or os.sep in name or name.startswith(".")):
         raise UsageError(f"--name must be a plain name (no '/', not starting with '.'), not {name!r}")
-    into_dir = str(output).endswith(("/", os.sep)) or Path(output).is_dir()  # gguf: a folder to put <name>-<TYPE>.gguf in
-    output = Path(output)
-    if fmt == "peft":
-        from .peft_format import export_peft
-
+    into_dir = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name)
+    chosen = TARGETS[fmt]
+    if chosen.exports == "adapter":
         if adapter is None:
-            raise UsageError("--format peft exports an adapter: pass --adapter RUN")
-        r = export_peft(adapter, output, base_model_name_or_path=base_model, force=force, card_name=name)
-        what = f"PEFT {'DoRA' if r.dora else 'LoRA'} adapter on {r.modules} layers ({', '.join(r.target_modules)}), r={r.rank}, lora_alpha={r.lora_alpha:g}, for {r.base_model_name_or_path or 'its base (no name recorded: pass --base-model)'}"
-        return Exported(fmt, r.path, r.size_bytes, what, name=name or Path(adapter).resolve().name)
+            raise UsageError(f"--format {fmt} exports an adapter: pass --adapter RUN")
+        return chosen.write(req)
     if adapter is None and model is None:
         raise UsageError(f"--format {fmt} exports a model: pass --model DIR (or a Hub id or .gguf), or --adapter RUN to export it fused into its base")
     notes: list[str] = []
-    scratch = output if into_dir and fmt == "gguf" else output.parent
-    with _source_dir(adapter, model, scratch, offline, notes, name) as (source, name, origin, default):
-        if fmt == "gguf":
-            from .export_gguf import export_gguf
-
-            target = output / f"{name}-{outtype.upper()}.gguf" if into_dir else output
-            r = export_gguf(source, target, outtype=outtype, force=force, name=name, origin=origin)
-            types = ", ".join(f"{n} {k}" for k, n in sorted(r.tensor_types.items()))
-            return Exported(fmt, r.path, r.size_bytes, f"GGUF {r.outtype.upper()}: {r.n_tensors} tensors ({types})", notes + r.notes, r.modelfile, name)
-        from .export_hf import export_hf
-
-        r = export_hf(source, output, dtype=dtype or default, force=force, name=name, base_model=origin)
-        return Exported(fmt, r.path, r.size_bytes, f"Hugging Face checkpoint, {r.dtype}, {r.n_tensors} tensors", notes + r.notes, name=name)
+    scratch = req.output if into_dir and fmt == "gguf" else req.output.parent
+    with _source_dir(adapter, model, scratch, offline, notes, name) as (directory, src_name, origin, default):
+        r = chosen.write(req, Source(directory, src_name, origin, default))
+    r.notes[:0] = notes
+    return r
 
 
 @contextlib.contextmanager

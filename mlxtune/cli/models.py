@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import BACKEND_HELP, BACKENDS, CONTEXT, DTYPES
+from ..export import TARGETS as EXPORT_TARGETS
 from .progress import fmt_bytes
 
 
@@ -148,7 +149,7 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-f", "--format", "fmt", required=True, type=click.Choice(["gguf", "hf", "peft"]), help="gguf: llama.cpp and Ollama; hf: transformers; peft: the adapter for peft.")
+@click.option("-f", "--format", "fmt", required=True, type=click.Choice(list(EXPORT_TARGETS)), help="; ".join(f"{t.name}: {t.help}" for t in EXPORT_TARGETS.values()) + ".")
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
 @click.option("-m", "--model", help="Model directory, Hub id or .gguf (gguf/hf); with --adapter, its base. [default: the adapter's base]")
 @click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory.")

@@ -50,6 +50,10 @@ class Backend(Protocol):
     name: str
     can_requantize: bool  # whether ``fuse`` can quantize the merged weights again
 
+    def compute(self) -> tuple[str, str]:
+        """(what the computation runs on, in words; the device whose peak memory counts: "gpu" or "cpu")."""
+        ...
+
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None) -> tuple[Any, Any, set[int]]:
         """(the model with ``adapter`` applied, its tokenizer, its end-token ids) ready for generation."""
         ...
@@ -64,4 +68,8 @@ class Backend(Protocol):
 
     def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits: int | None, q_group_size: int | None, notes: list[str]) -> tuple[int, dict | None]:
         """Write the base model with the adapter merged into ``out``; return (fused layers, quantization or None)."""
+        ...
+
+    def convert(self, src: Path, dst: Path, dtype: str | None, quantize: bool, q_bits: int, q_group_size: int, notes: list[str]) -> dict | None:
+        """Write the model in ``src`` into ``dst`` in mlx-lm's layout (dtype, quantization); return its quantization or None."""
         ...

@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UsageError
-from ..models.directory import Q_BITS, Q_GROUP_SIZES
+from ..fsutil import copy_file
+from ..models.directory import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
 from .base import Chunk
 
 
 class MlxBackend:
     name = "mlx"
     can_requantize = True
+
+    def compute(self) -> tuple[str, str]:
+        from .. import runtime
+
+        return runtime.describe(), runtime.current_device()
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from .. import runtime
@@ -86,3 +92,47 @@ class MlxBackend:
         save_model(out, base)
         save_config(config, config_path=out / "config.json")
         return n, quant
+
+    def convert(self, src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> dict | None:
+        """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
+        import mlx.core as mx
+        import mlx.nn as nn
+        from mlx_lm.utils import save_config, save_model
+
+        from .mlx import load_model
+        from .mlx_weights import DTYPES, cast, dequantize_model
+
+        model, config = load_model(src)
+        quant = config.get("quantization")
+        if quantize and quant and (quant.get("bits"), quant.get("group_size")) == (q_bits, q_group_size) and not _has_overrides(quant):
+            notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
+            quantize = False
+        if (dtype is not None or quantize) and quant:
+            model = dequantize_model(model, DTYPES[dtype] if dtype else None)
+            config.pop("quantization", None)
+            config.pop("quantization_config", None)
+            if quantize:
+                notes.append("source was quantized: dequantized before re-quantizing (lossy)")
+            quant = None
+        if dtype is not None:
+            cast(model, DTYPES[dtype])
+            config["torch_dtype"] = dtype
+        if quantize:
+
+            def predicate(path: str, module: nn.Module) -> bool:
+                return hasattr(module, "to_quantized") and module.weight.shape[-1] % q_group_size == 0
+
+            nn.quantize(model, group_size=q_group_size, bits=q_bits, class_predicate=predicate)
+            quant = {"group_size": q_group_size, "bits": q_bits, "mode": "affine"}
+            config["quantization"] = quant
+        mx.eval(model.parameters())
+        save_model(dst, model)
+        save_config(config, config_path=dst / "config.json")
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                copy_file(src / name, dst / name)
+        return config.get("quantization")
+
+
+def _has_overrides(quant: dict) -> bool:
+    return any(isinstance(v, dict) for v in quant.values())

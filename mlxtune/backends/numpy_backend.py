@@ -9,12 +9,17 @@ from typing import Iterator
 
 import numpy as np
 
+from ..fsutil import copy_file
+from ..models.directory import TOKENIZER_FILES
 from .base import Chunk
 
 
 class NumpyBackend:
     name = "numpy"
     can_requantize = False
+
+    def compute(self) -> tuple[str, str]:
+        return "numpy backend, float32", "cpu"
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from ..tokenizer import eos_token_ids, load_tokenizer
@@ -64,3 +69,22 @@ class NumpyBackend:
         (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
         del adapter
         return n, None
+
+    def convert(self, src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> None:
+        """Without mlx: the same layout, dense (quantized sources are expanded exactly in float32)."""
+        from .. import npio
+
+        config, weights = npio.load_weights(src)
+        if config.pop("quantization", None) is not None:
+            config.pop("quantization_config", None)
+            notes.append("mlx is not installed: quantized weights were expanded to dense float32 with numpy")
+        dtype = dtype or "float32"
+        if dtype == "float16":
+            weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
+        npio.write_safetensors(dst / "model.safetensors", weights, metadata={"format": "mlx"}, bf16={k for k, v in weights.items() if v.dtype == np.float32} if dtype == "bfloat16" else None)
+        config["torch_dtype"] = dtype
+        (dst / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                copy_file(src / name, dst / name)
+        return None

@@ -226,9 +226,10 @@ def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     import os
 
     from . import runtime
+    from .backends import get
 
     config, tensors = read_model(model_dir)
-    device = runtime.current_device() if backend == "mlx" else "cpu"
+    device = get(backend).device()
     lengths = list(lengths) if lengths is not None else None
     try:
         return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len), available=runtime.available_memory(), device=device,

@@ -50,8 +50,12 @@ class Backend(Protocol):
     name: str
     can_requantize: bool  # whether ``fuse`` can quantize the merged weights again
 
-    def compute(self) -> tuple[str, str]:
-        """(what the computation runs on, in words; the device whose peak memory counts: "gpu" or "cpu")."""
+    def device(self) -> str:
+        """The device the computation runs on, whose peak memory counts: "gpu" or "cpu"."""
+        ...
+
+    def describe(self) -> str:
+        """What the computation runs on, in words (device, dtype, BLAS)."""
         ...
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None) -> tuple[Any, Any, set[int]]:

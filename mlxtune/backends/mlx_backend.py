@@ -18,10 +18,15 @@ class MlxBackend:
     name = "mlx"
     can_requantize = True
 
-    def compute(self) -> tuple[str, str]:
-        from .. import runtime
+    def device(self) -> str:
+        from ..runtime import current_device
 
-        return runtime.describe(), runtime.current_device()
+        return current_device()
+
+    def describe(self) -> str:
+        from ..runtime import describe
+
+        return describe()
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from .. import runtime

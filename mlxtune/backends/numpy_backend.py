@@ -18,8 +18,11 @@ class NumpyBackend:
     name = "numpy"
     can_requantize = False
 
-    def compute(self) -> tuple[str, str]:
-        return "numpy backend, float32", "cpu"
+    def device(self) -> str:
+        return "cpu"
+
+    def describe(self) -> str:
+        return "numpy backend, float32"
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from ..tokenizer import eos_token_ids, load_tokenizer

@@ -142,7 +142,8 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
     if verbose and last is not None:
         from ..backends import get
 
-        where, device = get(loaded.backend).compute()
+        impl = get(loaded.backend)
+        where, device = impl.describe(), impl.device()
         click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
 
 

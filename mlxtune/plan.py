@@ -131,13 +131,14 @@ def fit(cfg, config: dict, backend: str, *, seq_len: int, available: MemoryLimit
     ``available``: ``runtime.available_memory()`` (None: unknown, nothing is checked).
     Without ``cfg.auto_fit`` the settings stay, and the verdict says whether they fit.
     """
+    from .backends import get
     from .backends.numpy import resolve_keys
     from .errors import ConfigError
 
     try:
         keys = resolve_keys(cfg.target_modules)
     except ConfigError:
-        if backend == "numpy":
+        if not get(backend).names_any_layers:
             raise
         keys = None  # mlx names other architectures' layers otherwise: count all seven
 

@@ -18,7 +18,7 @@ METHODS = [n for n, v in vars(base.Backend).items() if callable(v) and not n.sta
 @pytest.mark.parametrize("name", ["mlx", "numpy"])
 def test_each_backend_implements_the_whole_protocol_with_its_signatures(name):
     impl = get(name)
-    assert impl.name == name and isinstance(impl.can_requantize, bool)
+    assert impl.name == name and isinstance(impl.can_requantize, bool) and isinstance(impl.names_any_layers, bool)
     assert {"load_inference", "stream", "summed_loss", "fuse", "convert", "device", "describe"} <= set(METHODS)
     for method in METHODS:
         want = list(inspect.signature(getattr(base.Backend, method)).parameters)

@@ -49,6 +49,7 @@ class Backend(Protocol):
 
     name: str
     can_requantize: bool  # whether ``fuse`` can quantize the merged weights again
+    names_any_layers: bool  # whether it loads layouts beyond the llama one, naming their linear layers itself
 
     def device(self) -> str:
         """The device the computation runs on, whose peak memory counts: "gpu" or "cpu"."""

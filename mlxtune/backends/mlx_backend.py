@@ -17,6 +17,7 @@ from .base import Chunk
 class MlxBackend:
     name = "mlx"
     can_requantize = True
+    names_any_layers = True
 
     def device(self) -> str:
         from ..runtime import current_device

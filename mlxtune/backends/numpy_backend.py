@@ -17,6 +17,7 @@ from .base import Chunk
 class NumpyBackend:
     name = "numpy"
     can_requantize = False
+    names_any_layers = False
 
     def device(self) -> str:
         return "cpu"

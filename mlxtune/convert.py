@@ -22,12 +22,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .errors import UsageError
-from .fsutil import copy_file, staged_dir
+from .fsutil import staged_dir
 from .models.hub import ModelSource, resolve_model
-from .models.directory import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
+from .models.directory import Q_BITS, Q_GROUP_SIZES
 from .models.source import write_gguf_dir
 
 
@@ -66,12 +64,12 @@ def convert(
     if out_dir.resolve() == source.path.resolve():
         raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")
     notes = [source.note] if source.note else []
-    from .backends import mlx_available
+    from .backends import get, mlx_available
 
-    have_mlx = mlx_available()
-    if quantize and not have_mlx:
+    impl = get("mlx" if mlx_available() else "numpy")  # mlx-lm's layout is written with mlx wherever it is installed
+    if quantize and not impl.can_requantize:
         raise UsageError("quantizing needs mlx, which is not installed here; convert without -q (weights are written dense)")
-    transform = _transform if have_mlx else _transform_numpy
+    transform = impl.convert
     with staged_dir(out_dir, force=force) as tmp:
         if source.kind == "gguf":
             raw = tmp / "_gguf"
@@ -82,71 +80,6 @@ def convert(
             quant = transform(source.path, tmp, dtype, quantize, q_bits, q_group_size, notes)
         n_params, size = _stats(tmp)
     return ConvertResult(out_dir, source, quant, dtype, n_params, size, notes)
-
-
-def _transform(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> dict | None:
-    """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.utils import save_config, save_model
-
-    from .backends.mlx import load_model
-    from .backends.mlx_weights import DTYPES, cast, dequantize_model
-
-    model, config = load_model(src)
-    quant = config.get("quantization")
-    if quantize and quant and (quant.get("bits"), quant.get("group_size")) == (q_bits, q_group_size) and not _has_overrides(quant):
-        notes.append(f"source is already {q_bits}-bit with group size {q_group_size}; kept as is")
-        quantize = False
-    if (dtype is not None or quantize) and quant:
-        model = dequantize_model(model, DTYPES[dtype] if dtype else None)
-        config.pop("quantization", None)
-        config.pop("quantization_config", None)
-        if quantize:
-            notes.append("source was quantized: dequantized before re-quantizing (lossy)")
-        quant = None
-    if dtype is not None:
-        cast(model, DTYPES[dtype])
-        config["torch_dtype"] = dtype
-    if quantize:
-
-        def predicate(path: str, module: nn.Module) -> bool:
-            return hasattr(module, "to_quantized") and module.weight.shape[-1] % q_group_size == 0
-
-        nn.quantize(model, group_size=q_group_size, bits=q_bits, class_predicate=predicate)
-        quant = {"group_size": q_group_size, "bits": q_bits, "mode": "affine"}
-        config["quantization"] = quant
-    mx.eval(model.parameters())
-    save_model(dst, model)
-    save_config(config, config_path=dst / "config.json")
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            copy_file(src / name, dst / name)
-    return config.get("quantization")
-
-
-def _transform_numpy(src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> None:
-    """Without mlx: the same layout, dense (quantized sources are expanded exactly in float32)."""
-    from . import npio
-
-    config, weights = npio.load_weights(src)
-    if config.pop("quantization", None) is not None:
-        config.pop("quantization_config", None)
-        notes.append("mlx is not installed: quantized weights were expanded to dense float32 with numpy")
-    dtype = dtype or "float32"
-    if dtype == "float16":
-        weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
-    npio.write_safetensors(dst / "model.safetensors", weights, metadata={"format": "mlx"}, bf16={k for k, v in weights.items() if v.dtype == np.float32} if dtype == "bfloat16" else None)
-    config["torch_dtype"] = dtype
-    (dst / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            copy_file(src / name, dst / name)
-    return None
-
-
-def _has_overrides(quant: dict) -> bool:
-    return any(isinstance(v, dict) for v in quant.values())
 
 
 def _stats(path: Path) -> tuple[int, int]:

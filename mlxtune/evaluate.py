@@ -290,23 +290,17 @@ def _loss(loaded, records, fmt: DataFormat, mask_prompt: bool, max_seq_len: int,
     """Mean cross-entropy over the split's target tokens, and their number."""
     import numpy as np
 
+    from .backends import get
     from .batching import encode_dataset, make_batch
 
+    impl = get(loaded.backend)
     examples, _ = encode_dataset(records, fmt, loaded.tokenizer, mask_prompt, max_seq_len)
     examples.sort(key=len)
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = make_batch(examples[i : i + batch_size])
-        if loaded.backend == "numpy":
-            mean, n = loaded.model.loss(batch.inputs, batch.targets, batch.mask)
-        else:
-            import mlx.core as mx
-
-            from .backends.mlx import loss_fn
-
-            m, nn_ = loss_fn(loaded.model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
-            mean, n = float(m), float(nn_)
-        total += float(mean) * float(n)
+        summed, n = impl.summed_loss(loaded.model, batch)
+        total += summed
         count += int(n)
     if not count:
         return None, 0

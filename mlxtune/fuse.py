@@ -24,7 +24,7 @@ from .errors import UsageError
 from .fsutil import copy_file, staged_dir
 from .model_card import CARD, FUSE_INFO, model_card, run_facts
 from .model_config import read_config
-from .models.directory import Q_BITS, Q_GROUP_SIZES, TOKENIZER_FILES
+from .models.directory import TOKENIZER_FILES
 from .models.source import run_base_model
 from .run_schema import RunConfig
 
@@ -62,8 +62,7 @@ def fuse(
 
     ``name``: what the card calls the model [default: the run's directory name].
     """
-    from .backends import backend_for, choose_backend, mlx_available
-
+    from .backends import backend_for, choose_backend, get, mlx_available
     from .peft_format import as_mlx_adapter
 
     run_name = Path(adapter_dir).resolve().name
@@ -77,13 +76,13 @@ def fuse(
     base_dir, notes = base.path, list(base.notes)
     dora = RunConfig.from_file(adapter_dir).dora
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
-    if backend == "numpy" and quantize:
+    impl = get(backend)
+    if quantize and not impl.can_requantize:
         raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
     default = default_dtype(base_dir)
     dtype = dtype or default
-    fuse_one = _fuse_numpy if backend == "numpy" else _fuse_mlx
     with staged_dir(Path(out_dir), force=force) as tmp:
-        n, quant = fuse_one(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
+        n, quant = impl.fuse(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
         for name in TOKENIZER_FILES:
             if (base_dir / name).exists():
                 copy_file(base_dir / name, tmp / name)
@@ -115,64 +114,6 @@ def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, n
     notes.append(f"re-quantized to {quant['bits']} bits keeps {kept:.0%} of the adapter's gain on the run's validation split (loss: base {losses['base']:.3f}, base + adapter {losses['adapter']:.3f}, fused {losses['fused']:.3f})")
     if kept < SURVIVAL_WARNING:
         notes.append(f"warning: most of the adapter is lost to {quant['bits']}-bit quantization; fuse without -q (float16), or use --q-bits 8 or a smaller --q-group-size")
-
-
-def _fuse_mlx(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, dict | None]:
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx_lm.utils import save_config, save_model
-
-    from .backends.mlx import load_model
-    from .backends.mlx_weights import DTYPES as MX_DTYPES, cast, dequantize_model
-    from .lora import fuse_model, load_adapters
-
-    base, config = load_model(base_dir)
-    base_quant = config.get("quantization")
-    load_adapters(base, adapter_dir)
-    if quantize:
-        bits = q_bits or (base_quant or {}).get("bits") or 4
-        group = q_group_size or (base_quant or {}).get("group_size") or 64
-        if bits not in Q_BITS or group not in Q_GROUP_SIZES:
-            raise UsageError(f"quantization must use --q-bits in {Q_BITS} and --q-group-size in {Q_GROUP_SIZES}")
-    n = fuse_model(base, MX_DTYPES[dtype])
-    base = dequantize_model(base, MX_DTYPES[dtype])  # layers without an adapter, and the embeddings
-    cast(base, MX_DTYPES[dtype])
-    config.pop("quantization", None)
-    config.pop("quantization_config", None)
-    config["torch_dtype"] = dtype
-    quant = None
-    if quantize:
-
-        def predicate(path: str, module: nn.Module) -> bool:
-            return hasattr(module, "to_quantized") and module.weight.shape[-1] % group == 0
-
-        nn.quantize(base, group_size=group, bits=bits, class_predicate=predicate)
-        quant = {"group_size": group, "bits": bits, "mode": "affine"}
-        config["quantization"] = quant
-    mx.eval(base.parameters())
-    save_model(out, base)
-    save_config(config, config_path=out / "config.json")
-    return n, quant
-
-
-def _fuse_numpy(base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, None]:
-    import numpy as np
-
-    from . import npio
-    from .backends import numpy as npb
-
-    model, config = npb.load_model(base_dir)
-    adapter = npb.load_adapters(model, adapter_dir)
-    weights = model.fused_weights()
-    n = sum(1 for k in model.lora_params() if k.endswith(".lora_a"))
-    if dtype == "float16":
-        weights = {k: v.astype(np.float16) for k, v in weights.items()}
-    npio.write_safetensors(out / "model.safetensors", weights, metadata={"format": "mlx"}, bf16=set(weights) if dtype == "bfloat16" else None)
-    config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
-    config["torch_dtype"] = dtype
-    (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=4))
-    del adapter
-    return n, None
 
 
 def _stored_dtype(model_dir: Path, config: dict) -> str:

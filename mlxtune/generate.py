@@ -1,17 +1,17 @@
 """``mlxtune generate``: text from a model, with or without an adapter.
 
-Decoding is mlx-lm's (KV cache, streaming detokenizer, samplers); what is ours
-is choosing the model (the adapter remembers its base), the compute policy of
-``runtime`` and the chat template handling.
+Loading and decoding (with a KV cache) are the chosen backend's
+(``backends.base.Backend``); what is here is choosing the model (the adapter
+remembers its base), the backend and the chat template handling.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .backends.base import Chunk
 from .errors import UsageError
 
 
@@ -26,18 +26,9 @@ class Loaded:
     eos_ids: set[int] = field(default_factory=set)
 
 
-@dataclass
-class Chunk:
-    text: str
-    token: int
-    prompt_tokens: int
-    generation_tps: float
-    finish_reason: str | None
-
-
 def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
     """Load a model (and adapter) for inference with the chosen backend."""
-    from .backends import backend_for, choose_backend, mlx_available
+    from .backends import backend_for, choose_backend, get, mlx_available
     from .models.source import open_model, run_base_model
     from .run_schema import RunConfig
 
@@ -53,28 +44,8 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
     adapter_path = Path(adapter) if adapter else None
     dora = adapter_path is not None and RunConfig.from_file(adapter_path).dora
     backend = backend_for(backend, model_dir, mlx_only="DoRA" if dora else None)
-    if backend == "numpy":
-        from .backends import numpy as npb
-        from .tokenizer import eos_token_ids, load_tokenizer
-
-        net, config = npb.load_model(model_dir)
-        if adapter_path is not None:
-            npb.load_adapters(net, adapter_path)
-            net.merge_adapters()  # the same outputs, without re-adding the adapter at every token
-        tokenizer = load_tokenizer(model_dir)
-        return Loaded(net, tokenizer, model_dir, adapter_path, notes, "numpy", eos_token_ids(tokenizer, config))
-
-    from . import runtime
-    from .backends.mlx import load_model, load_tokenizer
-    from .lora import load_adapters
-
-    compute = runtime.choose_compute(runtime.current_device(), dtype)
-    net, config = load_model(model_dir, compute)
-    if adapter_path is not None:
-        load_adapters(net, adapter_path)
-    net.eval()
-    tokenizer = load_tokenizer(model_dir, config)
-    return Loaded(net, tokenizer, model_dir, adapter_path, notes, "mlx", set(tokenizer.eos_token_ids))
+    net, tokenizer, eos_ids = get(backend).load_inference(model_dir, adapter_path, dtype)
+    return Loaded(net, tokenizer, model_dir, adapter_path, notes, backend, eos_ids)
 
 
 def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
@@ -115,34 +86,6 @@ def complete(loaded: Loaded, ids: list[int], max_tokens: int) -> str:
 
 def stream(loaded: Loaded, ids: list[int], max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[Chunk]:
     """Stream the continuation of the token ids ``ids`` chunk by chunk."""
-    if loaded.backend == "numpy":
-        yield from _generate_numpy(loaded, ids, max_tokens, temp, top_p, seed)
-        return
-    import mlx.core as mx
-    from mlx_lm.generate import stream_generate
-    from mlx_lm.sample_utils import make_sampler
+    from .backends import get
 
-    if seed is not None:
-        mx.random.seed(seed)
-    sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1 else 0.0)
-    for r in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
-        yield Chunk(r.text, int(r.token), r.prompt_tokens, r.generation_tps, r.finish_reason)
-
-
-def _generate_numpy(loaded: Loaded, ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
-    """Numpy decoding with a KV cache; text is streamed as soon as it is whole UTF-8."""
-    from .backends.numpy import generate_tokens
-
-    tok = loaded.tokenizer
-    out: list[int] = []
-    shown = ""
-    start = time.perf_counter()
-    for i, token in enumerate(generate_tokens(loaded.model, ids, max_tokens, loaded.eos_ids, temp, top_p, seed)):
-        finish = "stop" if token in loaded.eos_ids else ("length" if i + 1 == max_tokens else None)
-        if token not in loaded.eos_ids:
-            out.append(token)
-        text = tok.decode(out, skip_special_tokens=False)
-        new = text[len(shown):] if finish or not text.endswith("\ufffd") else ""
-        shown += new
-        tps = (i + 1) / max(time.perf_counter() - start, 1e-9)
-        yield Chunk(new, token, len(ids), tps, finish)
+    yield from get(loaded.backend).stream(loaded.model, loaded.tokenizer, loaded.eos_ids, ids, max_tokens, temp, top_p, seed)

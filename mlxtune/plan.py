@@ -131,13 +131,14 @@ def fit(cfg, config: dict, backend: str, *, seq_len: int, available: MemoryLimit
     ``available``: ``runtime.available_memory()`` (None: unknown, nothing is checked).
     Without ``cfg.auto_fit`` the settings stay, and the verdict says whether they fit.
     """
+    from .backends import get
     from .backends.numpy import resolve_keys
     from .errors import ConfigError
 
     try:
         keys = resolve_keys(cfg.target_modules)
     except ConfigError:
-        if backend == "numpy":
+        if not get(backend).names_any_layers:
             raise
         keys = None  # mlx names other architectures' layers otherwise: count all seven
 
@@ -226,9 +227,10 @@ def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     import os
 
     from . import runtime
+    from .backends import get
 
     config, tensors = read_model(model_dir)
-    device = runtime.current_device() if backend == "mlx" else "cpu"
+    device = get(backend).device()
     lengths = list(lengths) if lengths is not None else None
     try:
         return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len), available=runtime.available_memory(), device=device,

@@ -8,8 +8,12 @@ Both implement one small contract, with no shared implementation:
   ``optimizer_state()`` and ``token_log_probs(batch)`` (B, T) as numpy arrays,
   plus ``num_layers``, ``keys``, ``n_trainable``, ``description`` and the
   ``objective`` (``mlxtune.objectives``) whose loss ``step`` and ``evaluate`` compute;
-* inference and fusing, in ``generate.py`` and ``fuse.py``, which ask
-  ``choose_backend`` which one to use.
+* inference, evaluation loss and fusing: a ``base.Backend`` (``get(name)``),
+  whose methods ``generate.py``, ``evaluate.py`` and ``fuse.py`` call after
+  ``choose_backend`` / ``backend_for`` have chosen it.
+
+Both contracts are typed in ``base.py`` (``Trainer``, ``Backend``); ``get`` and
+``open_trainer`` are the one dispatch on the backend's name.
 
 Parameter names, adapter files and the optimizer (AdamW with bias correction,
 the same learning-rate schedule, global-norm clipping) are the same in both, so
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..models import families
+from .base import Backend, Trainer
 
 BACKENDS = ("auto", "mlx", "numpy")
 
@@ -98,7 +103,20 @@ def check_optimizer_state(names, state: dict) -> int:
     return int(np.asarray(state["step"]).reshape(-1)[0])
 
 
-def open_trainer(backend: str, model_dir, cfg):
+def get(name: str) -> Backend:
+    """The inference, loss and fusing side of backend ``name`` ("mlx" or "numpy")."""
+    if name == "mlx":
+        from .mlx_backend import MlxBackend
+
+        return MlxBackend()
+    if name == "numpy":
+        from .numpy_backend import NumpyBackend
+
+        return NumpyBackend()
+    raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+
+
+def open_trainer(backend: str, model_dir, cfg) -> Trainer:
     """The trainer of ``backend`` for ``model_dir`` under ``cfg`` (a TrainConfig)."""
     if backend == "mlx":
         from .mlx import MlxTrainer

@@ -140,8 +140,10 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
         last = chunk
     click.echo()
     if verbose and last is not None:
-        where = runtime.describe() if loaded.backend == "mlx" else "numpy backend, float32"
-        device = runtime.current_device() if loaded.backend == "mlx" else "cpu"
+        from ..backends import get
+
+        impl = get(loaded.backend)
+        where, device = impl.describe(), impl.device()
         click.echo(f"[{last.prompt_tokens} prompt tokens, {last.generation_tps:.1f} tokens/s, peak {fmt_bytes(runtime.peak_memory_bytes(device))}; {where}]", err=True)
 
 

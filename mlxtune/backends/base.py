@@ -1,0 +1,80 @@
+"""The backend contract, as typed protocols: what every compute backend offers.
+
+A backend is found by name with ``backends.get(name)``; the feature modules
+(``generate.py``, ``evaluate.py``, ``fuse.py``) call only these methods and
+never branch on the backend's name. What a backend cannot do is a capability
+it reports (``can_requantize``), not a name the caller knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+
+@dataclass
+class Chunk:
+    """One streamed piece of generated text and the token that ended it."""
+
+    text: str
+    token: int
+    prompt_tokens: int
+    generation_tps: float
+    finish_reason: str | None
+
+
+class Trainer(Protocol):
+    """Training: LoRA layers on a loaded model, one optimizer step at a time."""
+
+    num_layers: int
+    keys: list[str]
+    n_trainable: int
+    description: str
+    objective: Any  # an mlxtune.objectives.Objective
+
+    def step(self, batch, lr: float) -> tuple[float, int]: ...
+
+    def evaluate(self, batch) -> tuple[float, int]: ...
+
+    def adapter_weights(self) -> dict: ...
+
+    def optimizer_state(self) -> dict: ...
+
+    def token_log_probs(self, batch) -> Any: ...
+
+
+class Backend(Protocol):
+    """Inference, loss and fusing: everything besides training that depends on the backend."""
+
+    name: str
+    can_requantize: bool  # whether ``fuse`` can quantize the merged weights again
+    names_any_layers: bool  # whether it loads layouts beyond the llama one, naming their linear layers itself
+
+    def device(self) -> str:
+        """The device the computation runs on, whose peak memory counts: "gpu" or "cpu"."""
+        ...
+
+    def describe(self) -> str:
+        """What the computation runs on, in words (device, dtype, BLAS)."""
+        ...
+
+    def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None) -> tuple[Any, Any, set[int]]:
+        """(the model with ``adapter`` applied, its tokenizer, its end-token ids) ready for generation."""
+        ...
+
+    def stream(self, model: Any, tokenizer: Any, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
+        """The continuation of the token ids ``ids``, chunk by chunk, decoded with a KV cache."""
+        ...
+
+    def summed_loss(self, model: Any, batch) -> tuple[float, int]:
+        """(the loss summed over the batch's target tokens, their number), for evaluation."""
+        ...
+
+    def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits: int | None, q_group_size: int | None, notes: list[str]) -> tuple[int, dict | None]:
+        """Write the base model with the adapter merged into ``out``; return (fused layers, quantization or None)."""
+        ...
+
+    def convert(self, src: Path, dst: Path, dtype: str | None, quantize: bool, q_bits: int, q_group_size: int, notes: list[str]) -> dict | None:
+        """Write the model in ``src`` into ``dst`` in mlx-lm's layout (dtype, quantization); return its quantization or None."""
+        ...

@@ -63,10 +63,6 @@ class MlxBackend:
         return float(mean) * float(n), int(n)
 
     def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, dict | None]:
-        import mlx.core as mx
-        import mlx.nn as nn
-        from mlx_lm.utils import save_config, save_model
-
         from ..lora import fuse_model, load_adapters
         from .mlx import load_model
         from .mlx_weights import DTYPES as MX_DTYPES, cast, dequantize_model
@@ -85,26 +81,11 @@ class MlxBackend:
         config.pop("quantization", None)
         config.pop("quantization_config", None)
         config["torch_dtype"] = dtype
-        quant = None
-        if quantize:
-
-            def predicate(path: str, module: nn.Module) -> bool:
-                return hasattr(module, "to_quantized") and module.weight.shape[-1] % group == 0
-
-            nn.quantize(base, group_size=group, bits=bits, class_predicate=predicate)
-            quant = {"group_size": group, "bits": bits, "mode": "affine"}
-            config["quantization"] = quant
-        mx.eval(base.parameters())
-        save_model(out, base)
-        save_config(config, config_path=out / "config.json")
+        quant = _quantize_and_save(base, config, out, (bits, group) if quantize else None)
         return n, quant
 
     def convert(self, src: Path, dst: Path, dtype, quantize, q_bits, q_group_size, notes: list[str]) -> dict | None:
         """Load ``src`` with mlx-lm, apply dtype/quantization, save the MLX layout into ``dst``."""
-        import mlx.core as mx
-        import mlx.nn as nn
-        from mlx_lm.utils import save_config, save_model
-
         from .mlx import load_model
         from .mlx_weights import DTYPES, cast, dequantize_model
 
@@ -123,17 +104,7 @@ class MlxBackend:
         if dtype is not None:
             cast(model, DTYPES[dtype])
             config["torch_dtype"] = dtype
-        if quantize:
-
-            def predicate(path: str, module: nn.Module) -> bool:
-                return hasattr(module, "to_quantized") and module.weight.shape[-1] % q_group_size == 0
-
-            nn.quantize(model, group_size=q_group_size, bits=q_bits, class_predicate=predicate)
-            quant = {"group_size": q_group_size, "bits": q_bits, "mode": "affine"}
-            config["quantization"] = quant
-        mx.eval(model.parameters())
-        save_model(dst, model)
-        save_config(config, config_path=dst / "config.json")
+        _quantize_and_save(model, config, dst, (q_bits, q_group_size) if quantize else None)
         for name in TOKENIZER_FILES:
             if (src / name).exists():
                 copy_file(src / name, dst / name)
@@ -142,3 +113,28 @@ class MlxBackend:
 
 def _has_overrides(quant: dict) -> bool:
     return any(isinstance(v, dict) for v in quant.values())
+
+
+def _quantize_and_save(model, config: dict, out: Path, quantize: tuple[int, int] | None) -> dict | None:
+    """Quantize ``model`` in place when asked ((bits, group size): every layer whose width the group divides), then save it and ``config`` into ``out``.
+
+    Returns the quantization written to the config (None when not quantized).
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import save_config, save_model
+
+    quant = None
+    if quantize:
+        bits, group = quantize
+
+        def predicate(path: str, module: nn.Module) -> bool:
+            return hasattr(module, "to_quantized") and module.weight.shape[-1] % group == 0
+
+        nn.quantize(model, group_size=group, bits=bits, class_predicate=predicate)
+        quant = {"group_size": group, "bits": bits, "mode": "affine"}
+        config["quantization"] = quant
+    mx.eval(model.parameters())
+    save_model(out, model)
+    save_config(config, config_path=out / "config.json")
+    return quant

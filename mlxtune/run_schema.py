@@ -174,6 +174,7 @@ class RunSettings(_Record):
     recipe: str | None = None
     distributed: bool | None = None
     init_adapter: str | None = None
+    objective: str | None = None  # the training loss (objectives.OBJECTIVES); absent in runs before it was recorded
     scale: float | None = None  # alpha / rank, as trained
 
 

@@ -125,7 +125,9 @@ def evaluate(
         samples = 0
     result = EvalResult(str(data), split, where, settings["task"], len(records), [], list(references), [_prompt_text(p) for p in prompts], samples=samples, notes=notes)
     result.skipped = [{"path": e.path, "line": e.line, "field": e.field, "reason": e.reason} for e in skipped]
-    result.trained_on = _trained_on(records, run_data, run_cfg, notes)
+    # the run's own data, read as the run read it: its training split is at hand already
+    same_read = own and skip == bool(run_skips_bad_lines(run_cfg))
+    result.trained_on = _trained_on(records, run_data, run_cfg, notes, train_records if same_read else None)
     # the task's measure needs every answer; the samples shown need theirs
     answered = len(prompts) if settings["task"] != "loss" and fmt.has_answers else min(samples, len(prompts))
     if settings["task"] == "style":
@@ -249,16 +251,20 @@ def run_skips_bad_lines(run_cfg: RunSettings) -> bool | None:
     return True if run_cfg.skip_bad_lines else None
 
 
-def _trained_on(records: list, run_data: Path | None, run_cfg: RunSettings, notes: list[str]) -> int | None:
-    """How many of ``records`` are in the run's training split (the run's data split as training split it), or None if unknown."""
+def _trained_on(records: list, run_data: Path | None, run_cfg: RunSettings, notes: list[str], trained: list | None = None) -> int | None:
+    """How many of ``records`` are in the run's training split (the run's data split as training split it), or None if unknown.
+
+    ``trained``: that split when the caller has read it already (evaluating the run's own data), so the file is not read twice.
+    """
     import json
 
     if run_data is None:
         return None
-    if not run_data.exists():
-        notes.append(f"cannot tell which records the run trained on: its data {run_data} is not there any more")
-        return None
-    trained = _eval_records(run_data, "train", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))[0]
+    if trained is None:
+        if not run_data.exists():
+            notes.append(f"cannot tell which records the run trained on: its data {run_data} is not there any more")
+            return None
+        trained = _eval_records(run_data, "train", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))[0]
     seen = {json.dumps(r.data, sort_keys=True) for r in trained}
     return sum(json.dumps(r.data, sort_keys=True) in seen for r in records)
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from huggingface_hub import constants as hf_constants
 
 from mlxtune.models import hub
 from mlxtune.cli import cli
 
 from gguf_fixtures import write_tiny_gguf
-from test_hub import COMMIT_A, CLOSED_PORT, make_snapshot
+from test_hub import COMMIT_A, make_snapshot, unreachable  # noqa: F401 (unreachable: the fixture, as test_hub defines it)
 
 
 def run(*args, code: int = 0):
@@ -34,14 +33,6 @@ def here(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     (tmp_path / "hf-cache").mkdir()
     return tmp_path
-
-
-@pytest.fixture
-def unreachable(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_ENDPOINT", CLOSED_PORT)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", CLOSED_PORT)
 
 
 @pytest.fixture

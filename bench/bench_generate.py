@@ -77,7 +77,7 @@ def prepare(args) -> None:
     import mlxtune  # noqa: F401  (BLAS first)
     from mlxtune.convert import convert
     from mlxtune.models.hub import resolve_model
-    from mlxtune.tokenizer import load_tokenizer
+    from mlxtune.models.tokenizer import load_tokenizer
 
     work, notes = args.workdir, []
     source = resolve_model(args.model)
@@ -132,7 +132,7 @@ def child(args) -> None:
         loaded = load(str(args.workdir / ("model-4bit" if system.endswith("4bit") else "model-float32")), backend=backend)
         emit("BENCH_INFO", {"load_seconds": time.perf_counter() - t0})
         if backend == "numpy":
-            from mlxtune.backends.numpy import generate_tokens
+            from mlxtune.backends.numpy.trainer import generate_tokens
 
             run_generation(lambda n: generate_tokens(loaded.model, prompt, n, eos_ids=set()))
         else:

@@ -45,9 +45,9 @@ def _batches(config: str, model_dir: Path, data: Path):
     """An endless iterator of batches for one configuration."""
     import numpy as np
 
-    from mlxtune.batching import Batch, encode_dataset, iterate_batches
-    from mlxtune.data import load_data
-    from mlxtune.tokenizer import load_tokenizer
+    from mlxtune.data.batching import Batch, encode_dataset, iterate_batches
+    from mlxtune.data.records import load_data
+    from mlxtune.models.tokenizer import load_tokenizer
 
     splits = load_data(str(data))
     tokenizer = load_tokenizer(model_dir)
@@ -75,7 +75,7 @@ def child(args) -> dict:
     import mlxtune  # noqa: F401
     from mlxtune import runtime
     from mlxtune.backends import open_trainer
-    from mlxtune.config import TrainConfig
+    from mlxtune.training.config import TrainConfig
     from mlxtune.models.source import ensure_mlx_model
     from mlxtune.models.hub import resolve_model
 

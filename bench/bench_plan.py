@@ -96,11 +96,11 @@ def baseline_child(backend: str, model: str, workdir: Path) -> None:
     """What `mlxtune lora` does before it creates the trainer; prints the resident set."""
     import mlxtune.cli  # noqa: F401  (click and the CLI, as `python -m mlxtune lora`)
     from mlxtune.backends import backend_for
-    from mlxtune.batching import encode_dataset
+    from mlxtune.data.batching import encode_dataset
     from mlxtune.models.source import ensure_mlx_model
-    from mlxtune.data import load_data
+    from mlxtune.data.records import load_data
     from mlxtune.models.hub import resolve_model
-    from mlxtune.tokenizer import load_tokenizer
+    from mlxtune.models.tokenizer import load_tokenizer
 
     splits = load_data(str(write_data(workdir / "data-baseline", 1, 16)))
     model_dir = ensure_mlx_model(resolve_model(model))
@@ -111,8 +111,8 @@ def baseline_child(backend: str, model: str, workdir: Path) -> None:
         import mlx.optimizers  # noqa: F401
         import mlx_lm.utils  # noqa: F401
 
-        import mlxtune.backends.mlx  # noqa: F401
-        import mlxtune.lora  # noqa: F401
+        import mlxtune.backends.mlx.trainer  # noqa: F401
+        import mlxtune.backends.mlx.lora  # noqa: F401
     print(json.dumps({"backend": backend, "rss": _rss_now()}))
 
 

@@ -120,7 +120,7 @@ def prepare(args) -> None:
 
     import mlxtune  # noqa: F401  (BLAS first)
     from mlxtune.convert import convert
-    from mlxtune.tokenizer import load_tokenizer
+    from mlxtune.models.tokenizer import load_tokenizer
 
     work = args.workdir
     notes = []
@@ -204,10 +204,10 @@ def run_mlxtune(args, backend: str) -> None:
 
     import mlxtune  # noqa: F401  (BLAS first)
     from mlxtune.backends import open_trainer
-    from mlxtune.batching import encode, make_batch
-    from mlxtune.config import TrainConfig
-    from mlxtune.tokenizer import load_tokenizer
-    from mlxtune.train import learning_rate_at
+    from mlxtune.data.batching import encode, make_batch
+    from mlxtune.training.config import TrainConfig
+    from mlxtune.models.tokenizer import load_tokenizer
+    from mlxtune.training.train import learning_rate_at
 
     prep = json.loads((args.workdir / "batches.json").read_text())
     backend, _, variant = backend.partition("-")

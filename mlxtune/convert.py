@@ -90,7 +90,7 @@ def _stats(path: Path) -> tuple[int, int]:
     files = sorted(path.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files)
     if not n:  # no index (numpy writer): count from the headers
-        from .npio import read_safetensors_header
+        from .formats.safetensors import read_safetensors_header
 
         for f in files:
             header, _ = read_safetensors_header(f)

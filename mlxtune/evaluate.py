@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .data import trains_prompt_masked
+from .data.records import trains_prompt_masked
 from .errors import DataError, UsageError
-from .formats import DataFormat
-from .run_schema import RunConfig, RunSettings
+from .data.formats import DataFormat
+from .training.run_schema import RunConfig, RunSettings
 
 SPLITS = ("test", "valid", "train", "all")
 
@@ -99,7 +99,7 @@ def evaluate(
     if adapter is None and model is None:
         raise UsageError("give --adapter RUN (a run of mlxtune lora), --model MODEL, or both")
     if adapter is not None:
-        from .peft_format import as_mlx_adapter
+        from .formats.peft import as_mlx_adapter
 
         adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
     run = RunConfig.from_file(adapter) if adapter is not None else RunConfig()
@@ -214,7 +214,7 @@ def _eval_records(data: Path, split: str | None, run_cfg: RunSettings, own: bool
     other file, e.g. one kept apart for testing) is the whole file.
     ``skip_bad_lines`` as in ``data.load_data``; the notes list each line left out.
     """
-    from .data import load_data
+    from .data.records import load_data
 
     if split is not None and split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -281,7 +281,7 @@ def _prompt_text(prompt) -> str:
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
-    from .batching import hf_tokenizer
+    from .data.batching import hf_tokenizer
     from .generate import chat_prompt
 
     if isinstance(prompt, str):
@@ -297,7 +297,7 @@ def _loss(loaded, records, fmt: DataFormat, mask_prompt: bool, max_seq_len: int,
     import numpy as np
 
     from .backends import get
-    from .batching import encode_dataset, make_batch
+    from .data.batching import encode_dataset, make_batch
 
     impl = get(loaded.backend)
     examples, _ = encode_dataset(records, fmt, loaded.tokenizer, mask_prompt, max_seq_len)

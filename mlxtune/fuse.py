@@ -22,11 +22,11 @@ from pathlib import Path
 
 from .errors import UsageError
 from .fsutil import copy_file, staged_dir
-from .model_card import CARD, FUSE_INFO, model_card, run_facts
-from .model_config import read_config
+from .export.model_card import CARD, FUSE_INFO, model_card, run_facts
+from .models.config import read_config
 from .models.directory import TOKENIZER_FILES
 from .models.source import run_base_model
-from .run_schema import RunConfig
+from .training.run_schema import RunConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
 SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
@@ -63,7 +63,7 @@ def fuse(
     ``name``: what the card calls the model [default: the run's directory name].
     """
     from .backends import backend_for, choose_backend, get, mlx_available
-    from .peft_format import as_mlx_adapter
+    from .formats.peft import as_mlx_adapter
 
     run_name = Path(adapter_dir).resolve().name
     card_name = name or run_name
@@ -118,7 +118,7 @@ def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, n
 
 def _stored_dtype(model_dir: Path, config: dict) -> str:
     """The floating-point dtype a model directory stores its weights in."""
-    from .npio import read_safetensors_header
+    from .formats.safetensors import read_safetensors_header
 
     for f in sorted(model_dir.glob("model*.safetensors")):
         header, _ = read_safetensors_header(f)

@@ -30,11 +30,11 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
     """Load a model (and adapter) for inference with the chosen backend."""
     from .backends import backend_for, choose_backend, get, mlx_available
     from .models.source import open_model, run_base_model
-    from .run_schema import RunConfig
+    from .training.run_schema import RunConfig
 
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     if adapter is not None:
-        from .peft_format import as_mlx_adapter
+        from .formats.peft import as_mlx_adapter
 
         adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
         opened = run_base_model(Path(adapter), model, offline)
@@ -50,7 +50,7 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
 
 def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
     """Token ids for ``prompt``: through the chat template when the model has one and ``chat``."""
-    from .batching import hf_tokenizer
+    from .data.batching import hf_tokenizer
 
     hf = hf_tokenizer(tokenizer)
     if chat and getattr(hf, "chat_template", None):
@@ -63,7 +63,7 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
 
 def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of a conversation rendered by the chat template, ready for the assistant's turn."""
-    from .batching import hf_tokenizer
+    from .data.batching import hf_tokenizer
 
     hf = hf_tokenizer(tokenizer)
     text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

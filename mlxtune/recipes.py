@@ -71,7 +71,7 @@ def load(name_or_path: str | Path) -> Recipe:
     """Read and validate a recipe; every problem names the file and the key."""
     import yaml
 
-    from .config import validate
+    from .training.config import validate
 
     path = find(name_or_path)
     text = path.read_text(encoding="utf-8")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .checkpoint import read_metrics
+from .training.checkpoint import read_metrics
 from .fsutil import atomic_write_text
-from .run_schema import DataInfo, RunConfig, RunSettings
+from .training.run_schema import DataInfo, RunConfig, RunSettings
 
 PNG_SIZE = (800, 480)  # width, height of loss.png
 

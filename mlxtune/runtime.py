@@ -19,7 +19,7 @@ small pure function that the tests call with every platform:
 * ``choose_blas_threads``: how many BLAS threads each process of a
   distributed run gets when several share a machine;
 * ``choose_available_memory``: how much memory a run may plan to use
-  (``mlxtune.plan`` compares its estimate with it); ``cgroup_memory_files``
+  (``mlxtune.training.plan`` compares its estimate with it); ``cgroup_memory_files``
   says which of this process's cgroup files hold its limit and usage.
 
 This module must not import mlx at module level: ``preload_blas`` has to run

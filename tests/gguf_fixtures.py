@@ -331,7 +331,7 @@ def write_model_dir(model, out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if all(isinstance(v, np.ndarray) for v in model.weights.values()):  # read without mlx
-        from mlxtune import npio
+        from mlxtune.formats import safetensors as npio
 
         npio.write_safetensors(out / "model.safetensors", model.weights, metadata={"format": "mlx"})
     else:

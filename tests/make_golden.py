@@ -54,7 +54,7 @@ def golden_inputs() -> dict:
 
 
 def write_model_dir(inputs: dict, out: Path) -> Path:
-    from mlxtune import npio
+    from mlxtune.formats import safetensors as npio
 
     out.mkdir(parents=True, exist_ok=True)
     npio.write_safetensors(out / "model.safetensors", inputs["weights"])
@@ -63,7 +63,7 @@ def write_model_dir(inputs: dict, out: Path) -> Path:
 
 
 def train_config(backend: str):
-    from mlxtune.config import TrainConfig
+    from mlxtune.training.config import TrainConfig
 
     s = SETTINGS
     return TrainConfig(backend=backend, rank=s["rank"], alpha=s["alpha"], learning_rate=s["learning_rate"], warmup=s["warmup"], min_lr_ratio=s["min_lr_ratio"], grad_clip=s["grad_clip"], iters=s["iters"], seed=s["seed"], target_modules=["all-linear"])
@@ -77,7 +77,7 @@ class _Batch:
 
 def run_steps(trainer, inputs: dict) -> list[float]:
     """Ten optimizer steps on alternating batches from the golden adapter values."""
-    from mlxtune.train import learning_rate_at
+    from mlxtune.training.train import learning_rate_at
 
     cfg = train_config(trainer.backend)
     trainer.set_adapter_weights(inputs["lora"])
@@ -88,9 +88,9 @@ def run_steps(trainer, inputs: dict) -> list[float]:
 
 
 def main() -> None:
-    from mlxtune import npio
-    from mlxtune.backends.numpy import NumpyTrainer
-    from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+    from mlxtune.formats import safetensors as npio
+    from mlxtune.backends.numpy.trainer import NumpyTrainer
+    from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 
     inputs = golden_inputs()
     model = NumpyLlama(ModelConfig.from_dict(inputs["config"]), inputs["weights"])

@@ -3,7 +3,7 @@
 Each op as ``<op>_forward(...) -> (out, cache)`` and ``<op>_backward(dout,
 cache) -> grads``, in the style of llm.c's reference implementation, built
 from the lower-level halves the model trains with
-(``mlxtune.backends.numpy_ops``): ``test_numpy_model.py`` checks each backward
+(``mlxtune.backends.numpy.ops``): ``test_numpy_model.py`` checks each backward
 against finite differences, ``test_parity.py`` each forward against mlx. The
 model never calls these: it chooses per block what to keep and recompute.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlxtune.backends.numpy_ops import Linear, LoRA, linears_forward, linears_backward_input, linears_backward_params, rmsnorm_rstd, rmsnorm_apply, rmsnorm_grad, rope_rows, rotate, causal_attention, causal_attention_backward, sigmoid, swiglu_apply, swiglu_grad
+from mlxtune.backends.numpy.ops import Linear, LoRA, linears_forward, linears_backward_input, linears_backward_params, rmsnorm_rstd, rmsnorm_apply, rmsnorm_grad, rope_rows, rotate, causal_attention, causal_attention_backward, sigmoid, swiglu_apply, swiglu_grad
 
 
 def linear_forward(x, weight, bias=None, lora: LoRA | None = None, drop=None):

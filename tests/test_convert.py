@@ -7,7 +7,7 @@ import pytest
 
 from conftest import needs_mlx
 from gguf_fixtures import write_tiny_gguf
-from mlxtune import npio
+from mlxtune.formats import safetensors as npio
 from mlxtune.convert import convert
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UsageError
 from mlxtune.models.hub import ModelSource
@@ -21,7 +21,7 @@ def _logits(path):
     import mlx.core as mx
     import mlx_lm
 
-    from mlxtune.backends.mlx import load_model
+    from mlxtune.backends.mlx.trainer import load_model
     from mlxtune.runtime import choose_compute
 
     mlx_lm.load(str(path))  # the layout is mlx-lm's

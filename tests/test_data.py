@@ -1,4 +1,4 @@
-"""mlxtune.data: reading, validating and splitting JSONL data sets."""
+"""mlxtune.data.records: reading, validating and splitting JSONL data sets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxtune.data import Dataset, Record, load_data, load_jsonl, split
+from mlxtune.data.records import Dataset, Record, load_data, load_jsonl, split
 from mlxtune.errors import ConfigError, DataError
-from mlxtune.formats import TEXT
+from mlxtune.data.formats import TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -214,7 +214,7 @@ def trained_runs(tok, tokens, mask) -> list[str]:
 
 
 def test_weight_zero_turn_is_not_in_the_loss_mask(tok):
-    from mlxtune.batching import encode
+    from mlxtune.data.batching import encode
 
     ex = encode(_chat(w1=0), "chat", tok, True, 512)
     assert trained_runs(tok, ex.tokens, ex.loss_mask) == ["Paris." + END]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlxtune.batching import encode, encode_dataset
+from mlxtune.data.batching import encode, encode_dataset
 from mlxtune.cli import cli
-from mlxtune.data import load_data
-from mlxtune.datacheck import check_data, check_splits
-from mlxtune.tokenizer import load_tokenizer
+from mlxtune.data.records import load_data
+from mlxtune.data.check import check_data, check_splits
+from mlxtune.models.tokenizer import load_tokenizer
 
 
 def write(path: Path, records) -> Path:

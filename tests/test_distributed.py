@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_mlx
-from mlxtune.distributed import World, launched, world_from_env
+from mlxtune.training.distributed import World, launched, world_from_env
 from mlxtune.errors import UsageError
 
 LAUNCH = Path(sys.executable).parent / "mlx.launch"
@@ -95,8 +95,8 @@ def test_a_process_with_other_data_is_named(tiny_model, small_data, tmp_path):
 @needs_mlx
 def test_killing_a_process_ends_the_other_with_a_clear_error(tiny_model, small_data, tmp_path):
     """kill -9 of rank 1 mid-run: rank 0 stops within seconds, saying so, and its last checkpoint loads."""
-    from mlxtune import npio
-    from mlxtune.train import latest_checkpoint
+    from mlxtune.formats import safetensors as npio
+    from mlxtune.training.train import latest_checkpoint
 
     run = tmp_path / "run"
     proc = _launch(2, ["lora", "--data", small_data, "--model", tiny_model, "--iters", 100000, "--batch-size", 2, "--save-every", 5, "--val-every", 1000000,
@@ -148,7 +148,7 @@ def test_ctrl_c_stops_all_processes_at_one_step_and_the_run_resumes_as_if_never_
     from click.testing import CliRunner
 
     from mlxtune.cli import cli
-    from mlxtune.train import latest_checkpoint
+    from mlxtune.training.train import latest_checkpoint
 
     common = ["--data", small_data, "--model", tiny_model, "--iters", 60, "--batch-size", 4, "--save-every", 10, "--val-every", 20, "--lr", "1e-3", "--no-report", "--backend", "numpy"]
     r = CliRunner().invoke(cli, ["lora", *map(str, common), "-o", str(tmp_path / "one")])

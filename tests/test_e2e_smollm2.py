@@ -113,7 +113,7 @@ def test_mlx_lm_loads_our_adapter(converted, trained, trained_on):
     import mlx.core as mx
     import mlx_lm
 
-    from mlxtune.backends.mlx import dequantize_model
+    from mlxtune.backends.mlx.trainer import dequantize_model
     from mlxtune.generate import load
 
     run_dir, _ = trained(trained_on)
@@ -155,9 +155,9 @@ def test_gguf_export_of_a_fused_run_reads_back(workdir, converted, trained, outt
     F16 0.033, Q8_0 0.73 (Q8_0 re-rounds weights that came from Q4_1 and were
     moved by the adapter); the next token agrees in both.
     """
-    from mlxtune.backends.numpy import load_adapters, load_model
-    from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
-    from mlxtune.gguf_import import read_gguf
+    from mlxtune.backends.numpy.trainer import load_adapters, load_model
+    from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
+    from mlxtune.formats.gguf import read_gguf
 
     run_dir, _ = trained("numpy")
     path = workdir / f"fused-{outtype}.gguf"
@@ -201,10 +201,10 @@ def test_sigint_on_smollm2_leaves_a_loadable_checkpoint(workdir, converted, sign
     import signal
     import time
 
-    from mlxtune.backends.numpy import NumpyTrainer
-    from mlxtune.config import TrainConfig
-    from mlxtune import npio
-    from mlxtune.train import latest_checkpoint
+    from mlxtune.backends.numpy.trainer import NumpyTrainer
+    from mlxtune.training.config import TrainConfig
+    from mlxtune.formats import safetensors as npio
+    from mlxtune.training.train import latest_checkpoint
 
     out = workdir / f"sigint-{signals}"
     proc = _start_lora(workdir, converted, out, save_every=100 if signals == 1 else 1)

@@ -16,7 +16,7 @@ from conftest import NOTES
 from tiny import make_tiny_model
 
 from mlxtune.cli import cli
-from mlxtune.data import load_data
+from mlxtune.data.records import load_data
 
 SEED = 3
 
@@ -108,7 +108,7 @@ def test_a_directory_is_scored_on_its_test_file(run, tmp_path):
 def test_samples_show_both_answers_without_a_recipe(run, model):
     """No recipe (task loss): the samples still carry the base's and the tuned model's greedy answers, at most --max-tokens long."""
     from mlxtune.evaluate import _prompt_and_reference, _prompt_ids
-    from mlxtune.formats import CHAT
+    from mlxtune.data.formats import CHAT
     from mlxtune.generate import complete, load
 
     run_dir, data = run

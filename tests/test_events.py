@@ -6,9 +6,9 @@ side only shows here, not as a printer's fallback line in front of a user.
 
 import dataclasses
 
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.events import PAYLOADS, Event, payload_problems
-from mlxtune.train import resume, train
+from mlxtune.training.train import resume, train
 
 
 def test_every_event_of_a_run_an_extension_and_a_start_from_an_adapter_has_its_declared_payload(tiny_model, small_data, tmp_path):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlxtune import npio
-from mlxtune.backends.numpy import load_adapters, load_model
+from mlxtune.formats import safetensors as npio
+from mlxtune.backends.numpy.trainer import load_adapters, load_model
 from mlxtune.cli import cli
 from mlxtune.convert import convert
 from mlxtune.errors import OutputExistsError
-from mlxtune.export_hf import export_hf
-from mlxtune.gguf_import import read_gguf
+from mlxtune.export.hf import export_hf
+from mlxtune.formats.gguf import read_gguf
 from tolerances import TINY_LOGITS, scaled_diff
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
@@ -89,7 +89,7 @@ def test_export_gguf_of_a_run_is_the_fused_model(tiny_model, trained_run, tmp_pa
     assert "GGUF F32" in out and (tmp_path / "tuned.Modelfile").exists()
     assert not list(tmp_path.glob(".mlxtune-export-*")), "the temporary fused model is removed"
     g = read_gguf(tmp_path / "tuned.gguf", dense=True)
-    from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+    from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 
     from_gguf = NumpyLlama(ModelConfig.from_dict(g.config), {k: np.asarray(v, dtype=np.float32) for k, v in g.weights.items()})
     ours = load_model(tiny_model)[0]

@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-import mlxtune.export_gguf as export_mod
+import mlxtune.export.gguf as export_mod
 from gguf_fixtures import HEADS, KV_HEADS, SAMPLES, llama3_rope_factors, permute, tiny_spm_model, write_spm_gguf
-from mlxtune import npio
-from mlxtune.backends.numpy import load_model
-from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+from mlxtune.formats import safetensors as npio
+from mlxtune.backends.numpy.trainer import load_model
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UnsupportedModelError, UsageError
-from mlxtune.export_gguf import export_gguf
-from mlxtune.export_gguf_tokenizer import CHKTXT
-from mlxtune.gguf_import import read_gguf, read_header
-from mlxtune.gguf_tokenizer import build_tokenizer
+from mlxtune.export.gguf import export_gguf
+from mlxtune.export.gguf_tokenizer import CHKTXT
+from mlxtune.formats.gguf import read_gguf, read_header
+from mlxtune.formats.gguf_tokenizer import build_tokenizer
 from mlxtune.models.hub import smollm2_gguf
 from tiny import CHATML, make_tiny_model
 from tolerances import scaled_diff
@@ -529,8 +529,8 @@ def test_llama_cpp_runs_the_export(smollm2_f32, tmp_path, outtype, atol):
     position, but greedy decoding parts at a near tie on the first answer token.
     """
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python: builds llama.cpp, ~8 minutes on 2 cores)")
-    from mlxtune.backends.numpy import generate_tokens, load_model
-    from mlxtune.tokenizer import load_tokenizer
+    from mlxtune.backends.numpy.trainer import generate_tokens, load_model
+    from mlxtune.models.tokenizer import load_tokenizer
 
     path = export_gguf(smollm2_f32, tmp_path / "smol.gguf", outtype=outtype).path
     tok = load_tokenizer(smollm2_f32)

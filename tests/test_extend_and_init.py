@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlxtune import npio
+from mlxtune.formats import safetensors as npio
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
-from mlxtune.train import TrainingInterrupted, learning_rate_at, train
+from mlxtune.training.config import TrainConfig
+from mlxtune.training.train import TrainingInterrupted, learning_rate_at, train
 
 from tiny import make_tiny_model
 
@@ -97,7 +97,7 @@ def test_an_extension_stopped_and_resumed_equals_the_extension_straight(tiny_mod
         _train(tiny_model, small_data, tmp_path / name, "numpy", "--iters", 6, "--dropout", 0.1)
     assert run("lora", "--resume", tmp_path / "straight", "--iters", 12).exit_code == 0
 
-    from mlxtune.train import resume
+    from mlxtune.training.train import resume
 
     def stop_at_9(event):
         if event.kind == "step" and event.data["step"] == 9:
@@ -160,7 +160,7 @@ def test_an_extension_refuses_other_settings_other_data_and_two_totals(tiny_mode
 
 
 def test_the_schedule_of_an_early_stopped_run_gets_a_new_cycle_from_where_it_stopped():
-    from mlxtune.schedule import Schedule
+    from mlxtune.training.schedule import Schedule
 
     cfg = TrainConfig(learning_rate=1e-3, warmup=2)
     first = Schedule.of(cfg, 10, {"step": 6, "total": 10})  # a checkpoint written before there were cycles

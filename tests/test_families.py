@@ -50,7 +50,7 @@ def test_family_for_names_the_known_ones():
 
 def test_numpy_families_have_the_layout_the_numpy_model_computes():
     """A family the numpy backend claims must have the llama layout it computes, and GGUF names for each of its tensors."""
-    from mlxtune.backends.numpy_model import LINEAR_KEYS
+    from mlxtune.backends.numpy.model import LINEAR_KEYS
 
     for family in families.FAMILIES:
         if family.numpy:

@@ -1,6 +1,6 @@
 """Issue 13, item 1: every data format trains, reports and evaluates through the CLI.
 
-The formats are one class each (``mlxtune.formats``); the run report and
+The formats are one class each (``mlxtune.data.formats``); the run report and
 ``eval`` ask the format for a record's prompt and reference. Prompt/completion
 data used to crash both (``KeyError: 'text'``: the format was "completion" in
 data.py and "completions" in evaluate.py).
@@ -84,7 +84,7 @@ def test_lora_then_report_then_eval_on_every_format(tmp_path, tiny_model, name):
 
 
 def test_every_format_is_tested_through_the_cli():
-    from mlxtune import formats
+    from mlxtune.data import formats
 
     assert FORMAT_NAMES == [f.name for f in formats.FORMATS]
 
@@ -105,7 +105,7 @@ def test_no_module_but_formats_compares_format_names():
 
 
 def test_a_format_is_found_by_its_name_and_detects_its_records():
-    from mlxtune import formats
+    from mlxtune.data import formats
 
     for fmt in formats.FORMATS:
         assert formats.get(fmt.name) is fmt and formats.get(fmt) is fmt
@@ -115,7 +115,7 @@ def test_a_format_is_found_by_its_name_and_detects_its_records():
 
 
 def test_prompt_and_reference_of_each_format():
-    from mlxtune import formats
+    from mlxtune.data import formats
 
     assert formats.COMPLETION.prompt_and_reference({"prompt": "p", "completion": "c"}) == ("p", "c")
     assert formats.TEXT.prompt_and_reference({"text": "t"}) == ("t", "")
@@ -140,7 +140,7 @@ def test_eval_on_a_data_file_of_another_format_than_the_run(tmp_path, tiny_model
 @pytest.mark.e2e
 def test_smollm2_every_format_lora_report_eval(tmp_path):
     """On the real SmolLM2 (bundled GGUF): lora, the report, and eval on text, prompt/completion and chat data."""
-    from mlxtune import formats
+    from mlxtune.data import formats
     from mlxtune.models.hub import smollm2_gguf
 
     gguf = smollm2_gguf()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gguf_fixtures import write_tiny_gguf
-from mlxtune.gguf_import import read_gguf
+from mlxtune.formats.gguf import read_gguf
 
 
 def _expected(x: np.ndarray, type_name: str) -> np.ndarray:
@@ -33,7 +33,7 @@ def test_dense_import_equals_llama_cpp_dequantization(tmp_path, arch):
 
 
 def test_dense_directory_loads_with_numpy_alone(tmp_path):
-    from mlxtune import npio
+    from mlxtune.formats import safetensors as npio
     from mlxtune.models.source import write_gguf_dir
 
     g = write_tiny_gguf(tmp_path / "m.gguf")

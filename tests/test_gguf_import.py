@@ -15,7 +15,7 @@ from gguf_fixtures import (
 mx = pytest.importorskip("mlx.core", reason="these tests read GGUF through mx.load; test_gguf_dense.py covers the numpy path")
 
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
-from mlxtune.gguf_import import SUPPORTED_TYPES, read_gguf
+from mlxtune.formats.gguf import SUPPORTED_TYPES, read_gguf
 
 QT = gguf.GGMLQuantizationType
 BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}

@@ -12,9 +12,9 @@ from gguf_fixtures import (
     SAMPLES, load_mlx_lm, smollm2_gguf, tiny_spm_model, write_model_dir, write_spm_gguf, write_tiny_gguf,
 )
 from mlxtune.errors import ModelFormatError, UnsupportedModelError
-from mlxtune.gguf_import import read_gguf, read_header
-from mlxtune.gguf_tokenizer import build_tokenizer
-from mlxtune.tokenizer import load_tokenizer
+from mlxtune.formats.gguf import read_gguf, read_header
+from mlxtune.formats.gguf_tokenizer import build_tokenizer
+from mlxtune.models.tokenizer import load_tokenizer
 from tiny import CHATML, make_tokenizer
 
 

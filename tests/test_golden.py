@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from make_golden import SETTINGS, run_steps, train_config, write_model_dir
-from mlxtune import npio
+from mlxtune.formats import safetensors as npio
 from tolerances import GRADS, LOSS, TEN_STEPS, TINY_LOGITS, grad_diff, scaled_diff
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -29,7 +29,7 @@ def golden():
 
 
 def _numpy_forward(inputs):
-    from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+    from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 
     model = NumpyLlama(ModelConfig.from_dict(inputs["config"]), inputs["weights"])
     model.add_lora(-1, inputs["keys"], SETTINGS["rank"], SETTINGS["alpha"] / SETTINGS["rank"], np.random.default_rng(0))
@@ -44,8 +44,8 @@ def _mlx_forward(inputs, tmp_path):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlxtune.backends.mlx import load_model, loss_fn
-    from mlxtune.lora import apply_adapters, trainable_only
+    from mlxtune.backends.mlx.trainer import load_model, loss_fn
+    from mlxtune.backends.mlx.lora import apply_adapters, trainable_only
 
     model, _ = load_model(write_model_dir(inputs, tmp_path / "m"))
     apply_adapters(model, -1, inputs["keys"], SETTINGS["rank"], SETTINGS["alpha"] / SETTINGS["rank"])

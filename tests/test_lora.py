@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlxtune.backends.mlx import load_model
+from mlxtune.backends.mlx.trainer import load_model
 from mlxtune.errors import AdapterError, ConfigError
-from mlxtune.lora import (
+from mlxtune.backends.mlx.lora import (
     DoRALinear,
     LoRALinear,
     adapter_config,

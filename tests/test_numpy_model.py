@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from mlxtune import npio
-from mlxtune.backends import numpy_model
-from mlxtune.backends import numpy_ops as ops
-from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model
+from mlxtune.formats import safetensors as npio
+from mlxtune.backends.numpy import model as numpy_model
+from mlxtune.backends.numpy import ops
+from mlxtune.backends.numpy.model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model
 from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
 from mlxtune.models.layout import expected_shapes
 import numpy_ops_ref as ref
@@ -351,7 +351,7 @@ def test_activation_plan_counts_what_a_block_keeps():
 
 def test_head_in_chunks_equals_one_chunk(monkeypatch):
     """The loss head computes a few rows of logits at a time; the result does not depend on how many."""
-    from mlxtune.backends import numpy_model
+    from mlxtune.backends.numpy import model as numpy_model
 
     model = small_model()
     inputs, targets, mask = batch()
@@ -531,12 +531,12 @@ def test_llama3_rope_frequencies():
 
 
 def test_numpy_backend_does_not_import_mlx():
-    code = "import sys, mlxtune.backends.numpy_model; sys.exit(any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules))"
+    code = "import sys, mlxtune.backends.numpy.model; sys.exit(any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_trainer_activation_budget():
-    from mlxtune.backends.numpy import ACTIVATION_FLOOR, activation_budget
+    from mlxtune.backends.numpy.trainer import ACTIVATION_FLOOR, activation_budget
     from mlxtune.errors import UsageError
 
     assert activation_budget(538_000_000) == int(0.8 * 538_000_000)  # SmolLM2-135M in float32

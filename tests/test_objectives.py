@@ -1,4 +1,4 @@
-"""The training objective as a plug-in (mlxtune/objectives.py).
+"""The training objective as a plug-in (mlxtune/training/objectives.py).
 
 A sequence-level loss, written against the objective protocol only, trains on
 both backends with no change to them: its gradients match finite differences
@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import needs_mlx
-from mlxtune import objectives
+from mlxtune.training import objectives
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from test_numpy_model import batch, numerical_grad, rel_err, small_model
 from tolerances import GRAD_CHECK, GRADS, LOSS, grad_diff, scaled_diff
 
@@ -96,7 +96,7 @@ def test_a_sequence_objective_agrees_across_backends(tiny_model):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlxtune.backends.mlx import loss_fn
+    from mlxtune.backends.mlx.trainer import loss_fn
     from test_parity import adapted_pair, tiny_batch
 
     objective = SequenceMargin()

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from mlxtune import fsutil
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
-from mlxtune.train import TrainingInterrupted, train
+from mlxtune.training.config import TrainConfig
+from mlxtune.training.train import TrainingInterrupted, train
 
 from gguf_fixtures import write_tiny_gguf
 

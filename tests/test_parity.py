@@ -16,12 +16,12 @@ mx = pytest.importorskip("mlx.core")
 import mlx.nn as nn  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
-from mlxtune.backends import numpy_ops as ops  # noqa: E402
-from mlxtune.backends.mlx import load_model as load_mlx_model  # noqa: E402
-from mlxtune.backends.mlx import load_tokenizer, loss_fn  # noqa: E402
-from mlxtune.backends.numpy_model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model  # noqa: E402
+from mlxtune.backends.numpy import ops  # noqa: E402
+from mlxtune.backends.mlx.trainer import load_model as load_mlx_model  # noqa: E402
+from mlxtune.backends.mlx.trainer import load_tokenizer, loss_fn  # noqa: E402
+from mlxtune.backends.numpy.model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model  # noqa: E402
 from mlxtune.models.hub import smollm2_gguf  # noqa: E402
-from mlxtune.lora import apply_adapters, trainable_only  # noqa: E402
+from mlxtune.backends.mlx.lora import apply_adapters, trainable_only  # noqa: E402
 import numpy_ops_ref as ref  # noqa: E402
 from tiny import make_tiny_model, tiny_config  # noqa: E402
 from tolerances import GRADS, LOSS, MLX_CE_GRADS, MLX_CE_LOSS, OP, ROPE, SMOL_GRADS, SMOL_LOGITS, SMOL_LOSS, TINY_LOGITS, grad_diff, scaled_diff  # noqa: E402
@@ -268,7 +268,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 def smollm2_batch(model_dir: Path, n_records: int = 4, max_seq_len: int = 256):
     from transformers import AutoTokenizer
 
-    from mlxtune.batching import encode_dataset, make_batch
+    from mlxtune.data.batching import encode_dataset, make_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(line) for line in NOTES.read_text().splitlines()[:n_records]]
@@ -318,8 +318,8 @@ def test_smollm2_ten_adamw_steps_agree(smollm2_dir):
     """Both trainers, the same starting adapter and batches: the loss curves agree step by step."""
     from make_golden import _Batch
     from mlxtune.backends import open_trainer
-    from mlxtune.config import TrainConfig
-    from mlxtune.train import learning_rate_at
+    from mlxtune.training.config import TrainConfig
+    from mlxtune.training.train import learning_rate_at
     from tolerances import SMOL_TEN_STEPS
 
     batches = [smollm2_batch(smollm2_dir, n_records=2, max_seq_len=160)]

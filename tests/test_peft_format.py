@@ -14,12 +14,12 @@ import json
 import numpy as np
 import pytest
 
-from mlxtune import npio
-from mlxtune.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
-from mlxtune.backends import numpy as npb
-from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+from mlxtune.formats import safetensors as npio
+from mlxtune.formats.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
+from mlxtune.backends.numpy import trainer as npb
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 from mlxtune.errors import AdapterError, OutputExistsError
-from mlxtune.peft_format import PEFT_CONFIG, PEFT_WEIGHTS, as_mlx_adapter, convert_peft_to_mlx, export_peft, import_peft, is_peft_adapter
+from mlxtune.formats.peft import PEFT_CONFIG, PEFT_WEIGHTS, as_mlx_adapter, convert_peft_to_mlx, export_peft, import_peft, is_peft_adapter
 from conftest import needs_mlx
 from tolerances import TINY_LOGITS, scaled_diff
 

@@ -19,11 +19,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlxtune import memory, plan, runtime
-from mlxtune.backends.numpy import AdamW, activation_budget, clip_by_global_norm
-from mlxtune.backends.numpy_model import ModelConfig, NumpyLlama
+from mlxtune import runtime
+
+from mlxtune.training import memory
+
+from mlxtune.training import plan
+from mlxtune.backends.numpy.trainer import AdamW, activation_budget, clip_by_global_norm
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.models.hub import smollm2_gguf
 from mlxtune.runtime import MemoryLimit, cgroup_memory_files, choose_available_memory
 from tiny import tiny_config, tiny_weights

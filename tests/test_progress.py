@@ -13,7 +13,7 @@ from mlxtune import runtime
 from mlxtune.cli import progress
 from mlxtune.cli import cli
 from mlxtune.cli.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
-from mlxtune.train import Event, TrainResult
+from mlxtune.training.train import Event, TrainResult
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mlxtune import recipes
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from mlxtune.cli import cli
 from mlxtune.plot import COLORS, encode_png, line_chart, nice_ticks
-from mlxtune.checkpoint import read_metrics
+from mlxtune.training.checkpoint import read_metrics
 from mlxtune.report import PNG_SIZE, loss_curves
 
 

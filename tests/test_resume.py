@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.errors import DataError, UsageError
-from mlxtune.train import TrainingInterrupted, latest_checkpoint, resume, train
+from mlxtune.training.train import TrainingInterrupted, latest_checkpoint, resume, train
 
 
 
@@ -64,7 +64,7 @@ def test_interrupt_and_resume_equals_the_straight_run(tiny_model, small_data, tm
     # validation, best/ and the final adapters agree too
     assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=max(tol, 1e-12))
     assert (resumed.best_step, _metrics(run)[0]["val_loss"]) == (straight.best_step, straight.initial_val_loss)
-    from mlxtune import npio
+    from mlxtune.formats import safetensors as npio
 
     wa, _ = npio.read_safetensors(tmp_path / "straight" / "adapters.safetensors")
     wb, _ = npio.read_safetensors(run / "adapters.safetensors")
@@ -93,7 +93,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tiny_model, s
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tiny_model, small_data, tmp_path, monkeypatch):
-    from mlxtune import npio
+    from mlxtune.formats import safetensors as npio
 
     run = tmp_path / "run"
     real = npio.write_safetensors
@@ -164,7 +164,7 @@ def test_resume_from_the_cli_rejects_new_settings(tiny_model, small_data, tmp_pa
 def test_accumulated_micro_batches_make_the_update_of_one_batch(tiny_model, tmp_path, backend):
     """Two micro-batches of 2 give the loss and update of one batch of 4 (token-weighted)."""
     from mlxtune.backends import open_trainer
-    from mlxtune.batching import make_batch, Example
+    from mlxtune.data.batching import make_batch, Example
 
     rng = np.random.default_rng(0)
     examples = [Example(rng.integers(3, 300, n).astype(np.int32), rng.random(n) < 0.7) for n in (40, 33, 21, 40)]
@@ -183,7 +183,7 @@ def test_accumulated_micro_batches_make_the_update_of_one_batch(tiny_model, tmp_
 
 def test_grad_checkpoint_changes_memory_not_results(tiny_model, backend):
     from mlxtune.backends import open_trainer
-    from mlxtune.batching import make_batch, Example
+    from mlxtune.data.batching import make_batch, Example
 
     rng = np.random.default_rng(1)
     batch = make_batch([Example(rng.integers(3, 300, 48).astype(np.int32), np.ones(48, bool)) for _ in range(3)])
@@ -201,7 +201,7 @@ def test_grad_checkpoint_changes_memory_not_results(tiny_model, backend):
 
 def test_optimizer_state_round_trips(tiny_model, backend):
     from mlxtune.backends import open_trainer
-    from mlxtune.batching import make_batch, Example
+    from mlxtune.data.batching import make_batch, Example
     from mlxtune.errors import AdapterError
 
     rng = np.random.default_rng(2)
@@ -224,7 +224,7 @@ def test_optimizer_state_round_trips(tiny_model, backend):
 def test_lora_fits_itself_into_memory_keeping_the_effective_batch(tiny_model, small_data, tmp_path, monkeypatch):
     """With less memory than batch 4 needs (checkpointing refused), --auto trains batch 2 x accumulation 2, and says so."""
     from mlxtune import runtime
-    from mlxtune.plan import MemoryPlanError
+    from mlxtune.training.plan import MemoryPlanError
 
     events = []
     monkeypatch.setattr(runtime, "available_memory", lambda: None)
@@ -253,7 +253,8 @@ def test_lora_fits_itself_into_memory_keeping_the_effective_batch(tiny_model, sm
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeping_the_last_good_checkpoint(tiny_model, small_data, tmp_path, monkeypatch):
-    from mlxtune import backends, npio
+    from mlxtune import backends
+    from mlxtune.formats import safetensors as npio
     from mlxtune.errors import MlxtuneError
 
     real_open = backends.open_trainer

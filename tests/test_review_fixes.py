@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
-from mlxtune.train import TrainingInterrupted, latest_checkpoint, resume, train
+from mlxtune.training.config import TrainConfig
+from mlxtune.training.train import TrainingInterrupted, latest_checkpoint, resume, train
 
 
 def run(*args):

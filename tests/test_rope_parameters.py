@@ -63,7 +63,7 @@ def transformers_logits(model_dir: Path) -> np.ndarray:
 
 
 def numpy_logits(model_dir: Path) -> np.ndarray:
-    from mlxtune.backends.numpy import load_model
+    from mlxtune.backends.numpy.trainer import load_model
 
     return load_model(model_dir)[0].forward(TOKENS)
 
@@ -80,7 +80,7 @@ def mlx_lm_logits(model_dir: Path) -> np.ndarray:
 def mlxtune_mlx_logits(model_dir: Path) -> np.ndarray:
     import mlx.core as mx
 
-    from mlxtune.backends.mlx import load_model
+    from mlxtune.backends.mlx.trainer import load_model
 
     model, _ = load_model(Path(model_dir))
     return np.array(model(mx.array(TOKENS)).astype(mx.float32))
@@ -187,7 +187,7 @@ def test_unknown_rope_type_is_refused_naming_file_and_field(llama32, tmp_path):
 
 
 def normalize_config(*args):
-    from mlxtune.model_config import normalize_config
+    from mlxtune.models.config import normalize_config
 
     return normalize_config(*args)
 
@@ -259,7 +259,7 @@ LLAMA32_REAL = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "
 @needs_torch
 def test_lora_on_the_hf_directory_then_fuse_keeps_the_rotary_settings(llama32, small_data, tmp_path):
     """lora straight on the transformers-5 directory, then fuse: the fused model is the base + adapter, rope included."""
-    from mlxtune.backends.numpy import load_adapters, load_model
+    from mlxtune.backends.numpy.trainer import load_adapters, load_model
 
     run("lora", "--data", small_data, "--model", llama32, "--iters", 2, "--lr", "1e-2", "--backend", "numpy", "-o", tmp_path / "run", "--no-report")
     run("fuse", "--adapter", tmp_path / "run", "-o", tmp_path / "fused", "--backend", "numpy", "--dtype", "float32")
@@ -289,7 +289,7 @@ def test_gguf_export_and_import_keep_llama3_scaling(tmp_path):
     src = save_with_transformers(tmp_path / "llama32", LLAMA32_REAL, max_position_embeddings=131072)
     reference = transformers_logits(src)
     run("export", "-f", "gguf", "--model", src, "-o", tmp_path / "m.gguf", "--outtype", "f32")
-    from mlxtune.gguf_import import read_gguf
+    from mlxtune.formats.gguf import read_gguf
 
     g = read_gguf(tmp_path / "m.gguf", dense=True)
     assert g.config["rope_theta"] == 500000.0

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlxtune.cli import cli
-from mlxtune.runlock import LOCK_NAME, RunLock, RunLockedError
-from mlxtune.train import latest_checkpoint
+from mlxtune.training.runlock import LOCK_NAME, RunLock, RunLockedError
+from mlxtune.training.train import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,8 +120,8 @@ def test_the_lock_is_released_however_the_run_ends_and_held_while_the_report_is_
     r = CliRunner().invoke(cli, ["lora", "--data", str(bad), "--model", str(tiny_model), "-o", str(tmp_path / "never")])
     assert r.exit_code == 1 and not (tmp_path / "never").exists()
     # Ctrl-C before the first step: the run directory stays (as before), the lock goes
-    from mlxtune.config import TrainConfig
-    from mlxtune.train import TrainingInterrupted, train
+    from mlxtune.training.config import TrainConfig
+    from mlxtune.training.train import TrainingInterrupted, train
 
     stopped = tmp_path / "stopped"
     with pytest.raises(TrainingInterrupted):

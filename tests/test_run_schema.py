@@ -1,4 +1,4 @@
-"""The run directory's adapter_config.json, typed (mlxtune/run_schema.py).
+"""The run directory's adapter_config.json, typed (mlxtune/training/run_schema.py).
 
 What mlxtune writes reads back into typed records and is written again byte
 for byte; files of older versions, of mlx-lm or converted from PEFT read too,
@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.errors import AdapterError
-from mlxtune.run_schema import BaseModel, Best, RunConfig, RunSettings
-from mlxtune.train import resume, train
+from mlxtune.training.run_schema import BaseModel, Best, RunConfig, RunSettings
+from mlxtune.training.train import resume, train
 
 
 def test_the_settings_record_has_every_train_config_field_in_order():

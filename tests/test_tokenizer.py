@@ -1,4 +1,4 @@
-"""mlxtune.tokenizer: the tokenizer mlxtune loads is the one AutoTokenizer (and so mlx-lm) loads, without PyTorch."""
+"""mlxtune.models.tokenizer: the tokenizer mlxtune loads is the one AutoTokenizer (and so mlx-lm) loads, without PyTorch."""
 
 import importlib.util
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mlxtune.tokenizer import eos_token_ids, load_tokenizer
+from mlxtune.models.tokenizer import eos_token_ids, load_tokenizer
 
 TEXTS = ["Hello world", "  leading spaces\tand tabs\n\nnewlines", "ünïcödé 日本語 😀", "x=1; y = x**2  # code", "<|im_start|>user\nhi<|im_end|>"]
 
@@ -26,6 +26,6 @@ def test_same_as_auto_tokenizer(tiny_model):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="only meaningful where PyTorch is installed")
 def test_loading_a_tokenizer_does_not_import_torch(tiny_model):
-    code = f"import sys; from mlxtune.tokenizer import load_tokenizer; load_tokenizer({str(tiny_model)!r}); assert 'torch' not in sys.modules, 'torch imported'"
+    code = f"import sys; from mlxtune.models.tokenizer import load_tokenizer; load_tokenizer({str(tiny_model)!r}); assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.errors import OutputExistsError
-from mlxtune.train import learning_rate_at, train
+from mlxtune.training.train import learning_rate_at, train
 
 from conftest import needs_mlx
 
@@ -120,7 +120,8 @@ def test_learning_rate_schedule():
 
 def test_early_stopping_and_best_on_a_constructed_validation_curve(tiny_model, small_data, tmp_path, monkeypatch):
     """Validation losses 3.0 (before), 2.5, 2.0, 2.1, 2.2, 2.05, ...: with patience 3 the run stops at step 5, best/ holds step 2."""
-    from mlxtune import backends, npio
+    from mlxtune import backends
+    from mlxtune.formats import safetensors as npio
 
     curve = iter([3.0, 2.5, 2.0, 2.1, 2.2, 2.05, 1.0, 1.0])
     weights_at = {}

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 
 from conftest import needs_mlx
 from mlxtune.cli import cli
-from mlxtune.config import TrainConfig
+from mlxtune.training.config import TrainConfig
 from mlxtune.cli.progress import TrainPrinter, validation_line
-from mlxtune.runlock import LOCK_NAME
-from mlxtune.train import Event, TrainingInterrupted, latest_checkpoint, resume, train
+from mlxtune.training.runlock import LOCK_NAME
+from mlxtune.training.train import Event, TrainingInterrupted, latest_checkpoint, resume, train
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "data" / "notes.jsonl"

@@ -126,7 +126,7 @@ def tiny_weights(config: dict, seed: int = 0) -> dict:
 
 def make_tiny_model(out_dir: Path, seed: int = 0, dtype: str = "float32", **config_overrides) -> Path:
     """Write a random tiny llama-family model directory and return its path."""
-    from mlxtune import npio
+    from mlxtune.formats import safetensors as npio
 
     out_dir = Path(out_dir)
     vocab = make_tokenizer(out_dir)

@@ -44,7 +44,7 @@ GRADS = 1e-4
 SMOL_LOGITS = 1e-3
 SMOL_LOSS = 1e-5
 SMOL_GRADS = 3e-4
-# mlxtune.backends.mlx.loss_fn on CPU: mlx sums each 49152-wide softmax row in
+# mlxtune.backends.mlx.trainer.loss_fn on CPU: mlx sums each 49152-wide softmax row in
 # one running float32 sum, ~1e-4 short (numpy's pairwise sum agrees with
 # float64 to 1e-7), which biases the loss and shifts every gradient. Measured:
 # loss 5.9e-5, gradients median 1.5e-3, worst 1.4e-2. Harmless for training;

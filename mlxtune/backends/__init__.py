@@ -7,7 +7,7 @@ Both implement one small contract, with no shared implementation:
   ``evaluate(batch) -> (summed loss, n_tokens)``, ``adapter_weights()``,
   ``optimizer_state()`` and ``token_log_probs(batch)`` (B, T) as numpy arrays,
   plus ``num_layers``, ``keys``, ``n_trainable``, ``description`` and the
-  ``objective`` (``mlxtune.objectives``) whose loss ``step`` and ``evaluate`` compute;
+  ``objective`` (``mlxtune.training.objectives``) whose loss ``step`` and ``evaluate`` compute;
 * inference, evaluation loss and fusing: a ``base.Backend`` (``get(name)``),
   whose methods ``generate.py``, ``evaluate.py`` and ``fuse.py`` call after
   ``choose_backend`` / ``backend_for`` have chosen it.
@@ -106,11 +106,11 @@ def check_optimizer_state(names, state: dict) -> int:
 def get(name: str) -> Backend:
     """The inference, loss and fusing side of backend ``name`` ("mlx" or "numpy")."""
     if name == "mlx":
-        from .mlx_backend import MlxBackend
+        from .mlx.backend import MlxBackend
 
         return MlxBackend()
     if name == "numpy":
-        from .numpy_backend import NumpyBackend
+        from .numpy.backend import NumpyBackend
 
         return NumpyBackend()
     raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
@@ -119,9 +119,9 @@ def get(name: str) -> Backend:
 def open_trainer(backend: str, model_dir, cfg) -> Trainer:
     """The trainer of ``backend`` for ``model_dir`` under ``cfg`` (a TrainConfig)."""
     if backend == "mlx":
-        from .mlx import MlxTrainer
+        from .mlx.trainer import MlxTrainer
 
         return MlxTrainer(model_dir, cfg)
-    from .numpy import NumpyTrainer
+    from .numpy.trainer import NumpyTrainer
 
     return NumpyTrainer(model_dir, cfg)

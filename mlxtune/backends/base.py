@@ -31,7 +31,7 @@ class Trainer(Protocol):
     keys: list[str]
     n_trainable: int
     description: str
-    objective: Any  # an mlxtune.objectives.Objective
+    objective: Any  # an mlxtune.training.objectives.Objective
 
     def step(self, batch, lr: float) -> tuple[float, int]: ...
 

@@ -178,6 +178,6 @@ def export(fmt, adapter, model, output, name, outtype, dtype, base_model, offlin
         click.echo(f"note: {note}", err=True)
     click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")
     if r.extra is not None:
-        from ..model_card import ollama_name
+        from ..export.model_card import ollama_name
 
         click.echo(f"Ollama: {r.extra} (ollama create {ollama_name(r.name)} -f {r.extra})")

@@ -69,7 +69,7 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
     """
     from .progress import TrainPrinter
     from ..recipes import eval_for
-    from ..train import resume, train
+    from ..training.train import resume, train
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
@@ -109,7 +109,7 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
 
 def _train_config(recipe: str | None, config_file: str | None, options: dict):
     """lora's and plan's settings: the recipe's, then the YAML file's, then the flags given (``options``; None: not given)."""
-    from ..config import build, load_yaml
+    from ..training.config import build, load_yaml
     from ..recipes import load as load_recipe
 
     if options.get("target_modules"):
@@ -122,7 +122,7 @@ def _train_config(recipe: str | None, config_file: str | None, options: dict):
 
 def _file_settings(recipe: str | None, config_file: str | None) -> dict[str, str]:
     """The settings a recipe or a -c file sets (as _train_config reads them), each with where it is set."""
-    from ..config import load_yaml
+    from ..training.config import load_yaml
     from ..recipes import load as load_recipe
 
     keys = {k: f"recipe {recipe}" for k in load_recipe(recipe).train} if recipe else {}
@@ -186,7 +186,7 @@ def plan(config_file, recipe, as_json, **options) -> None:
     """
     import json
 
-    from ..plan import plan_for
+    from ..training.plan import plan_for
 
     p = plan_for(_train_config(recipe, config_file, options))
     if as_json:
@@ -234,9 +234,9 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
     """
     import json
 
-    from .. import formats
-    from ..config import TrainConfig
-    from ..datacheck import check
+    from ..data import formats
+    from ..training.config import TrainConfig
+    from ..data.check import check
 
     d = TrainConfig()
     r = check(

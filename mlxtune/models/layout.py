@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..model_config import normalize_config
+from .config import normalize_config
 from . import families
 
 

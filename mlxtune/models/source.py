@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..run_schema import BaseModel, RunConfig
+from ..training.run_schema import BaseModel, RunConfig
 from ..errors import AdapterError
 from ..fsutil import file_digest, mlxtune_home, staged_dir
 from .hub import ModelSource, resolve_model
@@ -100,12 +100,12 @@ def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) ->
     Quantized blocks stay quantized (MLX triplets) unless ``dense``, the default
     where mlx is not installed: then the weights are written as float32.
     """
-    from ..gguf_import import read_gguf
+    from ..formats.gguf import read_gguf
 
     g = read_gguf(gguf_path, dense=dense)
     out_dir.mkdir(parents=True, exist_ok=True)
     if all(isinstance(v, np.ndarray) for v in g.weights.values()):
-        from .. import npio
+        from ..formats import safetensors as npio
 
         npio.write_safetensors(out_dir / "model.safetensors", g.weights, metadata={"format": "mlx"})
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The linear layers of a llama-layout block that LoRA can target (block-relative names, as mlxtune.lora).
+# The linear layers of a llama-layout block that LoRA can target (block-relative names, as mlxtune.backends.mlx.lora).
 LLAMA_LINEAR_KEYS = (
     "mlp.down_proj",
     "mlp.gate_proj",

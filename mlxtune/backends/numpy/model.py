@@ -1,0 +1,498 @@
+"""The numpy reference model: a llama-family transformer with LoRA, forward and backward by hand.
+
+Two jobs. It is mlxtune's CPU training path (and the backend where mlx cannot
+be installed), and it is the oracle the mlx path is tested against (logits,
+loss, every LoRA gradient; see ``tests/test_parity.py``), as llm.c's reference
+checks its fast kernels. So it is written to be read: one function per block, a
+shape comment on each tensor line, each op a forward/backward pair in
+``numpy_ops``. Semantics are mlx-lm's
+``models/llama.py`` (mistral is the same model there) and ``models/qwen2.py``:
+
+    x = embed(tokens)
+    for each block:  x = x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))
+                     x = x + down(silu(gate(n2(x))) * up(n2(x)))
+    logits = norm(x) @ head.T            (head = embed_tokens.weight when tied)
+
+with RMSNorm, rotary embeddings as ``mlx_lm.models.rope_utils.initialize_rope``,
+causal grouped-query attention scaled by head_dim**-0.5, and LoRA updates
+``y += scale * (dropout(x) A) B`` on the chosen projections.
+
+Only LoRA parameters train. The backward pass therefore never forms a weight
+gradient of a frozen layer, only activation gradients through it, and stops at
+the first block that carries an adapter: nothing before it needs a gradient.
+
+Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
+
+* the output head is applied only to the positions that have a training
+  target, a few rows at a time, with its backward right behind its forward,
+  so (N, V) logits never exist (at V = 49152 they would be 0.2 GB per 1000 rows);
+* a block keeps for its backward only what matmuls produced (x, x2, q, k, v,
+  gate, up: 9C floats a row) and recomputes the cheap rest there: norm
+  outputs, the attention probabilities (from q, k and a log-sum-exp, a chunk
+  of query positions at a time), the attention output, the SwiGLU product;
+* past ``activation_budget``, blocks are checkpointed: they keep only their
+  two residual inputs (2C a row) and recompute q, k, v, gate and up.
+
+How config.json is read (per family) and which tensors the model has is
+``mlxtune.models.layout``; checking and stacking the weights, ``numpy_weights``;
+placing LoRA and its arrays, ``numpy_lora``.
+
+This module imports numpy (and mlxtune's error types, config reading and objectives) only; never mlx.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ModelFormatError
+from ...models.families.base import LLAMA_LINEAR_KEYS
+from ...models.layout import ModelConfig
+from ...training.objectives import CROSS_ENTROPY, Objective, TokenLogProbs
+from . import ops
+from .activations import block_bytes, checkpointed_blocks
+from .lora import LoRAMethods
+from .weights import GATE_UP, QKV, check_weights, stacked_weights
+
+# The linear layers of a block that LoRA can target (block-relative names, as mlxtune.backends.mlx.lora): the llama layout's.
+LINEAR_KEYS = LLAMA_LINEAR_KEYS
+# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
+_QKV, _O, _GATE_UP, _DOWN = QKV, ("self_attn.o_proj",), GATE_UP, ("mlp.down_proj",)
+_BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
+# Logits computed at a time by the loss head: (rows, V) of this many bytes.
+HEAD_CHUNK_BYTES = 32 * 2**20
+
+
+KV_CACHE_START = 256  # positions a cache has room for before it first grows
+
+
+class KVCache:
+    """Keys and values (after RoPE) of every block for the positions seen so far.
+
+    Each layer's keys and values live in a buffer with room to grow (doubling
+    when full), so a decoding step writes its one new position instead of
+    copying the whole cache.
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, capacity, D)
+        self.values: list[np.ndarray | None] = [None] * num_layers  # each (B, KVH, capacity, D)
+        self.offset = 0  # positions already cached
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append this step's k, v (B, KVH, T, D) to the layer's; return all (B, KVH, S, D) (views of the buffers)."""
+        start, T = self.offset, k.shape[2]
+        end = start + T
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or buf_k.shape[2] < end:
+            capacity = max(end, KV_CACHE_START, 0 if buf_k is None else 2 * buf_k.shape[2])
+            new_k = np.empty(k.shape[:2] + (capacity, k.shape[3]), dtype=k.dtype)
+            new_v = np.empty(new_k.shape, dtype=v.dtype)
+            if buf_k is not None:
+                new_k[:, :, :start], new_v[:, :, :start] = buf_k[:, :, :start], buf_v[:, :, :start]
+            buf_k, buf_v = self.keys[layer], self.values[layer] = new_k, new_v
+        buf_k[:, :, start:end], buf_v[:, :, start:end] = k, v
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+
+class NumpyLlama(LoRAMethods):
+    """A llama-family model in numpy with LoRA adapters (``numpy_lora``), a forward pass and a LoRA backward pass."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32, consume: bool = False):
+        """``consume``: take the arrays out of ``weights`` as they are stored (the dict ends up empty), so
+        that loading holds one copy of a tensor at a time rather than two copies of the model."""
+        cfg = self.config = config
+        self.dtype = np.dtype(dtype).type
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise ModelFormatError(f"num_attention_heads {cfg.num_attention_heads} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
+        expected = check_weights(cfg, weights)
+        self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
+        self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
+        self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
+        self.attn_scale = cfg.head_dim**-0.5
+        # Bytes of activations a training step may keep for its backward pass
+        # (see activation_plan); None keeps every block's.
+        self.activation_budget: int | None = None
+        self._scratch: dict[str, np.ndarray] = {}
+
+    # --------------------------------------------------------------- forward
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.num_hidden_layers)
+
+    def forward(self, inputs: np.ndarray, cache: KVCache | None = None, last_only: bool = False) -> np.ndarray:
+        """Logits (B, T, V) for token ids (B, T); with a cache, positions continue from cache.offset.
+
+        ``last_only``: only the last position's logits, (B, 1, V), which is
+        all decoding needs (the head is the widest matmul of a prompt).
+        """
+        inputs = self._check_tokens(inputs)
+        B, T = inputs.shape
+        offset = 0 if cache is None else cache.offset
+        rope = self._rope(offset, T)
+        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        for i in range(self.config.num_hidden_layers):
+            x, _ = self._block_forward(i, x, rope, kv=cache, offset=offset)
+        if cache is not None:
+            cache.offset += T
+        if last_only:
+            x, T = x[:, -1:], 1
+        x2 = x.reshape(B * T, -1)  # (N, C)
+        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
+        return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
+
+    def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
+        """(loss, n) of ``objective`` over ``arrays`` (its ``arrays(batch)``; cross-entropy: the mask)."""
+        return objective.numpy_loss(self.token_log_probs(inputs, targets, objective.scored(*arrays)), *arrays)
+
+    def token_log_probs(self, inputs, targets, scored) -> TokenLogProbs:
+        """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
+        inputs = self._check_tokens(inputs)
+        rope = self._rope(0, inputs.shape[1])
+        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        for i in range(self.config.num_hidden_layers):
+            x, _ = self._block_forward(i, x, rope)
+        return self._head(x, np.asarray(targets), scored, None)[0]
+
+    def loss_and_grads(self, inputs, targets, *arrays, rng: np.random.Generator | None = None, objective: Objective = CROSS_ENTROPY) -> tuple[float, float, dict[str, np.ndarray]]:
+        """(loss, n, gradients of the loss w.r.t. every lora_params() tensor) of ``objective`` over ``arrays``.
+
+        Dropout is applied to the LoRA inputs only when an adapter has
+        dropout > 0 and ``rng`` is given. Which blocks keep what their
+        backward needs and which are checkpointed (keep their inputs and
+        recompute the rest there) is ``activation_plan``'s decision.
+        """
+        inputs = self._check_tokens(inputs)
+        B, T = inputs.shape
+        n_blocks = self.config.num_hidden_layers
+        first = self._first_adapted()
+        _, n_checkpointed = self.activation_plan(B, T)
+        dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
+        rope = self._rope(0, T)
+        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        saved: list[_Saved] = []
+        for i in range(n_blocks):
+            if i < first:  # blocks before the first adapter need no backward pass
+                x, _ = self._block_forward(i, x, rope)
+                continue
+            snapshot = copy.deepcopy(rng) if dropout else None  # replays this block's dropout masks in the backward
+            drops = self._dropout_masks(i, B * T, rng) if dropout else {}
+            x, s = self._block_forward(i, x, rope, drops=drops, save="inputs" if i - first < n_checkpointed else "all")
+            s.rng = snapshot
+            saved.append(s)
+            del drops
+        targets, scored = np.asarray(targets), objective.scored(*arrays)
+        dlogp = objective.token_grad(self.dtype, *arrays)
+        if dlogp is None:  # the gradient depends on the log-probabilities: a first pass computes them
+            dlogp = objective.numpy_grad(self._head(x, targets, scored, None)[0], *arrays)
+        logp, dx = self._head(x, targets, scored, dlogp)
+        loss, n = objective.numpy_loss(logp, *arrays)
+        del x
+        grads: dict[str, np.ndarray] = {}
+        for i in reversed(range(first, n_blocks)):
+            s = saved.pop()
+            drops = self._dropout_masks(i, B * T, s.rng) if s.rng is not None else {}
+            if s.gu is None:  # checkpointed
+                self._recompute(i, s, rope, drops)
+            dx = self._block_backward(i, dx, s, rope, drops, grads)
+            del s, drops
+        return loss, n, {k: grads[k] for k in self.lora_params()}
+
+    # ------------------------------------------------------- activation memory
+
+    def saved_bytes_per_block(self, rows: int) -> tuple[int, int]:
+        """(bytes a block keeps for its backward, bytes a checkpointed block keeps) for ``rows`` = B * T.
+
+        Kept: the block input x and the residual after attention x2 (C
+        each), two norm scales, the attention's log-sum-exp per head (H),
+        and, unless checkpointed, rotated q, k and v (H*D + 2*KVH*D) and the
+        gate and up projections (2F). Everything else (norm outputs, attention
+        probabilities and output, the SwiGLU product) is recomputed in the
+        backward from these; a checkpointed block recomputes q, k, v, gate
+        and up too (two of its four matmuls).
+        """
+        cfg = self.config
+        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows, np.dtype(self.dtype).itemsize)
+
+    def activation_plan(self, B: int, T: int) -> tuple[int, int]:
+        """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.
+
+        With ``activation_budget`` (bytes) set, the fewest blocks are
+        checkpointed that bring the activations kept across the step within
+        it; each checkpointed block keeps about a fifth of the bytes and costs
+        one more pass through its q, k, v, gate and up projections (about 1%
+        of a step for SmolLM2-135M). None: keep all.
+        """
+        n = self.config.num_hidden_layers - self._first_adapted()
+        k = checkpointed_blocks(n, *self.saved_bytes_per_block(B * T), self.activation_budget)
+        return n - k, k
+
+    # ------------------------------------------------------------- internals
+
+    def _first_adapted(self) -> int:
+        """The first block with an adapter (the number of blocks if none)."""
+        return min((int(name.split(".")[2]) for name in self.adapters), default=self.config.num_hidden_layers)
+
+    def _check_tokens(self, inputs) -> np.ndarray:
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
+            raise ValueError(f"inputs must be (B, T) integer token ids, not {inputs.dtype} {inputs.shape}")
+        if inputs.size and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), found {inputs.min()}..{inputs.max()}")
+        return inputs
+
+    def _rope(self, offset: int, T: int) -> tuple[np.ndarray, ...]:
+        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by head_dim**-0.5, then of k.
+
+        Folding the attention scale into q's rotation costs nothing and
+        leaves the scores as they are (the scale is a power of two for the
+        usual even exponents of the head size, so even rounding is unchanged).
+        """
+        cfg = self.config
+        positions = (offset + np.arange(T)) * self.position_scale  # (T,)
+        cos, sin = ops.rope_tables(positions, self.inv_freq, self.dtype)  # (T, D/2)
+        q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
+        k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
+        return (*q_rot, *k_rot)
+
+    def _head_weight(self) -> np.ndarray:
+        return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)
+
+    def _layers(self, i: int, group: tuple[str, ...], drops: dict) -> list[ops.Linear]:
+        """The linear layers ``group`` of block i (which read the same input), with their adapters and masks."""
+        p = f"model.layers.{i}."
+        return [ops.Linear(self.weights[p + k + ".weight"], self.weights.get(p + k + ".bias"), self.adapters.get(p + k), drops.get(k)) for k in group]
+
+    def _dropout_masks(self, i: int, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Block i's dropout masks for the LoRA inputs, drawn in a fixed order (so a saved rng replays them)."""
+        drops = {}
+        for key in _BLOCK_ORDER:
+            lora = self.adapters.get(f"model.layers.{i}.{key}")
+            if lora is not None and lora.dropout > 0:
+                in_dim = self.weights[f"model.layers.{i}.{key}.weight"].shape[1]
+                drops[key] = ops.dropout_mask((rows, in_dim), lora.dropout, rng, self.dtype)  # (N, in)
+        return drops
+
+    def _block_forward(self, i: int, x, rope, kv: KVCache | None = None, offset: int = 0, drops: dict | None = None, save: str | None = None):
+        """x + attention(norm(x)), then + mlp(norm(.)).  x: (B, T, C) -> (out (B, T, C), saved or None).
+
+        ``save="all"`` also returns what ``_block_backward`` needs (see
+        ``saved_bytes_per_block``); ``save="inputs"`` (a checkpointed block)
+        only the inputs of the two halves of the block, x and x2, and the
+        attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
+        """
+        cfg, w, p = self.config, self.weights, f"model.layers.{i}."
+        B, T, C = x.shape
+        eps, drops = cfg.rms_norm_eps, drops or {}
+        x2d = x.reshape(B * T, C)  # (N, C)
+        rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2d, rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, self._layers(i, _QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
+        del h
+        q, k, v = self._split_heads(qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2
+        del qkv
+        if kv is not None:
+            k, v = kv.update(i, k, v)  # (B, KVH, S, D)
+        att, lse = ops.causal_attention(q, k, v, offset)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
+        a = self._merge_heads(att, B, T)  # (N, H*D)
+        del att
+        x2 = ops.linears_forward(a, self._layers(i, _O, drops))  # (N, C): o
+        del a
+        x2 += x2d  # (N, C) the residual after attention, x + o
+        rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2, rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        gu = ops.linears_forward(h, self._layers(i, _GATE_UP, drops))  # (N, 2F): gate | up
+        del h
+        if save == "all":
+            saved = _Saved(x, rstd1, q, k, v, lse, x2, rstd2, gu)
+        elif save == "inputs":
+            saved = _Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2)
+        else:
+            saved = None
+        del q, k, v, lse
+        m = ops.swiglu_rows(gu)  # (N, F) silu(gate) * up
+        del gu
+        out = ops.linears_forward(m, self._layers(i, _DOWN, drops))  # (N, C): down
+        del m
+        out += x2  # (N, C) x2 + down
+        return out.reshape(B, T, C), saved
+
+    def _recompute(self, i: int, s: "_Saved", rope, drops: dict) -> None:
+        """Fill in what a checkpointed block did not keep: q, k, v and gate | up, from x and x2.
+
+        The attention itself is not recomputed here: its backward recomputes
+        the probabilities from q, k and the kept log-sum-exp anyway.
+        """
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = s.x.shape
+        layers = self._layers(i, _QKV, drops)
+        s.weights[_QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
+        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, layers, s.weights[_QKV])  # (N, (H + 2 KVH) D)
+        del h
+        s.q, s.k, s.v = self._split_heads(qkv, B, T, rope)
+        del qkv
+        layers = self._layers(i, _GATE_UP, drops)
+        s.weights[_GATE_UP] = ops.stacked_weight(layers)
+        h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        s.gu = ops.linears_forward(h, layers, s.weights[_GATE_UP])  # (N, 2F)
+
+    def _block_backward(self, i: int, dout, s: "_Saved", rope, drops: dict, grads: dict) -> np.ndarray:
+        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = dout.shape
+        dout = dout.reshape(B * T, C)  # (N, C)
+        # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
+        down = self._layers(i, _DOWN, drops)
+        dm = ops.linears_backward_input(dout, down)  # (N, F)
+        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
+        del dm
+        s.gu = None
+        self._collect(grads, p, _DOWN, ops.linears_backward_params(dout, m, down))
+        del m
+        gate_up = self._layers(i, _GATE_UP, drops)
+        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(_GATE_UP, None))  # (N, C)
+        norm2 = w[p + "post_attention_layernorm.weight"]
+        self._collect(grads, p, _GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
+        del dgu
+        dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
+        dx2 += dout  # d x2: through the norm and the residual
+        del dh
+        # attention branch: x2 = x + o(attn(q, k, v)), (q | k | v) = rope(qkv(n1(x)))
+        o_proj = self._layers(i, _O, drops)
+        da = ops.linears_backward_input(dx2, o_proj)  # (N, H*D)
+        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse)
+        del da
+        self._collect(grads, p, _O, ops.linears_backward_params(dx2, self._merge_heads(att, B, T), o_proj))
+        del att
+        dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
+        del dq, dk, dv
+        qkv = self._layers(i, _QKV, drops)
+        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(_QKV, None))  # (N, C)
+        norm1 = w[p + "input_layernorm.weight"]
+        x = s.x.reshape(B * T, C)
+        self._collect(grads, p, _QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
+        del dqkv
+        dx = ops.rmsnorm_grad(dh, x, s.rstd1, norm1)  # (N, C)
+        dx += dx2
+        return dx.reshape(B, T, C)
+
+    @staticmethod
+    def _collect(grads: dict, prefix: str, group: tuple[str, ...], layer_grads) -> None:
+        """Store each adapter's (dA, dB) under its parameter names."""
+        for key, g in zip(group, layer_grads):
+            if g is not None:
+                grads[prefix + key + ".lora_a"], grads[prefix + key + ".lora_b"] = g
+
+    def _split_heads(self, qkv, B: int, T: int, rope):
+        """q | k | v projections (N, (H + 2 KVH) D) -> rotated q (B, KVH, T*G, D), rotated k and v (B, KVH, T, D).
+
+        q's rows per key/value head are ordered (position, query head), the
+        layout of ``ops.causal_attention``, and q is scaled (see ``_rope``).
+        """
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        q_cos, q_sin, k_cos, k_sin = rope  # (T, H*D) x2, (T, KVH*D) x2
+        q = ops.rotate(qkv[:, : H * D].reshape(B, T, H * D), q_cos, q_sin, trad, D)  # (B, T, H*D)
+        q = np.ascontiguousarray(q.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+        k = ops.rotate(qkv[:, H * D : (H + KVH) * D].reshape(B, T, KVH * D), k_cos, k_sin, trad, D)  # (B, T, KVH*D)
+        k = np.ascontiguousarray(k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        v = np.ascontiguousarray(qkv[:, (H + KVH) * D :].reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        return q, k, v
+
+    def _merge_qkv_grads(self, dq, dk, dv, B: int, T: int, rope) -> np.ndarray:
+        """The inverse of ``_split_heads`` for gradients: -> d(q | k | v) (N, (H + 2 KVH) D), RoPE and scale undone."""
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        q_cos, q_sin, k_cos, k_sin = rope
+        dqkv = np.empty((B * T, (H + 2 * KVH) * D), dtype=dq.dtype)
+        dq = np.ascontiguousarray(dq.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, T, H * D)
+        ops.rotate(dq, q_cos, -q_sin, trad, D, out=_view(dqkv[:, : H * D], B, T, H * D))
+        dk = np.ascontiguousarray(dk.transpose(0, 2, 1, 3)).reshape(B, T, KVH * D)
+        ops.rotate(dk, k_cos, -k_sin, trad, D, out=_view(dqkv[:, H * D : (H + KVH) * D], B, T, KVH * D))
+        _view(dqkv[:, (H + KVH) * D :], B, T, KVH, D)[...] = dv.transpose(0, 2, 1, 3)
+        return dqkv
+
+    def _merge_heads(self, att, B: int, T: int) -> np.ndarray:
+        """Attention output (B, KVH, T*G, D) -> rows (N, H*D), heads in Hugging Face order."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(att.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B * T, KVH * G * D)
+
+    def _split_rows(self, a, B: int, T: int) -> np.ndarray:
+        """The inverse of ``_merge_heads``: (N, H*D) -> (B, KVH, T*G, D)."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(a.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+
+    def _head_rows(self) -> int:
+        """Rows of logits computed at a time: HEAD_CHUNK_BYTES of (rows, V) logits."""
+        return max(8, HEAD_CHUNK_BYTES // (self.config.vocab_size * np.dtype(self.dtype).itemsize) // 8 * 8)
+
+    def _head(self, x, targets, scored, dlogp):
+        """Final norm, head and target log-probabilities, a chunk of rows at a time; with ``dlogp``, d loss / d x too.
+
+        Only the rows ``scored`` (B, T) marks are computed: the others
+        contribute nothing to the loss or its gradient. ``dlogp`` (n,) is
+        d loss / d log p(target) of those rows (the objective's); the head is
+        the last op, so the gradient of each chunk is computed as soon as its
+        logits are and only d x (B, T, C) is kept: the (rows, V) logits never
+        exist for the whole batch. Returns (TokenLogProbs, d x or None).
+        """
+        B, T, C = x.shape
+        x2 = x.reshape(B * T, C)  # (N, C)
+        targets = targets.reshape(-1)
+        rows = np.flatnonzero(np.asarray(scored).reshape(-1))  # (n,)
+        logp = TokenLogProbs(rows, self.dtype)
+        head, norm, eps = self._head_weight(), self.weights["model.norm.weight"], self.config.rms_norm_eps
+        dx = np.zeros_like(x2) if dlogp is not None else None  # (N, C)
+        step = self._head_rows()
+        buffer = self._logits_buffer(min(step, len(rows)))
+        for start in range(0, len(rows), step):
+            idx = rows[start : start + step]  # (r,)
+            xs = x2[idx]  # (r, C)
+            rstd = ops.rmsnorm_rstd(xs, eps)  # (r, 1)
+            logits = np.matmul(ops.rmsnorm_apply(xs, rstd, norm), head.T, out=buffer[: len(idx)])  # (r, V)
+            lp, dlogits = ops.log_probs_fused(logits, targets[idx], None if dlogp is None else dlogp[start : start + step])
+            logp.chunks.append(lp)
+            if dx is not None:
+                dx[idx] = ops.rmsnorm_grad(dlogits @ head, xs, rstd, norm)  # (r, C)
+        return logp, None if dx is None else dx.reshape(B, T, C)
+
+    def _logits_buffer(self, rows: int) -> np.ndarray:
+        """A (rows, V) scratch array kept across steps (a fresh one of this size costs page faults every step)."""
+        buf = self._scratch.get("logits")
+        if buf is None or buf.shape[0] < rows:
+            buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
+        return buf
+
+
+class _Saved:
+    """What one block keeps for its backward pass (only x when checkpointed). Shapes as in ``_block_forward``."""
+
+    __slots__ = ("x", "rstd1", "q", "k", "v", "lse", "x2", "rstd2", "gu", "rng", "weights")
+
+    def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, rng=None):
+        self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
+        self.lse, self.x2, self.rstd2, self.gu, self.rng = lse, x2, rstd2, gu, rng  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F), rng or None
+        self.weights: dict = {}  # stacked weights a recomputation formed, for the backward
+
+
+def _view(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` reshaped without a copy (for writing through); fails loudly where numpy would copy."""
+    v = a.reshape(shape)
+    if not np.may_share_memory(v, a):
+        raise AssertionError(f"reshaping {a.shape} with strides {a.strides} to {shape} would copy")
+    return v
+
+
+def load_model(model_dir: str | Path, dtype=np.float32) -> NumpyLlama:
+    """A NumpyLlama from an MLX- or Hugging Face-layout directory (quantized weights dequantized)."""
+    from ...formats.safetensors import load_weights  # numpy only
+
+    config, weights = load_weights(model_dir)
+    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype)

@@ -1,0 +1,1 @@
+"""File formats mlxtune reads and writes: safetensors, GGUF, mlx-lm adapters, PEFT adapters."""

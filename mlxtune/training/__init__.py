@@ -1,0 +1,1 @@
+"""A training run: configuration, setup, the loop, objectives, checkpoints, the run directory, the memory plan."""

@@ -2,7 +2,8 @@
 
 Pure functions (and one small clock-driven class) so they can be tested
 without a terminal, and ``TrainPrinter``, which renders training events with
-them. Only ``mlxtune.cli`` creates a printer: library code reports events through
+them: one handler per kind of event, taking that kind's payload (``events``).
+Only ``mlxtune.cli`` creates a printer: library code reports events through
 a callback and never prints.
 """
 
@@ -15,11 +16,16 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import click
 
-from ..events import Event, StepData, ValidateData
+from ..events import (
+    DoneData, EarlyStopData, Event, EventHandlers, InitAdapterData, NoteData, PlanData, ResumeData, SaveData, StartData, StepData,
+    ValData, ValidateData,
+)
 
 PLAIN_INTERVAL = 10.0  # seconds: in a log, at most one step line this often (validation, first and last steps aside)
 BAR_MIN, BAR_MAX = 10, 30  # characters of the bar itself; below BAR_MIN fields are dropped, then the bar
@@ -55,22 +61,22 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
+def bar_line(d: StepData, width: int, last_val: float | None = None) -> str:
     """The progress line for a step event's data ``d``, at most ``width`` characters.
 
     ``[#####-----] 12/30  40%  loss 1.234  val 1.300  850 tok/s  elapsed 1m02s  ETA 1m33s``;
     a narrow terminal shrinks the bar, then drops tok/s, elapsed and val, then the bar,
     and finally cuts the text.
     """
-    step, total = d.get("step", 0), d.get("total") or 0
+    step, total = d["step"], d["total"]
     frac = min(max(step / total, 0.0), 1.0) if total else 1.0
     fields = {
         "count": f"{step}/{total} {frac:4.0%}",
-        "loss": f"loss {_num(d.get('loss'))}",
+        "loss": f"loss {_num(d['loss'])}",
         "val": f"val {_num(last_val)}" if last_val is not None else "",
-        "speed": f"{d['tokens_per_sec']:.0f} tok/s" if d.get("tokens_per_sec") is not None else "",
-        "elapsed": f"elapsed {fmt_duration(d.get('elapsed'))}",
-        "eta": f"ETA {fmt_duration(d.get('eta'))}",
+        "speed": f"{d['tokens_per_sec']:.0f} tok/s",
+        "elapsed": f"elapsed {fmt_duration(d['elapsed'])}",
+        "eta": f"ETA {fmt_duration(d['eta'])}",
     }
     width = max(width, 0)
     for n in range(len(DROP_ORDER) + 1):
@@ -83,7 +89,7 @@ def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
     return text[:width]
 
 
-def validation_line(d: dict) -> str | None:
+def validation_line(d: StartData | ResumeData) -> str | None:
     """What a run's validations cover, from a start or resume event's data ``d``: the line that says so before the first one.
 
     None when ``d`` does not say (an event from elsewhere).
@@ -92,26 +98,27 @@ def validation_line(d: dict) -> str | None:
         return None
     v = d["validation"]
     if v is None:
-        if not d.get("valid_examples"):
+        if not d["valid_examples"]:
             return "Validation: none (no validation records): no validation loss, no best/ adapters"
         return "Validation: none (--val-every 0): no validation loss, no best/ adapters, no early stopping"
-    when = ("before training, " if d.get("step") is None else "") + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
+    before = "before training, " if "step" not in d else ""  # a start validates before training, a resume does not
+    when = before + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
     if v["batches"] == v["of_batches"]:
         return f"Validation: {v['examples']} examples in {v['batches']} batches, {when}"
     return f"Validation: the first {v['batches']} of {v['of_batches']} batches ({v['examples']} of {v['of_examples']} examples; --val-batches), {when}"
 
 
-def validating_text(d: dict) -> str:
+def validating_text(d: ValidateData) -> str:
     """``validating at step 25: 3/8 batches, elapsed 0m12s, ETA 0m20s`` for a validate event's data ``d``."""
-    done, n = d.get("batch", 0), d.get("batches") or 0
-    eta = d["elapsed"] / done * (n - done) if done and d.get("elapsed") is not None else None
-    where = "before training" if d.get("step") == 0 else f"at step {d.get('step')}"
-    return f"validating {where}: {done}/{n} batches, elapsed {fmt_duration(d.get('elapsed'))}, ETA {fmt_duration(eta)}"
+    done, n = d["batch"], d["batches"]
+    eta = d["elapsed"] / done * (n - done) if done else None
+    where = "before training" if d["step"] == 0 else f"at step {d['step']}"
+    return f"validating {where}: {done}/{n} batches, elapsed {fmt_duration(d['elapsed'])}, ETA {fmt_duration(eta)}"
 
 
-def validating_bar(d: dict, width: int) -> str:
+def validating_bar(d: ValidateData, width: int) -> str:
     """The progress line of a validation, at most ``width`` characters: ``[####------] validating at step 25: 3/8 batches, ...``."""
-    done, n = d.get("batch", 0), d.get("batches") or 0
+    done, n = d["batch"], d["batches"]
     text = validating_text(d)
     room = max(width, 0) - len(text) - 3
     if room < BAR_MIN:
@@ -156,7 +163,7 @@ def _plain(x):
     return str(x)
 
 
-def event_record(kind: str, data: dict) -> dict:
+def event_record(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """``{"event": kind, ...data}``; the done event's result is spread into it (run_dir, steps, losses, ...)."""
     fields = dict(data)
     if kind == "done" and dataclasses.is_dataclass(fields.get("result")):
@@ -164,9 +171,28 @@ def event_record(kind: str, data: dict) -> dict:
     return {"event": kind} | {k: v for k, v in _plain(fields).items() if k != "event"}
 
 
-def json_line(kind: str, data: dict) -> str:
+def json_line(kind: str, data: Mapping[str, Any]) -> str:
     """One line of ``--json`` output; always valid JSON (``allow_nan=False`` guards the conversion)."""
     return json.dumps(event_record(kind, data), allow_nan=False)
+
+
+def generic_line(kind: str, data: Mapping[str, Any]) -> str:
+    """``kind: key=value, ...``: an event of a kind the printer does not know, or not shaped as its kind declares."""
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in data.items()) if data else kind
+
+
+def run_lines(d: StartData, how: list[str]) -> list[str]:
+    """What a start or resume event's data ``d`` says: data, model, compute, LoRA, then ``how`` the run goes, then its validations."""
+    keys = ", ".join(dict.fromkeys(k.rsplit(".", 1)[-1] for k in d["keys"]))
+    lines = [
+        f"Data: {d['data']}",
+        f"Model: {d['model']}",
+        f"Compute: {d['backend']} backend; {d['compute']}",
+        f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({keys})",
+        *how,
+    ]
+    validation = validation_line(d)
+    return lines if validation is None else lines + [validation]
 
 
 class TrainPrinter:
@@ -193,6 +219,12 @@ class TrainPrinter:
         self.val_since = 0.0  # when a log last had a line about the validation in progress
         self.drawn = False
         self.busy, self.pending = False, []
+        handlers: EventHandlers = {  # one per kind, each taking its kind's payload (a type checker holds them to it)
+            "plan": self._on_plan, "init_adapter": self._on_init_adapter, "note": self._on_note, "start": self._on_start,
+            "resume": self._on_resume, "validate": self._on_validate, "val": self._on_val, "step": self._on_step,
+            "save": self._on_save, "early_stop": self._on_early_stop, "done": self._on_done,
+        }
+        self.handlers = cast("Mapping[str, Callable[[Any], None]]", handlers)  # looked up by the kind an event brings at run time
 
     def __enter__(self) -> "TrainPrinter":
         return self
@@ -204,7 +236,7 @@ class TrainPrinter:
         if not self.as_json:
             self._say(line)
 
-    def json_event(self, kind: str, data: dict) -> None:
+    def json_event(self, kind: str, data: Mapping[str, Any]) -> None:
         if self.as_json:
             click.echo(json_line(kind, data), file=self.out)
 
@@ -221,66 +253,84 @@ class TrainPrinter:
             self.busy = False
 
     def _handle(self, event: Event) -> None:
+        """The handler of the event's kind renders it; a kind not known, or a payload shaped otherwise, gets a generic line."""
         kind, d = event.kind, event.data
         if self.as_json:
             return self.json_event(kind, d)
-        if kind in ("step", "val") and d.get("val_loss") is not None:
-            self.last_val = d["val_loss"]
-        if kind in ("step", "val"):
-            self.validating = None
-        if kind == "validate":
-            return self._validate(d)
-        if kind == "step":
-            return self._step(d)
-        if kind == "done":
-            return self._finish()
-        if kind == "note":
-            return self._say(f"note: {d.get('message')}", err=True)  # warnings: kept with --quiet
-        if self.quiet:
-            if kind == "plan" and (d.get("plan") or {}).get("verdict") not in ("fits", "unknown"):
-                for line in d.get("lines") or []:  # --auto changed the settings, or the run does not fit: a warning too
-                    self._say(line, err=True)
-            return
+        handler = self.handlers.get(kind)
+        if handler is None:  # kinds this printer does not know yet
+            return self._generic(kind, d)
+        shown = self.last_step, self.last_val, self.validating
         try:
-            lines = self._lines(kind, d)
-        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than expected must not stop training
-            lines = self._generic(kind, d)
-        for line in lines:
-            self._say(line)
+            handler(d)
+        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than declared must not stop training
+            self.last_step, self.last_val, self.validating = shown  # nor stay on the bar
+            self._generic(kind, d)
 
-    @staticmethod
-    def _generic(kind: str, d: dict) -> list[str]:
-        return [f"{kind}: " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else kind]
+    def _generic(self, kind: str, d: Mapping[str, Any]) -> None:
+        if not self.quiet:
+            self._say(generic_line(kind, d))
 
-    def _lines(self, kind: str, d: dict) -> list[str]:
-        if kind in ("start", "resume"):
-            return [line for line in (
-                f"Data: {d['data']}",
-                f"Model: {d['model']}",
-                f"Compute: {d['backend']} backend; {d['compute']}",
-                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(dict.fromkeys(k.rsplit('.', 1)[-1] for k in d['keys']))})",
-                f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
-                else f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}" if d.get("extended")
-                else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
-                f"Schedule: {d['schedule_change']}" if d.get("schedule_change") else None,
-                validation_line(d),
-            ) if line is not None]
-        if kind == "init_adapter":
-            return [d["message"]]
-        if kind == "val":
-            return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
-        if kind == "plan":
-            return list(d["lines"])
-        if kind == "save":
-            return [f"saved step {d['step']} -> {d['path']}"]
-        if kind == "early_stop":
-            return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
-        return self._generic(kind, d)  # kinds this printer does not know yet
+    # One handler per kind of event (the table in __init__): what it prints, and what it still prints with --quiet.
 
-    def _step(self, d: StepData) -> None:
-        validated = "val_loss" in d
+    def _on_plan(self, d: PlanData) -> None:
+        if not self.quiet:
+            self._say_all(d["lines"])
+        elif d["plan"]["verdict"] not in ("fits", "unknown"):  # --auto changed the settings, or the run does not fit: a warning too
+            self._say_all(d["lines"], err=True)
+
+    def _on_note(self, d: NoteData) -> None:
+        self._say(f"note: {d['message']}", err=True)  # warnings: kept with --quiet
+
+    def _on_init_adapter(self, d: InitAdapterData) -> None:
+        if not self.quiet:
+            self._say(d["message"])
+
+    def _on_start(self, d: StartData) -> None:
+        if not self.quiet:
+            self._say_all(run_lines(d, [f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}"]))
+
+    def _on_resume(self, d: ResumeData) -> None:
         if self.quiet:
             return
+        if d.get("extended"):
+            how = f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}"
+        else:
+            how = f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}"
+        schedule = d.get("schedule_change")
+        self._say_all(run_lines(d, [how] + ([f"Schedule: {schedule}"] if schedule else [])))
+
+    def _on_validate(self, d: ValidateData) -> None:
+        """A validation's progress: on a terminal, the bar; in a log, a line every PLAIN_INTERVAL seconds of a long one."""
+        if self.quiet:
+            return
+        if self.bar:
+            self.validating = d
+            return self._draw()
+        now = self.throttle.clock()
+        if d["batch"] == 0:
+            self.val_since = now
+        elif d["batch"] < d["batches"] and now - self.val_since >= self.throttle.interval:
+            self.val_since = now
+            self._say(validating_text(d))
+
+    def _on_val(self, d: ValData) -> None:
+        self.validating = None
+        val = d["val_loss"]
+        if val is None:
+            return
+        self.last_val = val
+        if not self.quiet:
+            self._say(f"step {d['step']:>5}  val loss {val:.3f}" + (" (before training)" if d["step"] == 0 else ""))
+
+    def _on_step(self, d: StepData) -> None:
+        val = d.get("val_loss")
+        if val is not None:
+            self.last_val = val
+        self.validating = None
+        if self.quiet:
+            return
+        validated = "val_loss" in d
         if self.bar:
             self.last_step = d
             if validated:
@@ -289,19 +339,19 @@ class TrainPrinter:
         elif self.throttle(d["step"], d["total"], validated):
             self._say(self._step_line(d))
 
-    def _validate(self, d: ValidateData) -> None:
-        """A validation's progress: on a terminal, the bar; in a log, a line every PLAIN_INTERVAL seconds of a long one."""
-        if self.quiet:
-            return
-        if self.bar:
-            self.validating = d
-            return self._draw()
-        now = self.throttle.clock()
-        if d.get("batch", 0) == 0:
-            self.val_since = now
-        elif d["batch"] < d.get("batches", 0) and now - self.val_since >= self.throttle.interval:
-            self.val_since = now
-            self._say(validating_text(d))
+    def _on_save(self, d: SaveData) -> None:
+        if not self.quiet:
+            self._say(f"saved step {d['step']} -> {d['path']}")
+
+    def _on_early_stop(self, d: EarlyStopData) -> None:
+        if not self.quiet:
+            self._say(
+                f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations "
+                f"(best: step {d['best_step']}, {d['best_val_loss']:.3f})"
+            )
+
+    def _on_done(self, d: DoneData) -> None:
+        self._finish()
 
     @staticmethod
     def _step_line(d: StepData) -> str:
@@ -310,6 +360,10 @@ class TrainPrinter:
             f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
             f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {fmt_bytes(d['peak_memory_bytes'])}  ETA {fmt_duration(d['eta'])}"
         )
+
+    def _say_all(self, lines: Iterable[str], err: bool = False) -> None:
+        for line in lines:
+            self._say(line, err=err)
 
     def _say(self, line: str, err: bool = False) -> None:
         """A permanent line: clear the bar, print, redraw the bar below it."""

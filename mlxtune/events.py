@@ -11,7 +11,7 @@ sends against them (``payload_problems``).
 """
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
@@ -143,7 +143,7 @@ class DoneData(TypedDict):
     result: Any  # loop.TrainResult (not imported: loop imports this module); --json spreads its fields into the line
 
 
-PAYLOADS: dict[str, type] = {
+PAYLOADS: dict[str, Any] = {  # kind -> its TypedDict class (which has no static type of its own)
     "plan": PlanData, "init_adapter": InitAdapterData, "note": NoteData, "start": StartData, "resume": ResumeData, "validate": ValidateData,
     "val": ValData, "step": StepData, "save": SaveData, "early_stop": EarlyStopData, "done": DoneData,
 }
@@ -211,7 +211,7 @@ class Event:
         def __init__(self, kind: Literal["done"], data: DoneData) -> None: ...
         @overload
         def __init__(self, kind: str, data: dict | None = None) -> None: ...
-        def __init__(self, kind: str, data: dict | None = None) -> None: ...
+        def __init__(self, kind: str, data: Mapping[str, Any] | None = None) -> None: ...  # a TypedDict is a Mapping, not a dict
 
 
 def payload_problems(event: Event) -> list[str]:

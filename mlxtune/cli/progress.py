@@ -144,7 +144,7 @@ class Throttle:
         return False
 
 
-def _plain(x):
+def _plain(x: Any) -> Any:
     """``x`` as JSON can hold it: paths as strings, NaN and infinities as null, dataclasses as objects."""
     if x is None or isinstance(x, (bool, int, str)):
         return x
@@ -218,7 +218,8 @@ class TrainPrinter:
         self.validating: ValidateData | None = None  # the validate event the bar shows, while a validation runs
         self.val_since = 0.0  # when a log last had a line about the validation in progress
         self.drawn = False
-        self.busy, self.pending = False, []
+        self.busy = False
+        self.pending: list[Event] = []  # events that came during a write (busy), printed after it
         handlers: EventHandlers = {  # one per kind, each taking its kind's payload (a type checker holds them to it)
             "plan": self._on_plan, "init_adapter": self._on_init_adapter, "note": self._on_note, "start": self._on_start,
             "resume": self._on_resume, "validate": self._on_validate, "val": self._on_val, "step": self._on_step,
@@ -355,7 +356,8 @@ class TrainPrinter:
 
     @staticmethod
     def _step_line(d: StepData) -> str:
-        val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
+        val_loss = d.get("val_loss")
+        val = f"  val {val_loss:.3f}" if val_loss is not None else ""
         return (
             f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
             f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {fmt_bytes(d['peak_memory_bytes'])}  ETA {fmt_duration(d['eta'])}"

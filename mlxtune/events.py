@@ -1,7 +1,7 @@
 """Progress events: what training reports to the CLI, one typed payload per kind.
 
 The training loop (``loop.py``, ``train.py``) sends ``Event``s; the CLI's
-printer (``progress.TrainPrinter``) renders them, or writes each as one JSON
+printer (``cli.printer.TrainPrinter``) renders them, or writes each as one JSON
 line with ``--json`` (``{"event": kind, ...data}``, the payload's keys in the
 order given here). The payloads stay plain dicts at run time, so that the JSON
 is the dict as sent; their keys and types are declared once, as a TypedDict
@@ -153,7 +153,7 @@ assert set(PAYLOADS) == set(get_args(EventKind))
 class EventHandlers(TypedDict):
     """A consumer's handler for each kind, taking that kind's payload: its table, checked by a type checker.
 
-    A consumer builds one (``progress.TrainPrinter``), so that a type checker
+    A consumer builds one (``cli.printer.TrainPrinter``), so that a type checker
     holds each handler to its kind's payload and to every kind; a kind a
     consumer renders generically maps to its generic handler.
     """

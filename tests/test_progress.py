@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from mlxtune import runtime
 from mlxtune.cli import progress
 from mlxtune.cli import cli
-from mlxtune.cli.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
+from mlxtune.cli.printer import TrainPrinter
+from mlxtune.cli.progress import Throttle, bar_line, fmt_duration, json_line, use_bar
 from mlxtune.training.train import Event, TrainResult
 from mlxtune.events import EventKind
 

@@ -1,7 +1,7 @@
 """Progress events: what training reports to the CLI, one typed payload per kind.
 
 The training loop (``loop.py``, ``train.py``) sends ``Event``s; the CLI's
-printer (``progress.TrainPrinter``) renders them, or writes each as one JSON
+printer (``cli.printer.TrainPrinter``) renders them, or writes each as one JSON
 line with ``--json`` (``{"event": kind, ...data}``, the payload's keys in the
 order given here). The payloads stay plain dicts at run time, so that the JSON
 is the dict as sent; their keys and types are declared once, as a TypedDict
@@ -11,6 +11,7 @@ sends against them (``payload_problems``).
 """
 
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
@@ -52,6 +53,16 @@ class InitAdapterData(TypedDict):
     fine_tune_type: str
 
 
+class ValidationPlan(TypedDict):
+    """What each validation of a run covers (``Run.validation_plan()``): ``batches`` of ``of_batches``, every ``every`` steps."""
+
+    batches: int
+    of_batches: int
+    examples: int
+    of_examples: int
+    every: int
+
+
 class StartData(TypedDict):
     """What a run trains, on what, for how long (``Run.go``)."""
 
@@ -71,7 +82,7 @@ class StartData(TypedDict):
     grad_accumulation: int
     grad_checkpoint: bool | None
     processes: int
-    validation: dict[str, Any] | None  # Run.validation_plan(); None: no validations
+    validation: ValidationPlan | None  # None: no validations
 
 
 class ResumeData(StartData):
@@ -132,11 +143,35 @@ class DoneData(TypedDict):
     result: Any  # loop.TrainResult (not imported: loop imports this module); --json spreads its fields into the line
 
 
-PAYLOADS: dict[str, type] = {
+PAYLOADS: dict[str, Any] = {  # kind -> its TypedDict class (which has no static type of its own)
     "plan": PlanData, "init_adapter": InitAdapterData, "note": NoteData, "start": StartData, "resume": ResumeData, "validate": ValidateData,
     "val": ValData, "step": StepData, "save": SaveData, "early_stop": EarlyStopData, "done": DoneData,
 }
 assert set(PAYLOADS) == set(get_args(EventKind))
+
+
+class EventHandlers(TypedDict):
+    """A consumer's handler for each kind, taking that kind's payload: its table, checked by a type checker.
+
+    A consumer builds one (``cli.printer.TrainPrinter``), so that a type checker
+    holds each handler to its kind's payload and to every kind; a kind a
+    consumer renders generically maps to its generic handler.
+    """
+
+    plan: Callable[[PlanData], None]
+    init_adapter: Callable[[InitAdapterData], None]
+    note: Callable[[NoteData], None]
+    start: Callable[[StartData], None]
+    resume: Callable[[ResumeData], None]
+    validate: Callable[[ValidateData], None]
+    val: Callable[[ValData], None]
+    step: Callable[[StepData], None]
+    save: Callable[[SaveData], None]
+    early_stop: Callable[[EarlyStopData], None]
+    done: Callable[[DoneData], None]
+
+
+assert set(EventHandlers.__annotations__) == set(PAYLOADS)
 
 
 @dataclass
@@ -176,7 +211,7 @@ class Event:
         def __init__(self, kind: Literal["done"], data: DoneData) -> None: ...
         @overload
         def __init__(self, kind: str, data: dict | None = None) -> None: ...
-        def __init__(self, kind: str, data: dict | None = None) -> None: ...
+        def __init__(self, kind: str, data: Mapping[str, Any] | None = None) -> None: ...  # a TypedDict is a Mapping, not a dict
 
 
 def payload_problems(event: Event) -> list[str]:

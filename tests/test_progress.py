@@ -5,6 +5,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from click.testing import CliRunner
@@ -12,8 +13,10 @@ from click.testing import CliRunner
 from mlxtune import runtime
 from mlxtune.cli import progress
 from mlxtune.cli import cli
-from mlxtune.cli.progress import Throttle, TrainPrinter, bar_line, fmt_duration, json_line, use_bar
+from mlxtune.cli.printer import TrainPrinter
+from mlxtune.cli.progress import Throttle, bar_line, fmt_duration, json_line, use_bar
 from mlxtune.training.train import Event, TrainResult
+from mlxtune.events import EventKind
 
 NOTES = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
 
@@ -145,6 +148,21 @@ def test_an_event_from_a_signal_handler_waits_for_the_write_in_progress(monkeypa
     with TrainPrinter(out=out) as printer:
         printer(Event("step", step(1)))
     assert out.fired and out.getvalue().rsplit("\r\x1b[K", 2)[1].startswith("Stopping early at step 1")
+
+
+def test_every_kind_of_event_has_its_handler():
+    assert set(TrainPrinter().handlers) == set(get_args(EventKind))  # none left to the generic line
+
+
+def test_a_step_otherwise_shaped_gets_a_generic_line_and_leaves_the_bar_as_it_was(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "70")
+    for out in (Tty(), io.StringIO()):
+        with TrainPrinter(out=out) as p:
+            p(Event("step", step(1, total=2)))
+            p(Event("step", {"step": 2}))
+        screen = [seg.rsplit("\r\x1b[K", 1)[-1] for seg in out.getvalue().split("\n")]
+        assert "step: step=2" in screen and not any("2/2" in line for line in screen)
+        assert any("1/2" in line for line in screen) and out.getvalue().endswith("\n")
 
 
 def test_resume_event(monkeypatch):

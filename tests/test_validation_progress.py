@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from conftest import needs_mlx
 from mlxtune.cli import cli
 from mlxtune.training.config import TrainConfig
-from mlxtune.cli.progress import TrainPrinter, validation_line
+from mlxtune.cli.printer import TrainPrinter
+from mlxtune.cli.progress import validation_line
 from mlxtune.training.runlock import LOCK_NAME
 from mlxtune.training.train import Event, TrainingInterrupted, latest_checkpoint, resume, train
 

@@ -1,6 +1,6 @@
 """The ``mlxtune`` command line. The only package that decides to print, and that exits.
 
-Training progress is rendered by ``progress.TrainPrinter``, which the
+Training progress is rendered by ``printer.TrainPrinter``, which the
 ``lora`` command creates and hands to the trainer as its event callback.
 
 Commands import their implementation lazily, so ``mlxtune --help`` and

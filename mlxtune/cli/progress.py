@@ -1,9 +1,8 @@
 """What training progress looks like: the terminal's progress line, the log's pacing, the JSON lines.
 
-Pure functions (and one small clock-driven class) so they can be tested
-without a terminal, and ``TrainPrinter``, which renders training events with
-them. Only ``mlxtune.cli`` creates a printer: library code reports events through
-a callback and never prints.
+Pure functions (and one small clock-driven class), each reading the payload
+type of the event it renders (``events``), so they can be tested without a
+terminal; ``printer.TrainPrinter`` renders training events with them.
 """
 
 from __future__ import annotations
@@ -12,14 +11,12 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import click
-
-from ..events import Event, StepData, ValidateData
+from ..events import ResumeData, StartData, StepData, ValidateData
 
 PLAIN_INTERVAL = 10.0  # seconds: in a log, at most one step line this often (validation, first and last steps aside)
 BAR_MIN, BAR_MAX = 10, 30  # characters of the bar itself; below BAR_MIN fields are dropped, then the bar
@@ -55,22 +52,22 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
+def bar_line(d: StepData, width: int, last_val: float | None = None) -> str:
     """The progress line for a step event's data ``d``, at most ``width`` characters.
 
     ``[#####-----] 12/30  40%  loss 1.234  val 1.300  850 tok/s  elapsed 1m02s  ETA 1m33s``;
     a narrow terminal shrinks the bar, then drops tok/s, elapsed and val, then the bar,
     and finally cuts the text.
     """
-    step, total = d.get("step", 0), d.get("total") or 0
+    step, total = d["step"], d["total"]
     frac = min(max(step / total, 0.0), 1.0) if total else 1.0
     fields = {
         "count": f"{step}/{total} {frac:4.0%}",
-        "loss": f"loss {_num(d.get('loss'))}",
+        "loss": f"loss {_num(d['loss'])}",
         "val": f"val {_num(last_val)}" if last_val is not None else "",
-        "speed": f"{d['tokens_per_sec']:.0f} tok/s" if d.get("tokens_per_sec") is not None else "",
-        "elapsed": f"elapsed {fmt_duration(d.get('elapsed'))}",
-        "eta": f"ETA {fmt_duration(d.get('eta'))}",
+        "speed": f"{d['tokens_per_sec']:.0f} tok/s",
+        "elapsed": f"elapsed {fmt_duration(d['elapsed'])}",
+        "eta": f"ETA {fmt_duration(d['eta'])}",
     }
     width = max(width, 0)
     for n in range(len(DROP_ORDER) + 1):
@@ -83,7 +80,7 @@ def bar_line(d: dict, width: int, last_val: float | None = None) -> str:
     return text[:width]
 
 
-def validation_line(d: dict) -> str | None:
+def validation_line(d: StartData | ResumeData) -> str | None:
     """What a run's validations cover, from a start or resume event's data ``d``: the line that says so before the first one.
 
     None when ``d`` does not say (an event from elsewhere).
@@ -92,26 +89,27 @@ def validation_line(d: dict) -> str | None:
         return None
     v = d["validation"]
     if v is None:
-        if not d.get("valid_examples"):
+        if not d["valid_examples"]:
             return "Validation: none (no validation records): no validation loss, no best/ adapters"
         return "Validation: none (--val-every 0): no validation loss, no best/ adapters, no early stopping"
-    when = ("before training, " if d.get("step") is None else "") + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
+    before = "before training, " if "step" not in d else ""  # a start validates before training, a resume does not
+    when = before + ("every step" if v["every"] == 1 else f"every {v['every']} steps") + " and at the end"
     if v["batches"] == v["of_batches"]:
         return f"Validation: {v['examples']} examples in {v['batches']} batches, {when}"
     return f"Validation: the first {v['batches']} of {v['of_batches']} batches ({v['examples']} of {v['of_examples']} examples; --val-batches), {when}"
 
 
-def validating_text(d: dict) -> str:
+def validating_text(d: ValidateData) -> str:
     """``validating at step 25: 3/8 batches, elapsed 0m12s, ETA 0m20s`` for a validate event's data ``d``."""
-    done, n = d.get("batch", 0), d.get("batches") or 0
-    eta = d["elapsed"] / done * (n - done) if done and d.get("elapsed") is not None else None
-    where = "before training" if d.get("step") == 0 else f"at step {d.get('step')}"
-    return f"validating {where}: {done}/{n} batches, elapsed {fmt_duration(d.get('elapsed'))}, ETA {fmt_duration(eta)}"
+    done, n = d["batch"], d["batches"]
+    eta = d["elapsed"] / done * (n - done) if done else None
+    where = "before training" if d["step"] == 0 else f"at step {d['step']}"
+    return f"validating {where}: {done}/{n} batches, elapsed {fmt_duration(d['elapsed'])}, ETA {fmt_duration(eta)}"
 
 
-def validating_bar(d: dict, width: int) -> str:
+def validating_bar(d: ValidateData, width: int) -> str:
     """The progress line of a validation, at most ``width`` characters: ``[####------] validating at step 25: 3/8 batches, ...``."""
-    done, n = d.get("batch", 0), d.get("batches") or 0
+    done, n = d["batch"], d["batches"]
     text = validating_text(d)
     room = max(width, 0) - len(text) - 3
     if room < BAR_MIN:
@@ -137,7 +135,7 @@ class Throttle:
         return False
 
 
-def _plain(x):
+def _plain(x: Any) -> Any:
     """``x`` as JSON can hold it: paths as strings, NaN and infinities as null, dataclasses as objects."""
     if x is None or isinstance(x, (bool, int, str)):
         return x
@@ -156,7 +154,7 @@ def _plain(x):
     return str(x)
 
 
-def event_record(kind: str, data: dict) -> dict:
+def event_record(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """``{"event": kind, ...data}``; the done event's result is spread into it (run_dir, steps, losses, ...)."""
     fields = dict(data)
     if kind == "done" and dataclasses.is_dataclass(fields.get("result")):
@@ -164,175 +162,25 @@ def event_record(kind: str, data: dict) -> dict:
     return {"event": kind} | {k: v for k, v in _plain(fields).items() if k != "event"}
 
 
-def json_line(kind: str, data: dict) -> str:
+def json_line(kind: str, data: Mapping[str, Any]) -> str:
     """One line of ``--json`` output; always valid JSON (``allow_nan=False`` guards the conversion)."""
     return json.dumps(event_record(kind, data), allow_nan=False)
 
 
-class TrainPrinter:
-    """Renders training events for a person or a script.
+def generic_line(kind: str, data: Mapping[str, Any]) -> str:
+    """``kind: key=value, ...``: an event of a kind the printer does not know, or not shaped as its kind declares."""
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in data.items()) if data else kind
 
-    On a terminal (stdout a TTY) steps redraw one progress line in place and
-    everything else prints as a permanent line above it; in a log, plain step
-    lines, throttled (Throttle); with ``quiet`` only notes (stderr), the
-    memory plan when --auto changed the settings or the run does not fit
-    (stderr), and the summary; with ``as_json`` one JSON object per event on stdout and
-    nothing else. The bar goes to stdout, where the step lines it replaces go:
-    ``mlxtune lora > log`` keeps a plain log rather than a bar on the terminal
-    and nothing in the file. Use it as a context manager around train(): the
-    bar is finished with a newline however training ends (done, error, Ctrl-C).
-    """
 
-    def __init__(self, quiet: bool = False, as_json: bool = False, out=None) -> None:
-        self.quiet, self.as_json, self.out = quiet, as_json, out  # out: None is stdout at the time of each write
-        self.bar = not (quiet or as_json) and use_bar(out or sys.stdout)
-        self.throttle = Throttle()
-        self.last_step: StepData | None = None  # the step event the bar shows
-        self.last_val: float | None = None
-        self.validating: ValidateData | None = None  # the validate event the bar shows, while a validation runs
-        self.val_since = 0.0  # when a log last had a line about the validation in progress
-        self.drawn = False
-        self.busy, self.pending = False, []
-
-    def __enter__(self) -> "TrainPrinter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._finish()
-
-    def summary(self, line: str) -> None:
-        if not self.as_json:
-            self._say(line)
-
-    def json_event(self, kind: str, data: dict) -> None:
-        if self.as_json:
-            click.echo(json_line(kind, data), file=self.out)
-
-    def __call__(self, event: Event) -> None:
-        if self.busy:  # from a signal handler (Ctrl-C's note) in the middle of a write: print it after
-            self.pending.append(event)
-            return
-        self.busy = True
-        try:
-            self._handle(event)
-            while self.pending:
-                self._handle(self.pending.pop(0))
-        finally:
-            self.busy = False
-
-    def _handle(self, event: Event) -> None:
-        kind, d = event.kind, event.data
-        if self.as_json:
-            return self.json_event(kind, d)
-        if kind in ("step", "val") and d.get("val_loss") is not None:
-            self.last_val = d["val_loss"]
-        if kind in ("step", "val"):
-            self.validating = None
-        if kind == "validate":
-            return self._validate(d)
-        if kind == "step":
-            return self._step(d)
-        if kind == "done":
-            return self._finish()
-        if kind == "note":
-            return self._say(f"note: {d.get('message')}", err=True)  # warnings: kept with --quiet
-        if self.quiet:
-            if kind == "plan" and (d.get("plan") or {}).get("verdict") not in ("fits", "unknown"):
-                for line in d.get("lines") or []:  # --auto changed the settings, or the run does not fit: a warning too
-                    self._say(line, err=True)
-            return
-        try:
-            lines = self._lines(kind, d)
-        except (KeyError, TypeError, ValueError):  # an event shaped otherwise than expected must not stop training
-            lines = self._generic(kind, d)
-        for line in lines:
-            self._say(line)
-
-    @staticmethod
-    def _generic(kind: str, d: dict) -> list[str]:
-        return [f"{kind}: " + ", ".join(f"{k}={v}" for k, v in d.items()) if d else kind]
-
-    def _lines(self, kind: str, d: dict) -> list[str]:
-        if kind in ("start", "resume"):
-            return [line for line in (
-                f"Data: {d['data']}",
-                f"Model: {d['model']}",
-                f"Compute: {d['backend']} backend; {d['compute']}",
-                f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({', '.join(dict.fromkeys(k.rsplit('.', 1)[-1] for k in d['keys']))})",
-                f"Training {d['steps']} steps ({d['steps_per_epoch']} per epoch) -> {d['run_dir']}" if kind == "start"
-                else f"Extending the finished run from step {d['step']} to {d['steps']} ({d['steps_per_epoch']} per epoch), from {d['checkpoint']}" if d.get("extended")
-                else f"Resuming at step {d['step']} of {d['steps']} from {d['checkpoint']}",
-                f"Schedule: {d['schedule_change']}" if d.get("schedule_change") else None,
-                validation_line(d),
-            ) if line is not None]
-        if kind == "init_adapter":
-            return [d["message"]]
-        if kind == "val":
-            return [f"step {d['step']:>5}  val loss {d['val_loss']:.3f}" + (" (before training)" if d["step"] == 0 else "")] if d.get("val_loss") is not None else []
-        if kind == "plan":
-            return list(d["lines"])
-        if kind == "save":
-            return [f"saved step {d['step']} -> {d['path']}"]
-        if kind == "early_stop":
-            return [f"Stopping early at step {d['step']}: no better validation loss in {d['patience']} validations (best: step {d['best_step']}, {d['best_val_loss']:.3f})"]
-        return self._generic(kind, d)  # kinds this printer does not know yet
-
-    def _step(self, d: StepData) -> None:
-        validated = "val_loss" in d
-        if self.quiet:
-            return
-        if self.bar:
-            self.last_step = d
-            if validated:
-                self._say(self._step_line(d))  # validation results stay, above the bar
-            self._draw()
-        elif self.throttle(d["step"], d["total"], validated):
-            self._say(self._step_line(d))
-
-    def _validate(self, d: ValidateData) -> None:
-        """A validation's progress: on a terminal, the bar; in a log, a line every PLAIN_INTERVAL seconds of a long one."""
-        if self.quiet:
-            return
-        if self.bar:
-            self.validating = d
-            return self._draw()
-        now = self.throttle.clock()
-        if d.get("batch", 0) == 0:
-            self.val_since = now
-        elif d["batch"] < d.get("batches", 0) and now - self.val_since >= self.throttle.interval:
-            self.val_since = now
-            self._say(validating_text(d))
-
-    @staticmethod
-    def _step_line(d: StepData) -> str:
-        val = f"  val {d['val_loss']:.3f}" if d.get("val_loss") is not None else ""
-        return (
-            f"step {d['step']:>5}/{d['total']}  loss {d['loss']:.3f}{val}  lr {d['lr']:.1e}  "
-            f"{d['tokens_per_sec']:.0f} tok/s trained ({d['processed_tokens_per_sec']:.0f} processed)  peak {fmt_bytes(d['peak_memory_bytes'])}  ETA {fmt_duration(d['eta'])}"
-        )
-
-    def _say(self, line: str, err: bool = False) -> None:
-        """A permanent line: clear the bar, print, redraw the bar below it."""
-        drawn = self.drawn
-        if drawn:
-            click.echo("\r\x1b[K", nl=False, file=self.out, color=True)
-            self.drawn = False
-        click.echo(line, err=err, file=None if err else self.out)
-        if drawn:
-            self._draw()
-
-    def _draw(self) -> None:
-        width = shutil.get_terminal_size().columns - 1  # - 1: no wrap at the last column
-        if self.validating is not None:
-            line = validating_bar(self.validating, width)
-        elif self.last_step is not None:
-            line = bar_line(self.last_step, width, self.last_val)
-        else:
-            return
-        click.echo("\r\x1b[K" + line, nl=False, file=self.out, color=True)
-        self.drawn = True
-
-    def _finish(self) -> None:
-        if self.drawn:
-            click.echo("", file=self.out)
-            self.drawn = False
+def run_lines(d: StartData, how: list[str]) -> list[str]:
+    """What a start or resume event's data ``d`` says: data, model, compute, LoRA, then ``how`` the run goes, then its validations."""
+    keys = ", ".join(dict.fromkeys(k.rsplit(".", 1)[-1] for k in d["keys"]))
+    lines = [
+        f"Data: {d['data']}",
+        f"Model: {d['model']}",
+        f"Compute: {d['backend']} backend; {d['compute']}",
+        f"LoRA: {d['trainable'] / 1e6:.2f}M trainable parameters in {d['layers']} blocks ({keys})",
+        *how,
+    ]
+    validation = validation_line(d)
+    return lines if validation is None else lines + [validation]

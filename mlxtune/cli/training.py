@@ -67,7 +67,7 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
       mlxtune lora --resume runs/mine --iters 600      # a finished run, to 600 steps in all
       mlxtune lora --data more_chats/ --init-adapter runs/mine/best -o runs/more
     """
-    from .progress import TrainPrinter
+    from .printer import TrainPrinter
     from ..recipes import eval_for
     from ..training.train import resume, train
 

@@ -30,9 +30,9 @@ def adapter_config(num_layers: int, keys: list[str], rank: int, scale: float, dr
 def read_adapter_config(directory: Path) -> dict:
     """The ``adapter_config.json`` of ``directory``, checked for the fields mlx-lm needs; AdapterError saying what is wrong.
 
-    The file is read by ``fsutil.read_json_object`` (the project's one JSON
-    reader: a file that is not JSON, or not an object, is named with the line
-    and what it should hold).
+    The file is read by ``fsutil.read_json_object``, the project's one JSON
+    reader: a file that is not JSON (its line and column said) or not an
+    object is refused with what it should hold.
     """
     directory = Path(directory)
     path = directory / ADAPTER_CONFIG

@@ -10,10 +10,14 @@ Both implement one small contract, with no shared implementation:
   ``objective`` (``mlxtune.training.objectives``) whose loss ``step`` and ``evaluate`` compute;
 * inference, evaluation loss and fusing: a ``base.Backend`` (``get(name)``),
   whose methods ``generate.py``, ``evaluate.py`` and ``fuse.py`` call after
-  ``choose_backend`` / ``backend_for`` have chosen it.
+  ``choose_backend`` / ``backend_for`` have chosen it;
+* a memory model: the peak resident memory of its training process
+  (``memory_model(name)``, which ``training.memory.estimate`` calls; it
+  imports neither mlx nor the backend's model until asked).
 
-Both contracts are typed in ``base.py`` (``Trainer``, ``Backend``); ``get`` and
-``open_trainer`` are the one dispatch on the backend's name.
+The contracts are typed in ``base.py`` (``Trainer``, ``Backend``,
+``MemoryModel``); ``get``, ``open_trainer`` and ``memory_model`` are the one
+dispatch on the backend's name.
 
 Parameter names, adapter files and the optimizer (AdamW with bias correction,
 the same learning-rate schedule, global-norm clipping) are the same in both, so
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..models import families
-from .base import Backend, Trainer
+from .base import Backend, MemoryModel, Trainer
 
 BACKENDS = ("auto", "mlx", "numpy")
 
@@ -125,3 +129,16 @@ def open_trainer(backend: str, model_dir, cfg) -> Trainer:
     from .numpy.trainer import NumpyTrainer
 
     return NumpyTrainer(model_dir, cfg)
+
+
+def memory_model(name: str) -> MemoryModel:
+    """The memory model of backend ``name`` (``backends/<name>/memory.py``), importable where mlx is not installed."""
+    if name == "mlx":
+        from .mlx import memory as mlx_memory
+
+        return mlx_memory
+    if name == "numpy":
+        from .numpy import memory as numpy_memory
+
+        return numpy_memory
+    raise ValueError(f"no memory model for backend {name!r}")

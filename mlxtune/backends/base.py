@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from ..training.memory_base import Estimate, EstimateInputs
 
 
 @dataclass
@@ -77,4 +80,14 @@ class Backend(Protocol):
 
     def convert(self, src: Path, dst: Path, dtype: str | None, quantize: bool, q_bits: int, q_group_size: int, notes: list[str]) -> dict | None:
         """Write the model in ``src`` into ``dst`` in mlx-lm's layout (dtype, quantization); return its quantization or None."""
+        ...
+
+
+class MemoryModel(Protocol):
+    """A backend's memory model (a module, ``backends/<name>/memory.py``): its training process's peak resident memory."""
+
+    BASELINE_BYTES: int  # the process before the trainer is created (interpreter, libraries, tokenizer), measured
+
+    def estimate(self, x: EstimateInputs) -> Estimate:
+        """The peak, term by term, of training with ``x`` (what ``training.memory.estimate`` worked out alike for every backend)."""
         ...

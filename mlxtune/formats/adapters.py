@@ -6,10 +6,10 @@ and write adapters where mlx is not installed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import AdapterError
+from ..fsutil import read_json_object
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -28,14 +28,20 @@ def adapter_config(num_layers: int, keys: list[str], rank: int, scale: float, dr
 
 
 def read_adapter_config(directory: Path) -> dict:
+    """The ``adapter_config.json`` of ``directory``, checked for the fields mlx-lm needs; AdapterError saying what is wrong.
+
+    The file is read by ``fsutil.read_json_object``, the project's one JSON
+    reader: a file that is not JSON (its line and column said) or not an
+    object is refused with what it should hold.
+    """
     directory = Path(directory)
     path = directory / ADAPTER_CONFIG
     if not directory.exists():
         raise AdapterError(f"adapter directory {directory} does not exist")
     if not path.exists():
         raise AdapterError(f"{directory} has no {ADAPTER_CONFIG}: pass the run directory that 'mlxtune lora' wrote")
+    config = read_json_object(path, AdapterError, "an adapter config")
     try:
-        config = json.loads(path.read_text())
         lp = config["lora_parameters"]
         int(lp["rank"]), float(lp["scale"]), int(config["num_layers"])
     except (ValueError, KeyError, TypeError) as e:

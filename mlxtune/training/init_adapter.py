@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from .config import TrainConfig
 from ..errors import AdapterError, UsageError
 from ..fsutil import file_digest
 from .run_schema import BaseModel, RunConfig
+from .targets import linear_keys_of_weights, selected
 
 # The settings that make an adapter's shape, and the flags that set them.
 SHAPE_FLAGS = {"rank": "--rank", "alpha": "--alpha", "target_modules": "--target-modules", "layers": "--layers", "dora": "--dora"}
@@ -132,10 +132,7 @@ class InitAdapter:
             norm = lambda n: n_blocks if n < 0 or (n_blocks and n > n_blocks) else n  # noqa: E731
             return norm(int(value)) == norm(self.num_layers)
         linear = _linear_keys(model_dir)
-        chosen = set()
-        for t in value:
-            chosen |= set(linear) if t in ("all-linear", "all") else {k for k in linear if k == t or k.endswith("." + t)}
-        return chosen == set(self.keys or linear)
+        return selected(value, linear) == set(self.keys or linear)
 
     def _check_base(self, source, model_dir: Path) -> list[str]:
         """The adapter's base must be this run's model: its weights, files and Hub id, as far as recorded.
@@ -255,12 +252,7 @@ def _read_model(model_dir: Path):
 def _linear_keys(model_dir: Path) -> list[str]:
     """Block-relative names of the model's linear layers (2-d weights in its blocks), over all blocks."""
     _, tensors = _read_model(model_dir)
-    found = set()
-    for t in tensors:
-        m = re.match(r"^(?:[^.]+\.)*?layers\.\d+\.(?P<key>.+)\.weight$", t.name)
-        if m and len(t.shape) == 2:
-            found.add(m["key"])
-    return sorted(found)
+    return linear_keys_of_weights((t.name, t.shape) for t in tensors)
 
 
 def _setting(key: str, flag: str, value, given: Mapping[str, str] | set[str] | None) -> str:

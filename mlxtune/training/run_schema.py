@@ -24,9 +24,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..formats.adapters import read_adapter_config
+from .config import TrainConfig
 
 _R = TypeVar("_R", bound="_Record")
 
@@ -134,48 +135,38 @@ class DataInfo(_Record):
     fingerprint: str | None = None
 
 
-@dataclass(frozen=True)
-class RunSettings(_Record):
-    """``config``: the run's resolved settings, every ``TrainConfig`` field plus ``scale`` (a test keeps them in step)."""
+def _every_train_config_field(cls: type) -> type:
+    """Give ``cls`` every ``TrainConfig`` field, in its order and before ``cls``'s own, typed Optional with default None.
 
-    model: str | None = None
-    revision: str | None = None
-    data: str | None = None
-    output: str | None = None
-    backend: str | None = None
-    iters: int | None = None
-    epochs: float | None = None
-    batch_size: int | None = None
-    grad_accumulation: int | None = None
-    grad_checkpoint: bool | None = None
-    auto_fit: bool | None = None
-    learning_rate: float | None = None
-    warmup: float | None = None
-    min_lr_ratio: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float | None = None
-    dora: bool | None = None
-    layers: int | None = None
-    target_modules: list[str] | None = None
-    max_seq_len: int | None = None
-    mask_prompt: bool | None = None
-    val_every: int | None = None
-    val_batches: int | None = None
-    save_every: int | None = None
-    early_stop: int | None = None
-    seed: int | None = None
-    valid_fraction: float | None = None
-    skip_bad_lines: bool | None = None
-    offline: bool | None = None
-    dtype: str | None = None
-    recipe: str | None = None
-    distributed: bool | None = None
-    init_adapter: str | None = None
-    objective: str | None = None  # the training loss (objectives.OBJECTIVES); absent in runs before it was recorded
+    Applied before ``@dataclass``, so the record has one field per setting a run
+    can have without a second list to keep in step with ``TrainConfig``.
+    """
+    own = dict(cls.__dict__.get("__annotations__", {}))
+    derived: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        kind = str(f.type)  # a string: training/config.py has ``from __future__ import annotations``
+        derived[f.name] = kind if kind.endswith("| None") else f"{kind} | None"
+        setattr(cls, f.name, None)
+    cls.__annotations__ = derived | own
+    return cls
+
+
+@dataclass(frozen=True)
+@_every_train_config_field
+class RunSettings(_Record):
+    """``config``: the run's resolved settings, every ``TrainConfig`` field plus ``scale``.
+
+    Built from ``TrainConfig`` (``_every_train_config_field``): its fields in its
+    declaration order (model, revision, data, ... objective), each ``T | None``
+    with default None (runs before a field existed lack it), then ``scale``.
+    Type checkers see the fields through ``__getattr__`` below, as ``Any``.
+    """
+
     scale: float | None = None  # alpha / rank, as trained
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ...formats.adapters import ADAPTER_CONFIG, ADAPTER_LEAVES, ADAPTER_WEIGHTS, adapter_config, read_adapter_config  # noqa: F401 (re-exported)
-from ...errors import AdapterError, ConfigError
+from ...errors import AdapterError
 from ...fsutil import atomic_write_text, save_safetensors_atomic
+from ...training.targets import resolve, union_over_blocks
 from ...training.run_schema import RunConfig
 
 
@@ -137,17 +138,17 @@ def linear_keys(model: nn.Module, blocks: list[nn.Module] | None = None) -> list
     """Names, relative to a transformer block, of the linear layers LoRA can target.
 
     The union over ``blocks`` (all of the model's by default), as mlx-lm's
-    ``linear_to_lora_layers`` takes it: blocks may differ (LFM2 interleaves
-    convolution and attention blocks), and each block is given the targets it has.
+    ``linear_to_lora_layers`` takes it (``training.targets.union_over_blocks``): blocks
+    may differ, and each block is given the targets it has.
     """
-    keys = set()
-    for block in model.layers if blocks is None else blocks:
-        keys.update(name for name, module in block.named_modules() if isinstance(module, (nn.Linear, nn.QuantizedLinear)))
-    return sorted(keys)
+    return union_over_blocks(
+        (name for name, module in block.named_modules() if isinstance(module, (nn.Linear, nn.QuantizedLinear)))
+        for block in (model.layers if blocks is None else blocks)
+    )
 
 
 def resolve_target_modules(model: nn.Module, targets: list[str] | None, num_layers: int = -1) -> list[str]:
-    """Turn user targets ("q_proj", "self_attn.v_proj", "all-linear") into block-relative keys.
+    """Turn user targets ("q_proj", "self_attn.v_proj", "all-linear") into block-relative keys (``training.targets.resolve``).
 
     A target may be in some blocks only (it is applied where it is), but it
     must be in at least one of the last ``num_layers`` blocks, those adapted.
@@ -155,22 +156,7 @@ def resolve_target_modules(model: nn.Module, targets: list[str] | None, num_laye
     n_blocks = len(model.layers)
     adapted = model.layers[n_blocks - num_layers:] if 0 <= num_layers < n_blocks else model.layers
     available = linear_keys(model, adapted)
-    if not targets or targets == ["all-linear"] or targets == ["all"]:
-        return available
-    everywhere = linear_keys(model)
-    keys: list[str] = []
-    for t in targets:
-        matches = [k for k in available if k == t or k.endswith("." + t)]
-        if not matches:
-            if any(k == t or k.endswith("." + t) for k in everywhere):
-                raise ConfigError(f"target module '{t}' is in none of the last {len(adapted)} blocks (--layers {num_layers}); adapt more blocks, or choose from: {_short_names(available)} (or all-linear)")
-            raise ConfigError(f"target module '{t}' is not a linear layer of this model; choose from: {_short_names(everywhere)} (or all-linear)")
-        keys.extend(m for m in matches if m not in keys)
-    return keys
-
-
-def _short_names(keys: list[str]) -> str:
-    return ", ".join(sorted({k.rsplit(".", 1)[-1] for k in keys}))
+    return resolve(targets, available, linear_keys(model), adapted_blocks=len(adapted), num_layers=num_layers)
 
 
 def apply_adapters(model: nn.Module, num_layers: int, keys: list[str], rank: int, scale: float, dropout: float = 0.0, dora: bool = False) -> int:

@@ -1,9 +1,9 @@
 """What the numpy model keeps for its backward pass: one account, read by the model and by the memory plan.
 
 ``NumpyLlama.saved_bytes_per_block`` and ``activation_plan`` decide with
-these functions which blocks a training step checkpoints, and
-``mlxtune.training.memory`` predicts a run's peak with the same ones, from config.json
-alone: so the plan cannot drift from what the model does.
+these functions which blocks a training step checkpoints, and the backend's
+memory model (``memory.py`` beside them) predicts a run's peak with the same
+ones, from config.json alone: so the plan cannot drift from what the model does.
 """
 
 from __future__ import annotations

@@ -63,18 +63,10 @@ def load_model(model_dir: Path, dtype=np.float32):
 
 
 def resolve_keys(targets: list[str] | None) -> list[str]:
-    """Block-relative keys for user targets, as ``lora.resolve_target_modules`` does for mlx."""
-    from ...errors import ConfigError
+    """Block-relative keys for user targets (``training.targets.resolve``), over the numpy model's fixed block."""
+    from ...training.targets import resolve
 
-    if not targets or targets in (["all-linear"], ["all"]):
-        return list(LINEAR_KEYS)
-    keys: list[str] = []
-    for t in targets:
-        matches = [k for k in LINEAR_KEYS if k == t or k.endswith("." + t)]
-        if not matches:
-            raise ConfigError(f"target module '{t}' is not a linear layer of this model; choose from: {', '.join(sorted(k.rsplit('.', 1)[-1] for k in LINEAR_KEYS))} (or all-linear)")
-        keys.extend(m for m in matches if m not in keys)
-    return keys
+    return resolve(targets, list(LINEAR_KEYS))
 
 
 class AdamW:

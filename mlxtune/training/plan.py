@@ -132,11 +132,12 @@ def fit(cfg, config: dict, backend: str, *, seq_len: int, available: MemoryLimit
     Without ``cfg.auto_fit`` the settings stay, and the verdict says whether they fit.
     """
     from ..backends import get
-    from ..backends.numpy.trainer import resolve_keys
     from ..errors import ConfigError
+    from .memory import LINEAR_KEYS
+    from .targets import resolve
 
     try:
-        keys = resolve_keys(cfg.target_modules)
+        keys = resolve(cfg.target_modules, list(LINEAR_KEYS))
     except ConfigError:
         if not get(backend).names_any_layers:
             raise
@@ -234,7 +235,7 @@ def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     lengths = list(lengths) if lengths is not None else None
     try:
         return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len), available=runtime.available_memory(), device=device,
-                   tensors=tensors, n_examples=len(lengths) if lengths else None, baseline=BASELINE_BYTES.get(backend, BASELINE_BYTES["numpy"]) + data_bytes(None if lengths is None else lengths + list(idle)),
+                   tensors=tensors, n_examples=len(lengths) if lengths else None, baseline=BASELINE_BYTES[backend] + data_bytes(None if lengths is None else lengths + list(idle)),
                    activation_mb=os.environ.get("MLXTUNE_ACTIVATION_MB"))
     except UnsupportedModelError as e:
         return Plan(cfg.batch_size, cfg.grad_accumulation, cfg.grad_checkpoint, None, None, "unknown", cfg.auto_fit, reasons=[f"no estimate ({e})"])

@@ -155,7 +155,8 @@ def test_gguf_export_of_a_fused_run_reads_back(workdir, converted, trained, outt
     F16 0.033, Q8_0 0.73 (Q8_0 re-rounds weights that came from Q4_1 and were
     moved by the adapter); the next token agrees in both.
     """
-    from mlxtune.backends.numpy.trainer import load_adapters, load_model
+    from mlxtune.backends.numpy.model import load_model
+    from mlxtune.backends.numpy.trainer import load_adapters
     from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
     from mlxtune.formats.gguf import read_gguf
 

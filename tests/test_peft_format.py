@@ -344,7 +344,7 @@ def test_dora_made_by_peft_runs_on_mlx(tiny_model, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from mlxtune.generate import load
+    from mlxtune.inference import load
 
     torch.manual_seed(1)
     model = get_peft_model(_hf_model(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"], use_dora=True))

@@ -91,7 +91,8 @@ def evaluate(
 
     Bad lines stop the evaluation unless ``skip_bad_lines``, or unless the data
     is the run's own and the run skipped them; the lines left out are listed
-    in the result's notes and ``skipped``, never dropped silently.
+    in the result's notes and ``skipped``, never dropped silently. The
+    settings are keyword-only: a dozen positional ones are too easy to swap.
     """
     from . import recipes
 

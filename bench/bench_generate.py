@@ -126,7 +126,7 @@ def child(args) -> None:
     t0 = time.perf_counter()
     if system.startswith("mlxtune-"):
         import mlxtune  # noqa: F401  (BLAS first)
-        from mlxtune.generate import load
+        from mlxtune.inference import load
 
         backend = "mlx" if system == "mlxtune-mlx" else "numpy"
         loaded = load(str(args.workdir / ("model-4bit" if system.endswith("4bit") else "model-float32")), backend=backend)

@@ -1,48 +1,22 @@
 """``mlxtune fuse``: merge trained adapters into the base weights.
 
-The result is a plain MLX model directory (what ``mlx_lm.load`` reads) that
-answers like base + adapter without any adapter machinery. A quantized base is
-dequantized and the adapter merged in full precision; the fused model is dense
-unless re-quantization is asked for, because quantizing the merged weights can
-round away much of what a small adapter learned (measure before shipping it).
-
-Its dtype is the base model's (``default_dtype``): the precision the base was
-published in, so the fused model is the size of its base and nothing is
-claimed that the base weights never had; float16 for a quantized base, the
-dtype its scales (and mlx's computation) are in. ``export -f hf`` follows the
-same rule. The output carries a model card (``model_card``) and, in
-``mlxtune_fuse.json``, the run's facts, so that exports of it can say the same.
+The merging itself is ``fusing.fuse_run`` (``export`` fuses a run with it too);
+see there for the dtype and the model card. What the command adds is the check
+after re-quantizing: quantizing the merged weights can round away much of what
+a small adapter learned, so ``fuse -q`` measures how much of the adapter's
+validation-loss gain the result keeps, and warns when most of it is lost.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
-from .fsutil import copy_file, staged_dir
-from .export.model_card import CARD, FUSE_INFO, model_card, run_facts
-from .models.config import read_config
-from .models.directory import TOKENIZER_FILES
-from .models.source import run_base_model
+from .data.eval_split import eval_records, run_encoding, run_skips_bad_lines
+from .fusing import FuseResult, fuse_run
+from .inference import load_model_or_run_base, mean_loss
 from .training.run_schema import RunConfig
 
-DTYPES = ("float32", "float16", "bfloat16")
 SURVIVAL_WARNING = 0.5  # re-quantizing warns when the result keeps less than this share of the adapter's validation-loss gain
-
-
-@dataclass
-class FuseResult:
-    path: Path
-    base: Path
-    fused_layers: int
-    dtype: str
-    quantization: dict | None
-    size_bytes: int
-    notes: list[str] = field(default_factory=list)
-    name: str = ""  # what the model card (and exports of it) call the model
-    default_dtype: str = "float16"  # the base's dtype: the default of fuse and of export -f hf
 
 
 def fuse(
@@ -61,51 +35,16 @@ def fuse(
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir`` with its model card.
 
     ``name``: what the card calls the model [default: the run's directory name].
+    Re-quantized, the notes say how much of the adapter's gain the result keeps.
     """
-    from .backends import backend_for, choose_backend, get, mlx_available
-    from .formats.peft import as_mlx_adapter
-
-    run_name = Path(adapter_dir).resolve().name
-    card_name = name or run_name
-    adapter_dir = as_mlx_adapter(adapter_dir)  # a PEFT adapter directory works too
-    facts = run_facts(adapter_dir) | {"run": run_name}
-    if dtype is not None and dtype not in DTYPES:
-        raise UsageError(f"--dtype must be float32, float16 or bfloat16, not {dtype}")
-    choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
-    base = run_base_model(adapter_dir, model, offline)
-    base_dir, notes = base.path, list(base.notes)
-    dora = RunConfig.from_file(adapter_dir).dora
-    backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
-    impl = get(backend)
-    if quantize and not impl.can_requantize:
-        raise UsageError("re-quantizing a fused model needs the mlx backend; drop -q or use --backend mlx")
-    default = default_dtype(base_dir)
-    dtype = dtype or default
-    with staged_dir(Path(out_dir), force=force) as tmp:
-        n, quant = impl.fuse(base_dir, adapter_dir, tmp, dtype, quantize, q_bits, q_group_size, notes)
-        for name in TOKENIZER_FILES:
-            if (base_dir / name).exists():
-                copy_file(base_dir / name, tmp / name)
-        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend, "name": card_name, "run": facts}
-        (tmp / FUSE_INFO).write_text(json.dumps(info, indent=2))
-        kind = f"{quant['bits']}-bit" if quant else dtype
-        (tmp / CARD).write_text(model_card("mlx", card_name, str(out_dir), facts, detail=f", {kind}"))
-    size = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
-    if quant is not None:
-        _check_kept(adapter_dir, base_dir, Path(out_dir), quant, notes)
-    return FuseResult(Path(out_dir), base_dir, n, dtype, quant, size, notes, card_name, default)
-
-
-def default_dtype(model_dir: Path) -> str:
-    """The dtype fused and exported weights are stored in unless asked: the model's own, float16 when it is quantized."""
-    config = read_config(model_dir)
-    return "float16" if config.get("quantization") else _stored_dtype(Path(model_dir), config)
+    r = fuse_run(adapter_dir, out_dir, model=model, dtype=dtype, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size, offline=offline, force=force, backend=backend, name=name)
+    if r.quantization is not None:
+        _check_kept(r.adapter, r.base, r.path, r.quantization, r.notes)
+    return r
 
 
 def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, notes: list[str]) -> None:
     """After re-quantizing: how much of the adapter's validation-loss gain the result keeps; warn when most is lost."""
-    from .evaluate import kept_improvement
-
     measured = kept_improvement(adapter_dir, base_dir, out_dir)
     if measured is None:
         notes.append("the run's validation data is not at hand: how much of the adapter survived re-quantization was not measured (mlxtune eval --model on the result tells)")
@@ -116,13 +55,28 @@ def _check_kept(adapter_dir: Path, base_dir: Path, out_dir: Path, quant: dict, n
         notes.append(f"warning: most of the adapter is lost to {quant['bits']}-bit quantization; fuse without -q (float16), or use --q-bits 8 or a smaller --q-group-size")
 
 
-def _stored_dtype(model_dir: Path, config: dict) -> str:
-    """The floating-point dtype a model directory stores its weights in."""
-    from .formats.safetensors import read_safetensors_header
+def kept_improvement(run_dir: Path, base_dir: Path, fused_dir: Path, backend: str = "auto") -> tuple[float, dict[str, float]] | None:
+    """How much of a run's validation-loss improvement a fused (e.g. re-quantized) model keeps.
 
-    for f in sorted(model_dir.glob("model*.safetensors")):
-        header, _ = read_safetensors_header(f)
-        for name, info in header.items():
-            if name.endswith(".weight") and info["dtype"] in ("F32", "F16", "BF16"):
-                return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[info["dtype"]]
-    return str(config.get("torch_dtype") or "float32")
+    (loss of the base - loss of the fused model) / (loss of the base - loss of
+    base + adapter), on the run's validation split: 1 keeps all of it, 0 none.
+    Returns (share kept, the three losses), or None when the run's data is not
+    at hand or the adapter did not improve the loss.
+    """
+    run = RunConfig.from_file(run_dir)
+    run_cfg, data = run.settings, run.data_path
+    if data is None or not data.exists():
+        return None
+    records, fmt, *_ = eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
+    if not records:
+        return None
+    mask_prompt, max_seq_len = run_encoding(run_cfg, fmt)
+    losses = {}
+    for name, model, adapter in (("base", base_dir, None), ("adapter", base_dir, run_dir), ("fused", fused_dir, None)):
+        loaded, _ = load_model_or_run_base(run_dir, str(model), adapter, backend)
+        losses[name] = mean_loss(loaded, records, fmt, mask_prompt, max_seq_len)[0]
+        del loaded
+    gain = losses["base"] - losses["adapter"]
+    if not gain > 0:
+        return None
+    return (losses["base"] - losses["fused"]) / gain, losses

@@ -12,6 +12,10 @@ expects, how to run it) and three keys::
 recorded in the run, so ``mlxtune eval`` on the run uses its ``eval`` section.
 Shipped recipes live in the repository's ``recipes/`` directory; ``--recipe``
 also takes the path of a recipe file of your own.
+
+This module is the registry (find, load, validate), a library that training's
+and eval's settings read; the ``mlxtune recipes`` command that lists and shows
+them is ``cli/evaluation.py``.
 """
 
 from __future__ import annotations

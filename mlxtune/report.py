@@ -38,19 +38,20 @@ def write_loss_png(run_dir: Path, metrics: list[dict]) -> Path:
 
 def samples(run_dir: Path, n: int, max_tokens: int, backend: str = "auto") -> list[dict]:
     """The first ``n`` validation prompts with their reference, the base's answer and the tuned model's."""
-    from .evaluate import _eval_records, _prompt_and_reference, _prompt_text, answers, load_model, run_skips_bad_lines
+    from .data.eval_split import eval_records, prompt_and_reference, prompt_text, run_skips_bad_lines
+    from .inference import answers, load_model_or_run_base
 
     run = RunConfig.from_file(run_dir)
     run_cfg, data = run.settings, run.data_path
     if n <= 0 or data is None or not data.exists():
         return []
-    records, fmt, *_ = _eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
+    records, fmt, *_ = eval_records(data, "valid", run_cfg, skip_bad_lines=run_skips_bad_lines(run_cfg))
     if not fmt.has_answers or not records:
         return []
-    prompts, references = zip(*(_prompt_and_reference(r, fmt) for r in records[:n]))
-    out = [{"prompt": _prompt_text(p), "reference": ref} for p, ref in zip(prompts, references)]
+    prompts, references = zip(*(prompt_and_reference(r, fmt) for r in records[:n]))
+    out = [{"prompt": prompt_text(p), "reference": ref} for p, ref in zip(prompts, references)]
     for name, adapter in (("base", None), ("tuned", run_dir)):
-        loaded, _ = load_model(run_dir, None, adapter, backend)
+        loaded, _ = load_model_or_run_base(run_dir, None, adapter, backend)
         for row, answer in zip(out, answers(loaded, prompts, max_tokens)):
             row[name] = answer
         del loaded

@@ -83,7 +83,8 @@ def _logits(loaded, ids):
 
 
 def test_lora_fuse_generate(workdir, trained, backend):
-    from mlxtune.generate import build_prompt, load
+    from mlxtune.generate import build_prompt
+    from mlxtune.inference import load
 
     run_dir, log = trained(backend)
     assert f"Compute: {backend} backend" in log
@@ -114,7 +115,7 @@ def test_mlx_lm_loads_our_adapter(converted, trained, trained_on):
     import mlx_lm
 
     from mlxtune.backends.mlx.trainer import dequantize_model
-    from mlxtune.generate import load
+    from mlxtune.inference import load
 
     run_dir, _ = trained(trained_on)
     theirs, _ = mlx_lm.load(str(converted), adapter_path=str(run_dir))
@@ -155,7 +156,8 @@ def test_gguf_export_of_a_fused_run_reads_back(workdir, converted, trained, outt
     F16 0.033, Q8_0 0.73 (Q8_0 re-rounds weights that came from Q4_1 and were
     moved by the adapter); the next token agrees in both.
     """
-    from mlxtune.backends.numpy.trainer import load_adapters, load_model
+    from mlxtune.backends.numpy.model import load_model
+    from mlxtune.backends.numpy.trainer import load_adapters
     from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
     from mlxtune.formats.gguf import read_gguf
 

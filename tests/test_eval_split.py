@@ -107,9 +107,9 @@ def test_a_directory_is_scored_on_its_test_file(run, tmp_path):
 
 def test_samples_show_both_answers_without_a_recipe(run, model):
     """No recipe (task loss): the samples still carry the base's and the tuned model's greedy answers, at most --max-tokens long."""
-    from mlxtune.evaluate import _prompt_and_reference, _prompt_ids
+    from mlxtune.data.eval_split import prompt_and_reference
     from mlxtune.data.formats import CHAT
-    from mlxtune.generate import complete, load
+    from mlxtune.inference import complete, load, prompt_ids
 
     run_dir, data = run
     r = _eval(run_dir, "--compare-base", "--samples", "2", "--json", str(run_dir / "answers.json"))
@@ -120,7 +120,7 @@ def test_samples_show_both_answers_without_a_recipe(run, model):
     sample = r.stdout.split("--- sample 1 ---")[1].split("--- sample 2 ---")[0]
     for name, adapter in (("base", None), ("tuned", run_dir)):
         loaded = load(str(model), adapter=adapter, backend="numpy")
-        expected = [complete(loaded, _prompt_ids(loaded.tokenizer, _prompt_and_reference(rec, CHAT)[0]), 6).strip() for rec in held_out]
+        expected = [complete(loaded, prompt_ids(loaded.tokenizer, prompt_and_reference(rec, CHAT)[0]), 6).strip() for rec in held_out]
         assert [row[name] for row in result["side_by_side"]] == expected and all(expected)
         assert next(s for s in result["scores"] if s["name"] == name)["outputs"] == expected
         assert f"[{name}]\n{expected[0]}\n" in sample

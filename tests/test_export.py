@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlxtune.formats import safetensors as npio
-from mlxtune.backends.numpy.trainer import load_adapters, load_model
+from mlxtune.backends.numpy.model import load_model
+from mlxtune.backends.numpy.trainer import load_adapters
 from mlxtune.cli import cli
 from mlxtune.convert import convert
 from mlxtune.errors import OutputExistsError

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 import mlxtune.export.gguf as export_mod
 from gguf_fixtures import HEADS, KV_HEADS, SAMPLES, llama3_rope_factors, permute, tiny_spm_model, write_spm_gguf
 from mlxtune.formats import safetensors as npio
-from mlxtune.backends.numpy.trainer import load_model
+from mlxtune.backends.numpy.model import load_model
 from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
 from mlxtune.errors import ModelFormatError, ModelNotFoundError, OutputExistsError, UnsupportedModelError, UsageError
 from mlxtune.export.gguf import export_gguf
@@ -529,7 +529,8 @@ def test_llama_cpp_runs_the_export(smollm2_f32, tmp_path, outtype, atol):
     position, but greedy decoding parts at a near tie on the first answer token.
     """
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install llama-cpp-python: builds llama.cpp, ~8 minutes on 2 cores)")
-    from mlxtune.backends.numpy.trainer import generate_tokens, load_model
+    from mlxtune.backends.numpy.model import load_model
+    from mlxtune.backends.numpy.trainer import generate_tokens
     from mlxtune.models.tokenizer import load_tokenizer
 
     path = export_gguf(smollm2_f32, tmp_path / "smol.gguf", outtype=outtype).path

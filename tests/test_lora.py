@@ -124,7 +124,7 @@ def test_requantized_fuse_reports_what_the_adapter_keeps(tiny_model, tmp_path, m
     """fuse -q measures the kept share of the validation-loss gain, and warns when most of it is lost."""
     from click.testing import CliRunner
 
-    from mlxtune import evaluate, fuse as fuse_mod
+    from mlxtune import fuse as fuse_mod
     from mlxtune.cli import cli
 
     notes = str(Path(__file__).resolve().parent.parent / "data" / "notes.jsonl")
@@ -133,11 +133,11 @@ def test_requantized_fuse_reports_what_the_adapter_keeps(tiny_model, tmp_path, m
     assert r.exit_code == 0, r.output
     # Fused without re-quantizing, the model keeps the whole gain: the measurement itself is right.
     plain = fuse_mod.fuse(run, tmp_path / "f32", dtype="float32", backend="numpy")
-    kept, losses = evaluate.kept_improvement(run, plain.base, plain.path)
+    kept, losses = fuse_mod.kept_improvement(run, plain.base, plain.path)
     assert kept == pytest.approx(1.0, abs=1e-3) and losses["adapter"] < losses["base"]
     result = fuse_mod.fuse(run, tmp_path / "q8", quantize=True, q_bits=8, q_group_size=32, backend="mlx")
     assert any("keeps" in n and "validation split" in n for n in result.notes)
-    monkeypatch.setattr(evaluate, "kept_improvement", lambda *a, **k: (0.2, {"base": 3.0, "adapter": 1.0, "fused": 2.6}))
+    monkeypatch.setattr(fuse_mod, "kept_improvement", lambda *a, **k: (0.2, {"base": 3.0, "adapter": 1.0, "fused": 2.6}))
     result = fuse_mod.fuse(run, tmp_path / "q4", quantize=True, q_bits=4, q_group_size=64, backend="mlx")
     assert any(n.startswith("warning: most of the adapter is lost to 4-bit") for n in result.notes)
 

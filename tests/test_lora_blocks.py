@@ -87,7 +87,7 @@ def test_a_target_of_the_attention_blocks_only(lfm2_model, small_data, tmp_path)
     # the adapter loads back: mlxtune's loader and mlx-lm's place the same layers
     import mlx_lm
 
-    from mlxtune.generate import load
+    from mlxtune.inference import load
 
     load(str(lfm2_model), adapter=tmp_path / "run", backend="mlx")
     mlx_lm.load(str(lfm2_model), adapter_path=str(tmp_path / "run"))

@@ -473,7 +473,7 @@ def test_merge_adapters_leaves_outputs_bit_for_bit():
 
 
 def test_loads_the_tiny_model_directory(tiny_model):
-    model = load_model(tiny_model)
+    model = load_model(tiny_model)[0]
     config, weights = npio.load_weights(tiny_model)
     assert model.config.vocab_size == config["vocab_size"] and model.config.head_dim == 16
     assert set(model.weights) == set(weights) and all(w.dtype == np.float32 for w in model.weights.values())

@@ -96,7 +96,7 @@ def test_swiglu_and_cross_entropy_match_mlx():
 
 def adapted_pair(model_dir: Path, compute=None, num_layers=-1, keys=LINEAR_KEYS, rank=4, scale=2.0, b_std=0.05, seed=0):
     """The numpy and the mlx model of ``model_dir`` with the same LoRA values on the same layers."""
-    ours = load_model(model_dir)
+    ours = load_model(model_dir)[0]
     n = ours.add_lora(num_layers, list(keys), rank, scale, np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)
     for key, p in ours.lora_params().items():
@@ -304,7 +304,7 @@ def test_smollm2_greedy_generation(smollm2_dir):
 
     from mlxtune.runtime import choose_compute
 
-    ours = load_model(smollm2_dir)
+    ours = load_model(smollm2_dir)[0]
     theirs, config = load_mlx_model(smollm2_dir, choose_compute("cpu"))
     hf_tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     prompt = hf_tokenizer.apply_chat_template([{"role": "user", "content": "Give me three tips for running a good meeting."}], add_generation_prompt=True, tokenize=True)

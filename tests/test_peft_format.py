@@ -17,7 +17,7 @@ import pytest
 from mlxtune.formats import safetensors as npio
 from mlxtune.formats.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config
 from mlxtune.backends.numpy import trainer as npb
-from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama, load_model
 from mlxtune.errors import AdapterError, OutputExistsError
 from mlxtune.formats.peft import PEFT_CONFIG, PEFT_WEIGHTS, as_mlx_adapter, convert_peft_to_mlx, export_peft, import_peft, is_peft_adapter
 from conftest import needs_mlx
@@ -33,7 +33,7 @@ SOME_KEYS = ["mlp.down_proj", "self_attn.q_proj", "self_attn.v_proj"]
 def make_run(tiny_model, out, num_layers=1, keys=SOME_KEYS, rank=4, scale=2.5, dora=False, bf16=False, seed=0):
     """A run directory with random (non-zero) adapter weights, as 'mlxtune lora' writes it."""
     rng = np.random.default_rng(seed)
-    net, _ = npb.load_model(tiny_model)
+    net, _ = load_model(tiny_model)
     net.add_lora(num_layers, keys, rank, scale, rng)
     weights = {}
     for name, a in net.lora_params().items():
@@ -50,7 +50,7 @@ def make_run(tiny_model, out, num_layers=1, keys=SOME_KEYS, rank=4, scale=2.5, d
 
 
 def numpy_logits(tiny_model, adapter_dir=None) -> np.ndarray:
-    net, _ = npb.load_model(tiny_model)
+    net, _ = load_model(tiny_model)
     if adapter_dir is not None:
         npb.load_adapters(net, adapter_dir)
     return net.forward(IDS)
@@ -256,7 +256,7 @@ def test_first_block_only_needs_the_block_count(tiny_model, tmp_path, peft_dir):
     weights, _ = npio.read_safetensors(tmp_path / "filled" / ADAPTER_WEIGHTS)
     assert not weights["model.layers.1.self_attn.q_proj.lora_b"].any()
     # the same outputs as the adapter on block 0 through the numpy backend directly
-    net, _ = npb.load_model(tiny_model)
+    net, _ = load_model(tiny_model)
     net.add_lora(2, r.keys, r.rank, r.scale, np.random.default_rng(0))
     theirs, _ = npio.read_safetensors(peft_dir / PEFT_WEIGHTS)
     direct = {k: np.zeros_like(v) for k, v in net.lora_params().items()}
@@ -344,7 +344,7 @@ def test_dora_made_by_peft_runs_on_mlx(tiny_model, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from mlxtune.generate import load
+    from mlxtune.inference import load
 
     torch.manual_seed(1)
     model = get_peft_model(_hf_model(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"], use_dora=True))

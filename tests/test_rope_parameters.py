@@ -63,7 +63,7 @@ def transformers_logits(model_dir: Path) -> np.ndarray:
 
 
 def numpy_logits(model_dir: Path) -> np.ndarray:
-    from mlxtune.backends.numpy.trainer import load_model
+    from mlxtune.backends.numpy.model import load_model
 
     return load_model(model_dir)[0].forward(TOKENS)
 
@@ -259,7 +259,8 @@ LLAMA32_REAL = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "
 @needs_torch
 def test_lora_on_the_hf_directory_then_fuse_keeps_the_rotary_settings(llama32, small_data, tmp_path):
     """lora straight on the transformers-5 directory, then fuse: the fused model is the base + adapter, rope included."""
-    from mlxtune.backends.numpy.trainer import load_adapters, load_model
+    from mlxtune.backends.numpy.model import load_model
+    from mlxtune.backends.numpy.trainer import load_adapters
 
     run("lora", "--data", small_data, "--model", llama32, "--iters", 2, "--lr", "1e-2", "--backend", "numpy", "-o", tmp_path / "run", "--no-report")
     run("fuse", "--adapter", tmp_path / "run", "-o", tmp_path / "fused", "--backend", "numpy", "--dtype", "float32")

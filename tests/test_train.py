@@ -55,7 +55,7 @@ def test_adapters_load_in_mlx_lm_and_on_either_backend(tiny_model, small_data, t
     import mlx.core as mx
     import mlx_lm
 
-    from mlxtune.generate import load
+    from mlxtune.inference import load
 
     out = tmp_path / "run"
     train(_cfg(tiny_model, small_data, out, iters=4, backend=trained_on))

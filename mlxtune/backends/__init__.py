@@ -9,7 +9,7 @@ Both implement one small contract, with no shared implementation:
   plus ``num_layers``, ``keys``, ``n_trainable``, ``description`` and the
   ``objective`` (``mlxtune.training.objectives``) whose loss ``step`` and ``evaluate`` compute;
 * inference, evaluation loss and fusing: a ``base.Backend`` (``get(name)``),
-  whose methods ``generate.py``, ``evaluate.py`` and ``fuse.py`` call after
+  whose methods ``inference.py`` and ``fusing.py`` call after
   ``choose_backend`` / ``backend_for`` have chosen it;
 * a memory model: the peak resident memory of its training process
   (``memory_model(name)``, which ``training.memory.estimate`` calls; it

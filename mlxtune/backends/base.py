@@ -1,7 +1,7 @@
 """The backend contract, as typed protocols: what every compute backend offers.
 
 A backend is found by name with ``backends.get(name)``; the feature modules
-(``generate.py``, ``evaluate.py``, ``fuse.py``) call only these methods and
+(``inference.py``, ``fusing.py``) call only these methods and
 never branch on the backend's name. What a backend cannot do is a capability
 it reports (``can_requantize``), not a name the caller knows.
 """

@@ -55,7 +55,8 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
             last[name] = done
             click.echo(f"  {name}: {done}/{total} answers", err=True)
 
-    r = evaluate(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, backend, offline, on_progress=progress, skip_bad_lines=skip_bad_lines)
+    r = evaluate(adapter=adapter, model=model, data=data, split=split, task=task, recipe=recipe, compare_base=compare_base, max_tokens=max_tokens,
+                 limit=limit, samples=samples, backend=backend, offline=offline, on_progress=progress, skip_bad_lines=skip_bad_lines)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     held_out = ", none trained on" if r.trained_on == 0 else ""

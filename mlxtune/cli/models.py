@@ -127,7 +127,8 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
       mlxtune generate --adapter runs/notes --prompt "..." --temp 0.7 --seed 1
     """
     from .. import runtime
-    from ..generate import generate as do_generate, load
+    from ..generate import generate as do_generate
+    from ..inference import load
 
     if prompt == "-":
         prompt = sys.stdin.read()

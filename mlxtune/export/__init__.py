@@ -166,13 +166,13 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
         yield directory, name or fused_facts(directory)[0] or own, source.spec, None
         return
     from ..fsutil import temporary_dir
-    from ..fuse import fuse
+    from ..fusing import fuse_run
     from .model_card import fused_facts
 
     name = name or Path(adapter).resolve().name
     scratch.mkdir(parents=True, exist_ok=True)
     with temporary_dir(scratch, prefix=".mlxtune-export-") as tmp:
-        r = fuse(adapter, tmp / name, model=model, dtype="float32", offline=offline, force=True, name=name)
+        r = fuse_run(adapter, tmp / name, model=model, dtype="float32", offline=offline, force=True, name=name)
         notes.extend(r.notes)
         notes.append(f"fused {r.fused_layers} adapter layers of {adapter} into {r.base} in float32 first")
         base = (fused_facts(r.path)[1] or {}).get("base_model") or str(r.base)

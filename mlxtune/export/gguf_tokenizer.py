@@ -188,7 +188,7 @@ def _pre_tokenizer(path: Path, tj: dict) -> tuple[str, bool]:
     """(tokenizer.ggml.pre, whether derived rather than recognised) for a byte-level BPE tokenizer."""
     from tokenizers import Tokenizer
 
-    from ..formats.gguf_tokenizer import _LLAMA3_SPLIT, _QWEN2_SPLIT
+    from ..formats.gguf_tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
 
     ids = Tokenizer.from_file(str(path)).encode(CHKTXT).ids
     chkhsh = sha256(str(ids).encode()).hexdigest()
@@ -204,7 +204,7 @@ def _pre_tokenizer(path: Path, tj: dict) -> tuple[str, bool]:
         found = "smollm"
     elif kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
-        found = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}.get(pattern)
+        found = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}.get(pattern)
     if found is None:
         raise UnsupportedModelError(
             f"{path}: llama.cpp does not know this tokenizer's pre-tokenizer (hash {chkhsh[:16]}...), and it is not one of the "

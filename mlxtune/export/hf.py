@@ -6,9 +6,9 @@ quantization (packed uint32 weights with scales and biases), and what it
 should have is a ``torch_dtype``, the ``architectures`` entry, the tokenizer
 and a generation config. Weights are read with numpy (quantized ones expanded
 exactly), stored as float16, bfloat16 or float32 (by default the model's own
-dtype, float16 for a quantized one, as ``fuse`` writes: ``fuse.default_dtype``),
-with a model card, and the directory is assembled beside its destination and
-renamed into place.
+dtype, float16 for a quantized one, as ``fuse`` writes:
+``models.directory.default_dtype``), with a model card, and the directory is
+assembled beside its destination and renamed into place.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
     from ..formats import safetensors as npio
     from ..models.directory import TOKENIZER_FILES  # with generation_config.json
     from ..fsutil import check_output_dir, copy_file, staged_dir
-    from ..fuse import default_dtype
+    from ..models.directory import default_dtype
     from .model_card import CARD, fused_facts, model_card
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)

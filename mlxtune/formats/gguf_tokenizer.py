@@ -25,11 +25,11 @@ from pathlib import Path
 from ..errors import ModelFormatError, UnsupportedModelError
 
 # Split regexes of the original tokenizer.json files (llama.cpp spells the same in C++).
-_LLAMA3_SPLIT = (
+LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_SPLIT = (
+QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -137,7 +137,7 @@ def _byte_level_bpe(md: dict, tokens: list[str], name: str):
     if family == "digits":  # StarCoder/SmolLM: every digit alone, then GPT-2's split
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     elif family in ("llama3", "qwen2"):
-        split = _LLAMA3_SPLIT if family == "llama3" else _QWEN2_SPLIT
+        split = LLAMA3_SPLIT if family == "llama3" else QWEN2_SPLIT
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
     else:
         tok.pre_tokenizer = byte_level

@@ -27,7 +27,8 @@ class NumpyBackend:
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from ...models.tokenizer import eos_token_ids, load_tokenizer
-        from .trainer import load_adapters, load_model
+        from .model import load_model
+        from .trainer import load_adapters
 
         net, config = load_model(model_dir)
         if adapter is not None:
@@ -59,7 +60,8 @@ class NumpyBackend:
 
     def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, None]:
         from ...formats import safetensors as npio
-        from .trainer import load_adapters, load_model
+        from .model import load_model
+        from .trainer import load_adapters
 
         model, config = load_model(base_dir)
         adapter = load_adapters(model, adapter_dir)

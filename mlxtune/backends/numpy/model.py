@@ -490,9 +490,9 @@ def _view(a: np.ndarray, *shape: int) -> np.ndarray:
     return v
 
 
-def load_model(model_dir: str | Path, dtype=np.float32) -> NumpyLlama:
-    """A NumpyLlama from an MLX- or Hugging Face-layout directory (quantized weights dequantized)."""
+def load_model(model_dir: str | Path, dtype=np.float32) -> tuple[NumpyLlama, dict]:
+    """(the NumpyLlama, its config) of an MLX- or HF-layout directory, quantized weights expanded exactly: as mlx's ``load_model``."""
     from ...formats.safetensors import load_weights  # numpy only
 
     config, weights = load_weights(model_dir)
-    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype)
+    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config

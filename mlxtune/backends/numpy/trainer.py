@@ -52,16 +52,6 @@ def activation_budget(weight_bytes: int, env: str | None = None, grad_checkpoint
 LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the numpy model's block (numpy_model.LINEAR_KEYS)
 
 
-def load_model(model_dir: Path, dtype=np.float32):
-    """A NumpyLlama for an MLX- or HF-layout directory (quantized weights expanded exactly)."""
-    from ...formats import safetensors as npio
-    from ...models.layout import ModelConfig
-    from .model import NumpyLlama
-
-    config, weights = npio.load_weights(model_dir)
-    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config
-
-
 def resolve_keys(targets: list[str] | None) -> list[str]:
     """Block-relative keys for user targets (``training.targets.resolve``), over the numpy model's fixed block."""
     from ...training.targets import resolve
@@ -126,6 +116,7 @@ class NumpyTrainer:
         if cfg.dtype not in (None, "float32"):
             raise UsageError("the numpy backend computes in float32 (or float64 in tests); drop --dtype")
         from ... import runtime
+        from .model import load_model
 
         runtime.tune_allocator()  # before the model's arrays, so that they and the step's share one heap
         self.model, self.config = load_model(model_dir)

@@ -1,0 +1,129 @@
+"""A model, with or without an adapter, loaded for inference: what generate, eval, report and fuse share.
+
+Loading and decoding (with a KV cache) are the chosen backend's
+(``backends.base.Backend``); what is here is choosing the model (an adapter
+remembers its base) and the backend, token ids for a prompt (chat messages or
+text), greedy answers, and the loss over records as training counts it. The
+commands (``generate``, ``evaluate``, ``report``, ``fuse``) build on it; none of
+them is imported by another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .backends.base import Chunk
+
+if TYPE_CHECKING:
+    from .data.formats import DataFormat
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object  # mlx: mlx-lm's TokenizerWrapper; numpy: the Hugging Face tokenizer
+    model_dir: Path
+    adapter: Path | None
+    notes: list[str]
+    backend: str = "mlx"
+    eos_ids: set[int] = field(default_factory=set)
+
+
+def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
+    """Load a model (and adapter) for inference with the chosen backend."""
+    from .backends import backend_for, choose_backend, get, mlx_available
+    from .models.source import open_model, run_base_model
+    from .training.run_schema import RunConfig
+
+    choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
+    if adapter is not None:
+        from .formats.peft import as_mlx_adapter
+
+        adapter = as_mlx_adapter(adapter)  # a PEFT adapter directory works too
+        opened = run_base_model(Path(adapter), model, offline)
+    else:
+        opened = open_model(model, revision=revision, offline=offline)
+    model_dir, notes = opened.path, list(opened.notes)
+    adapter_path = Path(adapter) if adapter else None
+    dora = adapter_path is not None and RunConfig.from_file(adapter_path).dora
+    backend = backend_for(backend, model_dir, mlx_only="DoRA" if dora else None)
+    net, tokenizer, eos_ids = get(backend).load_inference(model_dir, adapter_path, dtype)
+    return Loaded(net, tokenizer, model_dir, adapter_path, notes, backend, eos_ids)
+
+
+def load_model_or_run_base(run_dir: str | Path | None, model: str | None, adapter: Path | None, backend: str = "auto", offline: bool | None = None) -> tuple[Loaded, list[str]]:
+    """(the loaded model, notes on finding it): ``model`` (with ``adapter``), or, with neither, the base ``run_dir`` was trained on.
+
+    The notes are those of finding the run's base; loading ``model`` keeps its own in ``Loaded.notes``.
+    """
+    if adapter is None and model is None:
+        from .models.source import run_base_model
+
+        base = run_base_model(Path(run_dir), None, offline)
+        return load(str(base.path), backend=backend, offline=offline), list(base.notes)
+    return load(model, adapter=adapter, backend=backend, offline=offline), []
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation rendered by the chat template, ready for the assistant's turn."""
+    from .data.batching import hf_tokenizer
+
+    hf = hf_tokenizer(tokenizer)
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return hf.encode(text, add_special_tokens=False)
+
+
+def prompt_ids(tokenizer, prompt: Any) -> list[int]:
+    """Token ids of a record's prompt (chat messages, or a string: a user turn where the model has a chat template)."""
+    from .data.batching import hf_tokenizer
+
+    if isinstance(prompt, str):
+        hf = hf_tokenizer(tokenizer)
+        if getattr(hf, "chat_template", None):
+            return chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
+        return hf.encode(prompt)
+    return chat_prompt(tokenizer, prompt)
+
+
+def stream(loaded: Loaded, ids: list[int], max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[Chunk]:
+    """Stream the continuation of the token ids ``ids`` chunk by chunk."""
+    from .backends import get
+
+    yield from get(loaded.backend).stream(loaded.model, loaded.tokenizer, loaded.eos_ids, ids, max_tokens, temp, top_p, seed)
+
+
+def complete(loaded: Loaded, ids: list[int], max_tokens: int) -> str:
+    """The greedy continuation of the token ids ``ids``, as text (up to an end token or ``max_tokens``)."""
+    return "".join(c.text for c in stream(loaded, ids, max_tokens))
+
+
+def answers(loaded: Loaded, prompts: list, max_tokens: int, on_each: Callable[[int], None] = lambda done: None) -> list[str]:
+    """The greedy answers of a loaded model to prompts (chat messages or strings)."""
+    out = []
+    for prompt in prompts:
+        out.append(complete(loaded, prompt_ids(loaded.tokenizer, prompt), max_tokens).strip())
+        on_each(len(out))
+    return out
+
+
+def mean_loss(loaded: Loaded, records: list, fmt: DataFormat, mask_prompt: bool, max_seq_len: int, batch_size: int = 4) -> tuple[float | None, int]:
+    """Mean cross-entropy over the records' target tokens (as training encodes them), and their number."""
+    import numpy as np
+
+    from .backends import get
+    from .data.batching import encode_dataset, make_batch
+
+    impl = get(loaded.backend)
+    examples, _ = encode_dataset(records, fmt, loaded.tokenizer, mask_prompt, max_seq_len)
+    examples.sort(key=len)
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = make_batch(examples[i : i + batch_size])
+        summed, n = impl.summed_loss(loaded.model, batch)
+        total += summed
+        count += int(n)
+    if not count:
+        return None, 0
+    return float(np.float64(total) / count), count

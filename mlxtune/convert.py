@@ -64,9 +64,9 @@ def convert(
     if out_dir.resolve() == source.path.resolve():
         raise UsageError(f"output directory {out_dir} is the source model itself: choose another -o")
     notes = [source.note] if source.note else []
-    from .backends import get, mlx_available
+    from .backends import writer
 
-    impl = get("mlx" if mlx_available() else "numpy")  # mlx-lm's layout is written with mlx wherever it is installed
+    impl = writer()
     if quantize and not impl.can_requantize:
         raise UsageError("quantizing needs mlx, which is not installed here; convert without -q (weights are written dense)")
     transform = impl.convert

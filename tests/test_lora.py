@@ -13,10 +13,10 @@ from mlx.utils import tree_flatten
 
 from mlxtune.backends.mlx.trainer import load_model
 from mlxtune.errors import AdapterError, ConfigError
+from mlxtune.formats.adapters import adapter_config
 from mlxtune.backends.mlx.lora import (
     DoRALinear,
     LoRALinear,
-    adapter_config,
     adapter_weights,
     apply_adapters,
     fuse_model,

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..models import families
-from .base import Backend, MemoryModel, Trainer
+from .base import BACKENDS, Backend, MemoryModel, Trainer
 
-BACKENDS = ("auto", "mlx", "numpy")
 
 
 def mlx_available() -> bool:
@@ -90,6 +89,19 @@ def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -
     except (OSError, ValueError):
         model_type = None
     return choose_backend(requested, mlx_ok, device, model_type, mlx_only)
+
+
+def writer() -> Backend:
+    """The backend that writes model files (convert): mlx wherever it is installed, so that mlx-lm's own
+    writer lays out the directory mlx-lm reads; numpy, which writes the same layout, elsewhere."""
+    return get("mlx" if mlx_available() else "numpy")
+
+
+def choice_note(requested: str | None, chosen: str) -> str | None:
+    """A line for the user when ``auto`` chose numpy although mlx is installed (they may expect mlx)."""
+    if chosen == "numpy" and (requested or "auto") == "auto" and mlx_available():
+        return "training with the numpy backend: on a CPU it is faster than mlx's CPU backend for this model (--backend mlx to choose mlx)"
+    return None
 
 
 def check_optimizer_state(names, state: dict) -> int:

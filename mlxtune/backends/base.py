@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol
 if TYPE_CHECKING:
     from ..training.memory_base import Estimate, EstimateInputs
 
+BACKENDS = ("auto", "mlx", "numpy")  # the choices of --backend and of a config file's backend key; backends.get dispatches on them
+
 
 @dataclass
 class Chunk:

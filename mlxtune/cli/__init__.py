@@ -18,11 +18,12 @@ import sys
 
 import click
 
+from .. import backends
 from ..errors import MlxtuneError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DTYPES = click.Choice(["float32", "float16", "bfloat16"])
-BACKENDS = click.Choice(["auto", "mlx", "numpy"])
+BACKENDS = click.Choice(list(backends.BACKENDS))
 BACKEND_HELP = "Compute backend: mlx, or numpy (runs anywhere); auto: mlx on a GPU, numpy on a CPU where it implements the model."
 
 

@@ -136,8 +136,10 @@ def _check_ranges(v: dict[str, Any]) -> list[str]:
         errors.append(f"key 'dropout' must be in [0, 1), not {v['dropout']}")
     if v.get("valid_fraction") is not None and not 0 < v["valid_fraction"] < 1:
         errors.append(f"key 'valid_fraction' must be in (0, 1), not {v['valid_fraction']}")
-    if v.get("backend") not in (None, "auto", "mlx", "numpy"):
-        errors.append(f"key 'backend' must be auto, mlx or numpy, not {v['backend']!r}")
+    from ..backends.base import BACKENDS
+
+    if v.get("backend") is not None and v["backend"] not in BACKENDS:
+        errors.append(f"key 'backend' must be {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, not {v['backend']!r}")
     if v.get("dtype") not in (None, "float32", "float16", "bfloat16"):
         errors.append(f"key 'dtype' must be float32, float16 or bfloat16, not {v['dtype']!r}")
     if v.get("objective") is not None:

@@ -21,7 +21,6 @@ compares it with the machine's memory and fits the run to it:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..backends import BACKENDS, memory_model

@@ -112,12 +112,13 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
         for note in notes:
             on_event(Event("note", {"message": note}))
 
-    from ..backends import backend_for, mlx_available
+    from ..backends import backend_for, choice_note
     from ..models.tokenizer import load_tokenizer
 
     backend = backend_for(cfg.backend, model_dir, mlx_only="DoRA" if cfg.dora else None)
-    if backend == "numpy" and cfg.backend in (None, "auto") and mlx_available():
-        on_event(Event("note", {"message": "training with the numpy backend: on a CPU it is faster than mlx's CPU backend for this model (--backend mlx to choose mlx)"}))
+    note = choice_note(cfg.backend, backend)
+    if note:
+        on_event(Event("note", {"message": note}))
     tokenizer = load_tokenizer(model_dir)
     mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
     train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)

@@ -26,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ...formats.adapters import ADAPTER_CONFIG, ADAPTER_LEAVES, ADAPTER_WEIGHTS, adapter_config, read_adapter_config  # noqa: F401 (re-exported)
+from ...formats.adapters import ADAPTER_CONFIG, ADAPTER_LEAVES, ADAPTER_WEIGHTS
 from ...errors import AdapterError
 from ...fsutil import atomic_write_text, save_safetensors_atomic
 from ...training.targets import resolve, union_over_blocks

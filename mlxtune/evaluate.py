@@ -23,12 +23,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .data.eval_split import SPLITS, eval_records, prompt_and_reference, prompt_text, run_encoding, run_skips_bad_lines, trained_on
 from .errors import DataError, UsageError
 from .inference import answers, load_model_or_run_base, mean_loss
 from .training.run_schema import RunConfig
+
+if TYPE_CHECKING:
+    from .data.formats import DataFormat
+    from .inference import Loaded
 
 
 @dataclass
@@ -144,29 +148,44 @@ def evaluate(
         variants.append(("base", None))
     if adapter is not None:
         variants.append(("tuned", Path(adapter)))
+    work = _Workload(records, fmt, list(prompts[:answered]), mask_prompt, max_seq_len, max_tokens, settings["task"])
     for name, adapter_path in variants:
-        result.scores.append(_score_model(name, model, adapter_path, adapter, backend, offline, records, fmt, prompts[:answered], mask_prompt, max_seq_len, max_tokens, settings, result, on_progress))
+        loaded, load_notes = load_model_or_run_base(adapter, model, adapter_path, backend, offline)
+        result.notes.extend(load_notes)
+        result.scores.append(_score_model(name, loaded, adapter_path, work, result, on_progress))
+        del loaded  # one model in memory at a time: the base is freed before the tuned one loads
     return result
 
 
-def _score_model(name, model, adapter_path, run_dir, backend, offline, records, fmt, prompts, mask_prompt, max_seq_len, max_tokens, settings, result, on_progress) -> ModelScores:
+@dataclass(frozen=True)
+class _Workload:
+    """What every model of one evaluation is measured on: the records, the prompts answered, how they are encoded."""
+
+    records: list
+    fmt: DataFormat
+    prompts: list
+    mask_prompt: bool
+    max_seq_len: int
+    max_tokens: int
+    task: str
+
+
+def _score_model(name: str, loaded: Loaded, adapter_path: Path | None, work: _Workload, result: EvalResult, on_progress) -> ModelScores:
+    """The loss of ``loaded`` on the records, and its answers to the prompts scored by the task's measure."""
     start = time.perf_counter()
-    loaded, notes = load_model_or_run_base(run_dir, model, adapter_path, backend, offline)
-    result.notes.extend(notes)
-    loss, n = mean_loss(loaded, records, fmt, mask_prompt, max_seq_len)
+    loss, n = mean_loss(loaded, work.records, work.fmt, work.mask_prompt, work.max_seq_len)
     scores = ModelScores(name, str(loaded.model_dir), str(adapter_path) if adapter_path else None, loss, math.exp(loss) if loss is not None and loss < 50 else None, n)
-    if prompts:
-        scores.outputs = answers(loaded, prompts, max_tokens, lambda done: on_progress(name, done, len(prompts)))
-        if settings["task"] == "summarize":
+    if work.prompts:
+        scores.outputs = answers(loaded, work.prompts, work.max_tokens, lambda done: on_progress(name, done, len(work.prompts)))
+        if work.task == "summarize":
             from .metrics import rouge
 
             scores.metrics = rouge(scores.outputs, result.references)
-        elif settings["task"] == "style":
+        elif work.task == "style":
             from .metrics import marker_scores
 
             scores.metrics = {"marker_score": _mean(marker_scores(scores.outputs, result.markers))}
     scores.seconds = time.perf_counter() - start
-    del loaded
     return scores
 
 

@@ -3,6 +3,7 @@
     python bench/bench_train.py                                   # every system, defaults below
     python bench/bench_train.py --systems mlxtune-mlx,mlxtune-numpy --steps 4 --json out.json
     python bench/bench_train.py --steps 12 --warmup 3 --steps-for mlx-lm-default=4/1 --json bench/results/train-side-by-side.json
+    python bench/bench_train.py --shape qwen3-0.6b --steps 4 --warmup 1    # a family at its real size, random weights
 
 Systems (``--systems``, comma-separated; default all of them):
 
@@ -31,6 +32,11 @@ systems, the batches are drawn from the largest group of records that pad to
 the same shape in every system (here ~190 tokens, around the median), sorted
 by length, chunked into batches of 4 and put in a seeded random order; a
 system with more steps than batches goes round them again.
+
+``--shape NAME`` trains a model of another family at its real size with
+random weights instead (``bench/shapes.py``: qwen3-0.6b), on the same token
+sequences, with mlxtune's two backends only (``--systems`` mlxtune-mlx,
+mlxtune-numpy).
 
 Each system runs in its own process. Reported per system: trained tokens per
 second in steady state (the steps after ``--warmup``), seconds per step, time
@@ -65,6 +71,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from shapes import SHAPES  # noqa: E402  (the --shape models)
+
 SYSTEMS = {
     "mlxtune-mlx": "mlxtune, mlx backend",
     "mlxtune-numpy": "mlxtune, numpy backend",
@@ -75,6 +83,7 @@ SYSTEMS = {
     "peft-float32": "PyTorch + PEFT, float32",
     "peft-bfloat16": "PyTorch + PEFT, bfloat16 autocast",
 }
+SHAPE_SYSTEMS = ("mlxtune-mlx", "mlxtune-numpy")  # the systems that train a --shape model
 # Steps (and warm-up steps) per system unless --steps-for says otherwise:
 # mlx_lm as installed trains at a few tokens per second.
 DEFAULT_STEPS_FOR = {"mlx-lm-default": (3, 1)}
@@ -134,7 +143,7 @@ def prepare(args) -> None:
         (out / "bench-stamp.json").write_text(json.dumps(stamp))
     four_bit = work / "model-4bit"
     stamp = {"model": args.model, "dtype": "4bit"}
-    if not ((four_bit / "config.json").exists() and _read_json(four_bit / "bench-stamp.json") == stamp):
+    if not args.shape and not ((four_bit / "config.json").exists() and _read_json(four_bit / "bench-stamp.json") == stamp):
         from mlxtune.models.hub import resolve_model
 
         is_gguf = resolve_model(args.model).kind == "gguf"
@@ -142,6 +151,15 @@ def prepare(args) -> None:
         notes.extend(r.notes)
         (four_bit / "bench-stamp.json").write_text(json.dumps(stamp))
     model = work / "model-float32"
+    if args.shape:  # the family's real sizes, random weights, this model's tokenizer
+        from shapes import write_random_model
+
+        stamp = {"model": args.model, "shape": args.shape}
+        shaped = work / f"model-{args.shape}"
+        if _read_json(shaped / "bench-stamp.json") != stamp:
+            write_random_model(shaped, args.shape, model)
+            (shaped / "bench-stamp.json").write_text(json.dumps(stamp))
+        model = shaped
     tok = load_tokenizer(model)
     eos = tok.eos_token_id
     texts, tokens = [], []
@@ -391,15 +409,20 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every figure as JSON to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--float16", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shape", choices=sorted(SHAPES), help="train a model of this family's real size with random weights (bench/shapes.py) instead; mlxtune's backends only")
     args = p.parse_args()
     if args.child:
         child(args)
         return
 
+    if args.shape and args.systems == ",".join(SYSTEMS):
+        args.systems = ",".join(SHAPE_SYSTEMS)
     systems = [s.strip() for s in (args.systems if not args.backends else ",".join(f"mlxtune-{b}" for b in args.backends.split(","))).split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if args.shape and set(systems) - set(SHAPE_SYSTEMS):
+        raise SystemExit(f"--shape runs {', '.join(SHAPE_SYSTEMS)} only (the peers load llama models, the 4-bit rows need the real weights)")
     steps_for = parse_steps_for(args.steps_for)
     plan = {}
     for s in systems:
@@ -418,12 +441,12 @@ def main() -> None:
     load_before = os.getloadavg()
     rate = sgemm_gflops()
     base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = ["--workdir", str(work), "--batch-size", str(args.batch_size), "--max-seq-len", str(args.max_seq_len)]
+    common = ["--workdir", str(work), "--batch-size", str(args.batch_size), "--max-seq-len", str(args.max_seq_len)] + (["--shape", args.shape] if args.shape else [])
     runs: list[dict] = []
     result = {
         "date": date.today().isoformat(), "started": started, "machine": machine(), "versions": versions(),
         "sgemm_gflops": rate, "sgemm": "numpy float32 1024x1024 matmul, best of 5 trials before and of 5 after the systems run (MFU uses the higher)",
-        "settings": {"systems": systems, "steps": {s: {"steps": n, "warmup": w} for s, (n, w) in plan.items()}, "model": args.model or "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "settings": {"systems": systems, "steps": {s: {"steps": n, "warmup": w} for s, (n, w) in plan.items()}, "model": f"{args.shape} (random weights)" if args.shape else args.model or "HuggingFaceTB/SmolLM2-135M-Instruct",
                      "data": str(args.data), "batch_size": args.batch_size, "max_seq_len": args.max_seq_len, "lora": {"rank": RANK, "alpha": ALPHA, "dropout": 0.0, "modules": "q,k,v,o,gate,up,down", "layers": "all"},
                      "learning_rate": LR, "openblas": blas},
         "results": runs,

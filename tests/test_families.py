@@ -19,14 +19,16 @@ def test_each_family_file_defines_its_family():
 
 def test_the_tables_the_readers_had_before():
     """What numpy_model, backends, export_gguf, gguf_import, export_hf and model_config each kept in a table of their own."""
-    assert families.numpy_model_types() == ["llama", "mistral", "qwen2"]
-    assert families.gguf_export_model_types() == ["llama", "mistral", "qwen2"]
-    assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-    assert families.gguf_import_archs() == ["llama", "qwen2"]
-    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("llama", "qwen2"))] == [
-        ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False)]
+    assert families.numpy_model_types() == ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert families.gguf_export_model_types() == ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {
+        "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
+    assert families.gguf_import_archs() == ["llama", "qwen2", "qwen3", "smollm3"]
+    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("llama", "qwen2", "qwen3", "smollm3"))] == [
+        ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False), ("qwen3", "Qwen3ForCausalLM", False), ("smollm3", "SmolLM3ForCausalLM", True)]
     assert families.hf_classes() == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                                     "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM"}
+                                     "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM",
+                                     "smollm3": "SmolLM3ForCausalLM"}
     assert families.local_rope_base_fields() == {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
     assert families.layer_pattern_fields() == {"gemma3_text": "sliding_window_pattern", "gemma3": "sliding_window_pattern"}
     assert sorted(families.per_layer_type_rope_readers()) == ["gemma4", "gemma4_text", "laguna"]
@@ -58,3 +60,21 @@ def test_numpy_families_have_the_layout_the_numpy_model_computes():
         if family.gguf_arch:
             assert set(family.linear_keys) <= {hf for _, hf in family.gguf_block} and family.gguf_global and family.gguf_rope_types
     assert all(f.gguf_arch for f in map(families.for_gguf_arch, families.gguf_import_archs()))
+
+
+def test_qwen3_and_smollm3_rules_as_mlx_lm_reads_config():
+    """Qwen3: q/k norms, head_dim from config.json, no biases; SmolLM3: the layers without rope, as mlx-lm and transformers read them."""
+    from mlxtune.errors import ModelFormatError
+
+    qwen3, smollm3 = families.family_for("qwen3"), families.family_for("smollm3")
+    config = {"hidden_size": 64, "num_attention_heads": 4, "head_dim": 32, "attention_bias": True, "num_hidden_layers": 8}
+    assert (qwen3.qk_norm, qwen3.head_dim(config), qwen3.biases(config), qwen3.rope_layers(config)) == (True, 32, (False, False, False), None)
+    assert smollm3.biases(config) == (True, True, False) and not smollm3.qk_norm
+    assert smollm3.rope_layers(config) == (True, True, True, False) * 2  # every 4th layer without rope, by default
+    assert smollm3.rope_layers({**config, "no_rope_layer_interval": 3}) == (True, True, False, True, True, False, True, True)
+    assert smollm3.rope_layers({**config, "no_rope_layers": [0, 1] * 4}) == (False, True) * 4  # the list wins over the interval
+    with pytest.raises(ModelFormatError, match="no_rope_layers must list 0 or 1 for each of the 8 layers"):
+        smollm3.rope_layers({**config, "no_rope_layers": [1, 0]})
+    # llama.cpp's smollm3 graph fixes every 4th layer without rope; a GGUF file of it implies the config fields
+    assert smollm3.gguf_rope_layers(4) == (True, True, True, False) and qwen3.gguf_rope_layers(4) is None
+    assert smollm3.gguf_config_fields(4) == {"no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0]} and qwen3.gguf_config_fields(4) == {}

@@ -225,6 +225,8 @@ VARIANTS = {
     "llama-all-biases": {"attention_bias": True, "mlp_bias": True},
     "mha-traditional-linear-rope": {"num_key_value_heads": 4, "rope_traditional": True, "rope_scaling": {"type": "linear", "factor": 2.0}},
     "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+    "qwen3-qk-norm": {"model_type": "qwen3", "head_dim": 6},  # per-head q/k norms before rope; head_dim not hidden / heads
+    "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [0, 1]},  # the first block without rope
 }
 
 
@@ -318,10 +320,10 @@ def test_loss_is_masked_mean_of_cross_entropy():
     assert (loss, n) == (0.0, 0.0) and all(not g.any() for g in grads.values())
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_checkpointed_blocks_give_the_same_gradients(dropout):
+@pytest.mark.parametrize("variant,dropout", [("tied-gqa", 0.0), ("tied-gqa", 0.25), ("qwen3-qk-norm", 0.25), ("smollm3-nope", 0.0)])
+def test_checkpointed_blocks_give_the_same_gradients(variant, dropout):
     """A checkpointed block recomputes q, k, v, gate and up (replaying its dropout masks) in the backward."""
-    model = small_model(dropout=dropout)
+    model = small_model(variant, dropout=dropout)
     inputs, targets, mask = batch()
     model.activation_budget = None
     assert model.activation_plan(*inputs.shape) == (2, 0)
@@ -418,7 +420,7 @@ def test_set_lora_params_checks_keys_and_shapes():
         model.set_lora_params({**params, key: np.zeros((16, 3))})
 
 
-@pytest.mark.parametrize("variant", ["tied-gqa", "qwen2-qkv-bias"])
+@pytest.mark.parametrize("variant", ["tied-gqa", "qwen2-qkv-bias", "qwen3-qk-norm"])
 def test_fused_weights_forward_equals_lora_forward(variant):
     model = small_model(variant)
     base = {k: v.copy() for k, v in model.weights.items()}
@@ -430,10 +432,10 @@ def test_fused_weights_forward_equals_lora_forward(variant):
         np.testing.assert_array_equal(model.weights[k], v)
 
 
-@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-def test_kv_cache_forward_equals_full_forward(dtype, atol, monkeypatch):
+@pytest.mark.parametrize("variant,dtype,atol", [("tied-gqa", np.float64, 1e-12), ("tied-gqa", np.float32, 2e-5), ("qwen3-qk-norm", np.float64, 1e-12), ("smollm3-nope", np.float64, 1e-12)])
+def test_kv_cache_forward_equals_full_forward(variant, dtype, atol, monkeypatch):
     monkeypatch.setattr(numpy_model, "KV_CACHE_START", 5)  # so the cache grows twice
-    model = small_model(dtype=dtype)
+    model = small_model(variant, dtype=dtype)
     tokens = np.random.default_rng(3).integers(0, 40, size=(2, 10))
     full = model.forward(tokens)  # (B, T, V)
     cache = model.new_cache()
@@ -441,7 +443,7 @@ def test_kv_cache_forward_equals_full_forward(dtype, atol, monkeypatch):
     for t in range(4, 6):  # one token at a time, as in generation
         pieces.append(model.forward(tokens[:, t : t + 1], cache))
     pieces.append(model.forward(tokens[:, 6:], cache))  # a chunk on top of a cache
-    assert cache.offset == 10 and cache.keys[0].shape == (2, 2, 10, 4)  # grown 5 -> 10 (to fit 4 + 6)
+    assert cache.offset == 10 and cache.keys[0].shape == (2, 2, 10, model.config.head_dim)  # grown 5 -> 10 (to fit 4 + 6)
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=0, atol=atol)
     last = model.forward(tokens[:, :7], model.new_cache(), last_only=True)  # (B, 1, V)
     np.testing.assert_allclose(last, full[:, 6:7], rtol=0, atol=atol)

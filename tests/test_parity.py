@@ -209,6 +209,8 @@ TINY_VARIANTS = {
     "tied-gqa": {},
     "untied": {"tie_word_embeddings": False},
     "qwen2-bias": {"model_type": "qwen2", "attention_bias": True},
+    "qwen3-qk-norm": {"model_type": "qwen3", "head_dim": 24},  # per-head q/k norms; head_dim is config.json's, not 64 / 4
+    "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [1, 0]},  # the second block without rope
 }
 
 
@@ -245,6 +247,15 @@ def test_tiny_model_greedy_generation(tiny_untied):
     tokenizer = load_tokenizer(tiny_untied, json.loads((tiny_untied / "config.json").read_text()))
     prompt = tokenizer.encode("Meeting notes: discuss the budget")
     check_generation(ours, theirs, tokenizer, prompt, "tiny generation", TINY_LOGITS)
+
+
+@pytest.mark.parametrize("variant", ["qwen3-qk-norm", "smollm3-nope"])
+def test_tiny_family_greedy_generation(variant, tmp_path):
+    """The KV cache of the families with their own attention (q/k norms, layers without rope) decodes as mlx-lm's."""
+    model_dir = make_tiny_model(tmp_path / "model", **TINY_VARIANTS[variant], tie_word_embeddings=False)
+    ours, theirs = adapted_pair(model_dir, b_std=0.2)
+    tokenizer = load_tokenizer(model_dir, json.loads((model_dir / "config.json").read_text()))
+    check_generation(ours, theirs, tokenizer, tokenizer.encode("Meeting notes: discuss the budget"), f"tiny {variant} generation", TINY_LOGITS)
 
 
 # ------------------------------------------------------------------ SmolLM2

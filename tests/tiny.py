@@ -92,9 +92,12 @@ def tiny_config(vocab_size: int, **overrides) -> dict:
 
 
 def tiny_weights(config: dict, seed: int = 0) -> dict:
-    """Random weights with Hugging Face names, drawn with numpy (no mlx needed)."""
+    """Random weights with Hugging Face names, drawn with numpy (no mlx needed); q/k norms for a family that has them."""
     import numpy as np
 
+    from mlxtune.models import families
+
+    qk_norm = getattr(families.get(config.get("model_type")), "qk_norm", False)
     rng = np.random.default_rng(seed)
     d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     hd = config.get("head_dim") or d // config["num_attention_heads"]
@@ -116,6 +119,9 @@ def tiny_weights(config: dict, seed: int = 0) -> dict:
         w[p + "mlp.down_proj.weight"] = linear(d, f)
         w[p + "input_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
         w[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
+        if qk_norm:  # per-head q and k norms (Qwen3)
+            w[p + "self_attn.q_norm.weight"] = (1 + 0.1 * rng.normal(size=hd)).astype(np.float32)
+            w[p + "self_attn.k_norm.weight"] = (1 + 0.1 * rng.normal(size=hd)).astype(np.float32)
         if config.get("attention_bias"):
             for name, n in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
                 w[p + f"self_attn.{name}.bias"] = (0.1 * rng.normal(size=n)).astype(np.float32)

@@ -1,8 +1,9 @@
 """Export an MLX-layout model directory as a GGUF file for llama.cpp, with an Ollama Modelfile.
 
 The file is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same
-model (``LlamaModel`` for llama, mistral and SmolLM; ``Qwen2Model`` for qwen2):
-the same tensor names, the rotary q/k rows of llama permuted the way it
+model (``LlamaModel`` for llama, mistral and SmolLM; ``Qwen2Model`` for qwen2,
+``Qwen3Model`` for qwen3, ``SmolLM3Model`` for smollm3; each family's names
+and rules are its ``Family`` record): the same tensor names, the rotary q/k rows of llama permuted the way it
 permutes them (``gguf_import`` undoes exactly this), norms and other 1-D
 tensors in F32, the same metadata keys and types, and the tokenizer as its
 ``get_vocab_base`` and ``gguf.SpecialVocab`` describe it. Weights are read with
@@ -148,7 +149,7 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     family = families.get(model_type)
     if family is None or not family.gguf_arch:
         raise UnsupportedModelError(
-            f"GGUF export supports the llama family ({', '.join(families.gguf_export_model_types())}; SmolLM is llama), not model type {model_type!r}; "
+            f"GGUF export supports the llama family and its relatives ({', '.join(families.gguf_export_model_types())}; SmolLM is llama), not model type {model_type!r}; "
             "for other architectures use llama.cpp's convert_hf_to_gguf.py on the Hugging Face model"
         )
     arch = family.gguf_arch
@@ -159,6 +160,7 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
     cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
+    _check_rope_layers(cfg, family, arch)
     expected = expected_shapes(cfg)
     missing = [k for k in expected if k not in weights]
     if missing:
@@ -207,6 +209,20 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         if big:
             notes.append(f"{', '.join(big[:3])} hold values beyond float16's range (65504), which became inf; export as f32 or q8_0 instead")
     return arch, plan, cfg
+
+
+def _check_rope_layers(cfg, family, arch: str) -> None:
+    """Refuse a model whose layers without rope are not the ones llama.cpp's ``arch`` graph leaves unrotated (it reads none from the file)."""
+    n = cfg.num_hidden_layers
+    ours, theirs = cfg.rope_layers or (True,) * n, family.gguf_rope_layers(n) or (True,) * n
+    if ours != theirs:
+        def without(flags):
+            return ", ".join(str(i) for i, r in enumerate(flags) if not r) or "none"
+
+        raise UnsupportedModelError(
+            f"this {cfg.model_type} model has no rope in layers {without(ours)}, but llama.cpp's {arch} model has none in layers "
+            f"{without(theirs)} whatever the file says, so it would compute another model; use the model with mlxtune or mlx-lm instead of GGUF"
+        )
 
 
 def _order(t: _Tensor, block_order: list[str]) -> tuple:

@@ -338,6 +338,7 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     }
     if family.gguf_attention_bias_key:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in weights
+    config.update(family.gguf_config_fields(hp["num_hidden_layers"]))  # what llama.cpp's graph fixes and the file omits
     scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
     if scaling:
         config["rope_scaling"] = scaling

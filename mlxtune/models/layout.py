@@ -1,12 +1,14 @@
 """The llama layout: a config.json as mlx-lm's model of its family reads it, and the tensors it calls for.
 
-llama, mistral and qwen2 (and SmolLM, SmolLM2, Qwen2.5) share one layout:
-an embedding, blocks of RMSNorm, grouped-query attention (q, k, v, o) with
-rotary embeddings and a SwiGLU MLP (gate, up, down), a final norm and a head
-(tied or not). What differs between the families is how config.json is read
-(biases, head_dim, the default rotary base): ``Family`` in
-``models/families`` says it, ``ModelConfig.from_dict`` applies it. The numpy
-model computes with this, GGUF export writes it, the memory plan counts it.
+llama, mistral, qwen2, qwen3 and smollm3 (and SmolLM, SmolLM2, Qwen2.5) share
+one layout: an embedding, blocks of RMSNorm, grouped-query attention (q, k,
+v, o) with rotary embeddings and a SwiGLU MLP (gate, up, down), a final norm
+and a head (tied or not). What differs between the families is how
+config.json is read (biases, head_dim, the default rotary base), per-head q/k
+norms before rope (``qk_norm``: two more weights of head_dim a block) and
+layers without rope (``rope_layers``): ``Family`` in ``models/families`` says
+it, ``ModelConfig.from_dict`` applies it. The numpy model computes with this,
+GGUF export writes it, the memory plan counts it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from . import families
 
 @dataclass
 class ModelConfig:
-    """The fields of a llama / mistral / qwen2 config.json that the computation depends on."""
+    """The fields of a llama-layout config.json (llama, mistral, qwen2, qwen3, smollm3) that the computation depends on."""
 
     model_type: str
     hidden_size: int
@@ -40,6 +42,8 @@ class ModelConfig:
     attention_bias: bool = False  # biases on q, k and v
     o_proj_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # self_attn.q_norm / k_norm (head_dim,) normalise each head of q and k before rope
+    rope_layers: tuple[bool, ...] | None = None  # whether each layer rotates q and k (None: every layer)
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -86,7 +90,13 @@ class ModelConfig:
             attention_bias=attention_bias,
             o_proj_bias=o_proj_bias,
             mlp_bias=mlp_bias,
+            qk_norm=family.qk_norm,
+            rope_layers=family.rope_layers(config),
         )
+
+    def rotates(self, layer: int) -> bool:
+        """Whether block ``layer`` applies rotary embeddings to q and k."""
+        return self.rope_layers is None or self.rope_layers[layer]
 
     def rope_frequencies(self) -> tuple[np.ndarray, float]:
         """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope."""
@@ -133,6 +143,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         shapes[p + "input_layernorm.weight"] = (C,)
         shapes[p + "post_attention_layernorm.weight"] = (C,)
+        if cfg.qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = (cfg.head_dim,)
+            shapes[p + "self_attn.k_norm.weight"] = (cfg.head_dim,)
         for name, (out_dim, in_dim) in linears.items():
             shapes[p + name + ".weight"] = (out_dim, in_dim)
             if bias.get(name, cfg.attention_bias):  # q, k and v: attention_bias

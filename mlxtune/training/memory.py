@@ -115,6 +115,9 @@ def _stored(config: dict, d: dict) -> list[Tensor]:
         else:
             out.append(Tensor(name, "F32", (o, i)))
     out += [Tensor(f"model.layers.{i}.{n}.weight", "F32", (d["C"],)) for i in range(d["L"]) for n in ("input_layernorm", "post_attention_layernorm")]
+    family = families.get(config.get("model_type"))
+    if family is not None and family.qk_norm:  # per-head q and k norms (Qwen3)
+        out += [Tensor(f"model.layers.{i}.self_attn.{n}.weight", "F32", (d["D"],)) for i in range(d["L"]) for n in ("q_norm", "k_norm")]
     return out + [Tensor("model.norm.weight", "F32", (d["C"],))]
 
 

@@ -5,13 +5,18 @@ be installed), and it is the oracle the mlx path is tested against (logits,
 loss, every LoRA gradient; see ``tests/test_parity.py``), as llm.c's reference
 checks its fast kernels. So it is written to be read: one function per block, a
 shape comment on each tensor line, each op a forward/backward pair in
-``numpy_ops``. Semantics are mlx-lm's
-``models/llama.py`` (mistral is the same model there) and ``models/qwen2.py``:
+``ops``. Semantics are mlx-lm's ``models/llama.py`` (mistral is the same
+model there), ``models/qwen2.py``, ``models/qwen3.py`` (per-head q/k norms
+before rope) and ``models/smollm3.py`` (layers without rope):
 
     x = embed(tokens)
-    for each block:  x = x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))
+    for each block:  x = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))
                      x = x + down(silu(gate(n2(x))) * up(n2(x)))
     logits = norm(x) @ head.T            (head = embed_tokens.weight when tied)
+
+This module holds the model as a whole (loading, the embedding, the loss head,
+the KV cache, which blocks keep what); one block's forward and backward is
+``block.py``.
 
 with RMSNorm, rotary embeddings as ``mlx_lm.models.rope_utils.initialize_rope``,
 causal grouped-query attention scaled by head_dim**-0.5, and LoRA updates
@@ -34,8 +39,8 @@ Memory, for a batch of N = B * T rows (SmolLM2-135M: C 576, F 1536):
   two residual inputs (2C a row) and recompute q, k, v, gate and up.
 
 How config.json is read (per family) and which tensors the model has is
-``mlxtune.models.layout``; checking and stacking the weights, ``numpy_weights``;
-placing LoRA and its arrays, ``numpy_lora``.
+``mlxtune.models.layout``; checking and stacking the weights, ``weights.py``;
+placing LoRA and its arrays, ``lora.py``.
 
 This module imports numpy (and mlxtune's error types, config reading and objectives) only; never mlx.
 """
@@ -53,14 +58,13 @@ from ...models.layout import ModelConfig
 from ...training.objectives import CROSS_ENTROPY, Objective, TokenLogProbs
 from . import ops
 from .activations import block_bytes, checkpointed_blocks
+from .block import BlockMethods, Saved
 from .lora import LoRAMethods
-from .weights import GATE_UP, QKV, check_weights, stacked_weights
+from .weights import QKV, check_weights, stacked_weights
 
 # The linear layers of a block that LoRA can target (block-relative names, as mlxtune.backends.mlx.lora): the llama layout's.
 LINEAR_KEYS = LLAMA_LINEAR_KEYS
-# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
-_QKV, _O, _GATE_UP, _DOWN = QKV, ("self_attn.o_proj",), GATE_UP, ("mlp.down_proj",)
-_BLOCK_ORDER = _QKV + _O + _GATE_UP + _DOWN  # the order a block uses them in
+_QKV = QKV  # the layers of a block that read the attention's input, stacked into one matmul (numpy_weights)
 # Logits computed at a time by the loss head: (rows, V) of this many bytes.
 HEAD_CHUNK_BYTES = 32 * 2**20
 
@@ -97,8 +101,8 @@ class KVCache:
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
-class NumpyLlama(LoRAMethods):
-    """A llama-family model in numpy with LoRA adapters (``numpy_lora``), a forward pass and a LoRA backward pass."""
+class NumpyLlama(LoRAMethods, BlockMethods):
+    """A llama-layout model in numpy with LoRA adapters (``lora.py``), its blocks (``block.py``), a forward pass and a LoRA backward pass."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32, consume: bool = False):
         """``consume``: take the arrays out of ``weights`` as they are stored (the dict ends up empty), so
@@ -172,7 +176,7 @@ class NumpyLlama(LoRAMethods):
         dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
         rope = self._rope(0, T)
         x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
-        saved: list[_Saved] = []
+        saved: list[Saved] = []
         for i in range(n_blocks):
             if i < first:  # blocks before the first adapter need no backward pass
                 x, _ = self._block_forward(i, x, rope)
@@ -260,175 +264,6 @@ class NumpyLlama(LoRAMethods):
     def _head_weight(self) -> np.ndarray:
         return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)
 
-    def _layers(self, i: int, group: tuple[str, ...], drops: dict) -> list[ops.Linear]:
-        """The linear layers ``group`` of block i (which read the same input), with their adapters and masks."""
-        p = f"model.layers.{i}."
-        return [ops.Linear(self.weights[p + k + ".weight"], self.weights.get(p + k + ".bias"), self.adapters.get(p + k), drops.get(k)) for k in group]
-
-    def _dropout_masks(self, i: int, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Block i's dropout masks for the LoRA inputs, drawn in a fixed order (so a saved rng replays them)."""
-        drops = {}
-        for key in _BLOCK_ORDER:
-            lora = self.adapters.get(f"model.layers.{i}.{key}")
-            if lora is not None and lora.dropout > 0:
-                in_dim = self.weights[f"model.layers.{i}.{key}.weight"].shape[1]
-                drops[key] = ops.dropout_mask((rows, in_dim), lora.dropout, rng, self.dtype)  # (N, in)
-        return drops
-
-    def _block_forward(self, i: int, x, rope, kv: KVCache | None = None, offset: int = 0, drops: dict | None = None, save: str | None = None):
-        """x + attention(norm(x)), then + mlp(norm(.)).  x: (B, T, C) -> (out (B, T, C), saved or None).
-
-        ``save="all"`` also returns what ``_block_backward`` needs (see
-        ``saved_bytes_per_block``); ``save="inputs"`` (a checkpointed block)
-        only the inputs of the two halves of the block, x and x2, and the
-        attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
-        """
-        cfg, w, p = self.config, self.weights, f"model.layers.{i}."
-        B, T, C = x.shape
-        eps, drops = cfg.rms_norm_eps, drops or {}
-        x2d = x.reshape(B * T, C)  # (N, C)
-        rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
-        h = ops.rmsnorm_apply(x2d, rstd1, w[p + "input_layernorm.weight"])  # (N, C)
-        qkv = ops.linears_forward(h, self._layers(i, _QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
-        del h
-        q, k, v = self._split_heads(qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2
-        del qkv
-        if kv is not None:
-            k, v = kv.update(i, k, v)  # (B, KVH, S, D)
-        att, lse = ops.causal_attention(q, k, v, offset)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
-        a = self._merge_heads(att, B, T)  # (N, H*D)
-        del att
-        x2 = ops.linears_forward(a, self._layers(i, _O, drops))  # (N, C): o
-        del a
-        x2 += x2d  # (N, C) the residual after attention, x + o
-        rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
-        h = ops.rmsnorm_apply(x2, rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
-        gu = ops.linears_forward(h, self._layers(i, _GATE_UP, drops))  # (N, 2F): gate | up
-        del h
-        if save == "all":
-            saved = _Saved(x, rstd1, q, k, v, lse, x2, rstd2, gu)
-        elif save == "inputs":
-            saved = _Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2)
-        else:
-            saved = None
-        del q, k, v, lse
-        m = ops.swiglu_rows(gu)  # (N, F) silu(gate) * up
-        del gu
-        out = ops.linears_forward(m, self._layers(i, _DOWN, drops))  # (N, C): down
-        del m
-        out += x2  # (N, C) x2 + down
-        return out.reshape(B, T, C), saved
-
-    def _recompute(self, i: int, s: "_Saved", rope, drops: dict) -> None:
-        """Fill in what a checkpointed block did not keep: q, k, v and gate | up, from x and x2.
-
-        The attention itself is not recomputed here: its backward recomputes
-        the probabilities from q, k and the kept log-sum-exp anyway.
-        """
-        w, p = self.weights, f"model.layers.{i}."
-        B, T, C = s.x.shape
-        layers = self._layers(i, _QKV, drops)
-        s.weights[_QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
-        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
-        qkv = ops.linears_forward(h, layers, s.weights[_QKV])  # (N, (H + 2 KVH) D)
-        del h
-        s.q, s.k, s.v = self._split_heads(qkv, B, T, rope)
-        del qkv
-        layers = self._layers(i, _GATE_UP, drops)
-        s.weights[_GATE_UP] = ops.stacked_weight(layers)
-        h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
-        s.gu = ops.linears_forward(h, layers, s.weights[_GATE_UP])  # (N, 2F)
-
-    def _block_backward(self, i: int, dout, s: "_Saved", rope, drops: dict, grads: dict) -> np.ndarray:
-        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
-        w, p = self.weights, f"model.layers.{i}."
-        B, T, C = dout.shape
-        dout = dout.reshape(B * T, C)  # (N, C)
-        # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
-        down = self._layers(i, _DOWN, drops)
-        dm = ops.linears_backward_input(dout, down)  # (N, F)
-        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
-        del dm
-        s.gu = None
-        self._collect(grads, p, _DOWN, ops.linears_backward_params(dout, m, down))
-        del m
-        gate_up = self._layers(i, _GATE_UP, drops)
-        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(_GATE_UP, None))  # (N, C)
-        norm2 = w[p + "post_attention_layernorm.weight"]
-        self._collect(grads, p, _GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
-        del dgu
-        dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
-        dx2 += dout  # d x2: through the norm and the residual
-        del dh
-        # attention branch: x2 = x + o(attn(q, k, v)), (q | k | v) = rope(qkv(n1(x)))
-        o_proj = self._layers(i, _O, drops)
-        da = ops.linears_backward_input(dx2, o_proj)  # (N, H*D)
-        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse)
-        del da
-        self._collect(grads, p, _O, ops.linears_backward_params(dx2, self._merge_heads(att, B, T), o_proj))
-        del att
-        dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
-        del dq, dk, dv
-        qkv = self._layers(i, _QKV, drops)
-        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(_QKV, None))  # (N, C)
-        norm1 = w[p + "input_layernorm.weight"]
-        x = s.x.reshape(B * T, C)
-        self._collect(grads, p, _QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
-        del dqkv
-        dx = ops.rmsnorm_grad(dh, x, s.rstd1, norm1)  # (N, C)
-        dx += dx2
-        return dx.reshape(B, T, C)
-
-    @staticmethod
-    def _collect(grads: dict, prefix: str, group: tuple[str, ...], layer_grads) -> None:
-        """Store each adapter's (dA, dB) under its parameter names."""
-        for key, g in zip(group, layer_grads):
-            if g is not None:
-                grads[prefix + key + ".lora_a"], grads[prefix + key + ".lora_b"] = g
-
-    def _split_heads(self, qkv, B: int, T: int, rope):
-        """q | k | v projections (N, (H + 2 KVH) D) -> rotated q (B, KVH, T*G, D), rotated k and v (B, KVH, T, D).
-
-        q's rows per key/value head are ordered (position, query head), the
-        layout of ``ops.causal_attention``, and q is scaled (see ``_rope``).
-        """
-        cfg = self.config
-        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        G, trad = H // KVH, cfg.rope_traditional
-        q_cos, q_sin, k_cos, k_sin = rope  # (T, H*D) x2, (T, KVH*D) x2
-        q = ops.rotate(qkv[:, : H * D].reshape(B, T, H * D), q_cos, q_sin, trad, D)  # (B, T, H*D)
-        q = np.ascontiguousarray(q.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
-        k = ops.rotate(qkv[:, H * D : (H + KVH) * D].reshape(B, T, KVH * D), k_cos, k_sin, trad, D)  # (B, T, KVH*D)
-        k = np.ascontiguousarray(k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
-        v = np.ascontiguousarray(qkv[:, (H + KVH) * D :].reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
-        return q, k, v
-
-    def _merge_qkv_grads(self, dq, dk, dv, B: int, T: int, rope) -> np.ndarray:
-        """The inverse of ``_split_heads`` for gradients: -> d(q | k | v) (N, (H + 2 KVH) D), RoPE and scale undone."""
-        cfg = self.config
-        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        G, trad = H // KVH, cfg.rope_traditional
-        q_cos, q_sin, k_cos, k_sin = rope
-        dqkv = np.empty((B * T, (H + 2 * KVH) * D), dtype=dq.dtype)
-        dq = np.ascontiguousarray(dq.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, T, H * D)
-        ops.rotate(dq, q_cos, -q_sin, trad, D, out=_view(dqkv[:, : H * D], B, T, H * D))
-        dk = np.ascontiguousarray(dk.transpose(0, 2, 1, 3)).reshape(B, T, KVH * D)
-        ops.rotate(dk, k_cos, -k_sin, trad, D, out=_view(dqkv[:, H * D : (H + KVH) * D], B, T, KVH * D))
-        _view(dqkv[:, (H + KVH) * D :], B, T, KVH, D)[...] = dv.transpose(0, 2, 1, 3)
-        return dqkv
-
-    def _merge_heads(self, att, B: int, T: int) -> np.ndarray:
-        """Attention output (B, KVH, T*G, D) -> rows (N, H*D), heads in Hugging Face order."""
-        KVH, D = self.config.num_key_value_heads, self.config.head_dim
-        G = self.config.num_attention_heads // KVH
-        return np.ascontiguousarray(att.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B * T, KVH * G * D)
-
-    def _split_rows(self, a, B: int, T: int) -> np.ndarray:
-        """The inverse of ``_merge_heads``: (N, H*D) -> (B, KVH, T*G, D)."""
-        KVH, D = self.config.num_key_value_heads, self.config.head_dim
-        G = self.config.num_attention_heads // KVH
-        return np.ascontiguousarray(a.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
-
     def _head_rows(self) -> int:
         """Rows of logits computed at a time: HEAD_CHUNK_BYTES of (rows, V) logits."""
         return max(8, HEAD_CHUNK_BYTES // (self.config.vocab_size * np.dtype(self.dtype).itemsize) // 8 * 8)
@@ -469,25 +304,6 @@ class NumpyLlama(LoRAMethods):
         if buf is None or buf.shape[0] < rows:
             buf = self._scratch["logits"] = np.empty((rows, self.config.vocab_size), dtype=self.dtype)
         return buf
-
-
-class _Saved:
-    """What one block keeps for its backward pass (only x when checkpointed). Shapes as in ``_block_forward``."""
-
-    __slots__ = ("x", "rstd1", "q", "k", "v", "lse", "x2", "rstd2", "gu", "rng", "weights")
-
-    def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, rng=None):
-        self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
-        self.lse, self.x2, self.rstd2, self.gu, self.rng = lse, x2, rstd2, gu, rng  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F), rng or None
-        self.weights: dict = {}  # stacked weights a recomputation formed, for the backward
-
-
-def _view(a: np.ndarray, *shape: int) -> np.ndarray:
-    """``a`` reshaped without a copy (for writing through); fails loudly where numpy would copy."""
-    v = a.reshape(shape)
-    if not np.may_share_memory(v, a):
-        raise AssertionError(f"reshaping {a.shape} with strides {a.strides} to {shape} would copy")
-    return v
 
 
 def load_model(model_dir: str | Path, dtype=np.float32) -> tuple[NumpyLlama, dict]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...errors import ModelFormatError
+
 # The linear layers of a llama-layout block that LoRA can target (block-relative names, as mlxtune.backends.mlx.lora).
 LLAMA_LINEAR_KEYS = (
     "mlp.down_proj",
@@ -34,6 +36,20 @@ LLAMA_GGUF_BLOCK = (
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+)
+# ... and the per-head q and k norms of a family with ``qk_norm`` (Qwen3), in the order of llama.cpp's tensor map.
+QK_NORM_GGUF_BLOCK = (
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("attn_v", "self_attn.v_proj"),
     ("attn_output", "self_attn.o_proj"),
     ("ffn_norm", "post_attention_layernorm"),
@@ -60,6 +76,8 @@ class Family:
     head_dim_from_config: bool = True  # False: head_dim is always hidden_size // heads, whatever config.json says
     default_rope_theta: float = 10000.0  # rope_theta when config.json has none
     rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it
+    qk_norm: bool = False  # q and k are RMS-normalised per head (self_attn.q_norm / k_norm, head_dim wide) before rope
+    nope_layers: bool = False  # config.json's no_rope_layers / no_rope_layer_interval name layers that do not rotate
     # --- GGUF (llama.cpp)
     gguf_arch: str | None = None  # general.architecture it is exported as (None: no GGUF export)
     gguf_import: bool = False  # a GGUF file of gguf_arch is imported as this family
@@ -68,6 +86,7 @@ class Family:
     gguf_attention_bias_key: bool = False  # GGUF import writes config.json's attention_bias (from the q bias's presence)
     gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
     gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
+    gguf_nope_interval: int | None = None  # llama.cpp's fixed period of layers without rope (every Nth), not stored in the file
     # --- config.json normalisation (model_config.normalize_config)
     local_rope_base_field: str | None = None  # field mlx-lm reads the sliding-window layers' rope_theta from
     layer_pattern_field: str | None = None  # field mlx-lm reads the period of full-attention layers from
@@ -90,3 +109,37 @@ class Family:
     def rope_theta(self, config: dict) -> float:
         """rope_theta from config.json, else this family's default."""
         return float(config.get("rope_theta", self.default_rope_theta))
+
+    def rope_layers(self, config: dict) -> tuple[bool, ...] | None:
+        """Whether each layer rotates q and k, as mlx-lm's model of this family reads config.json; None: every layer does.
+
+        SmolLM3 (mlx-lm's ``models/smollm3.py``, transformers' SmolLM3Config):
+        ``no_rope_layers`` holds 1 for a layer with rope and 0 for one without;
+        without it, every ``no_rope_layer_interval``-th layer (default 4) has none.
+        """
+        if not self.nope_layers:
+            return None
+        n = int(config["num_hidden_layers"])
+        flags = config.get("no_rope_layers")
+        if flags is None:
+            interval = int(config.get("no_rope_layer_interval") or 4)
+            return tuple((i + 1) % interval != 0 for i in range(n))
+        if not isinstance(flags, list) or len(flags) != n or any(f not in (0, 1) for f in flags):
+            raise ModelFormatError(
+                f"config.json: no_rope_layers must list 0 or 1 for each of the {n} layers (1: the layer uses rope), not {str(flags)[:60]}; "
+                "take config.json again from the model's source"
+            )
+        return tuple(bool(f) for f in flags)
+
+    def gguf_rope_layers(self, n_layers: int) -> tuple[bool, ...] | None:
+        """The layers llama.cpp's graph of ``gguf_arch`` rotates (None: every layer): what a GGUF file implies."""
+        if self.gguf_nope_interval is None:
+            return None
+        return tuple((i + 1) % self.gguf_nope_interval != 0 for i in range(n_layers))
+
+    def gguf_config_fields(self, n_layers: int) -> dict:
+        """config.json fields a GGUF file of this family implies without storing them (the layers without rope)."""
+        layers = self.gguf_rope_layers(n_layers)
+        if layers is None:
+            return {}
+        return {"no_rope_layer_interval": self.gguf_nope_interval, "no_rope_layers": [int(r) for r in layers]}

@@ -1,0 +1,289 @@
+"""One block of the numpy model, forward and backward: attention then MLP, each behind an RMSNorm and a residual.
+
+``NumpyLlama`` (``model.py``) inherits these; they touch only its ``config``
+(``models.layout.ModelConfig``), ``weights`` (Hugging Face names, each block's
+q | k | v and gate | up stacked), ``adapters`` and ``attn_scale``. A block is
+
+    x2  = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))
+    out = x2 + down(silu(gate(n2(x2))) * up(n2(x2)))
+
+where qn, kn are the per-head RMSNorms of a ``qk_norm`` family (Qwen3; the
+identity otherwise) and rope is the identity on the layers a family leaves
+unrotated (SmolLM3's ``rope_layers``). q is scaled by head_dim**-0.5 together
+with its rotation (``model._rope``).
+
+What a block keeps for its backward is ``Saved``: x, x2, two norm scales, the
+attention's log-sum-exp and, unless checkpointed, what its matmuls produced.
+For the llama layout that is rotated q, k, v and gate | up; a ``qk_norm``
+family keeps the raw q | k | v projections instead, and its backward
+normalises and rotates them again (element-wise work; the same bytes kept
+as llama's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .weights import GATE_UP, QKV
+
+# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
+O_PROJ, DOWN = ("self_attn.o_proj",), ("mlp.down_proj",)
+BLOCK_ORDER = QKV + O_PROJ + GATE_UP + DOWN  # the order a block uses them in
+
+
+class Saved:
+    """What one block keeps for its backward pass (only x, x2 and scales when checkpointed). Shapes as in ``_block_forward``."""
+
+    __slots__ = ("x", "rstd1", "q", "k", "v", "qkv", "qk_rstd", "lse", "x2", "rstd2", "gu", "rng", "weights")
+
+    def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, qkv=None):
+        self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
+        self.qkv = qkv  # qk_norm: the raw q | k | v projections (N, (H + 2 KVH) D), instead of q, k, v
+        self.qk_rstd = None  # qk_norm, in the backward: the norm scale of each q and k head (N, H + KVH, 1)
+        self.lse, self.x2, self.rstd2, self.gu = lse, x2, rstd2, gu  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F)
+        self.rng = None  # the generator state that replays this block's dropout masks
+        self.weights: dict = {}  # stacked weights a recomputation formed, for the backward
+
+
+class BlockMethods:
+    """The block half of ``NumpyLlama``."""
+
+    config: object  # models.layout.ModelConfig
+    weights: dict[str, np.ndarray]
+    adapters: dict[str, ops.LoRA]
+    attn_scale: float
+    dtype: type
+
+    def _layers(self, i: int, group: tuple[str, ...], drops: dict) -> list[ops.Linear]:
+        """The linear layers ``group`` of block i (which read the same input), with their adapters and masks."""
+        p = f"model.layers.{i}."
+        return [ops.Linear(self.weights[p + k + ".weight"], self.weights.get(p + k + ".bias"), self.adapters.get(p + k), drops.get(k)) for k in group]
+
+    def _dropout_masks(self, i: int, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Block i's dropout masks for the LoRA inputs, drawn in a fixed order (so a saved rng replays them)."""
+        drops = {}
+        for key in BLOCK_ORDER:
+            lora = self.adapters.get(f"model.layers.{i}.{key}")
+            if lora is not None and lora.dropout > 0:
+                in_dim = self.weights[f"model.layers.{i}.{key}.weight"].shape[1]
+                drops[key] = ops.dropout_mask((rows, in_dim), lora.dropout, rng, self.dtype)  # (N, in)
+        return drops
+
+    def _block_forward(self, i: int, x, rope, kv=None, offset: int = 0, drops: dict | None = None, save: str | None = None):
+        """x + attention(norm(x)), then + mlp(norm(.)).  x: (B, T, C) -> (out (B, T, C), Saved or None).
+
+        ``kv``: a ``model.KVCache``. ``save="all"`` also returns what
+        ``_block_backward`` needs; ``save="inputs"`` (a checkpointed block)
+        only the inputs of the two halves of the block, x and x2, and the
+        attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
+        """
+        cfg, w, p = self.config, self.weights, f"model.layers.{i}."
+        B, T, C = x.shape
+        eps, drops, rope = cfg.rms_norm_eps, drops or {}, self._layer_rope(i, rope)
+        x2d = x.reshape(B * T, C)  # (N, C)
+        rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2d, rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, self._layers(i, QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
+        del h
+        q, k, v, qk_rstd = self._attention_inputs(i, qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2, (N, H + KVH, 1) or None
+        if kv is not None:
+            k, v = kv.update(i, k, v)  # (B, KVH, S, D)
+        att, lse = ops.causal_attention(q, k, v, offset)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
+        a = self._merge_heads(att, B, T)  # (N, H*D)
+        del att
+        x2 = ops.linears_forward(a, self._layers(i, O_PROJ, drops))  # (N, C): o
+        del a
+        x2 += x2d  # (N, C) the residual after attention, x + o
+        rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
+        h = ops.rmsnorm_apply(x2, rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        gu = ops.linears_forward(h, self._layers(i, GATE_UP, drops))  # (N, 2F): gate | up
+        del h
+        if save == "all" and qk_rstd is not None:  # raw projections: the backward normalises and rotates them again
+            saved = Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2, gu=gu, qkv=qkv)
+        elif save == "all":
+            saved = Saved(x, rstd1, q, k, v, lse, x2, rstd2, gu)
+        elif save == "inputs":
+            saved = Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2)
+        else:
+            saved = None
+        del q, k, v, lse, qkv
+        m = ops.swiglu_rows(gu)  # (N, F) silu(gate) * up
+        del gu
+        out = ops.linears_forward(m, self._layers(i, DOWN, drops))  # (N, C): down
+        del m
+        out += x2  # (N, C) x2 + down
+        return out.reshape(B, T, C), saved
+
+    def _recompute(self, i: int, s: Saved, rope, drops: dict) -> None:
+        """Fill in what a checkpointed block did not keep: q | k | v (as ``_block_forward`` keeps them) and gate | up, from x and x2.
+
+        The attention itself is not recomputed here: its backward recomputes
+        the probabilities from q, k and the kept log-sum-exp anyway.
+        """
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = s.x.shape
+        layers = self._layers(i, QKV, drops)
+        s.weights[QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
+        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        qkv = ops.linears_forward(h, layers, s.weights[QKV])  # (N, (H + 2 KVH) D)
+        del h
+        if self.config.qk_norm:
+            s.qkv = qkv
+        else:
+            s.q, s.k, s.v, _ = self._attention_inputs(i, qkv, B, T, self._layer_rope(i, rope))
+        del qkv
+        layers = self._layers(i, GATE_UP, drops)
+        s.weights[GATE_UP] = ops.stacked_weight(layers)
+        h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        s.gu = ops.linears_forward(h, layers, s.weights[GATE_UP])  # (N, 2F)
+
+    def _block_backward(self, i: int, dout, s: Saved, rope, drops: dict, grads: dict) -> np.ndarray:
+        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
+        w, p = self.weights, f"model.layers.{i}."
+        B, T, C = dout.shape
+        rope = self._layer_rope(i, rope)
+        dout = dout.reshape(B * T, C)  # (N, C)
+        # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
+        down = self._layers(i, DOWN, drops)
+        dm = ops.linears_backward_input(dout, down)  # (N, F)
+        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
+        del dm
+        s.gu = None
+        self._collect(grads, p, DOWN, ops.linears_backward_params(dout, m, down))
+        del m
+        gate_up = self._layers(i, GATE_UP, drops)
+        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(GATE_UP, None))  # (N, C)
+        norm2 = w[p + "post_attention_layernorm.weight"]
+        self._collect(grads, p, GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
+        del dgu
+        dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
+        dx2 += dout  # d x2: through the norm and the residual
+        del dh
+        # attention branch: x2 = x + o(attn(q, k, v)), (q | k | v) = rope(qk_norm(qkv(n1(x))))
+        if s.qkv is not None:  # a qk_norm block kept its raw projections: normalise and rotate them again
+            s.q, s.k, s.v, s.qk_rstd = self._attention_inputs(i, s.qkv, B, T, rope)
+        o_proj = self._layers(i, O_PROJ, drops)
+        da = ops.linears_backward_input(dx2, o_proj)  # (N, H*D)
+        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse)
+        del da
+        s.q = s.k = s.v = None
+        self._collect(grads, p, O_PROJ, ops.linears_backward_params(dx2, self._merge_heads(att, B, T), o_proj))
+        del att
+        dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
+        del dq, dk, dv
+        if s.qkv is not None:
+            self._qk_norm_backward(i, dqkv, s.qkv, s.qk_rstd)
+            s.qkv = None
+        qkv = self._layers(i, QKV, drops)
+        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(QKV, None))  # (N, C)
+        norm1 = w[p + "input_layernorm.weight"]
+        x = s.x.reshape(B * T, C)
+        self._collect(grads, p, QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
+        del dqkv
+        dx = ops.rmsnorm_grad(dh, x, s.rstd1, norm1)  # (N, C)
+        dx += dx2
+        return dx.reshape(B, T, C)
+
+    @staticmethod
+    def _collect(grads: dict, prefix: str, group: tuple[str, ...], layer_grads) -> None:
+        """Store each adapter's (dA, dB) under its parameter names."""
+        for key, g in zip(group, layer_grads):
+            if g is not None:
+                grads[prefix + key + ".lora_a"], grads[prefix + key + ".lora_b"] = g
+
+    # ------------------------------------------------------------ q, k and v
+
+    def _layer_rope(self, i: int, rope):
+        """The rope tables of block i: ``rope``, or None for a layer that does not rotate (``ModelConfig.rotates``)."""
+        return rope if self.config.rotates(i) else None
+
+    def _qk_norm_weights(self, i: int) -> np.ndarray:
+        """The norm weight of each q and k head of block i: (H + KVH, D), q_norm for the H query heads, k_norm for the rest."""
+        cfg, p = self.config, f"model.layers.{i}.self_attn."
+        return np.concatenate([np.broadcast_to(self.weights[p + "q_norm.weight"], (cfg.num_attention_heads, cfg.head_dim)),
+                               np.broadcast_to(self.weights[p + "k_norm.weight"], (cfg.num_key_value_heads, cfg.head_dim))])
+
+    def _attention_inputs(self, i: int, qkv, B: int, T: int, rope):
+        """q | k | v projections (N, (H + 2 KVH) D) -> q, k, v as attention takes them (``_split_heads``), and, for a
+        ``qk_norm`` family, the norm scale of each q and k head (N, H + KVH, 1) (else None); ``qkv`` is left as it is."""
+        cfg = self.config
+        if not cfg.qk_norm:
+            return (*self._split_heads(qkv, B, T, rope), None)
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        raw = qkv[:, : (H + KVH) * D].reshape(B * T, H + KVH, D)  # (N, H + KVH, D), a view
+        rstd = ops.rmsnorm_rstd(raw, cfg.rms_norm_eps)  # (N, H + KVH, 1)
+        qk = ops.rmsnorm_apply(raw, rstd, self._qk_norm_weights(i)).reshape(B * T, (H + KVH) * D)  # (N, (H + KVH) D)
+        return (*self._split_heads(qkv, B, T, rope, qk), rstd)
+
+    def _qk_norm_backward(self, i: int, dqkv, qkv, rstd) -> None:
+        """d(normalised q | k) in ``dqkv``'s first (H + KVH) D columns -> d(raw q | k), in place."""
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        N, cols = len(dqkv), slice(0, (H + KVH) * D)
+        d = ops.rmsnorm_grad(dqkv[:, cols].reshape(N, H + KVH, D), qkv[:, cols].reshape(N, H + KVH, D), rstd, self._qk_norm_weights(i))
+        dqkv[:, cols] = d.reshape(N, (H + KVH) * D)
+
+    def _split_heads(self, qkv, B: int, T: int, rope, qk=None):
+        """q | k | v projections (N, (H + 2 KVH) D) -> rotated q (B, KVH, T*G, D), rotated k and v (B, KVH, T, D).
+
+        ``qk``: q | k to use instead of ``qkv``'s first (H + KVH) D columns
+        (normalised ones). q's rows per key/value head are ordered (position,
+        query head), the layout of ``ops.causal_attention``, and q is scaled
+        (see ``model._rope``). ``rope`` None: q is only scaled, k left as it is.
+        """
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        qk = qkv if qk is None else qk
+        q_rows = qk[:, : H * D].reshape(B, T, H * D)
+        k_rows = qk[:, H * D : (H + KVH) * D].reshape(B, T, KVH * D)
+        if rope is None:
+            q, k = q_rows * self.attn_scale, k_rows  # (B, T, H*D), (B, T, KVH*D)
+        else:
+            q_cos, q_sin, k_cos, k_sin = rope  # (T, H*D) x2, (T, KVH*D) x2
+            q = ops.rotate(q_rows, q_cos, q_sin, trad, D)  # (B, T, H*D)
+            k = ops.rotate(k_rows, k_cos, k_sin, trad, D)  # (B, T, KVH*D)
+        q = np.ascontiguousarray(q.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+        k = np.ascontiguousarray(k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        v = np.ascontiguousarray(qkv[:, (H + KVH) * D :].reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
+        return q, k, v
+
+    def _merge_qkv_grads(self, dq, dk, dv, B: int, T: int, rope) -> np.ndarray:
+        """The inverse of ``_split_heads`` for gradients: -> d(q | k | v) (N, (H + 2 KVH) D), RoPE and scale undone."""
+        cfg = self.config
+        H, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        G, trad = H // KVH, cfg.rope_traditional
+        dqkv = np.empty((B * T, (H + 2 * KVH) * D), dtype=dq.dtype)
+        dq = np.ascontiguousarray(dq.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, T, H * D)
+        dk = np.ascontiguousarray(dk.transpose(0, 2, 1, 3)).reshape(B, T, KVH * D)
+        dq_out, dk_out = _view(dqkv[:, : H * D], B, T, H * D), _view(dqkv[:, H * D : (H + KVH) * D], B, T, KVH * D)
+        if rope is None:
+            np.multiply(dq, self.attn_scale, out=dq_out)
+            dk_out[...] = dk
+        else:
+            q_cos, q_sin, k_cos, k_sin = rope
+            ops.rotate(dq, q_cos, -q_sin, trad, D, out=dq_out)
+            ops.rotate(dk, k_cos, -k_sin, trad, D, out=dk_out)
+        _view(dqkv[:, (H + KVH) * D :], B, T, KVH, D)[...] = dv.transpose(0, 2, 1, 3)
+        return dqkv
+
+    def _merge_heads(self, att, B: int, T: int) -> np.ndarray:
+        """Attention output (B, KVH, T*G, D) -> rows (N, H*D), heads in Hugging Face order."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(att.reshape(B, KVH, T, G, D).transpose(0, 2, 1, 3, 4)).reshape(B * T, KVH * G * D)
+
+    def _split_rows(self, a, B: int, T: int) -> np.ndarray:
+        """The inverse of ``_merge_heads``: (N, H*D) -> (B, KVH, T*G, D)."""
+        KVH, D = self.config.num_key_value_heads, self.config.head_dim
+        G = self.config.num_attention_heads // KVH
+        return np.ascontiguousarray(a.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
+
+
+def _view(a: np.ndarray, *shape: int) -> np.ndarray:
+    """``a`` reshaped without a copy (for writing through); fails loudly where numpy would copy."""
+    v = a.reshape(shape)
+    if not np.may_share_memory(v, a):
+        raise AssertionError(f"reshaping {a.shape} with strides {a.strides} to {shape} would copy")
+    return v

@@ -175,7 +175,7 @@ def tuned(family, tmp_path_factory):
     """A short numpy LoRA run on the family's converted model, and its loss with the adapter."""
     name, src, _, converted = family
     out = tmp_path_factory.mktemp(f"{name}-run") / "run"
-    run("lora", "--data", NOTES, "--model", converted, "--iters", 2, "--lr", "1e-2", "--backend", "numpy", "-o", out, "--no-report")
+    run("lora", "--data", NOTES, "--model", converted, "--iters", 3, "--lr", "5e-2", "--backend", "numpy", "-o", out, "--no-report")
     model = load_model(converted)[0]
     load_adapters(model, out)
     return out, numpy_loss(model)
@@ -187,7 +187,7 @@ def test_fuse_and_hf_export_load_in_transformers_with_the_same_loss(family, tune
         pytest.skip("mlx is not installed")
     name, _, base_loss, _ = family
     run_dir, expected = tuned
-    assert rel(expected, base_loss) > 1e-3  # the adapter does something
+    assert rel(expected, base_loss) > 20 * LOSS_REL  # the adapter does something
     run("fuse", "--adapter", run_dir, "-o", tmp_path / "fused", "--backend", backend, "--dtype", "float32")
     assert rel(numpy_loss(load_model(tmp_path / "fused")[0]), expected) <= LOSS_REL
     run("export", "-f", "hf", "--model", tmp_path / "fused", "-o", tmp_path / "hf", "--dtype", "float32")
@@ -211,7 +211,7 @@ def gguf_model(path: Path) -> NumpyLlama:
 
 
 # outtype -> the loss of the file read back, relative to transformers' (f32 is the issue's 1e-4; the rest round weights)
-OUTTYPES = {"f32": LOSS_REL, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.1}
+OUTTYPES = {"f32": LOSS_REL, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 3e-2}  # measured: f16 6e-5, q8_0 1.2e-3, q4_0 7e-3
 
 
 @pytest.mark.parametrize("outtype", list(OUTTYPES))

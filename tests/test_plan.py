@@ -109,9 +109,10 @@ def test_batch_seq_len_is_the_longest_padded_batch():
 SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3"])
 @pytest.mark.parametrize("checkpoint", [False, True, None])
-def test_numpy_terms_equal_the_models_accounting(checkpoint):
-    config = tiny_config(4096, **SMALL)
+def test_numpy_terms_equal_the_models_accounting(checkpoint, model_type):
+    config = tiny_config(4096, **SMALL, model_type=model_type)
     model = NumpyLlama(ModelConfig.from_dict(config), tiny_weights(config), consume=True)
     weight_bytes = sum(w.nbytes for w in model.weights.values())
     model.activation_budget = activation_budget(weight_bytes, "1.2" if checkpoint is None else None, checkpoint)  # 1.2 MB: some blocks checkpointed
@@ -129,9 +130,10 @@ def test_numpy_terms_equal_the_models_accounting(checkpoint):
     assert e.adapters == 4 * sum(v.nbytes for v in model.lora_params().values())
 
 
-def test_numpy_estimate_matches_the_arrays_a_step_allocates():
-    """The estimate's training term against tracemalloc's peak of a real step (numpy reports its arrays there)."""
-    config = tiny_config(4096, **SMALL)
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3"])
+def test_numpy_estimate_matches_the_arrays_a_step_allocates(model_type):
+    """The estimate's training term against tracemalloc's peak of a real step (numpy reports its arrays there), for each family's block."""
+    config = tiny_config(4096, **SMALL, model_type=model_type)
     B, T = 4, 96
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 4096, (B, T + 1))
@@ -151,7 +153,7 @@ def test_numpy_estimate_matches_the_arrays_a_step_allocates():
         tracemalloc.stop()
     e = plan.estimate(config, "numpy", batch_size=B, seq_len=T, grad_checkpoint=False)
     error = (e.training - peak) / peak
-    print(f"estimate {e.training / 1e6:.2f} MB, traced peak {peak / 1e6:.2f} MB: {error:+.1%}")
+    print(f"{model_type}: estimate {e.training / 1e6:.2f} MB, traced peak {peak / 1e6:.2f} MB: {error:+.1%}")
     assert abs(error) < 0.05
 
 

@@ -158,6 +158,8 @@ VARIANTS = {
     "llama-bias-untied": dict(attention_bias=True, tie_word_embeddings=False),
     "llama3-rope": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
     "linear-rope": dict(rope_scaling={"type": "linear", "factor": 2.0}),
+    "qwen3": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], head_dim=24),  # q/k norms; head_dim not 64 / 4
+    "smollm3": dict(model_type="smollm3", architectures=["SmolLM3ForCausalLM"], num_hidden_layers=4),  # block 3 without rope
 }
 
 
@@ -185,6 +187,15 @@ def test_variants_round_trip_exactly(tmp_path, variant):
         np.testing.assert_array_equal(stored(reader, "blk.0.attn_q.weight"), source["model.layers.0.self_attn.q_proj.weight"])
         np.testing.assert_array_equal(stored(reader, "blk.0.attn_k.bias"), source["model.layers.0.self_attn.k_proj.bias"])
         assert kv(reader, "qwen2.rope.freq_base") == (["FLOAT32"], 10000.0)
+    elif variant == "qwen3":
+        assert arch == "qwen3" and {"blk.1.attn_q_norm.weight", "blk.1.attn_k_norm.weight"} <= names
+        # qwen3 rotates halves in llama.cpp too: nothing permuted; its norms are the per-head weights as they are
+        np.testing.assert_array_equal(stored(reader, "blk.0.attn_q.weight"), source["model.layers.0.self_attn.q_proj.weight"])
+        np.testing.assert_array_equal(stored(reader, "blk.1.attn_k_norm.weight"), source["model.layers.1.self_attn.k_norm.weight"])
+        assert kv(reader, "qwen3.attention.key_length")[1] == kv(reader, "qwen3.attention.value_length")[1] == 24
+    elif variant == "smollm3":
+        assert arch == "smollm3" and g.config["no_rope_layers"] == [1, 1, 1, 0]  # llama.cpp's fixed pattern, restored
+        np.testing.assert_array_equal(stored(reader, "blk.0.attn_q.weight"), permute(source["model.layers.0.self_attn.q_proj.weight"], HEADS))
     else:
         assert arch == "llama"
     if variant == "llama-bias-untied":

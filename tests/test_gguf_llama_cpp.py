@@ -30,12 +30,15 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Meeting notes: discuss the
 SHAPE = {"vocab_size": 400, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
 
-# |mlxtune loss - llama.cpp loss| / llama.cpp loss on the same file (TEXT, 46 tokens).
+# |mlxtune loss - llama.cpp loss| / llama.cpp loss on the same file (TEXT, 82 tokens, loss ~6.7).
 # mlxtune computes in float32 on the expanded weights; llama.cpp's CPU matmuls round
-# the activations to 8 bits (Q8_K / Q8_0 / Q8_1) for the block types and to f16/bf16
-# for F16/BF16 weights. Measured (2026-12-07, llama-cpp-python 0.3.36): TBD.
-LOSS_RTOL = 2e-3
-LOSS_RTOL_F32 = 1e-5
+# the activations to 8 bits (Q8_K / Q8_0 / Q8_1) for the block types and to bf16 for
+# BF16 weights. Measured (2026-12-07, llama-cpp-python 0.3.36, AVX512 build): F32 7.7e-6;
+# Q4_K_M 4.0e-4, Q5_K_M 1.3e-3, Q6_K 1.5e-4, Q3_K_M 9.2e-5, Q2_K 6.6e-4, Q5_0 9.7e-4,
+# Q5_1 7.7e-5, IQ4_NL 2.7e-4, IQ4_XS 9.3e-4, BF16 7.6e-5. The weights themselves are
+# held equal exactly (test_every_tensor_...); this bounds the forward pass around them.
+LOSS_RTOL = 3e-3
+LOSS_RTOL_F32 = 5e-5
 
 
 def tiny_hf_llama(out: Path) -> Path:
@@ -181,6 +184,19 @@ def test_convert_writes_the_expanded_model_and_requantizes_with_a_loss_change(qu
     assert q.quantization["bits"] == 4
     c = q.requantization
     assert c is not None and c.tokens > 50 and np.isfinite(c.before) and np.isfinite(c.after) and c.before != c.after
+    # the loss "before" is the loss of the weights as the GGUF stores them: the dense directory's
+    from mlxtune.convert import requantization_loss
+
+    assert requantization_loss(tmp_path / "dense", tmp_path / "q4") == c
+
+    from click.testing import CliRunner
+
+    from mlxtune.cli import cli
+
+    r = CliRunner().invoke(cli, ["convert", str(path), "-o", str(tmp_path / "q8"), "-q", "--q-bits", "8"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("Re-quantizing changed the loss"))
+    assert f"from {c.before:.4f} (weights as the GGUF stores them)" in line, line
 
 
 # --- real weights (acceptance 3 of issue 15) ---------------------------------------
@@ -189,7 +205,8 @@ SMOL_TEXT = ("Paris is the capital and largest city of France. With an estimated
              "it is the centre of the Ile-de-France region. The city is a major railway, highway and air-transport hub, "
              "and is known for its museums and architectural landmarks, such as the Louvre and the Eiffel Tower.")
 # SmolLM2-135M Q4_K_M (made by llama.cpp from our f16 export): |mlxtune loss - llama.cpp loss| / llama.cpp loss
-# on SMOL_TEXT. The issue asks for 1%; measured (2026-12-07): TBD.
+# on SMOL_TEXT (69 tokens). The issue asks for 1%; measured (2026-12-07): 2.8e-3 (mlxtune 2.1438, llama.cpp 2.1498;
+# the file holds Q4_K, Q6_K, Q5_0, Q8_0 and F32 tensors).
 SMOL_LOSS_RTOL = 0.01
 
 

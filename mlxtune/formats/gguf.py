@@ -217,15 +217,16 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
     weights, bits, extra = {}, {}, {}
     for t in tensors:
         stem = t.name.rpartition(".")[0]
+        if t.name not in names:  # rope_freqs: becomes config, not weights
+            floats = t.type in ("F32", "F16")
+            extra[t.name] = stored(path, t.shape, t.type, t.offset).astype(np.float32) if floats else expand(path, t.shape, t.type, t.offset, t.nbytes)
+            continue
         if t.type in QUANT_BITS:
             triplet = mlx_triplet(path, t.shape, t.type, t.offset)
         elif t.type in EXPANDED_TYPES:
             value = expand(path, t.shape, t.type, t.offset, t.nbytes)
         else:
             value = stored(path, t.shape, t.type, t.offset)
-        if t.name not in names:  # rope_freqs: becomes config, not weights
-            extra[t.name] = value.astype(np.float32)
-            continue
         module, param = names[t.name]
         if t.type in QUANT_BITS:
             parts = dict(zip((f"{module}.{p}" for p in ("weight", "scales", "biases")), triplet))

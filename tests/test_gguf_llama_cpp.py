@@ -251,12 +251,12 @@ def test_smollm2_q4_k_m_trains(smollm2_q4_k_m, tmp_path):
     notes = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
     data.write_text("".join(notes.read_text().splitlines(keepends=True)[:24]))
     out = tmp_path / "run"
-    args = ["lora", "--model", str(path), "--data", str(data), "-o", str(out), "--iters", "3", "--val-every", "3", "--lr", "5e-4",
+    args = ["lora", "--model", str(path), "--data", str(data), "-o", str(out), "--iters", "2", "--val-every", "2", "--lr", "5e-4",
             "--max-seq-len", "256", "--no-report"]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "Done: 3 steps" in r.output, r.output
+    assert "Done: 2 steps" in r.output, r.output
     assert (out / "adapters.safetensors").is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in records if "loss" in m] + [m["val_loss"] for m in records if "val_loss" in m]
-    assert len(losses) >= 4 and np.isfinite(losses).all(), r.output
+    assert len(losses) >= 3 and np.isfinite(losses).all(), r.output

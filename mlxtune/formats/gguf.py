@@ -218,8 +218,7 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
     for t in tensors:
         stem = t.name.rpartition(".")[0]
         if t.name not in names:  # rope_freqs: becomes config, not weights
-            floats = t.type in ("F32", "F16")
-            extra[t.name] = stored(path, t.shape, t.type, t.offset).astype(np.float32) if floats else expand(path, t.shape, t.type, t.offset, t.nbytes)
+            extra[t.name] = expand(path, t.shape, t.type, t.offset, t.nbytes)
             continue
         if t.type in QUANT_BITS:
             triplet = mlx_triplet(path, t.shape, t.type, t.offset)
@@ -249,17 +248,11 @@ def _mlx_importable() -> bool:
 
 
 def _load_weights_dense(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
-    """Like ``_load_weights`` but numpy-only: every tensor dequantized to float32."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    by_name = {t.name: t for t in reader.tensors}
+    """Like ``_load_weights`` but numpy-only: every tensor expanded to float32."""
     n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
     weights, extra = {}, {}
     for t in tensors:
-        rt = by_name[t.name]
-        # GGUF lists dimensions innermost first; numpy wants them outermost first.
-        data = gguf.quants.dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(tuple(reversed([int(d) for d in rt.shape])))
+        data = expand(path, t.shape, t.type, t.offset, t.nbytes)
         if t.name not in names:
             extra[t.name] = data
             continue

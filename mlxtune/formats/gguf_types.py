@@ -40,18 +40,27 @@ def unsupported_message(file: str, name: str, type_name: str, count: int, types:
 
 
 def expand(path: Path, shape: tuple[int, ...], type_name: str, offset: int, nbytes: int) -> np.ndarray:
-    """The float32 values of a block-quantized (or BF16) tensor stored at ``offset`` in ``path``.
+    """The float32 values of a tensor of any supported type stored at ``offset`` in ``path``.
 
     ``shape`` is numpy's order (rows, columns); every row is a whole number of
-    blocks (``gguf_header`` checked that), so the bytes split into rows.
+    blocks (``read_header`` checked that), so the bytes split into rows. Rows are
+    expanded a slab at a time: the numpy dequantizers make several temporaries
+    the size of their input in float32, which for a 128k-token embedding would be
+    gigabytes.
     """
     import gguf
 
+    if type_name in ("F32", "F16"):
+        return stored(path, shape, type_name, offset).astype(np.float32)
     kind = gguf.GGMLQuantizationType[type_name]
-    raw = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=offset)
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-    values = gguf.quants.dequantize(raw.reshape(rows, nbytes // rows), kind)  # (rows, columns)
-    return np.ascontiguousarray(values.astype(np.float32, copy=False).reshape(shape))
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(rows, nbytes // rows))
+    out = np.empty((rows, shape[-1]), dtype=np.float32)
+    step = max(1, (1 << 22) // shape[-1])  # ~4M weights per slab
+    for i in range(0, rows, step):
+        out[i : i + step] = gguf.quants.dequantize(np.array(raw[i : i + step]), kind)
+    del raw
+    return out.reshape(shape)
 
 
 def stored(path: Path, shape: tuple[int, ...], type_name: str, offset: int) -> np.ndarray:

@@ -368,3 +368,16 @@ def test_smollm2_answers_paris(tmp_path):
     answer = generate(model, tokenizer, prompt, max_tokens=12)
     assert "Paris" in answer, answer
 
+
+
+def test_expanded_block_types_take_the_dtype_asked_for_and_quantized_blocks_stay(tmp_path):
+    """On a GPU (runtime.choose_expanded_dtype) K-quants are stored in float16; Q8_0 stays an MLX triplet."""
+    t = write_tiny_gguf(tmp_path / "k.gguf", types={"ffn_down": "Q6_K", "attn_q": "Q8_0"}, intermediate=256)
+    f32, f16 = read_gguf(t.path), read_gguf(t.path, expanded_dtype="float16")
+    names = [n for n, k in t.types.items() if k == "Q6_K"]
+    assert names
+    for name in names:
+        assert f16.weights[name].dtype == mx.float16
+        np.testing.assert_array_equal(np.array(f16.weights[name]), np.array(f32.weights[name]).astype(np.float16))
+    quantized = [k for k in f32.weights if k.endswith(".scales")]
+    assert quantized and all(np.array_equal(np.array(f16.weights[k]), np.array(f32.weights[k])) for k in quantized)

@@ -40,7 +40,7 @@ class GGUFModel:
     source: dict = field(default_factory=dict)  # facts to show the user
 
 
-def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
+def read_gguf(path: str | Path, dense: bool | None = None, expanded_dtype: str = "float32") -> GGUFModel:
     """Read a GGUF file into Hugging Face layout, losslessly, or explain why not.
 
     By default Q4_0/Q4_1/Q8_0 blocks become MLX quantized triplets and the other
@@ -48,6 +48,8 @@ def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
     With ``dense`` (the default where mlx cannot be imported) every tensor is
     dequantized with the ``gguf`` package into float32 numpy arrays. Both are
     exact: llama.cpp's block formats expand to float32 without rounding.
+    ``expanded_dtype`` (not with ``dense``): the dtype the expanded block types are
+    stored in (``runtime.choose_expanded_dtype``: float16 on a GPU).
     """
     path = Path(path)
     if not path.is_file():
@@ -68,8 +70,10 @@ def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
     tokenizer = build_tokenizer(md, path)
     if dense is None:
         dense = not _mlx_importable()
-    loader = _load_weights_dense if dense else _load_weights
-    weights, bits, extra = loader(path, family, hp, tensors, names)
+    if dense:
+        weights, bits, extra = _load_weights_dense(path, family, hp, tensors, names)
+    else:
+        weights, bits, extra = _load_weights(path, family, hp, tensors, names, np.dtype(expanded_dtype))
     config = _config(md, family, hp, weights, bits, tokenizer, extra, path)
     source = {
         "path": str(path),
@@ -205,7 +209,7 @@ def _hf_name(name: str, family: Family, path: Path) -> tuple[str, str]:
     )
 
 
-def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
+def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict, expanded_dtype=np.dtype(np.float32)):
     """(HF-named weights, {module: bits} of quantized modules, {name: np.ndarray} of non-weights).
 
     We read every tensor ourselves rather than with ``mx.load``, which fails on a
@@ -223,7 +227,7 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
         if t.type in QUANT_BITS:
             triplet = mlx_triplet(path, t.shape, t.type, t.offset)
         elif t.type in EXPANDED_TYPES:
-            value = expand(path, t.shape, t.type, t.offset, t.nbytes)
+            value = expand(path, t.shape, t.type, t.offset, t.nbytes).astype(expanded_dtype, copy=False)
         else:
             value = stored(path, t.shape, t.type, t.offset)
         module, param = names[t.name]

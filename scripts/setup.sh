@@ -91,6 +91,11 @@ if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
         || echo "setup: rouge-score not installed; ROUGE is checked against frozen values only" >&2
 fi
 if [ "${1:-}" = --test ]; then
+    # Ollama renders its TEMPLATEs with Go's text/template: tests/test_ollama_templates.py runs ours with it.
+    if ! command -v go >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; } \
+            || echo "setup: Go not installed; the Ollama template tests will be skipped" >&2
+    fi
     bash scripts/llamacpp.sh .venv || llamacpp_missing .venv
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

@@ -50,8 +50,10 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     """Convert a Hub id, a Hugging Face directory or a .gguf file to MLX layout.
 
     The result loads with mlx_lm.load and with every mlxtune command. GGUF
-    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; the tokenizer and chat
-    template are rebuilt from the GGUF metadata.
+    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; K-quants, Q5_0/Q5_1,
+    IQ4_NL/IQ4_XS and BF16 are expanded exactly to float (with -q re-quantized,
+    and the loss change that causes is printed); the tokenizer and chat template
+    are rebuilt from the GGUF metadata.
 
     \b
     Examples:
@@ -69,6 +71,10 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     if overrides:
         what += f", {len(overrides)} layer(s) at other widths ({', '.join(sorted({str(v.get('bits')) + '-bit' for v in overrides}))})"
     click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {fmt_bytes(r.size_bytes)}")
+    c = r.requantization
+    if c is not None:
+        click.echo(f"Re-quantizing changed the loss on {c.tokens} tokens of sample text from {c.before:.4f} (weights as the GGUF stores them) "
+                   f"to {c.after:.4f} ({(c.after - c.before) / c.before:+.2%}); convert without -q to keep them exact")
 
 
 # ---------------------------------------------------------------- fuse

@@ -34,6 +34,7 @@ from .progress import fmt_bytes, fmt_duration
 @click.option("--target-modules", help="Comma-separated linear layers to adapt, e.g. q_proj,v_proj. [default: all-linear]")
 @click.option("--max-seq-len", type=int, help="Longer records are truncated (with a warning). [default: 1024]")
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
+@click.option("--thinking/--no-thinking", default=None, help="Render chat data with the chat template's thinking mode on (templates with enable_thinking: Qwen3, SmolLM3); fuse, export and generate then keep it on. [default: off]")
 @click.option("--valid-fraction", type=float, help="Share of a single file (or of train.jsonl without valid.jsonl) held out for validation. [default: 0.1]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, listing each (file:line and why), instead of stopping at the first.")
 @click.option("--val-every", type=int, help="Steps between validations (there is one before training and one at the end too). 0: never validate: no validation loss, no best/ adapters, no --early-stop. [default: 25]")

@@ -7,7 +7,7 @@ it recognises in the model's template, by the markers the template writes:
 * ChatML (``<|im_start|>``/``<|im_end|>``): SmolLM2, Qwen2.5, Qwen3, SmolLM3;
 * Llama 3 headers (``<|start_header_id|>``, ``<|eot_id|>``): Llama 3.x;
 * Gemma turns (``<start_of_turn>``/``<end_of_turn>``; the system message opens the first user turn, as Gemma's template puts it);
-* Phi-3 tags (``<|user|>``, ``<|assistant|>``, ``<|end|>``): Phi-3, Phi-3.5, and Phi-4-mini (without the newline after a tag);
+* Phi-3 tags (``<|assistant|>``, ``<|end|>``; Phi-4-mini builds ``<|user|>`` from the role): Phi-3, Phi-3.5, and Phi-4-mini (without the newline after a tag);
 * Mistral's ``[INST] ... [/INST]`` (the spacing read from the template, which changed between its versions).
 
 What the template adds when thinking is off (Qwen3's and SmolLM3's empty
@@ -70,7 +70,7 @@ GEMMA = ChatFormat("Gemma", ("<start_of_turn>", "<end_of_turn>"), """{{- $system
 {{- end }}
 {{- end }}""")
 
-PHI3 = ChatFormat("Phi-3", ("<|user|>", "<|assistant|>", "<|end|>"), """{{- range $i, $_ := .Messages }}
+PHI3 = ChatFormat("Phi-3", ("<|assistant|>", "<|end|>"), """{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|{{ .Role }}|>@SEP@{{ .Content }}{{ if not $last }}<|end|>@SEP@{{ end }}
 {{- if and (ne .Role "assistant") $last }}<|end|>@SEP@<|assistant|>@SEP@@NO_THINK@{{ end }}
@@ -132,7 +132,7 @@ def modelfile(gguf_name: str, modelfile_name: str, name: str, origin: str, templ
         no_think = "" if thinking or tokenizer is None else no_think_text(tokenizer, template)
         lines.append(f"# TEMPLATE: the model's {fmt.name} chat template (tokenizer_config.json), in Ollama's syntax")
         if no_think:
-            lines.append("# (thinking off, as the model was tuned: the empty think block its template writes for enable_thinking=false; export --thinking to keep it on)")
+            lines.append("# (thinking off: the empty think block its template writes for enable_thinking=false follows the assistant's header; export --thinking leaves it out)")
         if "tool" in template:
             lines.append("# (its tool definitions and tool calls are not translated)")
         lines.append(f'TEMPLATE """{go_template(fmt, tokenizer, template, no_think)}"""')

@@ -1,0 +1,155 @@
+"""Chat templates of real models (tests/chat_templates.json, each with where it came from): where generation stops,
+Qwen3's and SmolLM3's thinking switch (off unless asked for, in training, generation and the templates written out),
+and the Ollama Modelfile of each chat format."""
+
+import json
+
+import pytest
+
+from mlxtune.models.chat_template import THINKING_OFF, end_of_turn, no_think_text, with_thinking, write_thinking
+from mlxtune.models.tokenizer import load_tokenizer, stop_token_ids
+
+from tiny import chat_template_fixtures, make_chat_model
+
+FIXTURES = chat_template_fixtures()
+# family -> (the token its template ends an assistant turn with, every token generation stops on)
+STOPS = {
+    "qwen3": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),  # eos, generation_config's list
+    "smollm3": ("<|im_end|>", {"<|im_end|>"}),
+    "llama3": ("<|eot_id|>", {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"}),  # <|eom_id|>: generation_config.json only
+    "gemma3": ("<end_of_turn>", {"<eos>", "<end_of_turn>"}),
+    "phi3.5": ("<|end|>", {"<|endoftext|>", "<|end|>"}),  # no generation_config: <|end|> comes from the template
+    "phi4-mini": ("<|end|>", {"<|endoftext|>", "<|end|>"}),
+    "mistral": ("</s>", {"</s>"}),
+}
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    return {family: make_chat_model(root / family, family) for family in FIXTURES}
+
+
+def test_every_fixture_says_where_it_came_from():
+    assert set(FIXTURES) == set(STOPS)
+    for family, fx in FIXTURES.items():
+        assert fx["source"] and fx["model"] and fx["chat_template"], family
+
+
+@pytest.mark.parametrize("family", sorted(STOPS))
+def test_generation_stops_on_the_end_of_turn_the_files_define(models, family):
+    tok = load_tokenizer(models[family])
+    turn_end, stops = STOPS[family]
+    assert tok.convert_ids_to_tokens(end_of_turn(tok)) == [turn_end]
+    assert set(tok.convert_ids_to_tokens(sorted(stop_token_ids(models[family], tok)))) == stops
+
+
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_both_backends_stop_on_the_template_end_of_turn(models, backend):
+    if backend == "mlx":
+        pytest.importorskip("mlx_lm")
+    from mlxtune.inference import load
+
+    loaded = load(str(models["phi3.5"]), backend=backend)  # eos <|endoftext|>; the template ends a turn with <|end|>
+    tok = load_tokenizer(models["phi3.5"])
+    assert {tok.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")} <= loaded.eos_ids
+
+
+def test_thinking_is_off_unless_asked_for(models):
+    qwen3, smol = (load_tokenizer(models[f]) for f in ("qwen3", "smollm3"))
+    prompt = qwen3.apply_chat_template(HI, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # the caller still decides: transformers' (and llama.cpp's) enable_thinking=True thinks
+    assert qwen3.apply_chat_template(HI, tokenize=False, add_generation_prompt=True, enable_thinking=True).endswith("<|im_start|>assistant\n")
+    thinking = load_tokenizer(models["qwen3"], thinking=True)
+    assert thinking.apply_chat_template(HI, tokenize=False, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+    prompt = smol.apply_chat_template(HI, tokenize=False, add_generation_prompt=True)
+    assert "Reasoning Mode: /no_think" in prompt and prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
+    assert "Reasoning Mode: /think" in load_tokenizer(models["smollm3"], thinking=True).apply_chat_template(HI, tokenize=False, add_generation_prompt=True)
+    assert (no_think_text(qwen3), no_think_text(smol), no_think_text(load_tokenizer(models["gemma3"]))) == ("<think>\n\n</think>\n\n", "<think>\n\n</think>\n", "")
+
+
+def test_with_thinking_changes_only_templates_with_the_switch():
+    qwen3, llama3 = FIXTURES["qwen3"]["chat_template"], FIXTURES["llama3"]["chat_template"]
+    off = with_thinking(qwen3, False)
+    assert off == THINKING_OFF + qwen3 and with_thinking(off, False) == off and with_thinking(off, True) == qwen3
+    assert with_thinking(llama3, False) == llama3
+    named = [{"name": "default", "template": qwen3}, {"name": "tool_use", "template": llama3}]
+    assert with_thinking(named, False) == [{"name": "default", "template": off}, {"name": "tool_use", "template": llama3}]
+
+
+def test_training_data_renders_without_thinking(models):
+    from mlxtune.data.rendering import encode_chat
+
+    messages = HI + [{"role": "assistant", "content": "Hello there"}]
+    for thinking, trained_text in ((False, "Hello there<|im_end|>"), (True, "<think>\n\n</think>\n\nHello there<|im_end|>")):
+        tok = load_tokenizer(models["qwen3"], thinking=thinking)
+        ids, mask = encode_chat(messages, None, tok, True, (None, None))
+        prompt = tok.decode([i for i, m in zip(ids, mask) if not m])
+        assert tok.decode([i for i, m in zip(ids, mask) if m]) == trained_text
+        # what is not trained ends exactly as generation's prompt does, so the model answers as it was taught
+        assert prompt.rstrip("\n") == tok.apply_chat_template(HI, tokenize=False, add_generation_prompt=True).rstrip("\n")
+
+
+@pytest.mark.parametrize("thinking", [None, True])
+def test_generate_renders_as_asked(models, thinking):
+    from mlxtune.inference import load, prompt_ids
+
+    loaded = load(str(models["qwen3"]), backend="numpy", thinking=thinking)
+    text = loaded.tokenizer.decode(prompt_ids(loaded.tokenizer, "Hi"))
+    assert text.endswith("<|im_start|>assistant\n" if thinking else "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_templates_written_out_think_only_when_asked(models, tmp_path):
+    from mlxtune.export.hf import export_hf
+
+    original = FIXTURES["qwen3"]["chat_template"]
+    export_hf(models["qwen3"], tmp_path / "off")
+    export_hf(models["qwen3"], tmp_path / "on", thinking=True)
+    assert json.loads((tmp_path / "off" / "tokenizer_config.json").read_text())["chat_template"] == THINKING_OFF + original
+    assert json.loads((tmp_path / "on" / "tokenizer_config.json").read_text())["chat_template"] == original
+    # a template in chat_template.jinja (transformers 4.50+) is rewritten too; one without the switch is left alone
+    (tmp_path / "on" / "chat_template.jinja").write_text(original)
+    assert write_thinking(tmp_path / "on", False) and (tmp_path / "on" / "chat_template.jinja").read_text() == THINKING_OFF + original
+    assert not write_thinking(models["llama3"], False)
+
+
+# --- the Ollama Modelfile of each chat format -------------------------------------------------------------
+
+# family -> (the format named, a line of the TEMPLATE, the stops in order: the GGUF's eos first)
+MODELFILES = {
+    "qwen3": ("ChatML", "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ end }}", ["<|im_end|>", "<|endoftext|>"]),
+    "smollm3": ("ChatML", "<|im_start|>assistant\n<think>\n\n</think>\n{{ end }}", ["<|im_end|>"]),
+    "llama3": ("Llama 3", "{{- if and (ne .Role \"assistant\") $last }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n{{ end }}", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"]),
+    "gemma3": ("Gemma", "{{ if $last }}<start_of_turn>model\n{{ end }}", ["<eos>", "<end_of_turn>"]),
+    "phi3.5": ("Phi-3", "<|{{ .Role }}|>\n{{ .Content }}{{ if not $last }}<|end|>\n{{ end }}", ["<|endoftext|>", "<|end|>"]),
+    "phi4-mini": ("Phi-3", "<|{{ .Role }}|>{{ .Content }}{{ if not $last }}<|end|>{{ end }}", ["<|endoftext|>", "<|end|>"]),
+    "mistral": ("Mistral [INST]", "{{ end }}{{ .Content }} [/INST]", ["</s>"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MODELFILES))
+def test_modelfile_has_the_family_template_and_stops(models, tmp_path, family):
+    from mlxtune.export.gguf import export_gguf
+    from mlxtune.formats.gguf import read_header
+
+    r = export_gguf(models[family], tmp_path / f"{family}.gguf", "f32")
+    text = r.modelfile.read_text()
+    name, line, stops = MODELFILES[family]
+    assert f"# TEMPLATE: the model's {name} chat template" in text
+    assert line in text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert [x for x in text.splitlines() if x.startswith("PARAMETER")] == [f'PARAMETER stop "{s}"' for s in stops]
+    written = read_header(r.path)[0]["tokenizer.chat_template"]
+    original = FIXTURES[family]["chat_template"]
+    assert written == with_thinking(original, False)  # thinking off by default where the template has the switch
+
+
+def test_modelfile_thinks_when_asked(models, tmp_path):
+    from mlxtune.export.gguf import export_gguf
+    from mlxtune.formats.gguf import read_header
+
+    r = export_gguf(models["qwen3"], tmp_path / "q.gguf", "f32", thinking=True)
+    template = r.modelfile.read_text().split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert "<think>" not in template and "<|im_start|>assistant\n{{ end }}" in template
+    assert read_header(r.path)[0]["tokenizer.chat_template"] == FIXTURES["qwen3"]["chat_template"]

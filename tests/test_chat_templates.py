@@ -92,6 +92,29 @@ def test_training_data_renders_without_thinking(models):
         assert prompt.rstrip("\n") == tok.apply_chat_template(HI, tokenize=False, add_generation_prompt=True).rstrip("\n")
 
 
+# family -> (the end of an answer, what the template writes after the last one: Phi's conversation ends with eos)
+@pytest.mark.parametrize("family, end, last", [("qwen3", "<|im_end|>", ""), ("phi3.5", "<|end|>", "\n<|endoftext|>"), ("phi4-mini", "<|end|>", "<|endoftext|>")])
+def test_every_turn_of_a_conversation_is_trained(models, family, end, last):
+    """Qwen3's template puts the empty think block before the last answer only, Phi's ends a conversation with eos:
+    earlier answers render otherwise once the conversation goes on, and are found in it, each with its end of turn."""
+    from mlxtune.data.rendering import encode_chat
+
+    tok = load_tokenizer(models[family])
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]
+    ids, mask = encode_chat(messages, None, tok, True, (None, None))
+    runs, run = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            run.append(i)
+        elif run:
+            runs, run = runs + [tok.decode(run)], []
+    runs += [tok.decode(run)] if run else []
+    assert runs == ["Hello there" + end, "See you" + end + last]
+    ids, mask = encode_chat(messages, None, tok, True, (None, None), untrained={1})
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "See you" + end + last
+
+
 @pytest.mark.parametrize("thinking", [None, True])
 def test_generate_renders_as_asked(models, thinking):
     from mlxtune.inference import load, prompt_ids

@@ -176,3 +176,36 @@ def test_modelfile_thinks_when_asked(models, tmp_path):
     template = r.modelfile.read_text().split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     assert "<think>" not in template and "<|im_start|>assistant\n{{ end }}" in template
     assert read_header(r.path)[0]["tokenizer.chat_template"] == FIXTURES["qwen3"]["chat_template"]
+
+
+def test_a_run_records_thinking_and_fuse_and_export_follow_it(models, tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from mlxtune.cli import cli
+    from mlxtune.training.run_schema import RunConfig
+
+    def run(*args):
+        r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    notes = Path(__file__).resolve().parent.parent / "data" / "notes.jsonl"
+    original = FIXTURES["qwen3"]["chat_template"]
+
+    def fused_template(out):
+        return json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+
+    for thinking in (False, True):
+        run_dir = tmp_path / f"run-{thinking}"
+        run("lora", "--data", notes, "--model", models["qwen3"], "--iters", 1, "--backend", "numpy", "-o", run_dir, "--no-report", "--quiet", *(["--thinking"] if thinking else []))
+        assert RunConfig.from_file(run_dir).thinking is thinking
+        out = run("fuse", "--adapter", run_dir, "-o", tmp_path / f"fused-{thinking}", "--backend", "numpy")
+        assert fused_template(tmp_path / f"fused-{thinking}") == (original if thinking else THINKING_OFF + original)
+        assert ("thinking mode (enable_thinking) is off by default" in out) is not thinking
+    # asked for, against the run's setting
+    run("fuse", "--adapter", tmp_path / "run-True", "-o", tmp_path / "fused-off", "--backend", "numpy", "--no-thinking")
+    assert fused_template(tmp_path / "fused-off") == THINKING_OFF + original
+    run("export", "-f", "hf", "--adapter", tmp_path / "run-False", "-o", tmp_path / "hf-on", "--thinking")
+    assert fused_template(tmp_path / "hf-on") == original

@@ -144,7 +144,8 @@ def test_templates_written_out_think_only_when_asked(models, tmp_path):
 MODELFILES = {
     "qwen3": ("ChatML", "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ end }}", ["<|im_end|>", "<|endoftext|>"]),
     "smollm3": ("ChatML", "<|im_start|>assistant\n<think>\n\n</think>\n{{ end }}", ["<|im_end|>"]),
-    "llama3": ("Llama 3", "{{- if and (ne .Role \"assistant\") $last }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n{{ end }}", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"]),
+    # Llama 3.2 writes a system header into every conversation: its preamble, less the day's date, as Ollama's own template
+    "llama3": ("Llama 3", "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\n{{ if .System }}{{ .System }}{{ end }}<|eot_id|>\n", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"]),
     "gemma3": ("Gemma", "{{ if $last }}<start_of_turn>model\n{{ end }}", ["<eos>", "<end_of_turn>"]),
     "phi3.5": ("Phi-3", "<|{{ .Role }}|>\n{{ .Content }}{{ if not $last }}<|end|>\n{{ end }}", ["<|endoftext|>", "<|end|>"]),
     "phi4-mini": ("Phi-3", "<|{{ .Role }}|>{{ .Content }}{{ if not $last }}<|end|>{{ end }}", ["<|endoftext|>", "<|end|>"]),
@@ -209,3 +210,13 @@ def test_a_run_records_thinking_and_fuse_and_export_follow_it(models, tmp_path):
     assert fused_template(tmp_path / "fused-off") == THINKING_OFF + original
     run("export", "-f", "hf", "--adapter", tmp_path / "run-False", "-o", tmp_path / "hf-on", "--thinking")
     assert fused_template(tmp_path / "hf-on") == original
+
+
+def test_llama3_without_a_system_header_keeps_the_plain_template(models):
+    from mlxtune.export.ollama import LLAMA3, chat_format, go_template
+
+    # Meta-Llama-3-8B-Instruct's template, as llama.cpp's tests/test-chat-template.cpp quotes it ("Llama-3")
+    plain = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    assert chat_format(plain) is LLAMA3
+    text = go_template(LLAMA3, load_tokenizer(models["llama3"]), plain, "")
+    assert text == LLAMA3.template.replace("@NO_THINK@", "") and "Cutting Knowledge" not in text

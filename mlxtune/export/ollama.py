@@ -54,6 +54,22 @@ LLAMA3 = ChatFormat("Llama 3", ("<|start_header_id|>", "<|end_header_id|>", "<|e
 @NO_THINK@{{ end }}
 {{- end }}""")
 
+# Llama 3.1 and later write a system header into every conversation (a knowledge cutoff, the date, the system message):
+# as Ollama's own llama3.x templates, the system messages go there (.System), the date left out.
+LLAMA3_HEADER = """<|start_header_id|>system<|end_header_id|>
+
+@PREAMBLE@{{ if .System }}{{ .System }}{{ end }}<|eot_id|>
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- if and (ne .Role "assistant") $last }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+@NO_THINK@{{ end }}
+{{- end }}
+{{- end }}"""
+
 GEMMA = ChatFormat("Gemma", ("<start_of_turn>", "<end_of_turn>"), """{{- $system := "" }}
 {{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
@@ -96,7 +112,14 @@ def chat_format(template: str | None) -> ChatFormat | None:
 def go_template(fmt: ChatFormat, tokenizer, template: str, no_think: str) -> str:
     """``fmt``'s Go template for this model: its spacing read from the Jinja template's rendering, ``no_think`` after the assistant's header."""
     text = fmt.template.replace(NO_THINK, no_think)
-    if fmt is PHI3:  # Phi-3.5: "<|user|>\n" + content + "<|end|>\n"; Phi-4-mini: no newlines
+    if fmt is LLAMA3:  # a system header in every conversation (3.1 and later): its preamble, less the date of the day
+        system = "<|start_header_id|>system<|end_header_id|>\n\n"
+        if system in (_render(tokenizer, [{"role": "user", "content": _PROBE}], template) or ""):
+            rendered = _render(tokenizer, [{"role": "system", "content": _PROBE + "!"}, {"role": "user", "content": _PROBE}], template) or ""
+            m = re.search(re.escape(system) + r"(.*?)" + re.escape(_PROBE + "!"), rendered, re.S)
+            preamble = re.sub(r"(?m)^Today Date:.*\n", "", m.group(1)) if m else ""
+            text = LLAMA3_HEADER.replace("@PREAMBLE@", preamble).replace(NO_THINK, no_think)
+    elif fmt is PHI3:  # Phi-3.5: "<|user|>\n" + content + "<|end|>\n"; Phi-4-mini: no newlines
         rendered = _render(tokenizer, [{"role": "user", "content": _PROBE}], template) or ""
         text = text.replace("@SEP@", "\n" if f"<|user|>\n{_PROBE}" in rendered else "")
     elif fmt is INST:  # v0.1/v0.2: "[INST] " + content + " [/INST]"; v0.3: "[INST]" + content + "[/INST]" and " " + answer

@@ -45,15 +45,21 @@ def test_generation_stops_on_the_end_of_turn_the_files_define(models, family):
     assert set(tok.convert_ids_to_tokens(sorted(stop_token_ids(models[family], tok)))) == stops
 
 
-@pytest.mark.parametrize("backend", ["numpy", "mlx"])
-def test_both_backends_stop_on_the_template_end_of_turn(models, backend):
-    if backend == "mlx":
-        pytest.importorskip("mlx_lm")
+def test_both_backends_stop_on_the_template_end_of_turn(backend, tmp_path):
+    """Phi-3.5: eos <|endoftext|>, no generation_config.json; its template ends a turn with <|end|>, where generation stops."""
+    from mlxtune.formats import safetensors as npio
+    from mlxtune.generate import generate
     from mlxtune.inference import load
 
-    loaded = load(str(models["phi3.5"]), backend=backend)  # eos <|endoftext|>; the template ends a turn with <|end|>
-    tok = load_tokenizer(models["phi3.5"])
+    model = make_chat_model(tmp_path / "phi", "phi3.5", first="<|end|>")  # <|end|> is id 0 ...
+    weights = npio.load_weights(model)[1]
+    weights["model.norm.weight"][:] = 0  # ... and every logit 0: greedy decoding picks id 0 at once
+    npio.write_safetensors(model / "model.safetensors", weights, metadata={"format": "mlx"})
+    loaded = load(str(model), backend=backend)
+    tok = load_tokenizer(model)
     assert {tok.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")} <= loaded.eos_ids
+    chunks = list(generate(loaded, "Hi", max_tokens=5))
+    assert [c.token for c in chunks] == [0] and chunks[-1].finish_reason == "stop" and "".join(c.text for c in chunks) == ""
 
 
 def test_thinking_is_off_unless_asked_for(models):
@@ -116,10 +122,10 @@ def test_every_turn_of_a_conversation_is_trained(models, family, end, last):
 
 
 @pytest.mark.parametrize("thinking", [None, True])
-def test_generate_renders_as_asked(models, thinking):
+def test_generate_renders_as_asked(models, backend, thinking):
     from mlxtune.inference import load, prompt_ids
 
-    loaded = load(str(models["qwen3"]), backend="numpy", thinking=thinking)
+    loaded = load(str(models["qwen3"]), backend=backend, thinking=thinking)
     text = loaded.tokenizer.decode(prompt_ids(loaded.tokenizer, "Hi"))
     assert text.endswith("<|im_start|>assistant\n" if thinking else "<|im_start|>assistant\n<think>\n\n</think>\n\n")
 

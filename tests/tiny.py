@@ -148,15 +148,19 @@ def chat_template_fixtures() -> dict:
     return json.loads((Path(__file__).parent / "chat_templates.json").read_text(encoding="utf-8"))
 
 
-def make_chat_model(out_dir: Path, family: str, seed: int = 0) -> Path:
+def make_chat_model(out_dir: Path, family: str, seed: int = 0, first: str | None = None) -> Path:
     """A tiny random model whose tokenizer has ``family``'s special tokens, chat template and eos settings
-    (tokenizer_config.json, config.json's eos_token_id, generation_config.json's eos list), as the real model's files have them."""
+    (tokenizer_config.json, config.json's eos_token_id, generation_config.json's eos list), as the real model's files have them.
+
+    ``first``: the special token to give id 0 (the others follow in the fixture's order).
+    """
     from mlxtune.formats import safetensors as npio
 
     fx = chat_template_fixtures()[family]
     out_dir = Path(out_dir)
-    vocab = make_tokenizer(out_dir, special=fx["special_tokens"])
-    ids = {t: i for i, t in enumerate(fx["special_tokens"])}
+    special = [t for t in [first] if t] + [t for t in fx["special_tokens"] if t != first]
+    vocab = make_tokenizer(out_dir, special=special)
+    ids = {t: i for i, t in enumerate(special)}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": fx["chat_template"], "model_max_length": 2048, "clean_up_tokenization_spaces": False}
     tok_config |= {k: fx[k] for k in ("bos_token", "eos_token", "pad_token") if fx[k]}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))

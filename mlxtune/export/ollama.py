@@ -37,7 +37,7 @@ class ChatFormat:
 CHATML = ChatFormat("ChatML", ("<|im_start|>", "<|im_end|>"), """{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|im_start|>{{ .Role }}
-{{ .Content }}{{ if not $last }}<|im_end|>
+@HISTORY@{{ .Content }}{{ if not $last }}<|im_end|>
 {{ end }}
 {{- if and (ne .Role "assistant") $last }}<|im_end|>
 <|im_start|>assistant
@@ -112,7 +112,11 @@ def chat_format(template: str | None) -> ChatFormat | None:
 def go_template(fmt: ChatFormat, tokenizer, template: str, no_think: str) -> str:
     """``fmt``'s Go template for this model: its spacing read from the Jinja template's rendering, ``no_think`` after the assistant's header."""
     text = fmt.template.replace(NO_THINK, no_think)
-    if fmt is LLAMA3:  # a system header in every conversation (3.1 and later): its preamble, less the date of the day
+    if fmt is CHATML:  # SmolLM3 writes the empty think block before every answer, Qwen3 before the last one only
+        rendered = _render(tokenizer, [{"role": "user", "content": _PROBE}, {"role": "assistant", "content": _PROBE + "!"}, {"role": "user", "content": _PROBE}], template, {"enable_thinking": False}) or ""
+        history = no_think and f"<|im_start|>assistant\n{no_think}{_PROBE}!" in rendered
+        text = text.replace("@HISTORY@", f'{{{{ if eq .Role "assistant" }}}}{no_think}{{{{ end }}}}' if history else "")
+    elif fmt is LLAMA3:  # a system header in every conversation (3.1 and later): its preamble, less the date of the day
         system = "<|start_header_id|>system<|end_header_id|>\n\n"
         if system in (_render(tokenizer, [{"role": "user", "content": _PROBE}], template) or ""):
             rendered = _render(tokenizer, [{"role": "system", "content": _PROBE + "!"}, {"role": "user", "content": _PROBE}], template) or ""
@@ -130,9 +134,9 @@ def go_template(fmt: ChatFormat, tokenizer, template: str, no_think: str) -> str
     return text
 
 
-def _render(tokenizer, messages: list[dict], template: str) -> str | None:
+def _render(tokenizer, messages: list[dict], template: str, kwargs: dict | None = None) -> str | None:
     try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=False)
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=False, **(kwargs or {}))
     except Exception:  # the template refuses the probe (jinja errors, raise_exception())
         return None
 

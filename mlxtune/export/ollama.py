@@ -14,8 +14,10 @@ What the template adds when thinking is off (Qwen3's and SmolLM3's empty
 ``<think>`` block, ``chat_template.no_think_text``) follows the assistant's
 header unless the export asks for thinking, and every token that ends a
 generation (``tokenizer.stop_token_ids``: the eos ids and the template's end of
-turn) is a ``PARAMETER stop``. Tool definitions and tool calls, and dates a
-template writes (Llama 3's system header), are not translated.
+turn) is a ``PARAMETER stop``. Tool definitions and tool calls, the date of
+the day Llama 3.1+ writes and SmolLM3's system header are not translated.
+``tests/test_ollama_templates.py`` runs these templates with Go's text/template
+(Ollama's engine) and holds them to the Jinja templates of the real models.
 """
 
 from __future__ import annotations

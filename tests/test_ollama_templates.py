@@ -23,7 +23,7 @@ TALK = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "cont
 
 
 def go_render(cases: list[dict], tmp_path: Path) -> list[str]:
-    env = os.environ | {"GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
+    env = os.environ | {"GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOTOOLCHAIN": "local", "GO111MODULE": "off"}
     src = Path(__file__).parent / "gotemplate" / "render.go"
     r = subprocess.run(["go", "run", str(src)], input=json.dumps(cases), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -60,7 +60,8 @@ def read_gguf(path: str | Path, dense: bool | None = None, expanded_dtype: str =
     if family is None:
         raise UnsupportedModelError(
             f"{path.name}: GGUF architecture {arch!r} is not supported (supported: "
-            f"{', '.join(families.gguf_import_archs())}); use the original Hugging Face model instead"
+            f"{', '.join(families.gguf_import_archs())}); use the original Hugging Face model instead "
+            "(--model HUB_ID_OR_DIR, or mlxtune convert HUB_ID_OR_DIR), which the mlx backend runs"
         )
     bad = [t for t in tensors if t.type not in SUPPORTED_TYPES]
     if bad:

@@ -61,6 +61,29 @@ def test_mlx_computes_the_transformers_loss(phi3):
     assert rel(mlx_loss(converted), reference) <= LOSS_REL
 
 
+def test_greedy_generation_on_mlx_is_transformers(phi3):
+    """mlx-lm's KV-cache generation on the converted model gives transformers' greedy tokens.
+
+    The prompt is longer than the LongRoPE case's original context (16), where
+    both use long_factor; below it transformers uses short_factor and mlx-lm
+    still long_factor (mlx-lm's SuScaledRoPE), so the two differ there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mlxtune.inference import load, stream
+
+    src, _, converted = phi3
+    prompt = [5, 17, 42, 99, 7, 64, 3, 250, 11, 180, 33, 76, 121, 8, 200, 45, 9, 150, 61, 27]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    loaded = load(str(converted), backend="mlx")
+    loaded.eos_ids.clear()  # the tiny random model may emit its eos: compare all twelve tokens
+    ours = [c.token for c in stream(loaded, prompt, max_tokens=12)]
+    assert ours == out[0, len(prompt):].tolist()
+
+
 def test_lora_fuse_hf_and_peft_export_on_mlx(phi3, tmp_path):
     src, reference, converted = phi3
     run("lora", "--data", NOTES, "--model", converted, "--iters", 3, "--lr", "5e-2", "--backend", "mlx", "-o", tmp_path / "run", "--no-report")

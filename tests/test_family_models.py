@@ -29,6 +29,7 @@ from mlxtune.convert import convert
 from mlxtune.errors import UnsupportedModelError
 from mlxtune.export.gguf import export_gguf
 from mlxtune.formats.gguf import read_gguf, read_header
+from mlxtune.models import families
 from tiny import make_tokenizer
 from tolerances import TINY_LOGITS, scaled_diff
 
@@ -39,6 +40,12 @@ pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason="torch, transformers and 
 FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24, "num_hidden_layers": 2}),  # head_dim not 64 / 4
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"num_hidden_layers": 4}),  # its 4th layer has no rope
+    # every 3rd layer global, the others within 8 positions with their own rope base; scores scaled by 24 ** -0.5, not 16 ** -0.5
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "num_hidden_layers": 4, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}}),
 }
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
              max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -62,27 +69,34 @@ def save_family(src: Path, family: str, **overrides) -> Path:
 
     config_class, model_class, sets = FAMILIES[family]
     vocab = make_tokenizer(src)
-    config = getattr(transformers, config_class)(vocab_size=vocab, **SHAPE, **{**sets, **overrides}, rope_parameters=dict(ROPE))
+    config = getattr(transformers, config_class)(vocab_size=vocab, **SHAPE, **{"rope_parameters": dict(ROPE), **sets, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(config).eval()
     with torch.no_grad():  # weights of tiny.py's scale, so that logits are O(10) and every part of the block matters
         for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5)
-            else:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:  # norm weights near 1 (Gemma's are stored as w - 1: near 0)
+                p.copy_((0 if "gemma" in model_class.lower() else 1) + 0.1 * torch.randn_like(p))
     model.save_pretrained(src)
     return src
 
 
 def as_transformers4(src: Path, dst: Path) -> Path:
-    """The same model with config.json as transformers 4 wrote it: rope_theta and rope_scaling, no rope_parameters."""
+    """The same model with config.json as transformers 4 wrote it: rope_theta and rope_scaling, no rope_parameters.
+
+    Gemma 3's: the sliding-window layers' base as rope_local_base_freq, their places as sliding_window_pattern.
+    """
     import shutil
 
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     params = config.pop("rope_parameters")
-    config.pop("layer_types", None)
+    types = config.pop("layer_types", None)
+    if "full_attention" in params:
+        config["rope_local_base_freq"], params = params["sliding_attention"]["rope_theta"], params["full_attention"]
+        config.pop("_sliding_window_pattern", None)
+        config["sliding_window_pattern"] = types.index("full_attention") + 1
     config.update(rope_theta=params["rope_theta"], rope_scaling=None)
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
@@ -138,7 +152,7 @@ def test_loss_equals_transformers_on_both_backends(family, layout, tmp_path):
         src = as_transformers4(src, tmp_path / "t4")
     converted = convert(str(src), tmp_path / "mlx", dtype="float32").path
     saved = json.loads((converted / "config.json").read_text())
-    assert saved["model_type"] == name and float(saved["rope_theta"]) == ROPE["rope_theta"]
+    assert families.get(saved["model_type"]).name == name and float(saved["rope_theta"]) == ROPE["rope_theta"]
     losses = {"numpy": numpy_loss(load_model(converted)[0]), "numpy on the HF directory": numpy_loss(load_model(src)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(converted)
@@ -147,11 +161,14 @@ def test_loss_equals_transformers_on_both_backends(family, layout, tmp_path):
 
 
 def test_the_family_is_what_numpy_computes(family):
-    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3)."""
+    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3), Gemma 3's."""
     name, _, _, converted = family
     cfg = load_model(converted)[0].config
     if name == "qwen3":
         assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (True, 24, None)
+    elif name == "gemma3":
+        assert (cfg.qk_norm, cfg.sandwich_norms, cfg.norm_offset, cfg.embed_scale, cfg.activation) == (True, True, 1.0, 8.0, "gelu_tanh")
+        assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 24**-0.5)
     else:
         assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (False, 16, (True, True, True, False))
 
@@ -226,6 +243,12 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
         assert md["qwen3.attention.key_length"] == md["qwen3.attention.value_length"] == 24
         assert names["blk.1.attn_q_norm.weight"].shape == names["blk.1.attn_k_norm.weight"].shape == (24,)
         assert names["blk.1.attn_q_norm.weight"].type == "F32"
+    elif name == "gemma3":  # llama.cpp's Gemma3Model: the norms around each half, the sliding window and its rope base
+        assert md["gemma3.attention.sliding_window"] == 8 and md["gemma3.rope.freq_base"] == 100000.0
+        assert md["gemma3.attention.key_length"] == md["gemma3.attention.value_length"] == 16
+        for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            assert names[f"blk.3.{n}.weight"].type == "F32", n
+        assert "output.weight" not in names  # tied
     else:
         assert not any("norm" in n and "attn_q" in n for n in names)
     assert names["blk.0.attn_q.weight"].type == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[outtype]

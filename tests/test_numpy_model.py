@@ -227,6 +227,8 @@ VARIANTS = {
     "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
     "qwen3-qk-norm": {"model_type": "qwen3", "head_dim": 6},  # per-head q/k norms before rope; head_dim not hidden / heads
     "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [0, 1]},  # the first block without rope
+    # (1 + w) norms around each half, GeGLU, scores scaled by 6 ** -0.5, the first block within 3 positions with its own rope base
+    "gemma3-sandwich": {"model_type": "gemma3_text", "query_pre_attn_scalar": 6, "sliding_window": 3, "sliding_window_pattern": 2, "rope_local_base_freq": 100.0},
 }
 
 

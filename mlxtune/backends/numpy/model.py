@@ -115,7 +115,9 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
-        self.attn_scale = cfg.head_dim**-0.5
+        self.local_inv_freq = cfg.rope_frequencies(local=True)[0] if cfg.local_rope_theta else None  # sliding-window layers' (D/2,)
+        self.attn_scale = cfg.attention_scale()
+        self._norm_factors: dict[str, np.ndarray] = {}  # norm_offset + w of each norm (block._norm)
         # Bytes of activations a training step may keep for its backward pass
         # (see activation_plan); None keeps every block's.
         self.activation_budget: int | None = None
@@ -136,7 +138,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         B, T = inputs.shape
         offset = 0 if cache is None else cache.offset
         rope = self._rope(offset, T)
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope, kv=cache, offset=offset)
         if cache is not None:
@@ -144,7 +146,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         if last_only:
             x, T = x[:, -1:], 1
         x2 = x.reshape(B * T, -1)  # (N, C)
-        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self._norm("model.norm.weight"))  # (N, C)
         return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
 
     def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
@@ -155,7 +157,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
         inputs = self._check_tokens(inputs)
         rope = self._rope(0, inputs.shape[1])
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope)
         return self._head(x, np.asarray(targets), scored, None)[0]
@@ -175,7 +177,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         _, n_checkpointed = self.activation_plan(B, T)
         dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
         rope = self._rope(0, T)
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         saved: list[Saved] = []
         for i in range(n_blocks):
             if i < first:  # blocks before the first adapter need no backward pass
@@ -247,19 +249,30 @@ class NumpyLlama(LoRAMethods, BlockMethods):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), found {inputs.min()}..{inputs.max()}")
         return inputs
 
-    def _rope(self, offset: int, T: int) -> tuple[np.ndarray, ...]:
-        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by head_dim**-0.5, then of k.
+    def _embed(self, inputs) -> np.ndarray:
+        """The embeddings of token ids (B, T) -> (B, T, C), scaled by ``embed_scale`` (Gemma: sqrt(C), as transformers and llama.cpp)."""
+        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        if self.config.embed_scale != 1.0:
+            x *= self.dtype(self.config.embed_scale)
+        return x
+
+    def _rope(self, offset: int, T: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
+        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by the attention scale, then of k;
+        the model's, and the sliding-window layers' own (their base, ``local_rope_theta``) or None.
 
         Folding the attention scale into q's rotation costs nothing and
         leaves the scores as they are (the scale is a power of two for the
         usual even exponents of the head size, so even rounding is unchanged).
         """
         cfg = self.config
-        positions = (offset + np.arange(T)) * self.position_scale  # (T,)
-        cos, sin = ops.rope_tables(positions, self.inv_freq, self.dtype)  # (T, D/2)
-        q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
-        k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
-        return (*q_rot, *k_rot)
+
+        def tables(inv_freq, position_scale):
+            cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, self.dtype)  # (T, D/2)
+            q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
+            k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
+            return (*q_rot, *k_rot)
+
+        return tables(self.inv_freq, self.position_scale), None if self.local_inv_freq is None else tables(self.local_inv_freq, 1.0)
 
     def _head_weight(self) -> np.ndarray:
         return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)
@@ -283,7 +296,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         targets = targets.reshape(-1)
         rows = np.flatnonzero(np.asarray(scored).reshape(-1))  # (n,)
         logp = TokenLogProbs(rows, self.dtype)
-        head, norm, eps = self._head_weight(), self.weights["model.norm.weight"], self.config.rms_norm_eps
+        head, norm, eps = self._head_weight(), self._norm("model.norm.weight"), self.config.rms_norm_eps
         dx = np.zeros_like(x2) if dlogp is not None else None  # (N, C)
         step = self._head_rows()
         buffer = self._logits_buffer(min(step, len(rows)))

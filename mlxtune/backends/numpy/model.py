@@ -220,7 +220,8 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         and up too (two of its four matmuls).
         """
         cfg = self.config
-        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows, np.dtype(self.dtype).itemsize)
+        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows,
+                           np.dtype(self.dtype).itemsize, cfg.sandwich_norms)
 
     def activation_plan(self, B: int, T: int) -> tuple[int, int]:
         """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.

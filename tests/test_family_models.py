@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +91,6 @@ def as_transformers4(src: Path, dst: Path) -> Path:
 
     Gemma 3's: the sliding-window layers' base as rope_local_base_freq, their places as sliding_window_pattern.
     """
-    import shutil
-
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     params = config.pop("rope_parameters")
@@ -287,3 +289,37 @@ def test_llama_cpp_computes_the_same_loss_on_the_f32_export(family, tmp_path):
     loss = float(np.mean(losses))
     print(f"\n[{name}] llama.cpp {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
     assert rel(loss, reference) <= LOSS_REL
+
+
+def llama_cpp_converter() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (MLXTUNE_LLAMACPP_SRC, or scripts/setup.sh's
+    .cache copy: the rule of tests/llamacpp.py), or skip."""
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ.get("MLXTUNE_LLAMACPP_SRC")
+    for src in ([Path(env)] if env else []) + [root / ".cache" / "llama-cpp-python" / "llama_cpp_python-0.3.36"]:
+        if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
+            return src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+    pytest.skip("llama.cpp's convert_hf_to_gguf.py is not at hand (llama-cpp-python's sdist: MLXTUNE_LLAMACPP_SRC, or scripts/setup.sh --test)")
+
+
+@pytest.mark.llama_cpp
+def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss(family, tmp_path):
+    """A file mlxtune did not write: llama.cpp's own converter on the transformers directory, imported by mlxtune."""
+    from gguf_fixtures import tiny_spm_model
+
+    converter = llama_cpp_converter()
+    name, src, reference, _ = family
+    hf = Path(shutil.copytree(src, tmp_path / "hf"))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (hf / f).unlink(missing_ok=True)
+    (hf / "tokenizer.model").write_bytes(tiny_spm_model())  # a tokenizer the converter knows (it refuses tiny.py's BPE: unknown pre-tokenizer hash)
+    done = subprocess.run([sys.executable, str(converter), str(hf), "--outfile", str(tmp_path / "m.gguf"), "--outtype", "f32"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == name
+    back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
+    assert load_model(back)[0].config == load_model(family[3])[0].config  # what llama.cpp's file implies, the layers without rope included
+    losses = {"numpy": numpy_loss(load_model(back)[0])}
+    if HAVE_MLX:
+        losses["mlx"] = mlx_loss(back)
+    print(f"\n[{name}] llama.cpp's converter, imported: " + ", ".join(f"{k} {v:.7f} ({rel(v, reference):.1e})" for k, v in losses.items()))
+    assert all(rel(v, reference) <= LOSS_REL for v in losses.values())

@@ -44,9 +44,9 @@ pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason="torch, transformers and 
 FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24, "num_hidden_layers": 2}),  # head_dim not 64 / 4
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"num_hidden_layers": 4}),  # its 4th layer has no rope
-    # every 3rd layer global, the others within 8 positions with their own rope base; scores scaled by 24 ** -0.5, not 16 ** -0.5
+    # every 3rd layer global (llama.cpp's default: 6), the others within 8 positions with their own rope base (not 10000)
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
-        "num_hidden_layers": 4, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8,
+        "num_hidden_layers": 4, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
         "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
         "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
                             "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}}),
@@ -170,7 +170,7 @@ def test_the_family_is_what_numpy_computes(family):
         assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (True, 24, None)
     elif name == "gemma3":
         assert (cfg.qk_norm, cfg.sandwich_norms, cfg.norm_offset, cfg.embed_scale, cfg.activation) == (True, True, 1.0, 8.0, "gelu_tanh")
-        assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 24**-0.5)
+        assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 16**-0.5)
     else:
         assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (False, 16, (True, True, True, False))
 
@@ -183,6 +183,18 @@ def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
     if HAVE_MLX:
         assert rel(mlx_loss(src), reference) <= LOSS_REL
     with pytest.raises(UnsupportedModelError, match=r"no rope in layers 0, 2, but llama\.cpp's smollm3 model has none in layers 3"):
+        export_gguf(src, tmp_path / "x.gguf", "f32")
+
+
+def test_gemma3_attention_scale_is_query_pre_attn_scalar(tmp_path):
+    """Gemma 3 with query_pre_attn_scalar 24, not head_dim 16: transformers and both backends agree; GGUF export refuses it
+    (llama.cpp scales by head_dim whatever the file says)."""
+    src = save_family(tmp_path / "hf", "gemma3", query_pre_attn_scalar=24)
+    reference = transformers_loss(src)
+    assert rel(numpy_loss(load_model(src)[0]), reference) <= LOSS_REL
+    if HAVE_MLX:
+        assert rel(mlx_loss(src), reference) <= LOSS_REL
+    with pytest.raises(UnsupportedModelError, match=r"query_pre_attn_scalar = 24, but llama\.cpp's gemma3 model uses 16"):
         export_gguf(src, tmp_path / "x.gguf", "f32")
 
 
@@ -245,9 +257,10 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
         assert md["qwen3.attention.key_length"] == md["qwen3.attention.value_length"] == 24
         assert names["blk.1.attn_q_norm.weight"].shape == names["blk.1.attn_k_norm.weight"].shape == (24,)
         assert names["blk.1.attn_q_norm.weight"].type == "F32"
-    elif name == "gemma3":  # llama.cpp's Gemma3Model: the norms around each half, the sliding window and its rope base
+    elif name == "gemma3":  # llama.cpp's Gemma3Model: the norms around each half, the sliding window, its pattern and rope base
         assert md["gemma3.attention.sliding_window"] == 8 and md["gemma3.rope.freq_base"] == 100000.0
-        assert md["gemma3.attention.key_length"] == md["gemma3.attention.value_length"] == 16
+        assert md["gemma3.attention.sliding_window_pattern"] == 3 and md["gemma3.rope.freq_base_swa"] == 1000.0  # not llama.cpp's 6, 10000
+        assert any("llama.cpp's defaults" in n for n in r.notes)
         for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
             assert names[f"blk.3.{n}.weight"].type == "F32", n
         assert "output.weight" not in names  # tied
@@ -309,6 +322,10 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
 
     converter = llama_cpp_converter()
     name, src, reference, _ = family
+    if name == "gemma3":  # the converter writes neither the period of global layers nor the local rope base: llama.cpp's own
+        src = save_family(tmp_path / "defaults", name, num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"], rope_parameters={
+            "full_attention": dict(ROPE), "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+        reference = transformers_loss(src)
     hf = Path(shutil.copytree(src, tmp_path / "hf"))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (hf / f).unlink(missing_ok=True)
@@ -317,7 +334,7 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == name
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
-    assert load_model(back)[0].config == load_model(family[3])[0].config  # what llama.cpp's file implies, the layers without rope included
+    assert load_model(back)[0].config == load_model(src)[0].config  # what llama.cpp's file implies, the layers without rope included
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)

@@ -95,6 +95,10 @@ class Family:
     gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
     gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
     gguf_nope_interval: int | None = None  # llama.cpp's fixed period of layers without rope (every Nth), not stored in the file
+    # llama.cpp's reading of a sliding-window family's file: the period of full-attention layers when the file has no
+    # attention.sliding_window_pattern, and the sliding-window layers' rope base when it has no rope.freq_base_swa
+    gguf_swa_pattern: int | None = None
+    gguf_swa_base: float | None = None
     # --- config.json normalisation (model_config.normalize_config)
     local_rope_base_field: str | None = None  # field mlx-lm reads the sliding-window layers' rope_theta from
     layer_pattern_field: str | None = None  # field mlx-lm reads the period of full-attention layers from
@@ -165,6 +169,16 @@ class Family:
         text.setdefault("num_attention_heads", 8)  # mlx-lm's defaults for a text_config without them
         text.setdefault("num_key_value_heads", 4)
         return text
+
+    def gguf_query_pre_attn_scalar(self, hidden: int, heads: int, head_dim: int, n_layers: int) -> float | None:
+        """The ``query_scale_field`` llama.cpp's graph computes with (it reads none from the file); None: head_dim's rule.
+
+        llama.cpp's gemma3 (``src/models/gemma3.cpp``, after gemma_pytorch):
+        head_dim, except for the 62-layer 27B model, hidden_size / heads.
+        """
+        if not self.query_scale_field:
+            return None
+        return float(hidden // heads if n_layers == 62 else head_dim)
 
     def gguf_rope_layers(self, n_layers: int) -> tuple[bool, ...] | None:
         """The layers llama.cpp's graph of ``gguf_arch`` rotates (None: every layer): what a GGUF file implies."""

@@ -15,9 +15,14 @@ a period, not by transformers 5's ``layer_types`` list (``normalize_config``).
 The multimodal ``gemma3`` checkpoints keep the text model's config in
 ``text_config``; their weights lie under ``language_model.``.
 
-llama.cpp writes the norms as stored + 1 (its graph multiplies by w), keeps
-the q/k rows in Hugging Face order, and does not store the sliding-window
-pattern (its gemma3 graph fixes it at 6) or the scale of the embeddings.
+llama.cpp writes the norms as stored + 1 (its graph multiplies by w) and
+keeps the q/k rows in Hugging Face order. Its converter writes the sliding
+window but neither its pattern nor the local rope base: llama.cpp then takes
+every 6th layer as global and 10000 (``gguf_swa_pattern``,
+``gguf_swa_base``), and reads ``attention.sliding_window_pattern`` and
+``rope.freq_base_swa`` when a file has them. It computes the attention scale
+from head_dim whatever query_pre_attn_scalar was
+(``Family.gguf_query_pre_attn_scalar``).
 """
 
 from .base import LLAMA_GGUF_GLOBAL, LLAMA_LINEAR_KEYS, Family
@@ -60,6 +65,8 @@ FAMILY = Family(
     gguf_rope_types=("default", "linear"),
     gguf_global=LLAMA_GGUF_GLOBAL,
     gguf_block=GGUF_BLOCK,
+    gguf_swa_pattern=6,
+    gguf_swa_base=10000.0,
     local_rope_base_field="rope_local_base_freq",
     layer_pattern_field="sliding_window_pattern",
 )

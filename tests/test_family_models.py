@@ -198,6 +198,63 @@ def test_gemma3_attention_scale_is_query_pre_attn_scalar(tmp_path):
         export_gguf(src, tmp_path / "x.gguf", "f32")
 
 
+def save_multimodal(src: Path) -> Path:
+    """A tiny multimodal Gemma 3 (Gemma3ForConditionalGeneration: text_config, weights under language_model., a vision tower)."""
+    import torch
+    import transformers
+
+    vocab = make_tokenizer(src)
+    text = {**SHAPE, **FAMILIES["gemma3"][2], "vocab_size": vocab}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(src)
+    return src
+
+
+def test_gemma3_multimodal_checkpoints_text_part_through_every_step(tmp_path):
+    """The multimodal checkpoint's text model (config in text_config, weights under language_model.): transformers' loss on
+    both backends, adapters named as mlx-lm names them, fuse on either backend, GGUF export of the text model."""
+    import torch
+    import transformers
+
+    src = save_multimodal(tmp_path / "hf")
+    with torch.no_grad():
+        model = transformers.Gemma3ForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+        ids = torch.tensor(TOKENS, dtype=torch.long)
+        reference = float(model(input_ids=ids, labels=ids).loss)
+    converted = convert(str(src), tmp_path / "mlx", dtype="float32").path
+    assert json.loads((converted / "config.json").read_text())["model_type"] == "gemma3"
+    losses = {"numpy": numpy_loss(load_model(converted)[0]), "numpy on the HF directory": numpy_loss(load_model(src)[0])}
+    if HAVE_MLX:
+        losses["mlx"] = mlx_loss(converted)
+    print(f"\n[gemma3 multimodal] transformers {reference:.7f}; " + ", ".join(f"{k} {v:.7f} ({rel(v, reference):.1e})" for k, v in losses.items()))
+    assert all(rel(v, reference) <= LOSS_REL for v in losses.values())
+    out = tmp_path / "run"
+    run("lora", "--data", NOTES, "--model", converted, "--iters", 3, "--lr", "5e-2", "--backend", "numpy", "-o", out, "--no-report")
+    from mlxtune.formats.safetensors import read_safetensors_header
+
+    names = list(read_safetensors_header(out / "adapters.safetensors")[0])
+    assert names and all(n.startswith("language_model.model.layers.") for n in names)  # mlx-lm's names for this model
+    tuned = load_model(converted)[0]
+    load_adapters(tuned, out)
+    expected = numpy_loss(tuned)
+    assert rel(expected, reference) > 20 * LOSS_REL
+    for backend in ["numpy"] + (["mlx"] if HAVE_MLX else []):
+        run("fuse", "--adapter", out, "-o", tmp_path / f"fused-{backend}", "--backend", backend, "--dtype", "float32")
+        assert rel(numpy_loss(load_model(tmp_path / f"fused-{backend}")[0]), expected) <= LOSS_REL, backend
+    if HAVE_MLX:
+        assert rel(mlx_loss(tmp_path / "fused-numpy"), expected) <= LOSS_REL
+    r = export_gguf(tmp_path / "fused-numpy", tmp_path / "m.gguf", "f32")
+    assert read_header(r.path)[0]["general.architecture"] == "gemma3" and any("multimodal" in n for n in r.notes)
+    assert rel(numpy_loss(gguf_model(r.path)), expected) <= LOSS_REL
+
+
 # ------------------------------------------------------------------ LoRA, fuse, HF and PEFT export
 
 

@@ -103,6 +103,11 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     from ..formats import safetensors as npio
 
     config, weights = npio.load_weights(model_dir)
+    family = families.get(config.get("model_type"))
+    if family is not None and isinstance(config.get("text_config"), dict):  # a multimodal checkpoint: its text model, as llama.cpp's converter
+        weights, _ = family.text_weights(config, weights)
+        config = {**family.text_part(config), **{k: config[k] for k in ("quantization", "quantization_config") if k in config}}
+        notes.append("the model is multimodal: its text model was exported (llama.cpp keeps the vision tower in a separate mmproj file)")
     arch, plan, cfg = _plan(config, weights, OUTTYPES[outtype][1], notes)
     if config.get("quantization") and outtype in ("q8_0", "q4_0"):
         q = config["quantization"]

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ModelFormatError
+from ...models import families
 from ...models.families.base import LLAMA_LINEAR_KEYS
 from ...models.layout import ModelConfig
 from ...training.objectives import CROSS_ENTROPY, Objective, TokenLogProbs
@@ -118,6 +119,9 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         self.local_inv_freq = cfg.rope_frequencies(local=True)[0] if cfg.local_rope_theta else None  # sliding-window layers' (D/2,)
         self.attn_scale = cfg.attention_scale()
         self._norm_factors: dict[str, np.ndarray] = {}  # norm_offset + w of each norm (block._norm)
+        # What the checkpoint's names had before these (a multimodal checkpoint's "language_model."): the names of
+        # ``external_lora_params`` and ``fused_weights``, the files' names, as mlx-lm's model of the checkpoint has them.
+        self.weight_prefix = ""
         # Bytes of activations a training step may keep for its backward pass
         # (see activation_plan); None keeps every block's.
         self.activation_budget: int | None = None
@@ -325,4 +329,8 @@ def load_model(model_dir: str | Path, dtype=np.float32) -> tuple[NumpyLlama, dic
     from ...formats.safetensors import load_weights  # numpy only
 
     config, weights = load_weights(model_dir)
-    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config
+    family = families.get(config.get("model_type"))
+    weights, prefix = family.text_weights(config, weights) if family else (weights, "")  # a multimodal checkpoint's text model
+    model = NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True)
+    model.weight_prefix = prefix
+    return model, config

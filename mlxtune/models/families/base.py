@@ -85,7 +85,9 @@ class Family:
     activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, tanh approximation)
     query_scale_field: str | None = None  # attention scores are scaled by config.json's this ** -0.5 (None: head_dim ** -0.5)
     sliding_window: bool = False  # config.json's sliding_window, and its sliding_window_pattern / layer_types placing it
-    text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config
+    text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config ...
+    text_prefix: str = ""  # ... and the text model's weights under this prefix ...
+    other_towers: tuple[str, ...] = ()  # ... beside these (the vision tower), which a text fine-tune leaves out
     # --- GGUF (llama.cpp)
     gguf_arch: str | None = None  # general.architecture it is exported as (None: no GGUF export)
     gguf_import: bool = False  # a GGUF file of gguf_arch is imported as this family
@@ -169,6 +171,22 @@ class Family:
         text.setdefault("num_attention_heads", 8)  # mlx-lm's defaults for a text_config without them
         text.setdefault("num_key_value_heads", 4)
         return text
+
+    def text_weights(self, config: dict, weights: dict) -> tuple[dict, str]:
+        """(the text model's weights under their text-model names, the prefix they had) of a multimodal checkpoint; else (weights, "").
+
+        The other towers' weights (Gemma 3's vision tower and projector) are
+        dropped, as mlx-lm's ``sanitize`` drops them.
+        """
+        if not self.text_config or not isinstance(config.get("text_config"), dict):
+            return weights, ""
+        p, out = self.text_prefix, {}
+        for k, v in weights.items():
+            if k.startswith(p):
+                out[k[len(p):]] = v
+            elif not k.startswith(self.other_towers):
+                out[k] = v  # not the text model's: the weights check names it
+        return out, p
 
     def gguf_query_pre_attn_scalar(self, hidden: int, heads: int, head_dim: int, n_layers: int) -> float | None:
         """The ``query_scale_field`` llama.cpp's graph computes with (it reads none from the file); None: head_dim's rule.

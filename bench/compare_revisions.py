@@ -35,7 +35,11 @@ FIGURES = {  # bench -> (figure, unit, higher is better)
     "train": [("trained_tokens_per_sec", "tok/s", True), ("peak_rss_bytes", "MB", False)],
     "generate": [("decode_tps", "tok/s", True), ("prefill_seconds", "s", False), ("load_seconds", "s", False), ("peak_rss_bytes", "MB", False)],
 }
-SAME = {"train": "losses", "generate": "tokens"}  # what must not change between the trees
+# What must not change between the trees: each step's training loss, and the generated tokens.
+SAME = {
+    "train": ("losses", lambda r: [s["loss"] for s in r["step_log"]] if "step_log" in r else None),
+    "generate": ("tokens", lambda r: r.get("tokens")),
+}
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -81,14 +85,17 @@ def table(runs: dict, benches: list[str], trees: list[str]) -> list[str]:
 def same_behaviour(runs: dict, benches: list[str], trees: list[str]) -> list[str]:
     notes = []
     for bench in benches:
-        key = SAME[bench]
+        key, value = SAME[bench]
         seen: dict[str, set] = {}
         for t in trees:
             for rnd in runs[t][bench]:
                 for r in rnd["results"]:
-                    if key in r:
-                        seen.setdefault(r["system"], set()).add(json.dumps(r[key]))
+                    got = value(r)
+                    seen.setdefault(r["system"], set()).add("missing" if got is None else json.dumps(got))
         for s, values in sorted(seen.items()):
+            if "missing" in values:
+                notes.append(f"{bench} {s}: {key} NOT RECORDED in some run (cannot tell whether behaviour changed)")
+                continue
             notes.append(f"{bench} {s}: {key} " + ("identical in every round of both trees" if len(values) == 1 else f"DIFFER ({len(values)} distinct)"))
     return notes
 

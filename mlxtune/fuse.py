@@ -31,13 +31,15 @@ def fuse(
     force: bool = False,
     backend: str | None = "auto",
     name: str | None = None,
+    thinking: bool | None = None,
 ) -> FuseResult:
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir`` with its model card.
 
     ``name``: what the card calls the model [default: the run's directory name].
+    ``thinking``: the fused model's chat template thinks by default [default: as the run was trained; off].
     Re-quantized, the notes say how much of the adapter's gain the result keeps.
     """
-    r = fuse_run(adapter_dir, out_dir, model=model, dtype=dtype, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size, offline=offline, force=force, backend=backend, name=name)
+    r = fuse_run(adapter_dir, out_dir, model=model, dtype=dtype, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size, offline=offline, force=force, backend=backend, name=name, thinking=thinking)
     if r.quantization is not None:
         _check_kept(r.adapter, r.base, r.path, r.quantization, r.notes)
     return r

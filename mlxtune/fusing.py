@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import UsageError
 from .export.model_card import CARD, FUSE_INFO, model_card, run_facts
 from .fsutil import copy_file, staged_dir
+from .models.chat_template import write_thinking
 from .models.directory import TOKENIZER_FILES, default_dtype
 from .models.source import run_base_model
 from .training.run_schema import RunConfig
@@ -56,10 +57,14 @@ def fuse_run(
     force: bool = False,
     backend: str | None = "auto",
     name: str | None = None,
+    thinking: bool | None = None,
 ) -> FuseResult:
     """Fuse the adapter in ``adapter_dir`` into its base model, writing ``out_dir`` with its model card.
 
     ``name``: what the card calls the model [default: the run's directory name].
+    ``thinking``: whether the fused model's chat template thinks unless told otherwise (templates with an
+    ``enable_thinking`` switch: Qwen3, SmolLM3) [default: as the run rendered its data: off unless it was
+    trained with --thinking], so that a model tuned without thinking does not start thinking again.
     """
     from .backends import backend_for, choose_backend, get, mlx_available
     from .formats.peft import as_mlx_adapter
@@ -73,7 +78,9 @@ def fuse_run(
     choose_backend(backend, mlx_available())  # a bad or unavailable choice fails before any loading
     base = run_base_model(adapter_dir, model, offline)
     base_dir, notes = base.path, list(base.notes)
-    dora = RunConfig.from_file(adapter_dir).dora
+    run = RunConfig.from_file(adapter_dir)
+    dora = run.dora
+    thinking = run.thinking if thinking is None else thinking
     backend = backend_for(backend, base_dir, mlx_only="re-quantization" if quantize else "DoRA" if dora else None)
     impl = get(backend)
     if quantize and not impl.can_requantize:
@@ -85,7 +92,9 @@ def fuse_run(
         for name in TOKENIZER_FILES:
             if (base_dir / name).exists():
                 copy_file(base_dir / name, tmp / name)
-        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend, "name": card_name, "run": facts}
+        if write_thinking(tmp, thinking) and not thinking:
+            notes.append("the chat template's thinking mode (enable_thinking) is off by default in the fused model (--thinking keeps it on)")
+        info = {"base_model": str(base_dir), "adapter": str(adapter_dir.resolve()), "dtype": dtype, "quantization": quant, "backend": backend, "name": card_name, "run": facts, "thinking": thinking}
         (tmp / FUSE_INFO).write_text(json.dumps(info, indent=2))
         kind = f"{quant['bits']}-bit" if quant else dtype
         (tmp / CARD).write_text(model_card("mlx", card_name, str(out_dir), facts, detail=f", {kind}"))

@@ -29,11 +29,18 @@ class Loaded:
     notes: list[str]
     backend: str = "mlx"
     eos_ids: set[int] = field(default_factory=set)
+    thinking: bool = False  # the chat template renders with thinking on (enable_thinking), else off
 
 
-def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto") -> Loaded:
-    """Load a model (and adapter) for inference with the chosen backend."""
+def load(model: str | None, adapter: str | Path | None = None, offline: bool | None = None, revision: str | None = None, dtype: str | None = None, backend: str | None = "auto", thinking: bool | None = None) -> Loaded:
+    """Load a model (and adapter) for inference with the chosen backend.
+
+    ``thinking``: render chats with the template's thinking mode on (Qwen3, SmolLM3)
+    [default: as the adapter's run was trained (off unless it was trained with --thinking); off without an adapter].
+    """
     from .backends import backend_for, choose_backend, get, mlx_available
+    from .data.rendering import hf_tokenizer
+    from .models.chat_template import set_thinking
     from .models.source import open_model, run_base_model
     from .training.run_schema import RunConfig
 
@@ -50,20 +57,28 @@ def load(model: str | None, adapter: str | Path | None = None, offline: bool | N
     dora = adapter_path is not None and RunConfig.from_file(adapter_path).dora
     backend = backend_for(backend, model_dir, mlx_only="DoRA" if dora else None)
     net, tokenizer, eos_ids = get(backend).load_inference(model_dir, adapter_path, dtype)
-    return Loaded(net, tokenizer, model_dir, adapter_path, notes, backend, eos_ids)
+    if thinking is None:
+        thinking = RunConfig.from_file(adapter_path).thinking if adapter_path is not None else False
+    set_thinking(hf_tokenizer(tokenizer), thinking)
+    return Loaded(net, tokenizer, model_dir, adapter_path, notes, backend, eos_ids, thinking)
 
 
 def load_model_or_run_base(run_dir: str | Path | None, model: str | None, adapter: Path | None, backend: str = "auto", offline: bool | None = None) -> tuple[Loaded, list[str]]:
     """(the loaded model, notes on finding it): ``model`` (with ``adapter``), or, with neither, the base ``run_dir`` was trained on.
 
     The notes are those of finding the run's base; loading ``model`` keeps its own in ``Loaded.notes``.
+    Chats render as the run rendered them (its thinking setting), whichever of the models is loaded,
+    so that losses and answers of the base, the tuned and the fused model compare alike.
     """
+    from .training.run_schema import RunConfig
+
+    thinking = RunConfig.from_file(Path(run_dir)).thinking if run_dir is not None else None
     if adapter is None and model is None:
         from .models.source import run_base_model
 
         base = run_base_model(Path(run_dir), None, offline)
-        return load(str(base.path), backend=backend, offline=offline), list(base.notes)
-    return load(model, adapter=adapter, backend=backend, offline=offline), []
+        return load(str(base.path), backend=backend, offline=offline, thinking=thinking), list(base.notes)
+    return load(model, adapter=adapter, backend=backend, offline=offline, thinking=thinking), []
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:

@@ -1,6 +1,6 @@
 """Where mlxtune's behaviour depends on the platform, the decision is made here.
 
-Six things differ between a Mac and a Linux box, and each is decided by one
+Seven things differ between a Mac and a Linux box, and each is decided by one
 small pure function that the tests call with every platform:
 
 * ``choose_blas``: which BLAS library to load before ``mlx`` (Linux ``mlx[cpu]``
@@ -10,6 +10,9 @@ small pure function that the tests call with every platform:
   weights are expanded to float32 (mlx's CPU backend runs float16/bfloat16 and
   quantized matmuls at ~2-4 GFLOP/s against ~150+ for float32 with a good BLAS;
   a Metal GPU is fast at both and memory is the scarcer resource there);
+* ``choose_expanded_dtype``: which dtype GGUF block types that MLX cannot hold
+  quantized (K-quants, Q5_0/Q5_1, IQ4) are expanded to (float32 on a CPU, exact;
+  float16 on a GPU, where float32 would double the model's memory);
 * ``peak_memory_bytes``: what "peak memory" means (Metal's allocator on a GPU,
   the process's peak resident set elsewhere, read where it is not inherited:
   ``choose_peak_rss``);
@@ -210,6 +213,18 @@ def choose_compute(device: str, requested_dtype: str | None = None) -> ComputeCh
         return ComputeChoice("gpu", requested_dtype, False, "Metal GPU, stored dtype" if requested_dtype is None else f"Metal GPU, {requested_dtype}")
     dtype = requested_dtype or "float32"
     return ComputeChoice("cpu", dtype, dtype == "float32", f"CPU, {dtype}" + (", quantized weights expanded to float32" if dtype == "float32" else ""))
+
+
+def choose_expanded_dtype(device: str) -> str:
+    """The dtype a GGUF's K-quant, Q5_0/Q5_1 and IQ4 tensors are stored in once expanded (MLX has no such blocks).
+
+    On a CPU, float32: the expansion is exact in float32, and float32 is what
+    mlx's CPU path and the numpy backend compute in (``choose_compute``). On a
+    Metal GPU, float16: the dtype the file's block scales are in and that the GPU
+    computes a quantized model in; float32 would double the model's memory for
+    precision its computation does not use.
+    """
+    return "float16" if device == "gpu" else "float32"
 
 
 def current_device() -> str:

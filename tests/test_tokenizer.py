@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mlxtune.models.tokenizer import eos_token_ids, load_tokenizer
+from mlxtune.models.tokenizer import load_tokenizer, stop_token_ids
 
 TEXTS = ["Hello world", "  leading spaces\tand tabs\n\nnewlines", "ünïcödé 日本語 😀", "x=1; y = x**2  # code", "<|im_start|>user\nhi<|im_end|>"]
 
@@ -21,7 +21,7 @@ def test_same_as_auto_tokenizer(tiny_model):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.all_special_ids) == (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, auto.all_special_ids)
-    assert eos_token_ids(ours) == eos_token_ids(auto)
+    assert stop_token_ids(tiny_model, ours) == stop_token_ids(tiny_model, auto)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="only meaningful where PyTorch is installed")

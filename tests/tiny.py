@@ -31,8 +31,11 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(out_dir: Path, vocab_size: int = 320) -> int:
-    """Train a byte-level BPE tokenizer into ``out_dir``; returns its vocab size."""
+def make_tokenizer(out_dir: Path, vocab_size: int = 320, special: list[str] | None = None) -> int:
+    """Train a byte-level BPE tokenizer into ``out_dir``; returns its vocab size.
+
+    ``special``: its special tokens, ids 0, 1, ... [default: ChatML's, ``SPECIAL``].
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -40,7 +43,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 320) -> int:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL,
+        special_tokens=special or SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -146,5 +149,35 @@ def make_tiny_model(out_dir: Path, seed: int = 0, dtype: str = "float32", **conf
         weights = {k: v.astype("float16") for k, v in weights.items()}
     npio.write_safetensors(out_dir / "model.safetensors", weights, metadata={"format": "mlx"}, bf16=set(weights) if dtype == "bfloat16" else None)
     config["torch_dtype"] = dtype
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def chat_template_fixtures() -> dict:
+    """The chat templates of real models (tests/chat_templates.json: each with its source, special tokens and eos settings)."""
+    return json.loads((Path(__file__).parent / "chat_templates.json").read_text(encoding="utf-8"))
+
+
+def make_chat_model(out_dir: Path, family: str, seed: int = 0, first: str | None = None) -> Path:
+    """A tiny random model whose tokenizer has ``family``'s special tokens, chat template and eos settings
+    (tokenizer_config.json, config.json's eos_token_id, generation_config.json's eos list), as the real model's files have them.
+
+    ``first``: the special token to give id 0 (the others follow in the fixture's order).
+    """
+    from mlxtune.formats import safetensors as npio
+
+    fx = chat_template_fixtures()[family]
+    out_dir = Path(out_dir)
+    special = [t for t in [first] if t] + [t for t in fx["special_tokens"] if t != first]
+    vocab = make_tokenizer(out_dir, special=special)
+    ids = {t: i for i, t in enumerate(special)}
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": fx["chat_template"], "model_max_length": 2048, "clean_up_tokenization_spaces": False}
+    tok_config |= {k: fx[k] for k in ("bos_token", "eos_token", "pad_token") if fx[k]}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    (out_dir / "special_tokens_map.json").write_text(json.dumps({k: fx[k] for k in ("bos_token", "eos_token", "pad_token") if fx[k]}))
+    if fx["generation_eos"]:
+        (out_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [ids[t] for t in fx["generation_eos"]]}))
+    config = tiny_config(vocab, bos_token_id=ids.get(fx["bos_token"]), eos_token_id=ids[fx["eos_token"]])
+    npio.write_safetensors(out_dir / "model.safetensors", tiny_weights(config, seed), metadata={"format": "mlx"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir

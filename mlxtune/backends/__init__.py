@@ -64,6 +64,8 @@ def choose_backend(requested: str | None, mlx_ok: bool, device: str | None = Non
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
     if requested == "mlx" and not mlx_ok:
         raise UsageError("--backend mlx: mlx is not installed here (pip install 'mlx[cpu]' mlx-lm on Linux, mlx mlx-lm on macOS); --backend numpy runs anywhere")
+    if requested == "numpy" or (requested == "auto" and not mlx_ok):
+        _check_numpy_runs(model_type, mlx_ok)
     if requested != "auto":
         return requested
     if not mlx_ok:
@@ -71,6 +73,18 @@ def choose_backend(requested: str | None, mlx_ok: bool, device: str | None = Non
     if device == "gpu" or mlx_only:
         return "mlx"
     return "numpy" if model_type in families.numpy_model_types() else "mlx"  # models.layout.ModelConfig checks the details
+
+
+def _check_numpy_runs(model_type: str | None, mlx_ok: bool) -> None:
+    """UnsupportedModelError naming the family and the backend that runs it, for a model type the numpy backend does not implement."""
+    if model_type is None or model_type in families.numpy_model_types():
+        return
+    from ..errors import UnsupportedModelError
+
+    family = families.get(model_type)
+    what = f"{family.name} models (model type '{model_type}')" if family and family.name != model_type else f"'{model_type}' models"
+    how = "use --backend mlx, which runs every model mlx-lm supports" if mlx_ok else "install mlx (pip install 'mlx[cpu]' mlx-lm on Linux, mlx mlx-lm on macOS) and use --backend mlx"
+    raise UnsupportedModelError(f"the numpy backend does not implement {what} (it runs {', '.join(families.numpy_model_types())}): {how}")
 
 
 def backend_for(requested: str | None, model_dir, mlx_only: str | None = None) -> str:

@@ -50,8 +50,10 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     """Convert a Hub id, a Hugging Face directory or a .gguf file to MLX layout.
 
     The result loads with mlx_lm.load and with every mlxtune command. GGUF
-    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; the tokenizer and chat
-    template are rebuilt from the GGUF metadata.
+    Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; K-quants, Q5_0/Q5_1,
+    IQ4_NL/IQ4_XS and BF16 are expanded exactly to float (with -q re-quantized,
+    and the loss change that causes is printed); the tokenizer and chat template
+    are rebuilt from the GGUF metadata.
 
     \b
     Examples:
@@ -69,6 +71,10 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     if overrides:
         what += f", {len(overrides)} layer(s) at other widths ({', '.join(sorted({str(v.get('bits')) + '-bit' for v in overrides}))})"
     click.echo(f"Converted {r.source.spec} ({r.source.kind}) -> {r.path}: {r.n_parameters / 1e6:.1f}M parameters, {what}, {fmt_bytes(r.size_bytes)}")
+    c = r.requantization
+    if c is not None:
+        click.echo(f"Re-quantizing changed the loss on {c.tokens} tokens of sample text from {c.before:.4f} (weights as the GGUF stores them) "
+                   f"to {c.after:.4f} ({(c.after - c.before) / c.before:+.2%}); convert without -q to keep them exact")
 
 
 # ---------------------------------------------------------------- fuse
@@ -83,10 +89,11 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
 @click.option("-q", "--quantize", is_flag=True, help="Re-quantize after fusing (may lose part of the adapter's effect).")
 @click.option("--q-bits", type=click.Choice(["4", "8"]), help="Bits when re-quantizing. [default: the base's, else 4]")
 @click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), help="Group size when re-quantizing. [default: the base's, else 64]")
+@click.option("--thinking/--no-thinking", default=None, help="The fused model's chat template thinks unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, backend, offline, force) -> None:
+def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, thinking, backend, offline, force) -> None:
     """Merge LoRA adapters into the base weights: a standalone model.
 
     \b
@@ -95,7 +102,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, ba
     """
     from ..fuse import fuse as do_fuse
 
-    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend, name=name)
+    r = do_fuse(adapter, output, model=model, dtype=dtype, quantize=quantize, q_bits=int(q_bits) if q_bits else None, q_group_size=int(q_group_size) if q_group_size else None, offline=offline, force=force, backend=backend, name=name, thinking=thinking)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
@@ -115,10 +122,11 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, ba
 @click.option("--seed", type=int, help="Random seed for sampling.")
 @click.option("--system", help="System message (chat models).")
 @click.option("--chat/--no-chat", default=True, help="Use the model's chat template. [default: on]")
+@click.option("--thinking/--no-thinking", default=None, help="Let the model think first (chat templates with enable_thinking: Qwen3, SmolLM3). [default: as the adapter's run was trained; off]")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("-v", "--verbose", is_flag=True, help="Print speed and memory after the text.")
-def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, backend, offline, verbose) -> None:
+def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat, thinking, backend, offline, verbose) -> None:
     """Generate text from a model (and adapter), streaming tokens as they come.
 
     \b
@@ -132,7 +140,7 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    loaded = load(model, adapter, offline=offline, backend=backend)
+    loaded = load(model, adapter, offline=offline, backend=backend, thinking=thinking)
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
     last = None
@@ -160,9 +168,10 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 @click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
 @click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
+@click.option("--thinking/--no-thinking", default=None, help="gguf, hf: the chat template (and the Ollama Modelfile) think unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def export(fmt, adapter, model, output, name, outtype, dtype, base_model, offline, force) -> None:
+def export(fmt, adapter, model, output, name, outtype, dtype, base_model, thinking, offline, force) -> None:
     """Export a model or an adapter for llama.cpp/Ollama, transformers or peft.
 
     \b
@@ -174,7 +183,7 @@ def export(fmt, adapter, model, output, name, outtype, dtype, base_model, offlin
     """
     from ..export import export as do_export
 
-    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force, name=name)
+    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force, name=name, thinking=thinking)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")

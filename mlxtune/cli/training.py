@@ -34,6 +34,7 @@ from .progress import fmt_bytes, fmt_duration
 @click.option("--target-modules", help="Comma-separated linear layers to adapt, e.g. q_proj,v_proj. [default: all-linear]")
 @click.option("--max-seq-len", type=int, help="Longer records are truncated (with a warning). [default: 1024]")
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns. [default: on for prompt/completion and chat data]")
+@click.option("--thinking/--no-thinking", default=None, help="Render chat data with the chat template's thinking mode on (templates with enable_thinking: Qwen3, SmolLM3); fuse, export and generate then keep it on. [default: off]")
 @click.option("--valid-fraction", type=float, help="Share of a single file (or of train.jsonl without valid.jsonl) held out for validation. [default: 0.1]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, listing each (file:line and why), instead of stopping at the first.")
 @click.option("--val-every", type=int, help="Steps between validations (there is one before training and one at the end too). 0: never validate: no validation loss, no best/ adapters, no --early-stop. [default: 25]")
@@ -168,6 +169,7 @@ def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:
 @click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Gradient checkpointing. [default: numpy: past its activation budget; mlx: off]")
 @click.option("--auto/--no-auto", "auto_fit", default=None, help="Adjust batch, accumulation and checkpointing until the run fits. [default: on]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, as lora does.")
+@click.option("--thinking/--no-thinking", default=None, help="Render chat data with the chat template's thinking mode on, as lora --thinking would. [default: off]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(config_file, recipe, as_json, **options) -> None:
@@ -218,9 +220,10 @@ def data() -> None:
 @click.option("--valid-fraction", type=float, help="Share of a single file held out for validation, as lora does. [default: 0.1]")
 @click.option("--seed", type=int, help="Seed of that split. [default: 0]")
 @click.option("--skip-bad-lines", is_flag=True, help="Leave out lines that fail validation, as lora --skip-bad-lines would, and list each (file:line and why).")
+@click.option("--thinking", is_flag=True, help="Render chats with the chat template's thinking mode on, as lora --thinking would.")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip_bad_lines, offline, as_json) -> None:
+def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip_bad_lines, thinking, offline, as_json) -> None:
     """Check a data set without training: sizes, token lengths, truncation, duplicates, overlaps.
 
     PATH is what lora's --data takes: a JSONL file (split into train/valid as
@@ -241,7 +244,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
     d = TrainConfig()
     r = check(
         path, model, max_seq_len or d.max_seq_len, mask_prompt,
-        d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline, skip_bad_lines,
+        d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline, skip_bad_lines, thinking,
     )
     for note in r.notes:
         click.echo(f"note: {note}", err=True)

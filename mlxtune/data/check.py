@@ -103,8 +103,10 @@ def check(
     seed: int = 0,
     offline: bool | None = None,
     skip_bad_lines: bool = False,
+    thinking: bool = False,
 ) -> DataReport:
-    """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer.
+    """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer
+    (its chat template rendering with thinking on or off, as lora's ``--thinking`` says).
 
     The data is read before the model, so a broken file fails fast (or, with
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
@@ -114,7 +116,7 @@ def check(
 
     splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
     opened = open_model(model, offline=offline)
-    tokenizer = load_tokenizer(opened.path)
+    tokenizer = load_tokenizer(opened.path, thinking=thinking)
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
     report.model = opened.source.spec
     report.notes += list(opened.notes)

@@ -124,16 +124,30 @@ def _assistant_spans(
     ``messages[:i]`` with the generation prompt ends, which is exactly what the
     model sees at inference time, and ends where the rendering of
     ``messages[:i+1]`` ends (less trailing whitespace after the end-of-turn
-    marker, which generation never reaches).
+    marker, which generation never reaches). A turn the template renders
+    otherwise once more follows it is found in the history (``_span_in_history``).
     """
     spans = []
+    marker = None  # the template's end of turn, found when a turn needs it
     for i in turns:
         try:
             prefix = _render(tokenizer, messages[:i], tools, True, where)
             upto = _render(tokenizer, messages[: i + 1], tools, False, where)
         except DataError:
             prefix = upto = None
-        if prefix is None or not (upto.startswith(prefix) and full.startswith(upto)):
+        if prefix is not None and upto.startswith(prefix) and full.startswith(upto):
+            spans.append((len(prefix), len(upto.rstrip())))
+            continue
+        try:
+            before = _render(tokenizer, messages[:i], tools, False, where) if i else ""
+        except DataError:
+            before = None
+        if marker is None:
+            from ..models.chat_template import end_of_turn
+
+            marker = "".join(tokenizer.convert_ids_to_tokens(end_of_turn(tokenizer)))
+        span = _span_in_history(messages[i], full, prefix, before, marker)
+        if span is None:
             raise DataError(
                 f"the model's chat template does not render messages[{i}] (assistant) the same "
                 "way in a partial and in the full conversation, so the assistant turns cannot be "
@@ -141,8 +155,27 @@ def _assistant_spans(
                 *where,
                 "messages",
             )
-        spans.append((len(prefix), len(upto.rstrip())))
+        spans.append(span)
     return spans
+
+
+def _span_in_history(message: dict[str, Any], full: str, prefix: str | None, before: str | None, marker: str) -> tuple[int, int] | None:
+    """The span of an earlier assistant turn that the template renders otherwise in the history than as the last turn.
+
+    Qwen3's template puts an empty think block before the last answer only, and
+    Phi-3's ends a conversation with eos: a turn followed by more is found in
+    ``full`` instead, after the conversation before it (with or without the
+    generation prompt, whichever ``full`` starts with), as its text and the end
+    of turn the template writes after it (``marker``: ``chat_template.end_of_turn``),
+    which is trained too, so that the model learns to stop. None when it is not there.
+    """
+    content = message.get("content")
+    anchor = next((len(p) for p in (prefix, before) if p is not None and full.startswith(p)), None)
+    if not isinstance(content, str) or not content.strip() or anchor is None or not marker:
+        return None
+    start = full.find(content, anchor)
+    end = start + len(content)
+    return (start, end + len(marker)) if start >= 0 and full.startswith(marker, end) else None
 
 
 def _tokenize_with_offsets(

@@ -57,6 +57,7 @@ class Request:
     offline: bool | None
     force: bool
     name: str | None
+    thinking: bool = False  # gguf, hf: the chat template (and the Modelfile) think by default
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _gguf(req: Request, src: Source) -> Exported:
     from .gguf import export_gguf
 
     path = req.output / f"{src.name}-{req.outtype.upper()}.gguf" if req.into_dir else req.output
-    r = export_gguf(src.directory, path, outtype=req.outtype, force=req.force, name=src.name, origin=src.origin)
+    r = export_gguf(src.directory, path, outtype=req.outtype, force=req.force, name=src.name, origin=src.origin, thinking=req.thinking)
     types = ", ".join(f"{n} {k}" for k, n in sorted(r.tensor_types.items()))
     return Exported("gguf", r.path, r.size_bytes, f"GGUF {r.outtype.upper()}: {r.n_tensors} tensors ({types})", r.notes, r.modelfile, src.name)
 
@@ -107,7 +108,7 @@ def _gguf(req: Request, src: Source) -> Exported:
 def _hf(req: Request, src: Source) -> Exported:
     from .hf import export_hf
 
-    r = export_hf(src.directory, req.output, dtype=req.dtype or src.default_dtype, force=req.force, name=src.name, base_model=src.origin)
+    r = export_hf(src.directory, req.output, dtype=req.dtype or src.default_dtype, force=req.force, name=src.name, base_model=src.origin, thinking=req.thinking)
     return Exported("hf", r.path, r.size_bytes, f"Hugging Face checkpoint, {r.dtype}, {r.n_tensors} tensors", r.notes, name=src.name)
 
 
@@ -120,18 +121,25 @@ def _peft(req: Request) -> Exported:
     return Exported("peft", r.path, r.size_bytes, what, name=req.name or Path(req.adapter).resolve().name)
 
 
-def export(fmt: str, output: str | Path, adapter: str | Path | None = None, model: str | None = None, outtype: str = "f16", dtype: str | None = None, base_model: str | None = None, offline: bool | None = None, force: bool = False, name: str | None = None) -> Exported:
+def export(fmt: str, output: str | Path, adapter: str | Path | None = None, model: str | None = None, outtype: str = "f16", dtype: str | None = None, base_model: str | None = None, offline: bool | None = None, force: bool = False, name: str | None = None, thinking: bool | None = None) -> Exported:
     """Export a model, or a run (``adapter``) fused into its base, or the run's adapter alone (peft), as ``output``.
 
     ``name``: what the outputs call the model [default: the run's directory name, else the model's].
     ``dtype`` (hf): [default: the base model's, float16 for a quantized base: what ``fuse`` writes].
+    ``thinking`` (gguf, hf): the exported chat template, and the Ollama Modelfile, think unless told
+    otherwise (templates with an ``enable_thinking`` switch: Qwen3, SmolLM3) [default: as the run was
+    trained (off unless with --thinking); off for a model].
     """
     if fmt not in TARGETS:
         raise UsageError(f"--format must be one of {', '.join(TARGETS)}, not {fmt!r}")
     if name is not None and (not name.strip() or "/" in name or os.sep in name or name.startswith(".")):
         raise UsageError(f"--name must be a plain name (no '/', not starting with '.'), not {name!r}")
     into_dir = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
-    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name)
+    if thinking is None:
+        from ..training.run_schema import RunConfig
+
+        thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
+    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking)
     chosen = TARGETS[fmt]
     if chosen.exports == "adapter":
         if adapter is None:
@@ -141,14 +149,14 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
         raise UsageError(f"--format {fmt} exports a model: pass --model DIR (or a Hub id or .gguf), or --adapter RUN to export it fused into its base")
     notes: list[str] = []
     scratch = req.output if into_dir and fmt == "gguf" else req.output.parent
-    with _source_dir(adapter, model, scratch, offline, notes, name) as (directory, src_name, origin, default):
+    with _source_dir(adapter, model, scratch, offline, notes, name, thinking) as (directory, src_name, origin, default):
         r = chosen.write(req, Source(directory, src_name, origin, default))
     r.notes[:0] = notes
     return r
 
 
 @contextlib.contextmanager
-def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: str | None) -> Iterator[tuple[Path, str, str, str | None]]:
+def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: str | None, thinking: bool) -> Iterator[tuple[Path, str, str, str | None]]:
     """(the model directory to export, its name, where it came from in words, its default dtype).
 
     The model itself, or the run fused into its base in float32, in a temporary
@@ -172,7 +180,7 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     name = name or Path(adapter).resolve().name
     scratch.mkdir(parents=True, exist_ok=True)
     with temporary_dir(scratch, prefix=".mlxtune-export-") as tmp:
-        r = fuse_run(adapter, tmp / name, model=model, dtype="float32", offline=offline, force=True, name=name)
+        r = fuse_run(adapter, tmp / name, model=model, dtype="float32", offline=offline, force=True, name=name, thinking=thinking)
         notes.extend(r.notes)
         notes.append(f"fused {r.fused_layers} adapter layers of {adapter} into {r.base} in float32 first")
         base = (fused_facts(r.path)[1] or {}).get("base_model") or str(r.base)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +47,6 @@ from ..models import families
 OUTTYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0"), "q4_0": ("MOSTLY_Q4_0", "Q4_0")}
 BLOCK = 32  # values per Q8_0 / Q4_0 block
 
-# Tokens that end a turn in chat templates; each one the template uses becomes an Ollama stop.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 @dataclass
@@ -74,7 +71,7 @@ class _Tensor:
     shift: float = 0.0  # added to the values: a norm of a family whose norms multiply by norm_offset + w
 
 
-def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", force: bool = False, name: str | None = None, origin: str | None = None) -> ExportResult:
+def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", force: bool = False, name: str | None = None, origin: str | None = None, thinking: bool = False) -> ExportResult:
     """Write ``model_dir`` (MLX layout) as a GGUF file at ``out_path`` and its Ollama Modelfile beside it.
 
     ``outtype``: f32, f16, q8_0 or q4_0 for the 2-D weights (norms stay F32).
@@ -82,6 +79,8 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     ``name``: general.name [default: as llama.cpp's converter finds it: the model card, else the directory's name].
     ``origin``: where the model came from, for the Modelfile's comment [default: ``model_dir``].
     The Modelfile is ``<gguf stem>.Modelfile``: one per GGUF, so exports of other models into the same folder keep theirs.
+    ``thinking``: the chat template written (and the Modelfile's) think unless told otherwise; off by default
+    (``models.chat_template``: templates with an ``enable_thinking`` switch, as Qwen3's and SmolLM3's).
     """
     import gguf
 
@@ -118,10 +117,14 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     writer = gguf.GGUFWriter(path=None, arch=arch)
     general_name = _add_general(writer, model_dir, OUTTYPES[outtype][0], sum(int(np.prod(t.shape)) for t in plan if t.source), name)
     _add_hyperparameters(writer, config, cfg, families.get(config.get("model_type")), notes)
-    chat = add_tokenizer(writer, model_dir, cfg.vocab_size, notes)
+    chat = add_tokenizer(writer, model_dir, cfg.vocab_size, notes, thinking)
     md = {k: v.value for k, v in writer.kv_data[0].items()}
     check_tokenizer(md, model_dir, notes)
-    modelfile_text = _modelfile(out.name, modelfile.name, general_name, md, chat, origin or str(model_dir))
+    from ..models.tokenizer import load_tokenizer
+    from .ollama import modelfile as ollama_modelfile
+
+    hf = load_tokenizer(model_dir)
+    modelfile_text = ollama_modelfile(out.name, modelfile.name, general_name, origin or str(model_dir), chat, _stops(model_dir, hf, config, md), hf, thinking)
 
     for t in plan:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.type), raw_dtype=gguf.GGMLQuantizationType[t.type])
@@ -154,9 +157,10 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     model_type = config.get("model_type")
     family = families.get(model_type)
     if family is None or not family.gguf_arch:
+        what = f"{family.name} models (model type {model_type!r})" if family and family.name != model_type else f"{model_type!r} models"
         raise UnsupportedModelError(
-            f"GGUF export supports the llama family and its relatives ({', '.join(families.gguf_export_model_types())}; SmolLM is llama), not model type {model_type!r}; "
-            "for other architectures use llama.cpp's convert_hf_to_gguf.py on the Hugging Face model"
+            f"GGUF export does not write {what} (it writes {', '.join(families.gguf_export_model_types())}; SmolLM is llama): "
+            "run mlxtune export -f hf with the same --model or --adapter, then llama.cpp's convert_hf_to_gguf.py on that directory"
         )
     arch = family.gguf_arch
     scaling = config.get("rope_scaling") or {}
@@ -355,49 +359,12 @@ def _add_sliding_window(writer, cfg, family, notes: list[str]) -> None:
         notes.append(f"this model's {' and '.join(written)} differ from llama.cpp's defaults; llama.cpp builds older than these keys ignore them")
 
 
-# --- Ollama -----------------------------------------------------------------
-
-_CHATML_TEMPLATE = """{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 -}}
-<|im_start|>{{ .Role }}
-{{ .Content }}{{ if not $last }}<|im_end|>
-{{ end }}
-{{- if and (ne .Role "assistant") $last }}<|im_end|>
-<|im_start|>assistant
-{{ end }}
-{{- end }}"""
-
-
-def _modelfile(gguf_name: str, modelfile_name: str, name: str, md: dict, template: str | None, origin: str) -> str:
-    """An Ollama Modelfile: FROM the GGUF beside it, TEMPLATE for ChatML chat templates, a stop per end token."""
-    from .model_card import ollama_name
+def _stops(model_dir: Path, tokenizer, config: dict, md: dict) -> list[str]:
+    """The texts of the tokens that end a generation: the GGUF's eos, then what the model's files say (``models.tokenizer.stop_token_ids``)."""
+    from ..models.tokenizer import stop_token_ids
 
     tokens = md.get("tokenizer.ggml.tokens") or []
-    lines = [
-        f"# Ollama Modelfile for {gguf_name} ({name}), exported by mlxtune from {origin}",
-        f"# Create the Ollama model with: ollama create {ollama_name(name)} -f {modelfile_name}",
-        f"FROM ./{gguf_name}",
-    ]
-    if template and "<|im_start|>" in template and "<|im_end|>" in template:
-        lines.append("# TEMPLATE: the model's ChatML chat template (tokenizer_config.json), in Ollama's syntax")
-        if "tool" in template:
-            lines.append("# (its tool definitions and tool calls are not translated)")
-        lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
-        # A default system prompt written out in the template becomes Ollama's default too.
-        m = re.search(r"<\|im_start\|>system(?:\n|\\n)([^{}'\"<]+?)<\|im_end\|>", template)
-        if m:
-            lines.append("# SYSTEM: the chat template's default system prompt, used when a conversation has none")
-            lines.append(f'SYSTEM """{m.group(1)}"""')
-    elif template:
-        lines.append("# No TEMPLATE: mlxtune translates ChatML chat templates only. Ollama tries to recognise the chat")
-        lines.append("# template stored in the GGUF (tokenizer.chat_template); if it does not, write a TEMPLATE here.")
-    else:
-        lines.append("# No TEMPLATE: the model has no chat template (a base model): prompts reach it as they are.")
-    stops = []
     eos = md.get("tokenizer.ggml.eos_token_id")
-    if eos is not None and 0 <= eos < len(tokens):
-        stops.append(tokens[eos])
-    stops += [t for t in END_OF_TURN if template and t in template and t in tokens]
-    for stop in dict.fromkeys(stops):
-        lines.append(f'PARAMETER stop "{stop}"')
-    return "\n".join(lines) + "\n"
+    ids = stop_token_ids(model_dir, tokenizer, config)
+    ordered = ([eos] if eos is not None else []) + sorted(ids - {eos})  # the GGUF's own eos, which llama.cpp stops on, first
+    return [tokens[i] for i in ordered if 0 <= i < len(tokens)]

@@ -55,9 +55,14 @@ KNOWN_PRE_HASHES = {
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # tokenizer.ggml.token_type
 
 
-def add_tokenizer(writer, model_dir: Path, n_vocab: int, notes: list[str]):
-    """tokenizer.ggml.* and tokenizer.chat_template; returns the chat template (or None)."""
+def add_tokenizer(writer, model_dir: Path, n_vocab: int, notes: list[str], thinking: bool = False):
+    """tokenizer.ggml.* and tokenizer.chat_template; returns the chat template (or None), as the model has it.
+
+    The template written thinks unless told otherwise only with ``thinking`` (``chat_template.with_thinking``).
+    """
     import gguf
+
+    from ..models.chat_template import with_thinking
 
     path = model_dir / "tokenizer.json"
     if not path.is_file():
@@ -98,8 +103,11 @@ def add_tokenizer(writer, model_dir: Path, n_vocab: int, notes: list[str]):
         special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
     for flag, default in _adds_special_tokens(path, special.special_token_ids).items():
         special.add_special_token.setdefault(flag, default)
-    special.add_to_gguf(writer, quiet=True)
     template = special.chat_template
+    special.chat_template = with_thinking(template, thinking)
+    if special.chat_template != template and not thinking:
+        notes.append("the chat template's thinking mode (enable_thinking) is off by default in the GGUF (--thinking keeps it on)")
+    special.add_to_gguf(writer, quiet=True)
     if isinstance(template, list):  # named templates: Ollama gets the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return template

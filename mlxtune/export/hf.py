@@ -36,8 +36,10 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False, name: str | None = None, base_model: str | None = None) -> ExportResult:
+def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False, name: str | None = None, base_model: str | None = None, thinking: bool = False) -> ExportResult:
     """Write ``model_dir`` as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer, generation_config.json, README.md).
+
+    ``thinking``: the chat template thinks unless told otherwise (``enable_thinking``: Qwen3, SmolLM3); off by default.
 
     ``name``: what the model card calls it [default: the name a fused model recorded, else the directory's];
     ``base_model``: what the card says it was made from, when it is not a fused model [default: the directory].
@@ -45,6 +47,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
     from ..formats import safetensors as npio
     from ..models.directory import TOKENIZER_FILES  # with generation_config.json
     from ..fsutil import check_output_dir, copy_file, staged_dir
+    from ..models.chat_template import write_thinking
     from ..models.directory import default_dtype
     from .model_card import CARD, fused_facts, model_card
 
@@ -81,6 +84,8 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: str | None = No
         copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
         for name in copied:
             copy_file(model_dir / name, tmp / name)
+        if write_thinking(tmp, thinking) and not thinking:
+            notes.append("the chat template's thinking mode is off by default (enable_thinking=True still turns it on; --thinking keeps the template as it was)")
         if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
             notes.append(f"{model_dir} has no tokenizer files: the checkpoint has none either")
         if "generation_config.json" not in copied:

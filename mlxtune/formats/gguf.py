@@ -1,12 +1,14 @@
 """Import a llama.cpp GGUF file as Hugging Face-named MLX weights, config and tokenizer.
 
-``mx.load`` reads GGUF and keeps Q4_0/Q4_1/Q8_0 blocks as MLX affine triplets
-(group size 32) bit for bit, but it cannot be handed an arbitrary file: it
-segfaults on corrupt counts or lengths, silently drops tensors of types it does
-not know (TQ2_0, MXFP4, ...), turns K-quants and BF16 into float16 (lossy), and
-keeps llama.cpp's names and rotary row order. So we parse and check the header
-ourselves, refuse what we cannot import losslessly, load with mx.load (BF16 we
-read ourselves), then rename and undo the q/k row permutation.
+Q4_0/Q4_1/Q8_0 blocks become MLX affine triplets (group size 32) bit for bit;
+the other common block types are expanded exactly to float32 (``gguf_types``).
+``mx.load`` would read some of this, but it cannot be handed an arbitrary file:
+it segfaults on corrupt counts or lengths, silently drops tensors of types it
+does not know (TQ2_0, MXFP4, ...), fails on a whole file for others (Q5_0,
+IQ4_NL), turns K-quants and BF16 into float16 (lossy), and keeps llama.cpp's
+names and rotary row order. So we parse and check the header ourselves, refuse
+the types we do not know, read each tensor's bytes ourselves, then rename and
+undo the q/k row permutation.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import numpy as np
 
 from ..errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from .gguf_tokenizer import build_tokenizer
+from .gguf_types import EXPANDED_TYPES, QUANT_BITS, SUPPORTED_TYPES, expand, mlx_triplet, stored, unsupported_message
 from ..models import families
 from ..models.families.base import Family
 
-QUANT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # kept as MLX affine triplets, group size 32
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
 GROUP_SIZE = 32
 
 
@@ -39,13 +40,16 @@ class GGUFModel:
     source: dict = field(default_factory=dict)  # facts to show the user
 
 
-def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
+def read_gguf(path: str | Path, dense: bool | None = None, expanded_dtype: str = "float32") -> GGUFModel:
     """Read a GGUF file into Hugging Face layout, losslessly, or explain why not.
 
-    By default quantized blocks become MLX quantized triplets (``mx.array``).
+    By default Q4_0/Q4_1/Q8_0 blocks become MLX quantized triplets and the other
+    block types (K-quants, Q5_0/Q5_1, IQ4_NL/IQ4_XS) float32 ``mx.array``s.
     With ``dense`` (the default where mlx cannot be imported) every tensor is
-    dequantized with the ``gguf`` package into float32 numpy arrays, which is
+    dequantized with the ``gguf`` package into float32 numpy arrays. Both are
     exact: llama.cpp's block formats expand to float32 without rounding.
+    ``expanded_dtype`` (not with ``dense``): the dtype the expanded block types are
+    stored in (``runtime.choose_expanded_dtype``: float16 on a GPU).
     """
     path = Path(path)
     if not path.is_file():
@@ -56,22 +60,21 @@ def read_gguf(path: str | Path, dense: bool | None = None) -> GGUFModel:
     if family is None:
         raise UnsupportedModelError(
             f"{path.name}: GGUF architecture {arch!r} is not supported (supported: "
-            f"{', '.join(families.gguf_import_archs())}); use the original Hugging Face model instead"
+            f"{', '.join(families.gguf_import_archs())}); use the original Hugging Face model instead "
+            "(--model HUB_ID_OR_DIR, or mlxtune convert HUB_ID_OR_DIR), which the mlx backend runs"
         )
     bad = [t for t in tensors if t.type not in SUPPORTED_TYPES]
     if bad:
-        raise UnsupportedModelError(
-            f"{path.name}: tensor '{bad[0].name}' is stored as {bad[0].type} ({len(bad)} tensors in "
-            f"{', '.join(sorted({t.type for t in bad}))}), which cannot be imported losslessly; supported "
-            f"types: {', '.join(SUPPORTED_TYPES)}. Use a Q8_0, Q4_0, Q4_1, F16 or BF16 GGUF, or the Hugging Face model"
-        )
+        raise UnsupportedModelError(unsupported_message(path.name, bad[0].name, bad[0].type, len(bad), sorted({t.type for t in bad})))
     names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith("rope_freqs.")}
     hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
     if dense is None:
         dense = not _mlx_importable()
-    loader = _load_weights_dense if dense else _load_weights
-    weights, bits, extra = loader(path, family, hp, tensors, names)
+    if dense:
+        weights, bits, extra = _load_weights_dense(path, family, hp, tensors, names)
+    else:
+        weights, bits, extra = _load_weights(path, family, hp, tensors, names, np.dtype(expanded_dtype))
     config = _config(md, family, hp, weights, bits, tokenizer, extra, path)
     source = {
         "path": str(path),
@@ -207,36 +210,41 @@ def _hf_name(name: str, family: Family, path: Path) -> tuple[str, str]:
     )
 
 
-def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
-    """(HF-named weights, {module: bits} of quantized modules, {name: np.ndarray} of non-weights)."""
+def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict, expanded_dtype=np.dtype(np.float32)):
+    """(HF-named weights, {module: bits} of quantized modules, {name: np.ndarray} of non-weights).
+
+    We read every tensor ourselves rather than with ``mx.load``, which fails on a
+    whole file for one tensor type it cannot turn into float16 (Q5_0, IQ4_NL, ...).
+    """
     import mlx.core as mx
 
-    try:
-        raw = mx.load(str(path))
-    except (RuntimeError, ValueError) as e:  # read_header should have caught it
-        raise ModelFormatError(f"{path.name}: mlx cannot read this GGUF ({e}); the file may be damaged") from e
     n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
     weights, bits, extra = {}, {}, {}
     for t in tensors:
         stem = t.name.rpartition(".")[0]
         if t.name not in names:  # rope_freqs: becomes config, not weights
-            extra[t.name] = np.array(raw[t.name].astype(mx.float32))
+            extra[t.name] = expand(path, t.shape, t.type, t.offset, t.nbytes)
             continue
+        if t.type in QUANT_BITS:
+            triplet = mlx_triplet(path, t.shape, t.type, t.offset)
+        elif t.type in EXPANDED_TYPES:
+            value = expand(path, t.shape, t.type, t.offset, t.nbytes).astype(expanded_dtype, copy=False)
+        else:
+            value = stored(path, t.shape, t.type, t.offset)
         module, param = names[t.name]
         if t.type in QUANT_BITS:
-            parts = {f"{module}.{p}": raw[f"{stem}.{p}"] for p in ("weight", "scales", "biases")}
+            parts = dict(zip((f"{module}.{p}" for p in ("weight", "scales", "biases")), triplet))
             bits[module] = QUANT_BITS[t.type]
-        elif t.type == "BF16":  # mx.load would round BF16 to float16; take the bits as stored
-            data = np.fromfile(path, dtype="<u2", count=int(np.prod(t.shape)), offset=t.offset)
-            parts = {f"{module}.{param}": mx.array(data.reshape(t.shape)).view(mx.bfloat16)}
         else:
-            parts = {f"{module}.{param}": raw[t.name]}
+            parts = {f"{module}.{param}": value}
         if family.gguf_permute_qk and stem.endswith((".attn_q", ".attn_k")):
             heads = n_head if stem.endswith(".attn_q") else n_kv
             parts = {k: _unpermute(v, heads, t.name, path) for k, v in parts.items()}
-        if family.norm_offset and f"{module}.{param}".endswith("norm.weight"):  # stored as norm_offset + w (export's shift)
-            parts = {k: v - family.norm_offset for k, v in parts.items()}
-        weights.update(parts)
+        if family.norm_offset and f"{module}.{param}".endswith("norm.weight"):  # stored as norm_offset + w (export's shift): float32
+            value = (value.astype(np.uint32) << 16).view(np.float32) if t.type == "BF16" else value  # bfloat16 bits, widened exactly
+            weights[f"{module}.{param}"] = mx.array(np.asarray(value, dtype=np.float32) - np.float32(family.norm_offset))
+            continue
+        weights.update({k: mx.array(v).view(mx.bfloat16) if t.type == "BF16" else mx.array(v) for k, v in parts.items()})
     return weights, bits, extra
 
 
@@ -249,17 +257,11 @@ def _mlx_importable() -> bool:
 
 
 def _load_weights_dense(path: Path, family: Family, hp: dict, tensors: list[TensorInfo], names: dict):
-    """Like ``_load_weights`` but numpy-only: every tensor dequantized to float32."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    by_name = {t.name: t for t in reader.tensors}
+    """Like ``_load_weights`` but numpy-only: every tensor expanded to float32."""
     n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
     weights, extra = {}, {}
     for t in tensors:
-        rt = by_name[t.name]
-        # GGUF lists dimensions innermost first; numpy wants them outermost first.
-        data = gguf.quants.dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(tuple(reversed([int(d) for d in rt.shape])))
+        data = expand(path, t.shape, t.type, t.offset, t.nbytes)
         if t.name not in names:
             extra[t.name] = data
             continue

@@ -97,12 +97,19 @@ def ensure_mlx_model(source: ModelSource) -> Path:
 def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) -> list[str]:
     """Write a GGUF file's weights, config and tokenizer as an MLX model directory.
 
-    Quantized blocks stay quantized (MLX triplets) unless ``dense``, the default
-    where mlx is not installed: then the weights are written as float32.
+    Q4_0/Q4_1/Q8_0 blocks stay quantized (MLX triplets) and the other block types
+    are expanded to the dtype this machine computes them in
+    (``runtime.choose_expanded_dtype``), unless ``dense``, the default where mlx is
+    not installed: then every weight is written as float32.
     """
+    from .. import runtime
+    from ..backends import mlx_available
     from ..formats.gguf import read_gguf
 
-    g = read_gguf(gguf_path, dense=dense)
+    if dense is None:
+        dense = not mlx_available()
+    expanded = "float32" if dense else runtime.choose_expanded_dtype(runtime.current_device())
+    g = read_gguf(gguf_path, dense=dense, expanded_dtype=expanded)
     out_dir.mkdir(parents=True, exist_ok=True)
     if all(isinstance(v, np.ndarray) for v in g.weights.values()):
         from ..formats import safetensors as npio

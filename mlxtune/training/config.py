@@ -41,6 +41,7 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     max_seq_len: int = 1024
     mask_prompt: bool | None = None  # None: on for prompt/completion and chat
+    thinking: bool = False  # render chat data with the chat template's thinking mode on (enable_thinking: Qwen3, SmolLM3)
     val_every: int = 25  # 0: never validate (no validation loss, no best/, no early stopping)
     val_batches: int = -1  # validate on the first N batches of the validation split; -1: all of it
     save_every: int = 50

@@ -235,6 +235,11 @@ class RunConfig(_Record):
         return self.fine_tune_type == "dora"
 
     @property
+    def thinking(self) -> bool:
+        """Whether the run rendered its chats with thinking on (``lora --thinking``); False for adapters mlxtune did not train."""
+        return bool(self.settings.thinking)
+
+    @property
     def settings(self) -> RunSettings:
         """The run's settings; empty (all None) for an adapter mlxtune did not train."""
         return self.config or RunSettings()

@@ -119,7 +119,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     note = choice_note(cfg.backend, backend)
     if note:
         on_event(Event("note", {"message": note}))
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, thinking=cfg.thinking)
     mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
     train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
     valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)

@@ -31,6 +31,8 @@ class MlxBackend:
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
         from ... import runtime
+        from ...data.rendering import hf_tokenizer
+        from ...models.tokenizer import stop_token_ids
         from .lora import load_adapters
         from .trainer import load_model, load_tokenizer
 
@@ -40,6 +42,10 @@ class MlxBackend:
             load_adapters(net, adapter)
         net.eval()
         tokenizer = load_tokenizer(model_dir, config)
+        # mlx-lm stops on its tokenizer's eos ids (tokenizer_config.json's, and config or generation_config.json's);
+        # the chat template's end of turn joins them (Phi-3's <|end|>), as the numpy backend stops.
+        for token in sorted(stop_token_ids(model_dir, hf_tokenizer(tokenizer), config) - set(tokenizer.eos_token_ids)):
+            tokenizer.add_eos_token(token)
         return net, tokenizer, set(tokenizer.eos_token_ids)
 
     def stream(self, model, tokenizer, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:

@@ -26,7 +26,7 @@ class NumpyBackend:
         return "numpy backend, float32"
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None):
-        from ...models.tokenizer import eos_token_ids, load_tokenizer
+        from ...models.tokenizer import load_tokenizer, stop_token_ids
         from .model import load_model
         from .trainer import load_adapters
 
@@ -35,7 +35,7 @@ class NumpyBackend:
             load_adapters(net, adapter)
             net.merge_adapters()  # the same outputs, without re-adding the adapter at every token
         tokenizer = load_tokenizer(model_dir)
-        return net, tokenizer, eos_token_ids(tokenizer, config)
+        return net, tokenizer, stop_token_ids(model_dir, tokenizer, config)
 
     def stream(self, model, tokenizer, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
         """Numpy decoding with a KV cache; text is streamed as soon as it is whole UTF-8."""

@@ -7,7 +7,9 @@ checks its fast kernels. So it is written to be read: one function per block, a
 shape comment on each tensor line, each op a forward/backward pair in
 ``ops``. Semantics are mlx-lm's ``models/llama.py`` (mistral is the same
 model there), ``models/qwen2.py``, ``models/qwen3.py`` (per-head q/k norms
-before rope) and ``models/smollm3.py`` (layers without rope):
+before rope), ``models/smollm3.py`` (layers without rope) and
+``models/gemma3_text.py`` (embeddings scaled by sqrt(C), norms of 1 + w
+around each half, GeGLU, sliding-window layers: ``block.py``):
 
     x = embed(tokens)
     for each block:  x = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))

@@ -250,6 +250,12 @@ def test_gemma3_multimodal_checkpoints_text_part_through_every_step(tmp_path):
         assert rel(numpy_loss(load_model(tmp_path / f"fused-{backend}")[0]), expected) <= LOSS_REL, backend
     if HAVE_MLX:
         assert rel(mlx_loss(tmp_path / "fused-numpy"), expected) <= LOSS_REL
+    run("export", "-f", "peft", "--adapter", out, "-o", tmp_path / "peft", "--base-model", src)
+    from peft import PeftModel
+
+    with torch.no_grad():
+        peft_model = PeftModel.from_pretrained(model, tmp_path / "peft").eval()
+        assert rel(float(peft_model(input_ids=ids, labels=ids).loss), expected) <= LOSS_REL
     r = export_gguf(tmp_path / "fused-numpy", tmp_path / "m.gguf", "f32")
     assert read_header(r.path)[0]["general.architecture"] == "gemma3" and any("multimodal" in n for n in r.notes)
     assert rel(numpy_loss(gguf_model(r.path)), expected) <= LOSS_REL

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import llamacpp
 from conftest import HAVE_MLX
 from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama, load_model
 from mlxtune.backends.numpy.trainer import load_adapters
@@ -351,31 +349,12 @@ def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
 
 @pytest.mark.llama_cpp
 def test_llama_cpp_computes_the_same_loss_on_the_f32_export(family, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    llamacpp.need_llama_cpp()
     name, _, reference, converted = family
     path = export_gguf(converted, tmp_path / "m.gguf", "f32").path
-    losses = []
-    for row in TOKENS:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
-        llm.eval([int(t) for t in row[:-1]])
-        logits = np.array(llm.scores[: len(row) - 1], dtype=np.float64)  # (T, V)
-        lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-        losses.append(lse - logits[np.arange(len(row) - 1), row[1:]])
-        del llm
-    loss = float(np.mean(losses))
+    loss = float(np.mean([llamacpp.llama_cpp_loss(path, [int(t) for t in row]) for row in TOKENS]))  # rows of equal length: the batch's mean
     print(f"\n[{name}] llama.cpp {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
     assert rel(loss, reference) <= LOSS_REL
-
-
-def llama_cpp_converter() -> Path:
-    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (MLXTUNE_LLAMACPP_SRC, or scripts/setup.sh's
-    .cache copy: the rule of tests/llamacpp.py), or skip."""
-    root = Path(__file__).resolve().parent.parent
-    env = os.environ.get("MLXTUNE_LLAMACPP_SRC")
-    for src in ([Path(env)] if env else []) + [root / ".cache" / "llama-cpp-python" / "llama_cpp_python-0.3.36"]:
-        if (src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
-            return src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
-    pytest.skip("llama.cpp's convert_hf_to_gguf.py is not at hand (llama-cpp-python's sdist: MLXTUNE_LLAMACPP_SRC, or scripts/setup.sh --test)")
 
 
 @pytest.mark.llama_cpp
@@ -383,7 +362,7 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
     """A file mlxtune did not write: llama.cpp's own converter on the transformers directory, imported by mlxtune."""
     from gguf_fixtures import tiny_spm_model
 
-    converter = llama_cpp_converter()
+    llamacpp.need_converter()
     name, src, reference, _ = family
     if name == "gemma3":  # the converter writes neither the period of global layers nor the local rope base: llama.cpp's own
         src = save_family(tmp_path / "defaults", name, num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"], rope_parameters={
@@ -393,8 +372,7 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (hf / f).unlink(missing_ok=True)
     (hf / "tokenizer.model").write_bytes(tiny_spm_model())  # a tokenizer the converter knows (it refuses tiny.py's BPE: unknown pre-tokenizer hash)
-    done = subprocess.run([sys.executable, str(converter), str(hf), "--outfile", str(tmp_path / "m.gguf"), "--outtype", "f32"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    llamacpp.convert_hf(hf, tmp_path / "m.gguf", "f32")
     assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == name
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
     assert load_model(back)[0].config == load_model(src)[0].config  # what llama.cpp's file implies, the layers without rope included

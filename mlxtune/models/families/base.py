@@ -188,7 +188,7 @@ class Family:
                 out[k] = v  # not the text model's: the weights check names it
         return out, p
 
-    def gguf_query_pre_attn_scalar(self, hidden: int, heads: int, head_dim: int, n_layers: int) -> float | None:
+    def gguf_query_pre_attn_scalar(self, hidden: int, heads: int, head_dim: int, n_layers: int) -> int | None:
         """The ``query_scale_field`` llama.cpp's graph computes with (it reads none from the file); None: head_dim's rule.
 
         llama.cpp's gemma3 (``src/models/gemma3.cpp``, after gemma_pytorch):
@@ -196,7 +196,7 @@ class Family:
         """
         if not self.query_scale_field:
             return None
-        return float(hidden // heads if n_layers == 62 else head_dim)
+        return hidden // heads if n_layers == 62 else head_dim  # an int, as transformers' config requires
 
     def gguf_rope_layers(self, n_layers: int) -> tuple[bool, ...] | None:
         """The layers llama.cpp's graph of ``gguf_arch`` rotates (None: every layer): what a GGUF file implies."""

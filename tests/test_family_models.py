@@ -13,6 +13,7 @@ mlx parity of the same families are in ``test_numpy_model.py`` and ``test_parity
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -40,6 +41,9 @@ pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason="torch, transformers and 
 
 # family -> (transformers config class, model class, what its tiny config sets beyond SHAPE)
 FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_hidden_layers": 2}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"num_hidden_layers": 2, "sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_hidden_layers": 2}),  # biases on q, k and v
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24, "num_hidden_layers": 2}),  # head_dim not 64 / 4
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"num_hidden_layers": 4}),  # its 4th layer has no rope
     # every 3rd layer global (llama.cpp's default: 6), the others within 8 positions with their own rope base (not 10000)
@@ -160,17 +164,19 @@ def test_loss_equals_transformers_on_both_backends(family, layout, tmp_path):
     assert all(rel(v, reference) <= LOSS_REL for v in losses.values())
 
 
+# family -> (q/k norms, head_dim, rotary per layer, biases on q/k/v) as mlx-lm reads the tiny config
+COMPUTES = {"qwen3": (True, 24, None, False), "smollm3": (False, 16, (True, True, True, False), False), "qwen2": (False, 16, None, True),
+            "gemma3": (True, 16, None, False)}
+
+
 def test_the_family_is_what_numpy_computes(family):
-    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3), Gemma 3's."""
+    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3), q/k/v biases (Qwen2), Gemma 3's."""
     name, _, _, converted = family
     cfg = load_model(converted)[0].config
-    if name == "qwen3":
-        assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (True, 24, None)
-    elif name == "gemma3":
-        assert (cfg.qk_norm, cfg.sandwich_norms, cfg.norm_offset, cfg.embed_scale, cfg.activation) == (True, True, 1.0, 8.0, "gelu_tanh")
+    assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers, cfg.attention_bias) == COMPUTES.get(name, (False, 16, None, False))
+    if name == "gemma3":
+        assert (cfg.sandwich_norms, cfg.norm_offset, cfg.embed_scale, cfg.activation) == (True, 1.0, 8.0, "gelu_tanh")
         assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 16**-0.5)
-    else:
-        assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers) == (False, 16, (True, True, True, False))
 
 
 def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
@@ -302,6 +308,10 @@ def gguf_model(path: Path) -> NumpyLlama:
     return NumpyLlama(ModelConfig.from_dict(g.config), {k: np.asarray(v, dtype=np.float32) for k, v in g.weights.items()})
 
 
+ARCH = {name: families.get(name).gguf_arch for name in FAMILIES}  # llama.cpp's architecture of each family
+IMPORTED_AS = {"mistral": "llama", "gemma3": "gemma3_text"}  # a GGUF says "llama" for both; gemma3 comes back as the text model
+
+
 # outtype -> the loss of the file read back, relative to transformers' (f32 is the issue's 1e-4; the rest round weights)
 OUTTYPES = {"f32": LOSS_REL, "f16": 1e-3, "q8_0": 1e-2, "q4_0": 3e-2}  # measured: f16 6e-5, q8_0 1.2e-3, q4_0 7e-3
 
@@ -312,8 +322,9 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
     r = export_gguf(converted, tmp_path / "m.gguf", outtype)
     md, tensors = read_header(r.path)
     names = {t.name: t for t in tensors}
-    assert md["general.architecture"] == name and md["tokenizer.ggml.model"] == "gpt2"
-    assert md[f"{name}.block_count"] == load_model(converted)[0].config.num_hidden_layers
+    arch = ARCH[name]
+    assert md["general.architecture"] == arch and md["tokenizer.ggml.model"] == "gpt2"
+    assert md[f"{arch}.block_count"] == load_model(converted)[0].config.num_hidden_layers
     if name == "qwen3":  # head_dim 24 is not 64 / 4: written, as llama.cpp's converter does
         assert md["qwen3.attention.key_length"] == md["qwen3.attention.value_length"] == 24
         assert names["blk.1.attn_q_norm.weight"].shape == names["blk.1.attn_k_norm.weight"].shape == (24,)
@@ -335,12 +346,15 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
 
 def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
     """The f32 GGUF converted back (mlxtune's GGUF import): the same config as mlx-lm reads it (Gemma 3's sliding window,
-    its pattern and rope base included), the same loss on both backends and (Gemma 3) in transformers after HF export."""
+    its pattern and rope base included), the same loss on both backends and (Gemma 3) in transformers after HF export.
+
+    Mistral comes back as llama: llama.cpp has one architecture for both, and they compute alike.
+    """
     name, _, reference, converted = family
     export_gguf(converted, tmp_path / "m.gguf", "f32")
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
     ours, theirs = load_model(converted)[0].config, load_model(back)[0].config
-    assert theirs == ours
+    assert theirs == dataclasses.replace(ours, model_type=IMPORTED_AS.get(name, name))
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)
@@ -378,9 +392,10 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
         (hf / f).unlink(missing_ok=True)
     (hf / "tokenizer.model").write_bytes(tiny_spm_model())  # a tokenizer the converter knows (it refuses tiny.py's BPE: unknown pre-tokenizer hash)
     llamacpp.convert_hf(hf, tmp_path / "m.gguf", "f32")
-    assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == name
+    assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == ARCH[name]
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
-    assert load_model(back)[0].config == load_model(src)[0].config  # what llama.cpp's file implies, the layers without rope included
+    expected = dataclasses.replace(load_model(src)[0].config, model_type=IMPORTED_AS.get(name, name))
+    assert load_model(back)[0].config == expected  # what llama.cpp's file implies, the layers without rope included
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)

@@ -50,6 +50,8 @@ LOCAL_BASE_FIELD = families.local_rope_base_fields()
 PATTERN_FIELD = families.layer_pattern_fields()
 # Model types whose mlx-lm model reads a per-layer-type rope_parameters itself.
 READS_PER_LAYER_TYPE = tuple(families.per_layer_type_rope_readers())
+# Model types whose mlx-lm model reads rope_scaling["type"] (transformers 4's key) rather than "rope_type".
+TYPE_KEY = tuple(families.rope_scaling_type_readers())
 
 
 def read_config(model_dir: str | Path) -> dict:
@@ -164,6 +166,10 @@ def _set_global(out: dict, params: dict, source, where: str) -> None:
         raise ModelFormatError(f"{source}: {where} lacks {', '.join(missing)}, which rope_type {rope_type!r} needs")
     if set(scaling) == {"rope_type"} and rope_type == "default":
         scaling = None
+    elif out.get("model_type") in TYPE_KEY:  # and the original context at the top level, where it reads it too
+        scaling["type"] = rope_type
+        if "original_max_position_embeddings" in scaling:
+            out.setdefault("original_max_position_embeddings", scaling["original_max_position_embeddings"])
     existing = out.get("rope_scaling")
     if existing is not None and not _same_scaling(existing, scaling):
         raise ModelFormatError(f"{source}: rope_scaling {json.dumps(existing)} and {where} disagree; remove the one that is stale")

@@ -82,6 +82,11 @@ def layer_pattern_fields() -> dict[str, str]:
     return {t: f.layer_pattern_field for f in FAMILIES if f.layer_pattern_field for t in f.model_types}
 
 
+def rope_scaling_type_readers() -> list[str]:
+    """The model types whose mlx-lm model reads rope_scaling["type"] rather than "rope_type" (model_config)."""
+    return [t for f in FAMILIES if f.rope_scaling_type_key for t in f.model_types]
+
+
 def per_layer_type_rope_readers() -> list[str]:
     """The model types whose mlx-lm model reads a per-layer-type rope_parameters itself (model_config)."""
     return [t for f in FAMILIES if f.reads_per_layer_type_rope for t in f.model_types]

@@ -105,6 +105,7 @@ class Family:
     local_rope_base_field: str | None = None  # field mlx-lm reads the sliding-window layers' rope_theta from
     layer_pattern_field: str | None = None  # field mlx-lm reads the period of full-attention layers from
     reads_per_layer_type_rope: bool = False  # mlx-lm's model reads a per-layer-type rope_parameters itself
+    rope_scaling_type_key: bool = False  # mlx-lm's model reads rope_scaling["type"] (transformers 4's key), not "rope_type"
 
     def head_dim(self, config: dict) -> int:
         """head_dim as mlx-lm's model of this family reads config.json."""

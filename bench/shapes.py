@@ -41,7 +41,34 @@ QWEN3_0_6B = {
     "max_window_layers": 28,
     "torch_dtype": "float32",
 }
-SHAPES = {"qwen3-0.6b": QWEN3_0_6B}
+# Gemma 3 270M's config.json (google/gemma-3-270m), transformers 4 layout: every 6th of its 18 layers global,
+# the others within 512 positions; a 262k vocabulary, tied.
+GEMMA3_270M = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "model_type": "gemma3_text",
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "max_position_embeddings": 32768,
+    "vocab_size": 262144,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+    "torch_dtype": "float32",
+}
+SHAPES = {"qwen3-0.6b": QWEN3_0_6B, "gemma3-270m": GEMMA3_270M}
 
 
 def write_random_model(out: Path, shape: str, tokenizer_dir: Path, seed: int = 0) -> Path:
@@ -59,9 +86,10 @@ def write_random_model(out: Path, shape: str, tokenizer_dir: Path, seed: int = 0
             config[key] = tokenizer_config[key]
     rng = np.random.default_rng(seed)
     weights = {}
-    for name, dims in expected_shapes(ModelConfig.from_dict(config)).items():
-        if len(dims) == 1:  # norms
-            weights[name] = (1 + 0.05 * rng.standard_normal(dims, dtype=np.float32)).astype(np.float32)
+    cfg = ModelConfig.from_dict(config)
+    for name, dims in expected_shapes(cfg).items():
+        if len(dims) == 1:  # norms, multiplying by about 1 (a family that stores w - 1: about 0)
+            weights[name] = (1 - cfg.norm_offset + 0.05 * rng.standard_normal(dims, dtype=np.float32)).astype(np.float32)
         else:  # projections and the embedding, at the scale of a trained model
             weights[name] = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,16 +19,17 @@ def test_each_family_file_defines_its_family():
 
 def test_the_tables_the_readers_had_before():
     """What numpy_model, backends, export_gguf, gguf_import, export_hf and model_config each kept in a table of their own."""
-    assert families.numpy_model_types() == ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
-    assert families.gguf_export_model_types() == ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert families.numpy_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert families.gguf_export_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "qwen2", "qwen3", "smollm3"]
     assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {
-        "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
-    assert families.gguf_import_archs() == ["llama", "qwen2", "qwen3", "smollm3"]
-    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("llama", "qwen2", "qwen3", "smollm3"))] == [
-        ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False), ("qwen3", "Qwen3ForCausalLM", False), ("smollm3", "SmolLM3ForCausalLM", True)]
+        "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
+    assert families.gguf_import_archs() == ["gemma3", "llama", "qwen2", "qwen3", "smollm3"]
+    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("gemma3", "llama", "qwen2", "qwen3", "smollm3"))] == [
+        ("gemma3_text", "Gemma3ForCausalLM", False), ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False),
+        ("qwen3", "Qwen3ForCausalLM", False), ("smollm3", "SmolLM3ForCausalLM", True)]
     assert families.hf_classes() == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                                      "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM",
-                                     "smollm3": "SmolLM3ForCausalLM"}
+                                     "smollm3": "SmolLM3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
     assert families.local_rope_base_fields() == {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
     assert families.layer_pattern_fields() == {"gemma3_text": "sliding_window_pattern", "gemma3": "sliding_window_pattern"}
     assert sorted(families.per_layer_type_rope_readers()) == ["gemma4", "gemma4_text", "laguna"]
@@ -78,3 +79,27 @@ def test_qwen3_and_smollm3_rules_as_mlx_lm_reads_config():
     # llama.cpp's smollm3 graph fixes every 4th layer without rope; a GGUF file of it implies the config fields
     assert smollm3.gguf_rope_layers(4) == (True, True, True, False) and qwen3.gguf_rope_layers(4) is None
     assert smollm3.gguf_config_fields(4) == {"no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0]} and qwen3.gguf_config_fields(4) == {}
+
+
+def test_gemma3_rules_as_mlx_lm_reads_config():
+    """Gemma 3: every sliding_window_pattern-th layer global (6 by default), the multimodal config's text part as mlx-lm reads it."""
+    from mlxtune.models.layout import ModelConfig
+
+    gemma3 = families.family_for("gemma3_text")
+    assert families.family_for("gemma3") is gemma3 and gemma3.qk_norm and gemma3.sandwich_norms and gemma3.norm_offset == 1.0
+    assert gemma3.sliding_layers({"num_hidden_layers": 7}) == (True,) * 5 + (False, True)
+    assert gemma3.sliding_layers({"num_hidden_layers": 4, "sliding_window_pattern": 2}) == (True, False, True, False)
+    assert families.family_for("qwen3").sliding_layers({"num_hidden_layers": 4}) is None
+    multimodal = {"model_type": "gemma3", "vocab_size": 300, "text_config": {"model_type": "gemma3_text", "hidden_size": 64, "vocab_size": 262208}}
+    assert gemma3.text_part(multimodal) == {"model_type": "gemma3_text", "hidden_size": 64, "vocab_size": 300, "num_attention_heads": 8, "num_key_value_heads": 4}
+    config = {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "head_dim": 32, "rms_norm_eps": 1e-6, "vocab_size": 40, "sliding_window": 5,
+              "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+              "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    cfg = ModelConfig.from_dict(config)
+    assert (cfg.sliding_layers, cfg.window(0), cfg.window(1), cfg.local_rope_theta, cfg.rope_theta) == ((True, False, True), 5, None, 1e4, 1e6)
+    assert cfg.rope_scaling["factor"] == 8.0 and cfg.attention_scale() == 256**-0.5 and cfg.embed_scale == 8.0  # query_pre_attn_scalar's default
+    assert ModelConfig.from_dict({"model_type": "gemma3", "vocab_size": 40, "text_config": {k: v for k, v in config.items() if k != "vocab_size"}}) == cfg
+    with pytest.raises(UnsupportedModelError, match="final_logit_softcapping"):
+        ModelConfig.from_dict({**config, "final_logit_softcapping": 30.0})

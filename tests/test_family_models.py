@@ -31,8 +31,8 @@ from mlxtune.cli import cli
 from mlxtune.convert import convert
 from mlxtune.errors import UnsupportedModelError
 from mlxtune.export.gguf import export_gguf
-from mlxtune.models import families
 from mlxtune.formats.gguf import read_gguf, read_header
+from mlxtune.models import families
 from tiny import make_tokenizer
 from tolerances import TINY_LOGITS, scaled_diff
 
@@ -46,6 +46,12 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_hidden_layers": 2}),  # biases on q, k and v
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24, "num_hidden_layers": 2}),  # head_dim not 64 / 4
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"num_hidden_layers": 4}),  # its 4th layer has no rope
+    # every 3rd layer global (llama.cpp's default: 6), the others within 8 positions with their own rope base (not 10000)
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "num_hidden_layers": 4, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}}),
 }
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
              max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -69,25 +75,32 @@ def save_family(src: Path, family: str, **overrides) -> Path:
 
     config_class, model_class, sets = FAMILIES[family]
     vocab = make_tokenizer(src)
-    config = getattr(transformers, config_class)(vocab_size=vocab, **SHAPE, **{**sets, **overrides}, rope_parameters=dict(ROPE))
+    config = getattr(transformers, config_class)(vocab_size=vocab, **SHAPE, **{"rope_parameters": dict(ROPE), **sets, **overrides})
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(config).eval()
     with torch.no_grad():  # weights of tiny.py's scale, so that logits are O(10) and every part of the block matters
         for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5)
-            else:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:  # norm weights near 1 (Gemma's are stored as w - 1: near 0)
+                p.copy_((0 if "gemma" in model_class.lower() else 1) + 0.1 * torch.randn_like(p))
     model.save_pretrained(src)
     return src
 
 
 def as_transformers4(src: Path, dst: Path) -> Path:
-    """The same model with config.json as transformers 4 wrote it: rope_theta and rope_scaling, no rope_parameters."""
+    """The same model with config.json as transformers 4 wrote it: rope_theta and rope_scaling, no rope_parameters.
+
+    Gemma 3's: the sliding-window layers' base as rope_local_base_freq, their places as sliding_window_pattern.
+    """
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     params = config.pop("rope_parameters")
-    config.pop("layer_types", None)
+    types = config.pop("layer_types", None)
+    if "full_attention" in params:
+        config["rope_local_base_freq"], params = params["sliding_attention"]["rope_theta"], params["full_attention"]
+        config.pop("_sliding_window_pattern", None)
+        config["sliding_window_pattern"] = types.index("full_attention") + 1
     config.update(rope_theta=params["rope_theta"], rope_scaling=None)
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
@@ -143,7 +156,7 @@ def test_loss_equals_transformers_on_both_backends(family, layout, tmp_path):
         src = as_transformers4(src, tmp_path / "t4")
     converted = convert(str(src), tmp_path / "mlx", dtype="float32").path
     saved = json.loads((converted / "config.json").read_text())
-    assert saved["model_type"] == name and float(saved["rope_theta"]) == ROPE["rope_theta"]
+    assert families.get(saved["model_type"]).name == name and float(saved["rope_theta"]) == ROPE["rope_theta"]
     losses = {"numpy": numpy_loss(load_model(converted)[0]), "numpy on the HF directory": numpy_loss(load_model(src)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(converted)
@@ -152,14 +165,18 @@ def test_loss_equals_transformers_on_both_backends(family, layout, tmp_path):
 
 
 # family -> (q/k norms, head_dim, rotary per layer, biases on q/k/v) as mlx-lm reads the tiny config
-COMPUTES = {"qwen3": (True, 24, None, False), "smollm3": (False, 16, (True, True, True, False), False), "qwen2": (False, 16, None, True)}
+COMPUTES = {"qwen3": (True, 24, None, False), "smollm3": (False, 16, (True, True, True, False), False), "qwen2": (False, 16, None, True),
+            "gemma3": (True, 16, None, False)}
 
 
 def test_the_family_is_what_numpy_computes(family):
-    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3), q/k/v biases (Qwen2)."""
+    """The config as mlx-lm reads it: q/k norms and head_dim (Qwen3), the layers without rope (SmolLM3), q/k/v biases (Qwen2), Gemma 3's."""
     name, _, _, converted = family
     cfg = load_model(converted)[0].config
     assert (cfg.qk_norm, cfg.head_dim, cfg.rope_layers, cfg.attention_bias) == COMPUTES.get(name, (False, 16, None, False))
+    if name == "gemma3":
+        assert (cfg.sandwich_norms, cfg.norm_offset, cfg.embed_scale, cfg.activation) == (True, 1.0, 8.0, "gelu_tanh")
+        assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 16**-0.5)
 
 
 def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
@@ -171,6 +188,81 @@ def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
         assert rel(mlx_loss(src), reference) <= LOSS_REL
     with pytest.raises(UnsupportedModelError, match=r"no rope in layers 0, 2, but llama\.cpp's smollm3 model has none in layers 3"):
         export_gguf(src, tmp_path / "x.gguf", "f32")
+
+
+def test_gemma3_attention_scale_is_query_pre_attn_scalar(tmp_path):
+    """Gemma 3 with query_pre_attn_scalar 24, not head_dim 16: transformers and both backends agree; GGUF export refuses it
+    (llama.cpp scales by head_dim whatever the file says)."""
+    src = save_family(tmp_path / "hf", "gemma3", query_pre_attn_scalar=24)
+    reference = transformers_loss(src)
+    assert rel(numpy_loss(load_model(src)[0]), reference) <= LOSS_REL
+    if HAVE_MLX:
+        assert rel(mlx_loss(src), reference) <= LOSS_REL
+    with pytest.raises(UnsupportedModelError, match=r"query_pre_attn_scalar = 24, but llama\.cpp's gemma3 model uses 16"):
+        export_gguf(src, tmp_path / "x.gguf", "f32")
+
+
+def save_multimodal(src: Path) -> Path:
+    """A tiny multimodal Gemma 3 (Gemma3ForConditionalGeneration: text_config, weights under language_model., a vision tower)."""
+    import torch
+    import transformers
+
+    vocab = make_tokenizer(src)
+    text = {**SHAPE, **FAMILIES["gemma3"][2], "vocab_size": vocab}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(src)
+    return src
+
+
+def test_gemma3_multimodal_checkpoints_text_part_through_every_step(tmp_path):
+    """The multimodal checkpoint's text model (config in text_config, weights under language_model.): transformers' loss on
+    both backends, adapters named as mlx-lm names them, fuse on either backend, GGUF export of the text model."""
+    import torch
+    import transformers
+
+    src = save_multimodal(tmp_path / "hf")
+    with torch.no_grad():
+        model = transformers.Gemma3ForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+        ids = torch.tensor(TOKENS, dtype=torch.long)
+        reference = float(model(input_ids=ids, labels=ids).loss)
+    converted = convert(str(src), tmp_path / "mlx", dtype="float32").path
+    assert json.loads((converted / "config.json").read_text())["model_type"] == "gemma3"
+    losses = {"numpy": numpy_loss(load_model(converted)[0]), "numpy on the HF directory": numpy_loss(load_model(src)[0])}
+    if HAVE_MLX:
+        losses["mlx"] = mlx_loss(converted)
+    print(f"\n[gemma3 multimodal] transformers {reference:.7f}; " + ", ".join(f"{k} {v:.7f} ({rel(v, reference):.1e})" for k, v in losses.items()))
+    assert all(rel(v, reference) <= LOSS_REL for v in losses.values())
+    out = tmp_path / "run"
+    run("lora", "--data", NOTES, "--model", converted, "--iters", 3, "--lr", "5e-2", "--backend", "numpy", "-o", out, "--no-report")
+    from mlxtune.formats.safetensors import read_safetensors_header
+
+    names = list(read_safetensors_header(out / "adapters.safetensors")[0])
+    assert names and all(n.startswith("language_model.model.layers.") for n in names)  # mlx-lm's names for this model
+    tuned = load_model(converted)[0]
+    load_adapters(tuned, out)
+    expected = numpy_loss(tuned)
+    assert rel(expected, reference) > 20 * LOSS_REL
+    for backend in ["numpy"] + (["mlx"] if HAVE_MLX else []):
+        run("fuse", "--adapter", out, "-o", tmp_path / f"fused-{backend}", "--backend", backend, "--dtype", "float32")
+        assert rel(numpy_loss(load_model(tmp_path / f"fused-{backend}")[0]), expected) <= LOSS_REL, backend
+    if HAVE_MLX:
+        assert rel(mlx_loss(tmp_path / "fused-numpy"), expected) <= LOSS_REL
+    run("export", "-f", "peft", "--adapter", out, "-o", tmp_path / "peft", "--base-model", src)
+    from peft import PeftModel
+
+    with torch.no_grad():
+        peft_model = PeftModel.from_pretrained(model, tmp_path / "peft").eval()
+        assert rel(float(peft_model(input_ids=ids, labels=ids).loss), expected) <= LOSS_REL
+    r = export_gguf(tmp_path / "fused-numpy", tmp_path / "m.gguf", "f32")
+    assert read_header(r.path)[0]["general.architecture"] == "gemma3" and any("multimodal" in n for n in r.notes)
+    assert rel(numpy_loss(gguf_model(r.path)), expected) <= LOSS_REL
 
 
 # ------------------------------------------------------------------ LoRA, fuse, HF and PEFT export
@@ -217,7 +309,7 @@ def gguf_model(path: Path) -> NumpyLlama:
 
 
 ARCH = {name: families.get(name).gguf_arch for name in FAMILIES}  # llama.cpp's architecture of each family
-IMPORTED_AS = {"mistral": "llama"}  # a GGUF says "llama" for both
+IMPORTED_AS = {"mistral": "llama", "gemma3": "gemma3_text"}  # a GGUF says "llama" for both; gemma3 comes back as the text model
 
 
 # outtype -> the loss of the file read back, relative to transformers' (f32 is the issue's 1e-4; the rest round weights)
@@ -237,6 +329,13 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
         assert md["qwen3.attention.key_length"] == md["qwen3.attention.value_length"] == 24
         assert names["blk.1.attn_q_norm.weight"].shape == names["blk.1.attn_k_norm.weight"].shape == (24,)
         assert names["blk.1.attn_q_norm.weight"].type == "F32"
+    elif name == "gemma3":  # llama.cpp's Gemma3Model: the norms around each half, the sliding window, its pattern and rope base
+        assert md["gemma3.attention.sliding_window"] == 8 and md["gemma3.rope.freq_base"] == 100000.0
+        assert md["gemma3.attention.sliding_window_pattern"] == 3 and md["gemma3.rope.freq_base_swa"] == 1000.0  # not llama.cpp's 6, 10000
+        assert any("llama.cpp's defaults" in n for n in r.notes)
+        for n in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            assert names[f"blk.3.{n}.weight"].type == "F32", n
+        assert "output.weight" not in names  # tied
     else:
         assert not any("norm" in n and "attn_q" in n for n in names)
     assert names["blk.0.attn_q.weight"].type == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[outtype]
@@ -246,7 +345,8 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
 
 
 def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
-    """The f32 GGUF converted back (mlxtune's GGUF import): the same config as mlx-lm reads it, the same loss on both backends.
+    """The f32 GGUF converted back (mlxtune's GGUF import): the same config as mlx-lm reads it (Gemma 3's sliding window,
+    its pattern and rope base included), the same loss on both backends and (Gemma 3) in transformers after HF export.
 
     Mistral comes back as llama: llama.cpp has one architecture for both, and they compute alike.
     """
@@ -258,6 +358,11 @@ def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)
+    # Gemma 3: the config.json fields the GGUF omits, as transformers reads them. (Not yet for every family: the import
+    # writes no pad_token_id, and transformers' SmolLM3 default, 128004, lies outside the tiny vocabulary.)
+    if name == "gemma3":
+        run("export", "-f", "hf", "--model", back, "-o", tmp_path / "hf", "--dtype", "float32")
+        losses["transformers, HF export"] = transformers_loss(tmp_path / "hf")
     assert all(rel(v, reference) <= LOSS_REL for v in losses.values()), losses
 
 
@@ -278,6 +383,10 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
 
     llamacpp.need_converter()
     name, src, reference, _ = family
+    if name == "gemma3":  # the converter writes neither the period of global layers nor the local rope base: llama.cpp's own
+        src = save_family(tmp_path / "defaults", name, num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"], rope_parameters={
+            "full_attention": dict(ROPE), "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+        reference = transformers_loss(src)
     hf = Path(shutil.copytree(src, tmp_path / "hf"))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (hf / f).unlink(missing_ok=True)
@@ -285,7 +394,7 @@ def test_gguf_written_by_llama_cpps_converter_imports_with_the_transformers_loss
     llamacpp.convert_hf(hf, tmp_path / "m.gguf", "f32")
     assert read_header(tmp_path / "m.gguf")[0]["general.architecture"] == ARCH[name]
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
-    expected = dataclasses.replace(load_model(family[3])[0].config, model_type=IMPORTED_AS.get(name, name))
+    expected = dataclasses.replace(load_model(src)[0].config, model_type=IMPORTED_AS.get(name, name))
     assert load_model(back)[0].config == expected  # what llama.cpp's file implies, the layers without rope included
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:

@@ -161,6 +161,31 @@ def test_attention_in_chunks_equals_one_chunk(chunk):
     np.testing.assert_allclose(ops.causal_attention_backward(do, q, k, v, lse, S - T, chunk)[3], whole, rtol=1e-13, atol=1e-14)  # o comes along
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_sliding_window_attention_sees_the_last_window_positions(chunk):
+    """window=3: each query sees itself and the 2 positions before it, in any chunking, with a cache offset; gradients too."""
+    rng = np.random.default_rng(9)
+    B, KVH, G, T, S, D, W = 1, 2, 2, 5, 8, 4, 3
+    q, k, v, do = rng.normal(size=(B, KVH, T * G, D)), rng.normal(size=(B, KVH, S, D)), rng.normal(size=(B, KVH, S, D)), rng.normal(size=(B, KVH, T * G, D))
+    o, lse = ops.causal_attention(q, k, v, offset=S - T, chunk=chunk, window=W)
+    for row in range(T * G):
+        pos = S - T + row // G
+        keys = slice(pos - W + 1, pos + 1)
+        s = np.einsum("hd,hwd->hw", q[0, :, row], k[0, :, keys])  # (KVH, W)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        np.testing.assert_allclose(o[0, :, row], np.einsum("hw,hwd->hd", p / p.sum(-1, keepdims=True), v[0, :, keys]), rtol=1e-12, atol=1e-13)
+    dq, dk, dv, o2 = ops.causal_attention_backward(do, q, k, v, lse, S - T, chunk, window=W)
+    np.testing.assert_allclose(o2, o, rtol=1e-13, atol=1e-14)
+    f = lambda q_, k_, v_: float(np.sum(ops.causal_attention(q_, k_, v_, offset=S - T, window=W)[0] * do))
+    for name, x, g in (("q", q, dq), ("k", k, dk), ("v", v, dv)):
+        e = np.zeros_like(x)
+        e.flat[7] = 1e-6
+        args = {"q": q, "k": k, "v": v}
+        numeric = (f(**{n + "_": (a + e if n == name else a) for n, a in args.items()}) - f(**{n + "_": (a - e if n == name else a) for n, a in args.items()})) / 2e-6
+        assert numeric == pytest.approx(g.flat[7], rel=1e-5, abs=1e-8), name
+    assert not dk[0, :, : S - T - W + 1].any()  # keys before every query's window get no gradient
+
+
 def test_attention_is_causal_and_grouped():
     """Query head h attends to key/value head h // G, and never to a later position."""
     rng = np.random.default_rng(5)
@@ -180,6 +205,27 @@ def test_swiglu_backward():
     gate = rng.normal(size=(2, 3, 5)) * 3
     gate[0, 0, 0] = -120.0  # exp overflow territory: silu -> 0, no NaN
     check_op("swiglu", ref.swiglu_forward, lambda d, c: dict(zip(("gate", "up"), ref.swiglu_backward(d, c))), {"gate": gate, "up": rng.normal(size=(2, 3, 5))})
+
+
+def test_geglu_forward_and_backward_in_pieces(monkeypatch):
+    """gelu(gate) * up with the tanh approximation (transformers' gelu_pytorch_tanh), and its gradient, a few rows a piece."""
+    from mlxtune.backends.numpy import geglu
+
+    monkeypatch.setattr(geglu, "PIECE", 12)  # 2 rows of F = 5 a piece
+    rng = np.random.default_rng(13)
+    gu, dm = rng.normal(size=(7, 10)) * 3, rng.normal(size=(7, 5))
+    gate, up = gu[:, :5], gu[:, 5:]
+    expected = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3))) * up
+    np.testing.assert_allclose(geglu.geglu_rows(gu), expected, rtol=1e-14)
+    m, dgu = geglu.geglu_rows_backward(dm, gu.copy())
+    np.testing.assert_allclose(m, expected, rtol=1e-14)
+    f = lambda x: float(np.sum(geglu.geglu_rows(x) * dm))
+    numeric = np.zeros_like(gu)
+    for idx in np.ndindex(gu.shape):
+        e = np.zeros_like(gu)
+        e[idx] = 1e-6
+        numeric[idx] = (f(gu + e) - f(gu - e)) / 2e-6
+    np.testing.assert_allclose(dgu, numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_row_pieces_equal_whole_arrays(monkeypatch):
@@ -227,6 +273,8 @@ VARIANTS = {
     "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
     "qwen3-qk-norm": {"model_type": "qwen3", "head_dim": 6},  # per-head q/k norms before rope; head_dim not hidden / heads
     "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [0, 1]},  # the first block without rope
+    # (1 + w) norms around each half, GeGLU, scores scaled by 6 ** -0.5, the first block within 3 positions with its own rope base
+    "gemma3-sandwich": {"model_type": "gemma3_text", "query_pre_attn_scalar": 6, "sliding_window": 3, "sliding_window_pattern": 2, "rope_local_base_freq": 100.0},
 }
 
 

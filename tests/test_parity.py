@@ -211,6 +211,9 @@ TINY_VARIANTS = {
     "qwen2-bias": {"model_type": "qwen2", "attention_bias": True},
     "qwen3-qk-norm": {"model_type": "qwen3", "head_dim": 24},  # per-head q/k norms; head_dim is config.json's, not 64 / 4
     "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [1, 0]},  # the second block without rope
+    # the first block within 4 positions with its own rope base, the second global; (1 + w) norms, GeGLU, embeddings x 8
+    "gemma3": {"model_type": "gemma3_text", "query_pre_attn_scalar": 24, "sliding_window": 4, "sliding_window_pattern": 2,
+               "rope_local_base_freq": 1000.0, "rope_theta": 100000.0},
 }
 
 
@@ -249,7 +252,7 @@ def test_tiny_model_greedy_generation(tiny_untied):
     check_generation(ours, theirs, tokenizer, prompt, "tiny generation", TINY_LOGITS)
 
 
-@pytest.mark.parametrize("variant", ["qwen3-qk-norm", "smollm3-nope"])
+@pytest.mark.parametrize("variant", ["qwen3-qk-norm", "smollm3-nope", "gemma3"])
 def test_tiny_family_greedy_generation(variant, tmp_path):
     """The KV cache of the families with their own attention (q/k norms, layers without rope) decodes as mlx-lm's."""
     model_dir = make_tiny_model(tmp_path / "model", **TINY_VARIANTS[variant], tie_word_embeddings=False)

@@ -109,7 +109,7 @@ def test_batch_seq_len_is_the_longest_padded_batch():
 SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3", "gemma3_text"])
 @pytest.mark.parametrize("checkpoint", [False, True, None])
 def test_numpy_terms_equal_the_models_accounting(checkpoint, model_type):
     config = tiny_config(4096, **SMALL, model_type=model_type)
@@ -130,7 +130,7 @@ def test_numpy_terms_equal_the_models_accounting(checkpoint, model_type):
     assert e.adapters == 4 * sum(v.nbytes for v in model.lora_params().values())
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "smollm3", "gemma3_text"])
 def test_numpy_estimate_matches_the_arrays_a_step_allocates(model_type):
     """The estimate's training term against tracemalloc's peak of a real step (numpy reports its arrays there), for each family's block."""
     config = tiny_config(4096, **SMALL, model_type=model_type)

@@ -95,12 +95,13 @@ def tiny_config(vocab_size: int, **overrides) -> dict:
 
 
 def tiny_weights(config: dict, seed: int = 0) -> dict:
-    """Random weights with Hugging Face names, drawn with numpy (no mlx needed); q/k norms for a family that has them."""
+    """Random weights with Hugging Face names, drawn with numpy (no mlx needed); q/k norms and sandwich norms for a family that has them."""
     import numpy as np
 
     from mlxtune.models import families
 
-    qk_norm = getattr(families.get(config.get("model_type")), "qk_norm", False)
+    family = families.get(config.get("model_type"))
+    qk_norm, sandwich = getattr(family, "qk_norm", False), getattr(family, "sandwich_norms", False)
     rng = np.random.default_rng(seed)
     d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     hd = config.get("head_dim") or d // config["num_attention_heads"]
@@ -122,6 +123,9 @@ def tiny_weights(config: dict, seed: int = 0) -> dict:
         w[p + "mlp.down_proj.weight"] = linear(d, f)
         w[p + "input_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
         w[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
+        if sandwich:  # norms on each half's output and the MLP's own input norm (Gemma 3)
+            for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                w[p + name + ".weight"] = (1 + 0.1 * rng.normal(size=d)).astype(np.float32)
         if qk_norm:  # per-head q and k norms (Qwen3)
             w[p + "self_attn.q_norm.weight"] = (1 + 0.1 * rng.normal(size=hd)).astype(np.float32)
             w[p + "self_attn.k_norm.weight"] = (1 + 0.1 * rng.normal(size=hd)).astype(np.float32)

@@ -68,6 +68,7 @@ class _Tensor:
     type: str  # GGML type name
     heads: int | None = None  # rotary rows to permute (llama q/k), in this many heads
     data: np.ndarray | None = None  # for computed tensors
+    shift: float = 0.0  # added to the values: a norm of a family whose norms multiply by norm_offset + w
 
 
 def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", force: bool = False, name: str | None = None, origin: str | None = None, thinking: bool = False) -> ExportResult:
@@ -101,6 +102,11 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     from ..formats import safetensors as npio
 
     config, weights = npio.load_weights(model_dir)
+    family = families.get(config.get("model_type"))
+    if family is not None and isinstance(config.get("text_config"), dict):  # a multimodal checkpoint: its text model, as llama.cpp's converter
+        weights, _ = family.text_weights(config, weights)
+        config = {**family.text_part(config), **{k: config[k] for k in ("quantization", "quantization_config") if k in config}}
+        notes.append("the model is multimodal: its text model was exported (llama.cpp keeps the vision tower in a separate mmproj file)")
     arch, plan, cfg = _plan(config, weights, OUTTYPES[outtype][1], notes)
     if config.get("quantization") and outtype in ("q8_0", "q4_0"):
         q = config["quantization"]
@@ -110,7 +116,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
         )
     writer = gguf.GGUFWriter(path=None, arch=arch)
     general_name = _add_general(writer, model_dir, OUTTYPES[outtype][0], sum(int(np.prod(t.shape)) for t in plan if t.source), name)
-    _add_hyperparameters(writer, config, cfg)
+    _add_hyperparameters(writer, config, cfg, families.get(config.get("model_type")), notes)
     chat = add_tokenizer(writer, model_dir, cfg.vocab_size, notes, thinking)
     md = {k: v.value for k, v in writer.kv_data[0].items()}
     check_tokenizer(md, model_dir, notes)
@@ -165,6 +171,7 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
     cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
     _check_rope_layers(cfg, family, arch)
+    _check_attention_scale(cfg, family, arch)
     expected = expected_shapes(cfg)
     missing = [k for k in expected if k not in weights]
     if missing:
@@ -201,7 +208,8 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         heads = None
         if family.gguf_permute_qk and stem.endswith(("self_attn.q_proj", "self_attn.k_proj")):
             heads = cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
-        plan.append(_Tensor(gname, name, shape, kind, heads))
+        shift = family.norm_offset if name.endswith("norm.weight") else 0.0  # llama.cpp's graph multiplies by the stored norm
+        plan.append(_Tensor(gname, name, shape, kind, heads, shift=shift))
     order = [name for name, _ in family.gguf_block]
     plan.sort(key=lambda t: _order(t, order))
     if fallback:
@@ -226,6 +234,16 @@ def _check_rope_layers(cfg, family, arch: str) -> None:
         raise UnsupportedModelError(
             f"this {cfg.model_type} model has no rope in layers {without(ours)}, but llama.cpp's {arch} model has none in layers "
             f"{without(theirs)} whatever the file says, so it would compute another model; use the model with mlxtune or mlx-lm instead of GGUF"
+        )
+
+
+def _check_attention_scale(cfg, family, arch: str) -> None:
+    """Refuse a model whose attention scale llama.cpp's ``arch`` graph would not compute (it reads none from the file)."""
+    theirs = family.gguf_query_pre_attn_scalar(cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.num_hidden_layers)
+    if theirs is not None and cfg.query_pre_attn_scalar != theirs:
+        raise UnsupportedModelError(
+            f"this {cfg.model_type} model scales attention by {family.query_scale_field} = {cfg.query_pre_attn_scalar:g}, but llama.cpp's {arch} "
+            f"model uses {theirs:g} whatever the file says, so it would compute another model; use the model with mlxtune or mlx-lm instead of GGUF"
         )
 
 
@@ -259,6 +277,8 @@ def _tensor_bytes(t: _Tensor, w: np.ndarray) -> np.ndarray:
 
     if t.heads:
         w = permute(w, t.heads)
+    if t.shift:
+        w = w.astype(np.float32) + np.float32(t.shift)
     return quants.quantize(np.ascontiguousarray(w, dtype=np.float32), GGMLQuantizationType[t.type])
 
 
@@ -294,7 +314,7 @@ def _add_general(writer, model_dir: Path, file_type: str, n_params: int, name: s
     return meta.name
 
 
-def _add_hyperparameters(writer, config: dict, cfg) -> None:
+def _add_hyperparameters(writer, config: dict, cfg, family, notes: list[str]) -> None:
     """{arch}.*: the shape of the model as llama.cpp reads it, from mlx-lm's reading of config.json (``cfg``)."""
     import gguf
 
@@ -315,6 +335,28 @@ def _add_hyperparameters(writer, config: dict, cfg) -> None:
     if (scaling.get("rope_type") or scaling.get("type")) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
+    if cfg.sliding_layers is not None and any(cfg.sliding_layers):
+        _add_sliding_window(writer, cfg, family, notes)
+
+
+def _add_sliding_window(writer, cfg, family, notes: list[str]) -> None:
+    """The sliding window, as the converter writes it; its pattern and rope base only where llama.cpp's defaults differ.
+
+    llama.cpp's converter writes neither (real Gemma 3 models have llama.cpp's
+    defaults); llama.cpp reads both when present. Builds older than these keys
+    ignore them and compute another model, which the note says.
+    """
+    writer.add_sliding_window(cfg.sliding_window)
+    period = next((i + 1 for i, s in enumerate(cfg.sliding_layers) if not s), len(cfg.sliding_layers) + 1)
+    written = []
+    if period != family.gguf_swa_pattern:
+        writer.add_sliding_window_pattern(period)
+        written.append(f"attention.sliding_window_pattern {period}")
+    if cfg.local_rope_theta != family.gguf_swa_base:
+        writer.add_rope_freq_base_swa(cfg.local_rope_theta)
+        written.append(f"rope.freq_base_swa {cfg.local_rope_theta:g}")
+    if written:
+        notes.append(f"this model's {' and '.join(written)} differ from llama.cpp's defaults; llama.cpp builds older than these keys ignore them")
 
 
 def _stops(model_dir: Path, tokenizer, config: dict, md: dict) -> list[str]:

@@ -240,6 +240,10 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
         if family.gguf_permute_qk and stem.endswith((".attn_q", ".attn_k")):
             heads = n_head if stem.endswith(".attn_q") else n_kv
             parts = {k: _unpermute(v, heads, t.name, path) for k, v in parts.items()}
+        if family.norm_offset and f"{module}.{param}".endswith("norm.weight"):  # stored as norm_offset + w (export's shift): float32
+            value = (value.astype(np.uint32) << 16).view(np.float32) if t.type == "BF16" else value  # bfloat16 bits, widened exactly
+            weights[f"{module}.{param}"] = mx.array(np.asarray(value, dtype=np.float32) - np.float32(family.norm_offset))
+            continue
         weights.update({k: mx.array(v).view(mx.bfloat16) if t.type == "BF16" else mx.array(v) for k, v in parts.items()})
     return weights, bits, extra
 
@@ -265,6 +269,8 @@ def _load_weights_dense(path: Path, family: Family, hp: dict, tensors: list[Tens
         stem = t.name.rpartition(".")[0]
         if family.gguf_permute_qk and stem.endswith((".attn_q", ".attn_k")):
             data = _unpermute(data, n_head if stem.endswith(".attn_q") else n_kv, t.name, path)
+        if family.norm_offset and f"{module}.{param}".endswith("norm.weight"):  # stored as norm_offset + w (export's shift)
+            data = data - np.float32(family.norm_offset)
         weights[f"{module}.{param}"] = np.ascontiguousarray(data)
     return weights, {}, extra
 
@@ -339,6 +345,11 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     if family.gguf_attention_bias_key:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in weights
     config.update(family.gguf_config_fields(hp["num_hidden_layers"]))  # what llama.cpp's graph fixes and the file omits
+    scalar = family.gguf_query_pre_attn_scalar(hp["hidden_size"], hp["num_attention_heads"], hp["head_dim"], hp["num_hidden_layers"])
+    if scalar is not None:
+        config[family.query_scale_field] = scalar
+    if family.sliding_window:
+        config.update(_sliding_window(md, family, hp["num_hidden_layers"], path))
     scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
     if scaling:
         config["rope_scaling"] = scaling
@@ -349,6 +360,29 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
         config["quantization"] = quant
         config["quantization_config"] = quant
     return config
+
+
+def _sliding_window(md: dict, family: Family, n_layers: int, path: Path) -> dict:
+    """config.json's sliding window, its period of full-attention layers and its local rope base, as llama.cpp reads the file.
+
+    Without ``attention.sliding_window`` no layer slides (a period of 1);
+    without a pattern or ``rope.freq_base_swa``, llama.cpp's defaults for the
+    architecture (``Family.gguf_swa_pattern``, ``gguf_swa_base``). A pattern
+    stored as one flag per layer must be regular: mlx-lm reads a period.
+    """
+    arch = family.gguf_arch
+    window = md.get(f"{arch}.attention.sliding_window")
+    if not window:
+        return {family.layer_pattern_field: 1}
+    pattern = md.get(f"{arch}.attention.sliding_window_pattern", family.gguf_swa_pattern)
+    if isinstance(pattern, (list, tuple)):  # one flag per layer: True where the layer slides
+        flags = [bool(f) for f in pattern]
+        period = next((p for p in range(1, n_layers + 2) if flags == [(i + 1) % p != 0 for i in range(n_layers)]), None)
+        if period is None:
+            raise UnsupportedModelError(f"{path.name}: {arch}.attention.sliding_window_pattern places its global layers irregularly; mlx-lm reads a regular period only")
+        pattern = period
+    return {"sliding_window": int(window), family.layer_pattern_field: int(pattern),
+            family.local_rope_base_field: _f32(md.get(f"{arch}.rope.freq_base_swa", family.gguf_swa_base))}
 
 
 def _rope_scaling(md: dict, arch: str, extra: dict, head_dim: int, theta: float, path: Path) -> dict | None:

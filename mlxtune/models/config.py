@@ -89,6 +89,11 @@ def normalize_config(config: dict, source: str | Path = "config.json") -> dict:
     out = copy.deepcopy(config)
     if isinstance(out.get("text_config"), dict):
         out["text_config"] = normalize_config(out["text_config"], f"{source}: text_config")
+        family = families.get(out.get("model_type"))
+        if family is not None and family.text_config and out.get("vocab_size") is None and out["text_config"].get("vocab_size"):
+            # transformers reads the text model's vocabulary from text_config; mlx-lm's multimodal model (Gemma 3)
+            # reads the top-level field, and without it takes the largest model's (262208) whatever the weights hold
+            out["vocab_size"] = out["text_config"]["vocab_size"]
     if out.get("model_type") in PATTERN_FIELD and isinstance(out.get("layer_types"), list):
         _set_pattern(out, PATTERN_FIELD[out["model_type"]], source)
     params = out.get("rope_parameters")

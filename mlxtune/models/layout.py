@@ -44,6 +44,14 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # self_attn.q_norm / k_norm (head_dim,) normalise each head of q and k before rope
     rope_layers: tuple[bool, ...] | None = None  # whether each layer rotates q and k (None: every layer)
+    norm_offset: float = 0.0  # RMSNorms multiply by norm_offset + weight (Gemma: 1)
+    embed_scale: float = 1.0  # the embeddings are multiplied by this (Gemma: sqrt(hidden_size))
+    sandwich_norms: bool = False  # post_attention_layernorm on attention's output, pre/post_feedforward_layernorm around the MLP
+    activation: str = "silu"  # the gated MLP's: "silu" or "gelu_tanh"
+    query_pre_attn_scalar: float | None = None  # attention scores scaled by this ** -0.5 (None: head_dim ** -0.5)
+    sliding_window: int | None = None  # the positions a sliding-window layer attends to (itself included)
+    sliding_layers: tuple[bool, ...] | None = None  # whether each layer attends within the sliding window (None: none does)
+    local_rope_theta: float | None = None  # the rotary base of the sliding-window layers (None: rope_theta)
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -52,8 +60,10 @@ class ModelConfig:
         Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
         """
         config = normalize_config(config)
+        family = families.get(config.get("model_type"))
+        if family is not None:
+            config = family.text_part(config)  # a multimodal checkpoint's text model
         model_type = config.get("model_type")
-        family = families.get(model_type)
         if family is None or not family.numpy:
             raise UnsupportedModelError(
                 f"model type '{model_type}' is not supported by the numpy backend "
@@ -63,8 +73,12 @@ class ModelConfig:
         if missing:
             raise ModelFormatError(f"config.json of this {model_type} model lacks {', '.join(missing)}")
         layer_types = config.get("layer_types")
-        if layer_types and any(t != "full_attention" for t in layer_types):
-            raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend (full_attention only)")
+        known = ("full_attention", "sliding_attention") if family.sliding_window else ("full_attention",)
+        if layer_types and any(t not in known for t in layer_types):
+            raise UnsupportedModelError(f"layer types {sorted(set(layer_types))} are not supported by the numpy backend for {model_type} ({', '.join(known)} only)")
+        unsupported = [k for k in ("final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention") if config.get(k)]
+        if unsupported:
+            raise UnsupportedModelError(f"config.json sets {', '.join(unsupported)}, which the numpy backend does not compute; use the mlx backend")
         scaling = config.get("rope_scaling")
         rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
         if rope_type not in family.rope_types:
@@ -92,15 +106,37 @@ class ModelConfig:
             mlp_bias=mlp_bias,
             qk_norm=family.qk_norm,
             rope_layers=family.rope_layers(config),
+            norm_offset=family.norm_offset,
+            embed_scale=float(np.sqrt(hidden)) if family.embed_scale else 1.0,
+            sandwich_norms=family.sandwich_norms,
+            activation=family.activation,
+            # the defaults of the fields below are mlx-lm's (and transformers') for the one family that reads them
+            query_pre_attn_scalar=float(config.get(family.query_scale_field) or 256) if family.query_scale_field else None,
+            sliding_window=int(config.get("sliding_window") or 512) if family.sliding_window else None,
+            sliding_layers=family.sliding_layers(config),
+            local_rope_theta=float(config.get(family.local_rope_base_field) or 10000.0) if family.local_rope_base_field else None,
         )
 
     def rotates(self, layer: int) -> bool:
         """Whether block ``layer`` applies rotary embeddings to q and k."""
         return self.rope_layers is None or self.rope_layers[layer]
 
-    def rope_frequencies(self) -> tuple[np.ndarray, float]:
-        """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope."""
+    def window(self, layer: int) -> int | None:
+        """The sliding window block ``layer`` attends within (None: every earlier position)."""
+        return self.sliding_window if self.sliding_layers is not None and self.sliding_layers[layer] else None
+
+    def attention_scale(self) -> float:
+        """What the attention scores are multiplied by."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def rope_frequencies(self, local: bool = False) -> tuple[np.ndarray, float]:
+        """(inverse frequencies (D/2,) in float64, position scale), as mlx-lm's initialize_rope.
+
+        ``local``: the sliding-window layers' (base ``local_rope_theta``, never scaled).
+        """
         D = self.head_dim
+        if local:
+            return 1.0 / (self.local_rope_theta ** (np.arange(0, D, 2) / D)), 1.0
         freqs = self.rope_theta ** (np.arange(0, D, 2) / D)  # (D/2,) wavelengths / 2π
         scaling = self.rope_scaling or {}
         rope_type = scaling.get("type") or scaling.get("rope_type") or "default"
@@ -143,6 +179,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         shapes[p + "input_layernorm.weight"] = (C,)
         shapes[p + "post_attention_layernorm.weight"] = (C,)
+        if cfg.sandwich_norms:
+            shapes[p + "pre_feedforward_layernorm.weight"] = (C,)
+            shapes[p + "post_feedforward_layernorm.weight"] = (C,)
         if cfg.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (cfg.head_dim,)
             shapes[p + "self_attn.k_norm.weight"] = (cfg.head_dim,)

@@ -118,6 +118,8 @@ def _stored(config: dict, d: dict) -> list[Tensor]:
     family = families.get(config.get("model_type"))
     if family is not None and family.qk_norm:  # per-head q and k norms (Qwen3)
         out += [Tensor(f"model.layers.{i}.self_attn.{n}.weight", "F32", (d["D"],)) for i in range(d["L"]) for n in ("q_norm", "k_norm")]
+    if family is not None and family.sandwich_norms:  # the MLP's own input norm and the norm of its output (Gemma 3)
+        out += [Tensor(f"model.layers.{i}.{n}.weight", "F32", (d["C"],)) for i in range(d["L"]) for n in ("pre_feedforward_layernorm", "post_feedforward_layernorm")]
     return out + [Tensor("model.norm.weight", "F32", (d["C"],))]
 
 
@@ -150,9 +152,9 @@ def estimate(
     of the family's block, ``Family.linear_keys``). ``seq_len``: T of the longest batch (``batch_seq_len``).
     ``activation_mb``: MLXTUNE_ACTIVATION_MB, for a backend that honours it.
     """
-    d = _dims(config)
-    tensors = tensors if tensors is not None else _stored(config, d)
     family = families.get(config.get("model_type"))  # its block's linear layers; a family not known here: the llama layout's
+    d = _dims(family.text_part(config) if family else config)  # a multimodal checkpoint's text model
+    tensors = tensors if tensors is not None else _stored(config, d)
     keys = list(keys) if keys is not None else list(family.linear_keys if family and family.linear_keys else LINEAR_KEYS)
     n_blocks = d["L"] if num_layers < 0 or num_layers > d["L"] else num_layers
     shapes = _model_tensors(d)

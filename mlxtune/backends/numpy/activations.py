@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 
 
-def block_bytes(hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, rows: int, itemsize: int) -> tuple[int, int]:
+def block_bytes(hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, rows: int, itemsize: int,
+                sandwich: bool = False) -> tuple[int, int]:
     """(bytes one adapted block keeps for its backward, bytes it keeps when checkpointed), for ``rows`` = B * T.
 
     Kept a row: the block input x and the residual after attention x2 (C
     each), two norm scales, the attention's log-sum-exp per head (H); unless
     checkpointed, rotated q, k and v ((H + 2 KVH) D) and the gate and up
-    projections (2F) too.
+    projections (2F) too. A ``sandwich`` block (norms on each half's output)
+    also keeps, checkpointed or not, the two outputs it normalised and their
+    norm scales (2C + 2).
     """
-    inputs = 2 * hidden + 2 + heads  # per row
+    inputs = 2 * hidden + 2 + heads + (2 * hidden + 2 if sandwich else 0)  # per row
     rest = (heads + 2 * kv_heads) * head_dim + 2 * intermediate
     return rows * (inputs + rest) * itemsize, rows * inputs * itemsize
 

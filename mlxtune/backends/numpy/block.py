@@ -9,8 +9,17 @@ q | k | v and gate | up stacked), ``adapters`` and ``attn_scale``. A block is
 
 where qn, kn are the per-head RMSNorms of a ``qk_norm`` family (Qwen3; the
 identity otherwise) and rope is the identity on the layers a family leaves
-unrotated (SmolLM3's ``rope_layers``). q is scaled by head_dim**-0.5 together
-with its rotation (``model._rope``).
+unrotated (SmolLM3's ``rope_layers``). q is scaled by head_dim**-0.5 (or
+``ModelConfig.attention_scale``) together with its rotation (``model._rope``).
+
+A ``sandwich_norms`` family (Gemma 3) also normalises each half's output
+before its residual, its MLP's input with a norm of its own, and its MLP is
+GeGLU (``ModelConfig.activation``); every norm multiplies by
+``norm_offset`` + w; its sliding-window layers attend within
+``ModelConfig.window`` and rotate with their own base:
+
+    x2  = x + pn1(o(attn(...)))
+    out = x2 + pn2(down(gelu(gate(n2(x2))) * up(n2(x2))))
 
 What a block keeps for its backward is ``Saved``: x, x2, two norm scales, the
 attention's log-sum-exp and, unless checkpointed, what its matmuls produced.
@@ -25,17 +34,20 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .geglu import ACTIVATIONS
 from .weights import GATE_UP, QKV
 
 # The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
 O_PROJ, DOWN = ("self_attn.o_proj",), ("mlp.down_proj",)
 BLOCK_ORDER = QKV + O_PROJ + GATE_UP + DOWN  # the order a block uses them in
+# A sandwich_norms block's norms on the outputs of attention and the MLP, and on the MLP's input.
+POST_ATTN, PRE_MLP, POST_MLP = "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"
 
 
 class Saved:
     """What one block keeps for its backward pass (only x, x2 and scales when checkpointed). Shapes as in ``_block_forward``."""
 
-    __slots__ = ("x", "rstd1", "q", "k", "v", "qkv", "qk_rstd", "lse", "x2", "rstd2", "gu", "rng", "weights")
+    __slots__ = ("x", "rstd1", "q", "k", "v", "qkv", "qk_rstd", "lse", "x2", "rstd2", "gu", "rng", "weights", "outs")
 
     def __init__(self, x, rstd1=None, q=None, k=None, v=None, lse=None, x2=None, rstd2=None, gu=None, qkv=None):
         self.x, self.rstd1, self.q, self.k, self.v = x, rstd1, q, k, v  # (B, T, C), (N, 1), (B, KVH, T*G, D), (B, KVH, T, D) x2
@@ -44,6 +56,7 @@ class Saved:
         self.lse, self.x2, self.rstd2, self.gu = lse, x2, rstd2, gu  # (B, KVH, T*G, 1), (N, C), (N, 1), (N, 2F)
         self.rng = None  # the generator state that replays this block's dropout masks
         self.weights: dict = {}  # stacked weights a recomputation formed, for the backward
+        self.outs = None  # sandwich_norms: (o, its norm scale, down, its norm scale) (N, C), (N, 1) x2, kept even when checkpointed
 
 
 class BlockMethods:
@@ -78,25 +91,30 @@ class BlockMethods:
         only the inputs of the two halves of the block, x and x2, and the
         attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
         """
-        cfg, w, p = self.config, self.weights, f"model.layers.{i}."
+        cfg, p = self.config, f"model.layers.{i}."
         B, T, C = x.shape
         eps, drops, rope = cfg.rms_norm_eps, drops or {}, self._layer_rope(i, rope)
         x2d = x.reshape(B * T, C)  # (N, C)
         rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
-        h = ops.rmsnorm_apply(x2d, rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(x2d, rstd1, self._norm(p + "input_layernorm.weight"))  # (N, C)
         qkv = ops.linears_forward(h, self._layers(i, QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
         del h
         q, k, v, qk_rstd = self._attention_inputs(i, qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2, (N, H + KVH, 1) or None
         if kv is not None:
             k, v = kv.update(i, k, v)  # (B, KVH, S, D)
-        att, lse = ops.causal_attention(q, k, v, offset)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
+        att, lse = ops.causal_attention(q, k, v, offset, window=cfg.window(i))  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
         a = self._merge_heads(att, B, T)  # (N, H*D)
         del att
-        x2 = ops.linears_forward(a, self._layers(i, O_PROJ, drops))  # (N, C): o
+        o = ops.linears_forward(a, self._layers(i, O_PROJ, drops))  # (N, C): o
         del a
+        outs = None
+        if cfg.sandwich_norms:  # o normalised before the residual
+            rstd_o = ops.rmsnorm_rstd(o, eps)  # (N, 1)
+            outs, o = (o, rstd_o), ops.rmsnorm_apply(o, rstd_o, self._norm(p + POST_ATTN))  # (N, C)
+        x2 = o
         x2 += x2d  # (N, C) the residual after attention, x + o
         rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
-        h = ops.rmsnorm_apply(x2, rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(x2, rstd2, self._norm(p + self._mlp_norm()))  # (N, C)
         gu = ops.linears_forward(h, self._layers(i, GATE_UP, drops))  # (N, 2F): gate | up
         del h
         if save == "all" and qk_rstd is not None:  # raw projections: the backward normalises and rotates them again
@@ -108,10 +126,15 @@ class BlockMethods:
         else:
             saved = None
         del q, k, v, lse, qkv
-        m = ops.swiglu_rows(gu)  # (N, F) silu(gate) * up
+        m = ACTIVATIONS[cfg.activation][0](gu)  # (N, F) silu(gate) * up, or gelu(gate) * up
         del gu
         out = ops.linears_forward(m, self._layers(i, DOWN, drops))  # (N, C): down
         del m
+        if cfg.sandwich_norms:  # down normalised before the residual
+            rstd_d = ops.rmsnorm_rstd(out, eps)  # (N, 1)
+            outs, out = (*outs, out, rstd_d), ops.rmsnorm_apply(out, rstd_d, self._norm(p + POST_MLP))  # (N, C)
+            if saved is not None:
+                saved.outs = outs
         out += x2  # (N, C) x2 + down
         return out.reshape(B, T, C), saved
 
@@ -121,11 +144,11 @@ class BlockMethods:
         The attention itself is not recomputed here: its backward recomputes
         the probabilities from q, k and the kept log-sum-exp anyway.
         """
-        w, p = self.weights, f"model.layers.{i}."
+        p = f"model.layers.{i}."
         B, T, C = s.x.shape
         layers = self._layers(i, QKV, drops)
         s.weights[QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
-        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, w[p + "input_layernorm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, self._norm(p + "input_layernorm.weight"))  # (N, C)
         qkv = ops.linears_forward(h, layers, s.weights[QKV])  # (N, (H + 2 KVH) D)
         del h
         if self.config.qk_norm:
@@ -135,41 +158,44 @@ class BlockMethods:
         del qkv
         layers = self._layers(i, GATE_UP, drops)
         s.weights[GATE_UP] = ops.stacked_weight(layers)
-        h = ops.rmsnorm_apply(s.x2, s.rstd2, w[p + "post_attention_layernorm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(s.x2, s.rstd2, self._norm(p + self._mlp_norm()))  # (N, C)
         s.gu = ops.linears_forward(h, layers, s.weights[GATE_UP])  # (N, 2F)
 
     def _block_backward(self, i: int, dout, s: Saved, rope, drops: dict, grads: dict) -> np.ndarray:
         """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
-        w, p = self.weights, f"model.layers.{i}."
+        cfg, p = self.config, f"model.layers.{i}."
         B, T, C = dout.shape
         rope = self._layer_rope(i, rope)
         dout = dout.reshape(B * T, C)  # (N, C)
-        # MLP branch: out = x2 + down(silu(g) * u), (g | u) = gate_up(n2(x2))
+        # MLP branch: out = x2 + pn2(down(silu(g) * u)), (g | u) = gate_up(n2(x2)); pn2 the identity but for sandwich_norms
+        dd = ops.rmsnorm_grad(dout, s.outs[2], s.outs[3], self._norm(p + POST_MLP)) if cfg.sandwich_norms else dout  # (N, C) d down
         down = self._layers(i, DOWN, drops)
-        dm = ops.linears_backward_input(dout, down)  # (N, F)
-        m, dgu = ops.swiglu_rows_backward(dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
+        dm = ops.linears_backward_input(dd, down)  # (N, F)
+        m, dgu = ACTIVATIONS[cfg.activation][1](dm, s.gu)  # (N, F) recomputed, (N, 2F) d gate | d up, over s.gu
         del dm
         s.gu = None
-        self._collect(grads, p, DOWN, ops.linears_backward_params(dout, m, down))
-        del m
+        self._collect(grads, p, DOWN, ops.linears_backward_params(dd, m, down))
+        del m, dd
         gate_up = self._layers(i, GATE_UP, drops)
         dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(GATE_UP, None))  # (N, C)
-        norm2 = w[p + "post_attention_layernorm.weight"]
+        norm2 = self._norm(p + self._mlp_norm())
         self._collect(grads, p, GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
         del dgu
         dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
         dx2 += dout  # d x2: through the norm and the residual
         del dh
-        # attention branch: x2 = x + o(attn(q, k, v)), (q | k | v) = rope(qk_norm(qkv(n1(x))))
+        # attention branch: x2 = x + pn1(o(attn(q, k, v))), (q | k | v) = rope(qk_norm(qkv(n1(x))))
         if s.qkv is not None:  # a qk_norm block kept its raw projections: normalise and rotate them again
             s.q, s.k, s.v, s.qk_rstd = self._attention_inputs(i, s.qkv, B, T, rope)
+        do = ops.rmsnorm_grad(dx2, s.outs[0], s.outs[1], self._norm(p + POST_ATTN)) if cfg.sandwich_norms else dx2  # (N, C) d o
+        s.outs = None
         o_proj = self._layers(i, O_PROJ, drops)
-        da = ops.linears_backward_input(dx2, o_proj)  # (N, H*D)
-        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse)
+        da = ops.linears_backward_input(do, o_proj)  # (N, H*D)
+        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse, window=cfg.window(i))
         del da
         s.q = s.k = s.v = None
-        self._collect(grads, p, O_PROJ, ops.linears_backward_params(dx2, self._merge_heads(att, B, T), o_proj))
-        del att
+        self._collect(grads, p, O_PROJ, ops.linears_backward_params(do, self._merge_heads(att, B, T), o_proj))
+        del att, do
         dqkv = self._merge_qkv_grads(dq, dk, dv, B, T, rope)  # (N, (H + 2 KVH) D)
         del dq, dk, dv
         if s.qkv is not None:
@@ -177,7 +203,7 @@ class BlockMethods:
             s.qkv = None
         qkv = self._layers(i, QKV, drops)
         dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(QKV, None))  # (N, C)
-        norm1 = w[p + "input_layernorm.weight"]
+        norm1 = self._norm(p + "input_layernorm.weight")
         x = s.x.reshape(B * T, C)
         self._collect(grads, p, QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
         del dqkv
@@ -195,14 +221,31 @@ class BlockMethods:
     # ------------------------------------------------------------ q, k and v
 
     def _layer_rope(self, i: int, rope):
-        """The rope tables of block i: ``rope``, or None for a layer that does not rotate (``ModelConfig.rotates``)."""
-        return rope if self.config.rotates(i) else None
+        """The rope tables of block i from ``model._rope``'s (global, local): the sliding-window layers' own when they
+        have them (``ModelConfig.window``), None for a layer that does not rotate (``ModelConfig.rotates``)."""
+        if not self.config.rotates(i):
+            return None
+        tables, local = rope
+        return local if local is not None and self.config.window(i) is not None else tables
+
+    def _norm(self, name: str) -> np.ndarray:
+        """The factor RMSNorm ``name`` multiplies by: its weight, or ``norm_offset`` + weight (Gemma), formed once."""
+        if not self.config.norm_offset:
+            return self.weights[name]
+        factor = self._norm_factors.get(name)
+        if factor is None:
+            factor = self._norm_factors[name] = self.weights[name] + self.dtype(self.config.norm_offset)
+        return factor
+
+    def _mlp_norm(self) -> str:
+        """The norm of the MLP's input: post_attention_layernorm's in the llama layout, a norm of its own with sandwich_norms."""
+        return PRE_MLP if self.config.sandwich_norms else "post_attention_layernorm.weight"
 
     def _qk_norm_weights(self, i: int) -> np.ndarray:
         """The norm weight of each q and k head of block i: (H + KVH, D), q_norm for the H query heads, k_norm for the rest."""
         cfg, p = self.config, f"model.layers.{i}.self_attn."
-        return np.concatenate([np.broadcast_to(self.weights[p + "q_norm.weight"], (cfg.num_attention_heads, cfg.head_dim)),
-                               np.broadcast_to(self.weights[p + "k_norm.weight"], (cfg.num_key_value_heads, cfg.head_dim))])
+        return np.concatenate([np.broadcast_to(self._norm(p + "q_norm.weight"), (cfg.num_attention_heads, cfg.head_dim)),
+                               np.broadcast_to(self._norm(p + "k_norm.weight"), (cfg.num_key_value_heads, cfg.head_dim))])
 
     def _attention_inputs(self, i: int, qkv, B: int, T: int, rope):
         """q | k | v projections (N, (H + 2 KVH) D) -> q, k, v as attention takes them (``_split_heads``), and, for a

@@ -59,6 +59,15 @@ class LoRAMethods:
             params[name + ".lora_b"] = lora.b
         return params
 
+    def external_lora_params(self) -> dict[str, np.ndarray]:
+        """``lora_params`` under the checkpoint's names (``weight_prefix``): as adapter files and mlx-lm name them."""
+        return {self.weight_prefix + k: v for k, v in self.lora_params().items()}
+
+    def set_external_lora_params(self, params: dict[str, np.ndarray]) -> None:
+        """``set_lora_params`` from the checkpoint's names (an adapter file's)."""
+        p = self.weight_prefix
+        self.set_lora_params({k[len(p):] if p and k.startswith(p) else k: v for k, v in params.items()})
+
     def set_lora_params(self, params: dict[str, np.ndarray]) -> None:
         """Replace every adapter array (copied, cast to the model dtype); keys and shapes must match exactly."""
         expected = self.lora_params()
@@ -88,8 +97,8 @@ class LoRAMethods:
         self.adapters = {}
 
     def fused_weights(self) -> dict[str, np.ndarray]:
-        """The dense weights with every adapter merged in: W + scale * (A B)ᵀ."""
+        """The dense weights with every adapter merged in: W + scale * (A B)ᵀ, under the checkpoint's names."""
         fused = dict(self.weights)
         for name, lora in self.adapters.items():
             fused[name + ".weight"] = self.weights[name + ".weight"] + lora.scale * (lora.a @ lora.b).T  # (out, in)
-        return fused
+        return {self.weight_prefix + k: v for k, v in fused.items()}

@@ -11,9 +11,9 @@ vocabulary; floats are float32):
   account the model decides with);
 * transient: the backward of the last block (the larger of its MLP half, d
   out, d m and m: C + 2F a row, and its attention half, 2 (H + 2 KVH) D +
-  2 H D, with q, k, v once more for a family with q/k norms; and its
-  recomputation when checkpointed) and the loss head's logits chunk, kept
-  across steps;
+  2 H D, with q, k, v once more for a family with q/k norms, and C more
+  in either half with sandwich norms; and its recomputation when
+  checkpointed) and the loss head's logits chunk, kept across steps;
 * loading: the safetensors as stored plus the expansion of one tensor at a time.
 
 Nothing here imports the model or the trainer until an estimate is asked for.
@@ -44,19 +44,22 @@ def estimate(x: EstimateInputs) -> Estimate:
     C, F, H, KVH, D, V = d["C"], d["F"], d["H"], d["KVH"], d["D"], d["V"]
     weights = weight_bytes(config)
     N, f32 = B * T, 4
+    cfg = model_config(config)
     # what NumpyLlama.saved_bytes_per_block and activation_plan decide with
-    keep, ckpt = block_bytes(C, H, KVH, D, F, N, f32)
+    keep, ckpt = block_bytes(C, H, KVH, D, F, N, f32, cfg.sandwich_norms)
     budget = activation_budget(weights, x.activation_mb, x.grad_checkpoint)
     n_ckpt = checkpointed_blocks(n_blocks, keep, ckpt, budget)
     activations = (n_blocks - n_ckpt) * keep + n_ckpt * ckpt
     # The backward of the last block, the larger of its two halves: the MLP's d out, d m and m
     # (C + 2F a row), or the attention's d q | k | v twice, d a and its output (2 (H + 2 KVH) D + 2 H D),
-    # with q, k, v rebuilt beside the raw projections a qk_norm family keeps (``block.py``); when every
-    # block is checkpointed, that block's recomputed q, k, v, gate and up; the head's logits chunk.
+    # with q, k, v rebuilt beside the raw projections a qk_norm family keeps (``block.py``), and, with
+    # sandwich norms, d of the normalised output (C) in either half; when every block is checkpointed,
+    # that block's recomputed q, k, v, gate and up; the head's logits chunk.
     qkv = (H + 2 * KVH) * D
-    attention = 2 * qkv + 2 * H * D + (qkv if qk_norm(config) else 0)
+    attention = 2 * qkv + 2 * H * D + (qkv if cfg.qk_norm else 0)
+    sandwich = C if cfg.sandwich_norms else 0
     head_rows = max(8, HEAD_CHUNK_BYTES // (V * f32) // 8 * 8)
-    transient = N * max(C + 2 * F, attention) * f32 + (keep - ckpt if n_blocks and n_ckpt == n_blocks else 0) + min(head_rows, N) * V * f32
+    transient = N * (max(C + 2 * F, attention) + sandwich) * f32 + (keep - ckpt if n_blocks and n_ckpt == n_blocks else 0) + min(head_rows, N) * V * f32
     # lora_a, lora_b, AdamW's m and v, the step's gradients (and their sum over micro-batches)
     adapters = (4 + (1 if x.grad_accumulation > 1 else 0)) * P * f32
     quantized = bool(quantized_stems(tensors))
@@ -66,11 +69,11 @@ def estimate(x: EstimateInputs) -> Estimate:
     )
 
 
-def qk_norm(config: dict) -> bool:
-    """Whether the model's family normalises q and k per head (``Family.qk_norm``, as ``ModelConfig`` reads it)."""
+def model_config(config: dict):
+    """config.json as the numpy model reads it (``models.layout.ModelConfig``: q/k norms, sandwich norms)."""
     from ...models.layout import ModelConfig
 
-    return ModelConfig.from_dict(config).qk_norm
+    return ModelConfig.from_dict(config)
 
 
 def weight_bytes(config: dict) -> int:

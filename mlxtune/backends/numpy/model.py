@@ -7,7 +7,9 @@ checks its fast kernels. So it is written to be read: one function per block, a
 shape comment on each tensor line, each op a forward/backward pair in
 ``ops``. Semantics are mlx-lm's ``models/llama.py`` (mistral is the same
 model there), ``models/qwen2.py``, ``models/qwen3.py`` (per-head q/k norms
-before rope) and ``models/smollm3.py`` (layers without rope):
+before rope), ``models/smollm3.py`` (layers without rope) and
+``models/gemma3_text.py`` (embeddings scaled by sqrt(C), norms of 1 + w
+around each half, GeGLU, sliding-window layers: ``block.py``):
 
     x = embed(tokens)
     for each block:  x = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))
@@ -53,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ModelFormatError
+from ...models import families
 from ...models.families.base import LLAMA_LINEAR_KEYS
 from ...models.layout import ModelConfig
 from ...training.objectives import CROSS_ENTROPY, Objective, TokenLogProbs
@@ -115,7 +118,12 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
         self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
-        self.attn_scale = cfg.head_dim**-0.5
+        self.local_inv_freq = cfg.rope_frequencies(local=True)[0] if cfg.local_rope_theta else None  # sliding-window layers' (D/2,)
+        self.attn_scale = cfg.attention_scale()
+        self._norm_factors: dict[str, np.ndarray] = {}  # norm_offset + w of each norm (block._norm)
+        # What the checkpoint's names had before these (a multimodal checkpoint's "language_model."): the names of
+        # ``external_lora_params`` and ``fused_weights``, the files' names, as mlx-lm's model of the checkpoint has them.
+        self.weight_prefix = ""
         # Bytes of activations a training step may keep for its backward pass
         # (see activation_plan); None keeps every block's.
         self.activation_budget: int | None = None
@@ -136,7 +144,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         B, T = inputs.shape
         offset = 0 if cache is None else cache.offset
         rope = self._rope(offset, T)
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope, kv=cache, offset=offset)
         if cache is not None:
@@ -144,7 +152,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         if last_only:
             x, T = x[:, -1:], 1
         x2 = x.reshape(B * T, -1)  # (N, C)
-        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self.weights["model.norm.weight"])  # (N, C)
+        h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self._norm("model.norm.weight"))  # (N, C)
         return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
 
     def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
@@ -155,7 +163,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
         inputs = self._check_tokens(inputs)
         rope = self._rope(0, inputs.shape[1])
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
             x, _ = self._block_forward(i, x, rope)
         return self._head(x, np.asarray(targets), scored, None)[0]
@@ -175,7 +183,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         _, n_checkpointed = self.activation_plan(B, T)
         dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
         rope = self._rope(0, T)
-        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        x = self._embed(inputs)  # (B, T, C)
         saved: list[Saved] = []
         for i in range(n_blocks):
             if i < first:  # blocks before the first adapter need no backward pass
@@ -218,7 +226,8 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         and up too (two of its four matmuls).
         """
         cfg = self.config
-        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows, np.dtype(self.dtype).itemsize)
+        return block_bytes(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size, rows,
+                           np.dtype(self.dtype).itemsize, cfg.sandwich_norms)
 
     def activation_plan(self, B: int, T: int) -> tuple[int, int]:
         """(blocks that keep their activations, blocks checkpointed) for a (B, T) batch.
@@ -247,19 +256,30 @@ class NumpyLlama(LoRAMethods, BlockMethods):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), found {inputs.min()}..{inputs.max()}")
         return inputs
 
-    def _rope(self, offset: int, T: int) -> tuple[np.ndarray, ...]:
-        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by head_dim**-0.5, then of k.
+    def _embed(self, inputs) -> np.ndarray:
+        """The embeddings of token ids (B, T) -> (B, T, C), scaled by ``embed_scale`` (Gemma: sqrt(C), as transformers and llama.cpp)."""
+        x = self.weights["model.embed_tokens.weight"][inputs]  # (B, T, C)
+        if self.config.embed_scale != 1.0:
+            x *= self.dtype(self.config.embed_scale)
+        return x
+
+    def _rope(self, offset: int, T: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
+        """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by the attention scale, then of k;
+        the model's, and the sliding-window layers' own (their base, ``local_rope_theta``) or None.
 
         Folding the attention scale into q's rotation costs nothing and
         leaves the scores as they are (the scale is a power of two for the
         usual even exponents of the head size, so even rounding is unchanged).
         """
         cfg = self.config
-        positions = (offset + np.arange(T)) * self.position_scale  # (T,)
-        cos, sin = ops.rope_tables(positions, self.inv_freq, self.dtype)  # (T, D/2)
-        q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
-        k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
-        return (*q_rot, *k_rot)
+
+        def tables(inv_freq, position_scale):
+            cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, self.dtype)  # (T, D/2)
+            q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
+            k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
+            return (*q_rot, *k_rot)
+
+        return tables(self.inv_freq, self.position_scale), None if self.local_inv_freq is None else tables(self.local_inv_freq, 1.0)
 
     def _head_weight(self) -> np.ndarray:
         return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)
@@ -283,7 +303,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         targets = targets.reshape(-1)
         rows = np.flatnonzero(np.asarray(scored).reshape(-1))  # (n,)
         logp = TokenLogProbs(rows, self.dtype)
-        head, norm, eps = self._head_weight(), self.weights["model.norm.weight"], self.config.rms_norm_eps
+        head, norm, eps = self._head_weight(), self._norm("model.norm.weight"), self.config.rms_norm_eps
         dx = np.zeros_like(x2) if dlogp is not None else None  # (N, C)
         step = self._head_rows()
         buffer = self._logits_buffer(min(step, len(rows)))
@@ -311,4 +331,8 @@ def load_model(model_dir: str | Path, dtype=np.float32) -> tuple[NumpyLlama, dic
     from ...formats.safetensors import load_weights  # numpy only
 
     config, weights = load_weights(model_dir)
-    return NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True), config
+    family = families.get(config.get("model_type"))
+    weights, prefix = family.text_weights(config, weights) if family else (weights, "")  # a multimodal checkpoint's text model
+    model = NumpyLlama(ModelConfig.from_dict(config), weights, dtype=dtype, consume=True)
+    model.weight_prefix = prefix
+    return model, config

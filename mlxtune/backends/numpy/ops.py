@@ -301,15 +301,25 @@ def _causal_mask(n: int, G: int, dtype) -> np.ndarray:
     return mask
 
 
-def _chunk_scores(q, k, offset: int, t0: int, t1: int, G: int):
-    """Causally masked scores of query positions t0..t1-1: (B, KVH, (t1-t0)*G, offset+t1)."""
+def _chunk_scores(q, k, offset: int, t0: int, t1: int, G: int, window: int | None = None):
+    """Causally masked scores of query positions t0..t1-1 -> (scores (B, KVH, (t1-t0)*G, s - first), first key).
+
+    ``window``: each position sees only itself and the window - 1 before it,
+    so the keys before ``first`` are not computed at all.
+    """
     s = offset + t1  # keys this chunk can see
-    scores = q[:, :, t0 * G : t1 * G] @ k[:, :, :s].swapaxes(-1, -2)  # (B, KVH, nG, s)
-    scores[..., offset + t0 :] += _causal_mask(t1 - t0, G, scores.dtype)  # only the diagonal block has masked keys
-    return scores
+    first = 0 if window is None else max(0, offset + t0 - window + 1)
+    scores = q[:, :, t0 * G : t1 * G] @ k[:, :, first:s].swapaxes(-1, -2)  # (B, KVH, nG, s - first)
+    if window is None:
+        scores[..., offset + t0 :] += _causal_mask(t1 - t0, G, scores.dtype)  # only the diagonal block has masked keys
+    else:
+        pos = offset + t0 + np.arange((t1 - t0) * G) // G  # (nG,) each row's position
+        dist = pos[:, None] - np.arange(first, s)[None, :]  # (nG, s - first)
+        scores += np.where((dist >= 0) & (dist < window), 0.0, -np.inf).astype(scores.dtype)
+    return scores, first
 
 
-def causal_attention(q, k, v, offset: int = 0, chunk: int | None = None):
+def causal_attention(q, k, v, offset: int = 0, chunk: int | None = None, window: int | None = None):
     """Causal grouped-query attention in the layout the model keeps: -> (o, lse).
 
     q: (B, KVH, T*G, D), already multiplied by the attention scale, the rows
@@ -319,7 +329,8 @@ def causal_attention(q, k, v, offset: int = 0, chunk: int | None = None):
     one matmul, so k and v are never repeated G times. Returns o (B, KVH,
     T*G, D) in the layout of q, and the log-sum-exp of each row's scores
     (B, KVH, T*G, 1), with which the backward recomputes the probabilities
-    in two passes.
+    in two passes. ``window``: a position attends to the last ``window``
+    positions only (itself included), as a sliding-window layer does.
     """
     B, KVH, TG, D = q.shape
     T = k.shape[2] - offset
@@ -329,19 +340,19 @@ def causal_attention(q, k, v, offset: int = 0, chunk: int | None = None):
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         rows = slice(t0 * G, t1 * G)
-        e = _chunk_scores(q, k, offset, t0, t1, G)  # (B, KVH, nG, s)
+        e, first = _chunk_scores(q, k, offset, t0, t1, G, window)  # (B, KVH, nG, s - first)
         top = e.max(axis=-1, keepdims=True)  # (B, KVH, nG, 1)
         e -= top
         np.exp(e, out=e)  # unnormalized probabilities
         total = e.sum(axis=-1, keepdims=True)  # (B, KVH, nG, 1)
-        oc = np.matmul(e, v[:, :, : offset + t1], out=o[:, :, rows])  # (B, KVH, nG, D)
+        oc = np.matmul(e, v[:, :, first : offset + t1], out=o[:, :, rows])  # (B, KVH, nG, D)
         oc /= total  # normalizing the (nG, D) output rather than the (nG, s) probabilities
         np.log(total, out=total)
         np.add(top, total, out=lse[:, :, rows])
     return o, lse
 
 
-def causal_attention_backward(do, q, k, v, lse, offset: int = 0, chunk: int | None = None):
+def causal_attention_backward(do, q, k, v, lse, offset: int = 0, chunk: int | None = None, window: int | None = None):
     """-> (dq, dk, dv, o) for ``causal_attention`` (dq w.r.t. the scaled q); probabilities recomputed chunk by chunk.
 
     P = exp(scores - lse). o, the forward output, comes along because it is
@@ -358,18 +369,19 @@ def causal_attention_backward(do, q, k, v, lse, offset: int = 0, chunk: int | No
     o = np.empty(q.shape, dtype=q.dtype)
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        s, rows = offset + t1, slice(t0 * G, t1 * G)
-        p = _chunk_scores(q, k, offset, t0, t1, G)  # (B, KVH, nG, s)
+        rows = slice(t0 * G, t1 * G)
+        p, first = _chunk_scores(q, k, offset, t0, t1, G, window)  # (B, KVH, nG, s - first)
+        keys = slice(first, offset + t1)
         p -= lse[:, :, rows]
         np.exp(p, out=p)  # probabilities
-        oc = np.matmul(p, v[:, :, :s], out=o[:, :, rows])  # (B, KVH, nG, D)
+        oc = np.matmul(p, v[:, :, keys], out=o[:, :, rows])  # (B, KVH, nG, D)
         doc = do[:, :, rows]  # (B, KVH, nG, D)
-        dv[:, :, :s] += p.swapaxes(-1, -2) @ doc  # (B, KVH, s, D)
-        dp = doc @ v[:, :, :s].swapaxes(-1, -2)  # (B, KVH, nG, s)
+        dv[:, :, keys] += p.swapaxes(-1, -2) @ doc  # (B, KVH, s - first, D)
+        dp = doc @ v[:, :, keys].swapaxes(-1, -2)  # (B, KVH, nG, s - first)
         dp -= np.sum(doc * oc, axis=-1, keepdims=True)  # dP - rowsum(dO O)
         dp *= p  # d scores; 0 where masked
-        np.matmul(dp, k[:, :, :s], out=dq[:, :, rows])  # (B, KVH, nG, D)
-        dk[:, :, :s] += dp.swapaxes(-1, -2) @ q[:, :, rows]  # (B, KVH, s, D)
+        np.matmul(dp, k[:, :, keys], out=dq[:, :, rows])  # (B, KVH, nG, D)
+        dk[:, :, keys] += dp.swapaxes(-1, -2) @ q[:, :, rows]  # (B, KVH, s - first, D)
     return dq, dk, dv, o
 
 

@@ -186,10 +186,10 @@ class NumpyTrainer:
         return self.model.token_log_probs(batch.inputs, batch.targets, scored).dense(np.shape(scored))
 
     def adapter_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.astype(np.float32) for k, v in self.model.lora_params().items()}
+        return {k: v.astype(np.float32) for k, v in self.model.external_lora_params().items()}
 
     def set_adapter_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self.model.set_lora_params({k: np.asarray(v, dtype=self.model.dtype) for k, v in weights.items()})
+        self.model.set_external_lora_params({k: np.asarray(v, dtype=self.model.dtype) for k, v in weights.items()})
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         return self.optimizer.state()
@@ -223,7 +223,7 @@ def load_adapters(model, adapter_dir: Path) -> RunConfig:
         raise AdapterError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}: the run may not have saved yet")
     weights, _ = npio.read_safetensors(path)
     try:
-        model.set_lora_params({k: v.astype(model.dtype) for k, v in weights.items()})
+        model.set_external_lora_params({k: v.astype(model.dtype) for k, v in weights.items()})
     except AdapterError as e:
         raise AdapterError(f"adapter {path} does not fit this model ({e}): was it trained on a different base model?") from None
     return config

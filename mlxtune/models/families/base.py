@@ -78,6 +78,16 @@ class Family:
     rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it
     qk_norm: bool = False  # q and k are RMS-normalised per head (self_attn.q_norm / k_norm, head_dim wide) before rope
     nope_layers: bool = False  # config.json's no_rope_layers / no_rope_layer_interval name layers that do not rotate
+    norm_offset: float = 0.0  # every RMSNorm multiplies by (norm_offset + weight): Gemma stores its weights as w - 1
+    embed_scale: bool = False  # the embeddings are multiplied by sqrt(hidden_size)
+    sandwich_norms: bool = False  # norms after attention and the MLP too: post_attention_layernorm normalises
+    # attention's output, pre_feedforward_layernorm the MLP's input and post_feedforward_layernorm its output
+    activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, tanh approximation)
+    query_scale_field: str | None = None  # attention scores are scaled by config.json's this ** -0.5 (None: head_dim ** -0.5)
+    sliding_window: bool = False  # config.json's sliding_window, and its sliding_window_pattern / layer_types placing it
+    text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config ...
+    text_prefix: str = ""  # ... and the text model's weights under this prefix ...
+    other_towers: tuple[str, ...] = ()  # ... beside these (the vision tower), which a text fine-tune leaves out
     # --- GGUF (llama.cpp)
     gguf_arch: str | None = None  # general.architecture it is exported as (None: no GGUF export)
     gguf_import: bool = False  # a GGUF file of gguf_arch is imported as this family
@@ -87,6 +97,10 @@ class Family:
     gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
     gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
     gguf_nope_interval: int | None = None  # llama.cpp's fixed period of layers without rope (every Nth), not stored in the file
+    # llama.cpp's reading of a sliding-window family's file: the period of full-attention layers when the file has no
+    # attention.sliding_window_pattern, and the sliding-window layers' rope base when it has no rope.freq_base_swa
+    gguf_swa_pattern: int | None = None
+    gguf_swa_base: float | None = None
     # --- config.json normalisation (model_config.normalize_config)
     local_rope_base_field: str | None = None  # field mlx-lm reads the sliding-window layers' rope_theta from
     layer_pattern_field: str | None = None  # field mlx-lm reads the period of full-attention layers from
@@ -131,6 +145,59 @@ class Family:
                 "take config.json again from the model's source"
             )
         return tuple(bool(f) for f in flags)
+
+    def sliding_layers(self, config: dict) -> tuple[bool, ...] | None:
+        """Whether each layer attends within a sliding window, as mlx-lm reads config.json; None: no layer does.
+
+        Gemma 3 (mlx-lm's ``models/gemma3_text.py``): every
+        ``sliding_window_pattern``-th layer (default 6) attends to every
+        position, the others to the last ``sliding_window`` ones;
+        ``normalize_config`` derives the period from transformers 5's
+        ``layer_types``. A period of 1 makes every layer global.
+        """
+        if not self.sliding_window:
+            return None
+        period = int(config.get(self.layer_pattern_field or "", None) or 6)
+        if period < 1:
+            raise ModelFormatError(f"config.json: {self.layer_pattern_field} is {period}; it must be a positive period of full-attention layers")
+        return tuple((i + 1) % period != 0 for i in range(int(config["num_hidden_layers"])))
+
+    def text_part(self, config: dict) -> dict:
+        """The text model's config of a multimodal one (its ``text_config``, the vocabulary as mlx-lm reads it); else ``config``."""
+        if not self.text_config or not isinstance(config.get("text_config"), dict):
+            return config
+        text = dict(config["text_config"])
+        text["model_type"] = self.model_types[0]
+        text["vocab_size"] = config.get("vocab_size", text.get("vocab_size", 262208))
+        text.setdefault("num_attention_heads", 8)  # mlx-lm's defaults for a text_config without them
+        text.setdefault("num_key_value_heads", 4)
+        return text
+
+    def text_weights(self, config: dict, weights: dict) -> tuple[dict, str]:
+        """(the text model's weights under their text-model names, the prefix they had) of a multimodal checkpoint; else (weights, "").
+
+        The other towers' weights (Gemma 3's vision tower and projector) are
+        dropped, as mlx-lm's ``sanitize`` drops them.
+        """
+        if not self.text_config or not isinstance(config.get("text_config"), dict):
+            return weights, ""
+        p, out = self.text_prefix, {}
+        for k, v in weights.items():
+            if k.startswith(p):
+                out[k[len(p):]] = v
+            elif not k.startswith(self.other_towers):
+                out[k] = v  # not the text model's: the weights check names it
+        return out, p
+
+    def gguf_query_pre_attn_scalar(self, hidden: int, heads: int, head_dim: int, n_layers: int) -> int | None:
+        """The ``query_scale_field`` llama.cpp's graph computes with (it reads none from the file); None: head_dim's rule.
+
+        llama.cpp's gemma3 (``src/models/gemma3.cpp``, after gemma_pytorch):
+        head_dim, except for the 62-layer 27B model, hidden_size / heads.
+        """
+        if not self.query_scale_field:
+            return None
+        return hidden // heads if n_layers == 62 else head_dim  # an int, as transformers' config requires
 
     def gguf_rope_layers(self, n_layers: int) -> tuple[bool, ...] | None:
         """The layers llama.cpp's graph of ``gguf_arch`` rotates (None: every layer): what a GGUF file implies."""

@@ -135,12 +135,12 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
     if name is not None and (not name.strip() or "/" in name or os.sep in name or name.startswith(".")):
         raise UsageError(f"--name must be a plain name (no '/', not starting with '.'), not {name!r}")
     into_dir = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
-    if thinking is None:
+    chosen = TARGETS[fmt]
+    if thinking is None and chosen.exports != "adapter":  # an adapter alone carries no chat template
         from ..training.run_schema import RunConfig
 
         thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
-    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking)
-    chosen = TARGETS[fmt]
+    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, bool(thinking))
     if chosen.exports == "adapter":
         if adapter is None:
             raise UsageError(f"--format {fmt} exports an adapter: pass --adapter RUN")

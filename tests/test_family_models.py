@@ -179,27 +179,27 @@ def test_the_family_is_what_numpy_computes(family):
         assert (cfg.sliding_window, cfg.sliding_layers, cfg.local_rope_theta, cfg.attention_scale()) == (8, (True, True, False, True), 1000.0, 16**-0.5)
 
 
-def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
-    """SmolLM3 with its own no_rope_layers (not every 4th): transformers and both backends agree; GGUF export refuses it."""
-    src = save_family(tmp_path / "hf", "smollm3", no_rope_layers=[0, 1, 0, 1])
+def computed_alike_but_not_exported(src: Path, tmp_path: Path, refusal: str) -> None:
+    """Both backends compute ``src`` as transformers does, and GGUF export refuses it with ``refusal`` (llama.cpp would not)."""
     reference = transformers_loss(src)
     assert rel(numpy_loss(load_model(src)[0]), reference) <= LOSS_REL
     if HAVE_MLX:
         assert rel(mlx_loss(src), reference) <= LOSS_REL
-    with pytest.raises(UnsupportedModelError, match=r"no rope in layers 0, 2, but llama\.cpp's smollm3 model has none in layers 3"):
+    with pytest.raises(UnsupportedModelError, match=refusal):
         export_gguf(src, tmp_path / "x.gguf", "f32")
+
+
+def test_the_layers_without_rope_are_the_ones_config_json_names(tmp_path):
+    """SmolLM3 with its own no_rope_layers (not every 4th): transformers and both backends agree; GGUF export refuses it."""
+    src = save_family(tmp_path / "hf", "smollm3", no_rope_layers=[0, 1, 0, 1])
+    computed_alike_but_not_exported(src, tmp_path, r"no rope in layers 0, 2, but llama\.cpp's smollm3 model has none in layers 3")
 
 
 def test_gemma3_attention_scale_is_query_pre_attn_scalar(tmp_path):
     """Gemma 3 with query_pre_attn_scalar 24, not head_dim 16: transformers and both backends agree; GGUF export refuses it
     (llama.cpp scales by head_dim whatever the file says)."""
     src = save_family(tmp_path / "hf", "gemma3", query_pre_attn_scalar=24)
-    reference = transformers_loss(src)
-    assert rel(numpy_loss(load_model(src)[0]), reference) <= LOSS_REL
-    if HAVE_MLX:
-        assert rel(mlx_loss(src), reference) <= LOSS_REL
-    with pytest.raises(UnsupportedModelError, match=r"query_pre_attn_scalar = 24, but llama\.cpp's gemma3 model uses 16"):
-        export_gguf(src, tmp_path / "x.gguf", "f32")
+    computed_alike_but_not_exported(src, tmp_path, r"query_pre_attn_scalar = 24, but llama\.cpp's gemma3 model uses 16")
 
 
 def save_multimodal(src: Path) -> Path:

@@ -72,12 +72,13 @@ def test_backend_choice():
     from mlxtune.backends import choose_backend
     from mlxtune.errors import UsageError
 
-    # a Mac's GPU: mlx; a CPU: numpy for the llama family (faster there), mlx for the rest
+    # a Mac's GPU: mlx; a CPU: numpy for the families it implements (faster there), mlx for the rest
     assert choose_backend("auto", mlx_ok=True, device="gpu", model_type="llama") == "mlx"
     assert choose_backend(None, mlx_ok=True, device="gpu", model_type="gemma3") == "mlx"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama") == "numpy"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="qwen2") == "numpy"
-    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="gemma3") == "mlx"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="gemma3") == "numpy"  # since issue 15
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="phi3") == "mlx"
     assert choose_backend("auto", mlx_ok=False, device=None, model_type="llama") == "numpy"
     assert choose_backend("mlx", mlx_ok=True, device="cpu", model_type="llama") == "mlx"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama", mlx_only="DoRA") == "mlx"

@@ -227,4 +227,5 @@ class GracefulStop:
         import signal
 
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) == self._handle:  # a handler set meanwhile (distributed's, on a lost process) stays
+                signal.signal(sig, handler)

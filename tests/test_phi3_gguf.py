@@ -219,3 +219,48 @@ def test_modelfile_of_a_phi3_export_has_phi3s_template_and_stops(chat, tmp_path)
     assert "# TEMPLATE: the model's Phi-3 chat template" in text and "<|{{ .Role }}|>" in template and "<|end|>" in template
     assert [x for x in text.splitlines() if x.startswith("PARAMETER")] == ['PARAMETER stop "<|endoftext|>"', 'PARAMETER stop "<|end|>"']
     assert read_header(r.path)[0]["general.architecture"] == "phi3"
+
+
+# ------------------------------------------------------------------ Phi-4-mini's tokenizer: byte-level BPE behind GPT-4o's split
+
+TEXTS = ["Hello World, it's THE Fox's 12345 dollars! Don't", "HelloWorld's DON'T", "CamelCaseWords and UPPERlower\nnew line  two spaces", "caf\u00e9 na\u00efve 3.14159 /path/to/x"]
+
+
+def gpt4o_tokenizer(out_dir: Path) -> int:
+    """tiny.py's tokenizer files with the vocabulary trained behind GPT-4o's split, as Phi-4-mini's tokenizer.json has it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from mlxtune.formats.gguf_tokenizer import GPT4O_SPLIT
+
+    make_tokenizer(out_dir)  # tokenizer_config.json and special_tokens_map.json
+    tok = Tokenizer(models.BPE())
+    split = pre_tokenizers.Split(Regex(GPT4O_SPLIT), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXTS * 20 + ["Don't", "World's", "DON'T"] * 50, trainer=trainer)  # merges across Llama 3's and GPT-2's splits
+    tok.save(str(out_dir / "tokenizer.json"))
+    return tok.get_vocab_size()
+
+
+@pytest.mark.llama_cpp
+def test_phi4_mini_style_tokenizer_exports_as_gpt_4o_and_comes_back(tmp_path):
+    """llama.cpp names Phi-4-mini's pre-tokenizer gpt-4o: the export says so (derived from the split), llama.cpp then
+    tokenizes as tokenizer.json does, and the import rebuilds the same split."""
+    from tokenizers import Tokenizer
+
+    llama_cpp = llamacpp.need_llama_cpp()
+    src = tmp_path / "hf"
+    save_phi3(src, ROPES["partial rotary"], vocab=gpt4o_tokenizer(src))
+    r = export_gguf(src, tmp_path / "m.gguf", "f32")
+    assert read_header(r.path)[0]["tokenizer.ggml.pre"] == "gpt-4o"
+    assert not [n for n in r.notes if "differently" in n], r.notes
+    original = Tokenizer.from_file(str(src / "tokenizer.json"))
+    llm = llama_cpp.Llama(model_path=str(r.path), vocab_only=True, verbose=False)
+    rebuilt = Tokenizer.from_str(read_gguf(r.path, dense=True).tokenizer_files["tokenizer.json"])
+    for text in TEXTS:
+        ids = original.encode(text, add_special_tokens=False).ids
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text
+        assert rebuilt.encode(text, add_special_tokens=False).ids == ids, text
+    llm.close()

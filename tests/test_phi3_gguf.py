@@ -264,3 +264,23 @@ def test_phi4_mini_style_tokenizer_exports_as_gpt_4o_and_comes_back(tmp_path):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text
         assert rebuilt.encode(text, add_special_tokens=False).ids == ids, text
     llm.close()
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+def test_a_quantized_export_imports_as_mlx_quantized_weights(phi3, outtype, tmp_path):
+    """Q8_0 and Q4_0 blocks of the fused attn_qkv and ffn_up come back as MLX quantized layers, computing the file's model."""
+    if not HAVE_MLX:
+        pytest.skip("mlx is not installed")
+    name, _, reference, converted = phi3
+    export_gguf(converted, tmp_path / "m.gguf", outtype)
+    back = convert(str(tmp_path / "m.gguf"), tmp_path / "back").path
+    assert json.loads((back / "config.json").read_text())["quantization"]["bits"] == {"q8_0": 8, "q4_0": 4}[outtype]
+    dense = read_gguf(tmp_path / "m.gguf", dense=True).weights  # the same blocks expanded by gguf-py
+    from mlxtune.formats import safetensors as npio
+
+    expanded = npio.load_weights(back)[1]
+    for key in ("model.layers.1.self_attn.qkv_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"):
+        assert np.array_equal(expanded[key], dense[key]), key
+    loss = mlx_loss(back)
+    print(f"\n[phi3 {name} {outtype}] imported on mlx {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
+    assert rel(loss, reference) <= OUTTYPES[outtype]

@@ -2,8 +2,8 @@
 
 The file is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same
 model (``LlamaModel`` for llama, mistral and SmolLM; ``Qwen2Model`` for qwen2,
-``Qwen3Model`` for qwen3, ``SmolLM3Model`` for smollm3; each family's names
-and rules are its ``Family`` record): the same tensor names, the rotary q/k rows of llama permuted the way it
+``Qwen3Model`` for qwen3, ``SmolLM3Model`` for smollm3, ``Gemma3Model`` for gemma3,
+``Phi3MiniModel`` for phi3; each family's names and rules are its ``Family`` record): the same tensor names, the rotary q/k rows of llama permuted the way it
 permutes them (``gguf_import`` undoes exactly this), norms and other 1-D
 tensors in F32, the same metadata keys and types, and the tokenizer as its
 ``get_vocab_base`` and ``gguf.SpecialVocab`` describe it. Weights are read with

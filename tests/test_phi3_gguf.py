@@ -177,6 +177,11 @@ def test_gguf_written_by_llama_cpps_converter_imports_and_trains(phi3, tmp_path)
     g = read_gguf(tmp_path / "m.gguf", dense=True)
     assert g.config["partial_rotary_factor"] == ROPES[name].get("partial_rotary_factor", 1.0)
     assert scaled_diff(transformers_logits(tmp_path / "back"), transformers_logits(hf)) <= TINY_LOGITS
+    # exported again by mlxtune: the converter's hyperparameters (mlxtune adds vocab_size) and tensors
+    ours = export_gguf(tmp_path / "back", tmp_path / "again.gguf", "f32").path
+    (theirs_md, theirs), (ours_md, ours) = read_header(tmp_path / "m.gguf"), read_header(ours)
+    assert {k: v for k, v in ours_md.items() if k.startswith("phi3.") and k != "phi3.vocab_size"} == {k: v for k, v in theirs_md.items() if k.startswith("phi3.")}
+    assert sorted((t.name, t.shape, t.type) for t in ours) == sorted((t.name, t.shape, t.type) for t in theirs)
     if not HAVE_MLX:
         return
     loss = mlx_loss(tmp_path / "back")

@@ -22,7 +22,7 @@ import pytest
 
 import llamacpp
 from conftest import HAVE_MLX
-from test_family_models import HAVE_TORCH, OUTTYPES, SHAPE, TOKENS, mlx_loss, rel, run, transformers_loss
+from test_family_models import HAVE_TORCH, NOTES, OUTTYPES, SHAPE, TOKENS, mlx_loss, rel, run, transformers_loss
 from tiny import make_chat_model, make_tokenizer
 from tolerances import TINY_LOGITS, scaled_diff
 
@@ -121,6 +121,25 @@ def test_llama_cpp_loads_each_export_with_the_transformers_loss(phi3, outtype, t
     loss = llama_cpp_loss(r.path)
     print(f"\n[phi3 {name} {outtype}] llama.cpp {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
     assert rel(loss, reference) <= OUTTYPES[outtype]
+
+
+@pytest.mark.llama_cpp
+def test_a_lora_run_exports_to_gguf_and_llama_cpp_computes_the_fused_model(phi3, tmp_path):
+    """``export -f gguf --adapter RUN`` of a phi3 run (fused on mlx, the one backend that computes phi3 here): llama.cpp's loss is
+    the fused model's."""
+    if not HAVE_MLX:
+        pytest.skip("mlx is not installed")
+    llamacpp.need_llama_cpp()
+    name, _, reference, converted = phi3
+    run_dir = tmp_path / "run"
+    run("lora", "--data", NOTES, "--model", converted, "--iters", 3, "--lr", "5e-2", "--backend", "mlx", "-o", run_dir, "--no-report")
+    run("export", "-f", "gguf", "--adapter", run_dir, "-o", tmp_path / "tuned.gguf", "--outtype", "f32")
+    run("fuse", "--adapter", run_dir, "-o", tmp_path / "fused", "--backend", "mlx", "--dtype", "float32")
+    fused = mlx_loss(tmp_path / "fused")
+    assert rel(fused, reference) > 20 * LOSS_REL  # the adapter does something
+    loss = llama_cpp_loss(tmp_path / "tuned.gguf")
+    print(f"\n[phi3 {name} tuned] llama.cpp {loss:.7f} vs the fused model on mlx {fused:.7f}: {rel(loss, fused):.1e}")
+    assert rel(loss, fused) <= LOSS_REL
 
 
 def test_a_longrope_config_whose_factors_do_not_cover_the_rotated_dims_is_refused(tmp_path):

@@ -245,6 +245,43 @@ def test_modelfile_of_a_phi3_export_has_phi3s_template_and_stops(chat, tmp_path)
     assert read_header(r.path)[0]["general.architecture"] == "phi3"
 
 
+# ------------------------------------------------------------------ Phi-3.5's tokenizer: SentencePiece, its chat tokens added after it
+
+PHI35_TEXTS = ["Hello world <|end|>", "<|user|>\nWhat is the capital of France?<|end|>\n<|assistant|>", "Caf\u00e9 \U0001f600 123 numbers"]
+
+
+@pytest.mark.llama_cpp
+def test_phi35_style_tokenizer_exports_as_llama_cpps_converter_writes_it(tmp_path):
+    """tokenizer.model with Phi-3.5's chat tokens added after it (tokenizer.json, LlamaTokenizer): mlxtune's export has the
+    converter's vocabulary, token types and special ids, and llama.cpp tokenizes both files alike."""
+    import transformers
+    from gguf_fixtures import tiny_spm_model
+
+    llama_cpp = llamacpp.need_llama_cpp()
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "tokenizer.model").write_bytes(tiny_spm_model())
+    (src / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": False}))
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>"]})
+    tok.eos_token = "<|endoftext|>"
+    tok.save_pretrained(src)  # tokenizer.json and tokenizer_config.json beside tokenizer.model, as Phi-3.5 ships them
+    save_phi3(src, ROPES["partial rotary"], vocab=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id, pad_token_id=None)
+    theirs = llamacpp.convert_hf(src, tmp_path / "theirs.gguf", "f32")
+    ours = export_gguf(src, tmp_path / "ours.gguf", "f32").path
+    a, b = read_header(theirs)[0], read_header(ours)[0]
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"):
+        assert b.get(key) == a.get(key), key
+    assert b["tokenizer.ggml.add_bos_token"] is False  # as tokenizer_config.json says (the converter leaves llama.cpp's default)
+    pieces = {}
+    for name, path in (("theirs", theirs), ("ours", ours)):
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        pieces[name] = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in PHI35_TEXTS]
+        llm.close()
+    assert pieces["ours"] == pieces["theirs"]
+
+
 # ------------------------------------------------------------------ Phi-4-mini's tokenizer: byte-level BPE behind GPT-4o's split
 
 TEXTS = ["Hello World, it's THE Fox's 12345 dollars! Don't", "HelloWorld's DON'T", "CamelCaseWords and UPPERlower\nnew line  two spaces", "caf\u00e9 na\u00efve 3.14159 /path/to/x"]

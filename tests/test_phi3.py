@@ -182,3 +182,27 @@ def test_gguf_export_refuses_it_naming_what_works(phi3, tmp_path):
     _, _, _, _, converted = phi3
     out = run("export", "-f", "gguf", "--model", converted, "-o", tmp_path / "x.gguf", ok=False)
     assert "'phi3'" in out and "export -f hf" in out and not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "qkv_proj"])
+def test_the_memory_plan_counts_the_fused_layers(phi3, targets):
+    """The plan's adapters are the numpy model's own (lora_a, lora_b, AdamW's moments, gradients: 4P floats) on both
+    backends, and its weights the numpy model's, from the fused shapes; ``plan --target-modules qkv_proj`` plans."""
+    from mlxtune.backends.numpy.model import load_model
+    from mlxtune.training.memory import estimate, linear_keys, read_model
+    from mlxtune.training.targets import resolve
+
+    name, _, _, _, converted = phi3
+    if name != "longrope short":
+        pytest.skip("one rope setting is enough: the plan reads shapes only")
+    config, tensors = read_model(converted)
+    keys = resolve([targets], linear_keys(config))
+    model = load_model(converted)[0]
+    model.add_lora(-1, keys, 8, 2.0, np.random.default_rng(0))
+    P = sum(v.size for v in model.lora_params().values())
+    for backend in ["numpy"] + (["mlx"] if HAVE_MLX else []):
+        e = estimate(config, backend, tensors=tensors, rank=8, keys=keys, batch_size=2, seq_len=64)
+        assert e.adapters == 4 * P * 4, backend
+    assert estimate(config, "numpy", tensors=tensors).weights == sum(w.nbytes for w in model.weights.values())
+    out = run("plan", "--backend", "numpy", "-m", converted, "--target-modules", targets, "--max-seq-len", 64, "--json")
+    assert json.loads(out)["verdict"] in ("fits", "unknown")

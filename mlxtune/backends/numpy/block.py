@@ -21,6 +21,12 @@ GeGLU (``ModelConfig.activation``); every norm multiplies by
     x2  = x + pn1(o(attn(...)))
     out = x2 + pn2(down(gelu(gate(n2(x2))) * up(n2(x2))))
 
+q | k | v and gate | up are each one matmul (``weights.block_groups``): three
+and two layers stacked, or a fused family's (Phi-3) one layer each, whose
+single adapter sees the whole output; either way the forward splits the
+output and the backward forms d(q | k | v) and d(gate | up) as one array. Rope
+turns the first ``ModelConfig.rope_dims()`` dims of each head (partial rotary).
+
 What a block keeps for its backward is ``Saved``: x, x2, two norm scales, the
 attention's log-sum-exp and, unless checkpointed, what its matmuls produced.
 For the llama layout that is rotated q, k, v and gate | up; a ``qk_norm``

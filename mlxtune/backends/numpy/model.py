@@ -9,7 +9,10 @@ shape comment on each tensor line, each op a forward/backward pair in
 model there), ``models/qwen2.py``, ``models/qwen3.py`` (per-head q/k norms
 before rope), ``models/smollm3.py`` (layers without rope) and
 ``models/gemma3_text.py`` (embeddings scaled by sqrt(C), norms of 1 + w
-around each half, GeGLU, sliding-window layers: ``block.py``):
+around each half, GeGLU, sliding-window layers: ``block.py``) and
+``models/phi3.py`` (q | k | v and gate | up as one layer each, rope on part
+of each head, LongRoPE's factors chosen by the sequence's length as
+transformers chooses them: ``_rope``):
 
     x = embed(tokens)
     for each block:  x = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))

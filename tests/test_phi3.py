@@ -206,3 +206,20 @@ def test_the_memory_plan_counts_the_fused_layers(phi3, targets):
     assert estimate(config, "numpy", tensors=tensors).weights == sum(w.nbytes for w in model.weights.values())
     out = run("plan", "--backend", "numpy", "-m", converted, "--target-modules", targets, "--max-seq-len", 64, "--json")
     assert json.loads(out)["verdict"] in ("fits", "unknown")
+
+
+def test_a_longrope_config_without_what_it_needs_is_refused_naming_it():
+    """Missing factors, factors of the wrong length, rotated dims that are not even: one typed error naming the field."""
+    from mlxtune.errors import ModelFormatError
+    from mlxtune.models.layout import ModelConfig
+    from tiny import tiny_config
+
+    scaling = {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}
+    phi3 = tiny_config(40, model_type="phi3", original_max_position_embeddings=16)
+    assert ModelConfig.from_dict({**phi3, "rope_scaling": scaling}).longrope.original_max == 16
+    with pytest.raises(ModelFormatError, match="lacks long_factor"):
+        ModelConfig.from_dict({**phi3, "rope_scaling": {k: v for k, v in scaling.items() if k != "long_factor"}})
+    with pytest.raises(ModelFormatError, match="must have 6 entries each"):
+        ModelConfig.from_dict({**phi3, "partial_rotary_factor": 0.75, "rope_scaling": scaling})
+    with pytest.raises(ModelFormatError, match="partial_rotary_factor 0.2 gives 3 rotated dims of a head of 16"):  # int(16 * 0.2)
+        ModelConfig.from_dict({**phi3, "partial_rotary_factor": 0.2})

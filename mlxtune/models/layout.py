@@ -7,15 +7,18 @@ and a head (tied or not). What differs between the families is how
 config.json is read (biases, head_dim, the default rotary base), per-head q/k
 norms before rope (``qk_norm``: two more weights of head_dim a block) and
 layers without rope (``rope_layers``): ``Family`` in ``models/families`` says
-it, ``ModelConfig.from_dict`` applies it. The numpy model computes with this,
+it, ``ModelConfig.from_dict`` applies it. Phi-3 has the same tensors with
+q | k | v and gate | up fused into one layer each (``fused_projections``:
+``qkv_proj``, ``gate_up_proj``), rotates the first part of each head only
+(``rotary_dims``) and may scale its rotary with LongRoPE (``LongRoPE``, as
+transformers computes it). The numpy model computes with this,
 GGUF export writes it, the memory plan counts it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 

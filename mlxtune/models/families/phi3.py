@@ -6,7 +6,9 @@ gate, then up; SwiGLU: up * silu(gate)); each fused layer is one LoRA target,
 as in mlx-lm and peft. head_dim is hidden_size / heads whatever config.json
 says (mlx-lm's rule), and there are no biases. Rope turns the first
 int(head_dim * partial_rotary_factor) dims of each head (Phi-4-mini: 0.75)
-and passes the rest through.
+and passes the rest through. config.json's sliding_window (262144 in
+Phi-3.5-mini and Phi-4-mini, beyond their context) is not read, as mlx-lm
+does not read it.
 
 Rope scaling: none, "linear", or LongRoPE ("longrope", transformers 4's "su"):
 inverse frequencies 1 / (factor_i * theta^(2i/dims)) with factor = long_factor

@@ -59,6 +59,8 @@ QK_NORM_GGUF_BLOCK = (
 )
 # The rope scaling types the numpy model computes (mlx-lm's rope_utils.initialize_rope for these).
 NUMPY_ROPE_TYPES = ("default", "linear", "llama3")
+# The linear layers of a block whose q, k and v are one projection and gate and up another (Phi-3), sorted as LLAMA_LINEAR_KEYS.
+FUSED_LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class Family:
     qkv_bias: bool | None = None  # fixed biases on q, k, v (and none on o_proj and the MLP); None: config.json's attention_bias / mlp_bias
     head_dim_from_config: bool = True  # False: head_dim is always hidden_size // heads, whatever config.json says
     default_rope_theta: float = 10000.0  # rope_theta when config.json has none
-    rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it
+    rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it; with "longrope", the mlx
+    # backend's too computes LongRoPE as transformers does (backends/mlx/longrope.py)
     qk_norm: bool = False  # q and k are RMS-normalised per head (self_attn.q_norm / k_norm, head_dim wide) before rope
     nope_layers: bool = False  # config.json's no_rope_layers / no_rope_layer_interval name layers that do not rotate
     norm_offset: float = 0.0  # every RMSNorm multiplies by (norm_offset + weight): Gemma stores its weights as w - 1
@@ -83,6 +86,8 @@ class Family:
     sandwich_norms: bool = False  # norms after attention and the MLP too: post_attention_layernorm normalises
     # attention's output, pre_feedforward_layernorm the MLP's input and post_feedforward_layernorm its output
     activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, tanh approximation)
+    fused_projections: bool = False  # q | k | v is one linear layer (self_attn.qkv_proj) and gate | up another (mlp.gate_up_proj)
+    partial_rotary: bool = False  # config.json's partial_rotary_factor: rope turns the first int(head_dim * factor) dims of each head
     query_scale_field: str | None = None  # attention scores are scaled by config.json's this ** -0.5 (None: head_dim ** -0.5)
     sliding_window: bool = False  # config.json's sliding_window, and its sliding_window_pattern / layer_types placing it
     text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config ...

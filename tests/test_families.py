@@ -19,7 +19,7 @@ def test_each_family_file_defines_its_family():
 
 def test_the_tables_the_readers_had_before():
     """What numpy_model, backends, export_gguf, gguf_import, export_hf and model_config each kept in a table of their own."""
-    assert families.numpy_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert families.numpy_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"]
     assert families.gguf_export_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"]
     assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {
         "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "mistral": "llama", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3",
@@ -55,10 +55,11 @@ def test_family_for_names_the_known_ones():
 def test_numpy_families_have_the_layout_the_numpy_model_computes():
     """A family the numpy backend claims must have the llama layout it computes, and GGUF names for each of its tensors."""
     from mlxtune.backends.numpy.model import LINEAR_KEYS
+    from mlxtune.models.families.base import FUSED_LINEAR_KEYS
 
     for family in families.FAMILIES:
-        if family.numpy:
-            assert family.linear_keys == LINEAR_KEYS and family.rope_types
+        if family.numpy:  # the llama layout's block, or its fused one (Phi-3's qkv_proj and gate_up_proj)
+            assert family.linear_keys == (FUSED_LINEAR_KEYS if family.fused_projections else LINEAR_KEYS) and family.rope_types
         if family.gguf_arch:
             assert set(family.linear_keys) <= {hf for _, hf in family.gguf_block} and family.gguf_global and family.gguf_rope_types
     assert all(f.gguf_arch for f in map(families.for_gguf_arch, families.gguf_import_archs()))

@@ -14,7 +14,7 @@ import pytest
 from mlxtune.formats import safetensors as npio
 from mlxtune.backends.numpy import model as numpy_model
 from mlxtune.backends.numpy import ops
-from mlxtune.backends.numpy.model import LINEAR_KEYS, ModelConfig, NumpyLlama, load_model
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama, load_model
 from mlxtune.errors import AdapterError, ConfigError, ModelFormatError, UnsupportedModelError
 from mlxtune.models.layout import expected_shapes
 import numpy_ops_ref as ref
@@ -275,6 +275,9 @@ VARIANTS = {
     "smollm3-nope": {"model_type": "smollm3", "no_rope_layers": [0, 1]},  # the first block without rope
     # (1 + w) norms around each half, GeGLU, scores scaled by 6 ** -0.5, the first block within 3 positions with its own rope base
     "gemma3-sandwich": {"model_type": "gemma3_text", "query_pre_attn_scalar": 6, "sliding_window": 3, "sliding_window_pattern": 2, "rope_local_base_freq": 100.0},
+    # fused qkv_proj and gate_up_proj, rope on half of each head (2 of 4 dims), LongRoPE's long factor (6 positions > 4) and its scale
+    "phi3-fused-longrope": {"model_type": "phi3", "partial_rotary_factor": 0.5, "original_max_position_embeddings": 4,
+                            "rope_scaling": {"type": "longrope", "short_factor": [1.5], "long_factor": [3.0]}},
 }
 
 
@@ -300,7 +303,7 @@ def small_model(variant="tied-gqa", dtype=np.float64, vocab=40, dropout=0.0, see
     cfg = ModelConfig.from_dict(tiny_config(vocab, **{**SMALL, **VARIANTS[variant]}))
     model = NumpyLlama(cfg, random_weights(cfg, seed), dtype)
     rng = np.random.default_rng(seed + 1)
-    model.add_lora(-1, list(LINEAR_KEYS), rank=2, scale=1.5, rng=rng, dropout=dropout)
+    model.add_lora(-1, list(model.linear_keys), rank=2, scale=1.5, rng=rng, dropout=dropout)  # LINEAR_KEYS, or the fused layers
     for key, p in model.lora_params().items():
         if key.endswith("lora_b"):
             p[...] = 0.2 * rng.normal(size=p.shape)
@@ -557,7 +560,7 @@ def test_config_defaults_and_unsupported_models():
     qwen = ModelConfig.from_dict(raw)
     assert (qwen.rope_theta, qwen.head_dim, qwen.attention_bias, qwen.o_proj_bias, qwen.mlp_bias) == (1e6, 16, True, False, False)
     assert ModelConfig.from_dict(tiny_config(40, model_type="mistral")).model_type == "mistral"
-    with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, qwen2"):
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, mistral, phi3, qwen2"):
         ModelConfig.from_dict(tiny_config(40, model_type="gpt2"))
     with pytest.raises(UnsupportedModelError, match=r"'yarn'.*default, linear, llama3"):
         ModelConfig.from_dict(tiny_config(40, rope_scaling={"type": "yarn", "factor": 4.0}))

@@ -94,9 +94,12 @@ def test_swiglu_and_cross_entropy_match_mlx():
 # ------------------------------------------------------------ whole models
 
 
-def adapted_pair(model_dir: Path, compute=None, num_layers=-1, keys=LINEAR_KEYS, rank=4, scale=2.0, b_std=0.05, seed=0):
-    """The numpy and the mlx model of ``model_dir`` with the same LoRA values on the same layers."""
+def adapted_pair(model_dir: Path, compute=None, num_layers=-1, keys=None, rank=4, scale=2.0, b_std=0.05, seed=0):
+    """The numpy and the mlx model of ``model_dir`` with the same LoRA values on the same layers (``keys`` None: every
+    linear layer, LINEAR_KEYS or a fused family's)."""
     ours = load_model(model_dir)[0]
+    keys = ours.linear_keys if keys is None else keys
+    assert keys is not None and (ours.config.fused_projections or tuple(ours.linear_keys) == tuple(LINEAR_KEYS))
     n = ours.add_lora(num_layers, list(keys), rank, scale, np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)
     for key, p in ours.lora_params().items():
@@ -205,6 +208,8 @@ def tiny_batch(vocab: int, seed: int = 0):
     return inputs, targets, mask
 
 
+PHI3 = {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "partial_rotary_factor": 0.75, "rope_scaling": {
+    "type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(6)], "long_factor": [2.0 + 0.5 * i for i in range(6)]}}
 TINY_VARIANTS = {
     "tied-gqa": {},
     "untied": {"tie_word_embeddings": False},
@@ -214,6 +219,10 @@ TINY_VARIANTS = {
     # the first block within 4 positions with its own rope base, the second global; (1 + w) norms, GeGLU, embeddings x 8
     "gemma3": {"model_type": "gemma3_text", "query_pre_attn_scalar": 24, "sliding_window": 4, "sliding_window_pattern": 2,
                "rope_local_base_freq": 1000.0, "rope_theta": 100000.0},
+    # fused qkv_proj and gate_up_proj (one adapter each), rope on 12 of 16 dims, LongRoPE within its original context
+    # (16 positions of 24: the short factors; mlx-lm's own SuScaledRoPE would take the long ones) and beyond it (8)
+    "phi3-longrope-short": {**PHI3, "original_max_position_embeddings": 24},
+    "phi3-longrope-long": {**PHI3, "original_max_position_embeddings": 8},
 }
 
 
@@ -252,13 +261,16 @@ def test_tiny_model_greedy_generation(tiny_untied):
     check_generation(ours, theirs, tokenizer, prompt, "tiny generation", TINY_LOGITS)
 
 
-@pytest.mark.parametrize("variant", ["qwen3-qk-norm", "smollm3-nope", "gemma3"])
+@pytest.mark.parametrize("variant", ["qwen3-qk-norm", "smollm3-nope", "gemma3", "phi3-longrope-short"])
 def test_tiny_family_greedy_generation(variant, tmp_path):
-    """The KV cache of the families with their own attention (q/k norms, layers without rope) decodes as mlx-lm's."""
+    """The KV cache of the families with their own attention (q/k norms, layers without rope, partial rotary and
+    LongRoPE, whose factors change once the 18 tokens of prompt and the answer pass 24 positions) decodes as mlx-lm's."""
     model_dir = make_tiny_model(tmp_path / "model", **TINY_VARIANTS[variant], tie_word_embeddings=False)
     ours, theirs = adapted_pair(model_dir, b_std=0.2)
     tokenizer = load_tokenizer(model_dir, json.loads((model_dir / "config.json").read_text()))
-    check_generation(ours, theirs, tokenizer, tokenizer.encode("Meeting notes: discuss the budget"), f"tiny {variant} generation", TINY_LOGITS)
+    prompt = tokenizer.encode("Meeting notes: discuss the budget")
+    assert len(prompt) == 18
+    check_generation(ours, theirs, tokenizer, prompt, f"tiny {variant} generation", TINY_LOGITS)
 
 
 # ------------------------------------------------------------------ SmolLM2

@@ -142,18 +142,6 @@ def test_a_lora_run_exports_to_gguf_and_llama_cpp_computes_the_fused_model(phi3,
     assert rel(loss, fused) <= LOSS_REL
 
 
-def test_a_longrope_config_whose_factors_do_not_cover_the_rotated_dims_is_refused(tmp_path):
-    from mlxtune.errors import ModelFormatError
-
-    rope = {**ROPES["longrope"], "partial_rotary_factor": 1.0}  # 8 rotated pairs, 6 factors: transformers would fail on it too
-    src = save_phi3(tmp_path / "hf", ROPES["longrope"])
-    config = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
-    with pytest.raises(ModelFormatError, match="long_factor has 6 values, but LongRoPE over 16 rotated dims needs 8"):
-        export_gguf(src, tmp_path / "x.gguf", "f32")
-    assert not (tmp_path / "x.gguf").exists()
-
-
 # ------------------------------------------------------------------ import
 
 
@@ -212,19 +200,29 @@ def test_gguf_written_by_llama_cpps_converter_imports_and_trains(phi3, tmp_path)
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
 
 
-def test_a_file_whose_longrope_attention_factor_mlx_lm_would_not_compute_is_refused(tmp_path):
+@pytest.mark.llama_cpp
+def test_a_file_with_another_longrope_attention_factor_imports_it_as_attention_factor(tmp_path):
+    """llama.cpp reads rope.scaling.attn_factor, transformers and mlxtune derive it from the contexts unless rope_scaling
+    gives attention_factor: a file whose factor is not the derived one imports with it, and computes llama.cpp's loss."""
     import gguf
 
-    from mlxtune.errors import UnsupportedModelError
-
+    llamacpp.need_llama_cpp()
     src = save_phi3(tmp_path / "hf", ROPES["longrope"])
     path = export_gguf(convert(str(src), tmp_path / "mlx", dtype="float32").path, tmp_path / "m.gguf", "f32").path
     reader = gguf.GGUFReader(str(path), "r+")
     field = reader.fields["phi3.rope.scaling.attn_factor"]
-    field.parts[field.data[0]][0] = 1.0  # llama.cpp would scale by 1; mlx-lm and transformers by 1.66
+    field.parts[field.data[0]][0] = 1.25  # not the 1.658 derived from 2048 / 16
     reader.data.flush()
-    with pytest.raises(UnsupportedModelError, match=r"attn_factor is 1, but mlx-lm computes 1\.65831"):
-        read_gguf(path, dense=True)
+    del reader
+    theirs = llama_cpp_loss(path)
+    back = convert(str(path), tmp_path / "back", dtype="float32").path
+    assert json.loads((back / "config.json").read_text())["rope_scaling"]["attention_factor"] == 1.25
+    losses = {"transformers": transformers_loss(back)}
+    if HAVE_MLX:
+        losses["mlx"] = mlx_loss(back)
+    print(f"\n[phi3 attn_factor 1.25] llama.cpp {theirs:.7f}; " + ", ".join(f"{k} {v:.7f} ({rel(v, theirs):.1e})" for k, v in losses.items()))
+    assert rel(theirs, transformers_loss(src)) > 1e-2  # another model than the one exported
+    assert all(rel(v, theirs) <= LOSS_REL for v in losses.values())
 
 
 # ------------------------------------------------------------------ the Ollama Modelfile

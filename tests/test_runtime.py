@@ -78,7 +78,8 @@ def test_backend_choice():
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama") == "numpy"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="qwen2") == "numpy"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="gemma3") == "numpy"  # since issue 15
-    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="phi3") == "mlx"
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="phi3") == "numpy"  # since issue 15 too
+    assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="granite") == "mlx"  # a family numpy does not implement
     assert choose_backend("auto", mlx_ok=False, device=None, model_type="llama") == "numpy"
     assert choose_backend("mlx", mlx_ok=True, device="cpu", model_type="llama") == "mlx"
     assert choose_backend("auto", mlx_ok=True, device="cpu", model_type="llama", mlx_only="DoRA") == "mlx"

@@ -104,7 +104,7 @@ def tiny_weights(config: dict, seed: int = 0) -> dict:
     qk_norm, sandwich = getattr(family, "qk_norm", False), getattr(family, "sandwich_norms", False)
     rng = np.random.default_rng(seed)
     d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    hd = config.get("head_dim") or d // config["num_attention_heads"]
+    hd = families.head_dim(config)
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
 
     def linear(out_dim, in_dim):
@@ -134,6 +134,11 @@ def tiny_weights(config: dict, seed: int = 0) -> dict:
                 w[p + f"self_attn.{name}.bias"] = (0.1 * rng.normal(size=n)).astype(np.float32)
     if not config.get("tie_word_embeddings", True):
         w["lm_head.weight"] = linear(v, d)
+    if getattr(family, "fused_projections", False):  # Phi-3: q | k | v and gate | up as one layer each
+        for i in range(config["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            w[p + "self_attn.qkv_proj.weight"] = np.concatenate([w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
     return w
 
 

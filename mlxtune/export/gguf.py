@@ -42,7 +42,6 @@ from ..errors import ModelFormatError, ModelNotFoundError, OutputExistsError, Un
 from .gguf_tokenizer import add_tokenizer, check_tokenizer
 from ..fsutil import atomic_write_text
 from ..models import families
-from ..models.families.base import longrope_attention_factor
 
 # --outtype -> (general.file_type, tensor type of 2-D weights)
 OUTTYPES = {"f32": ("ALL_F32", "F32"), "f16": ("MOSTLY_F16", "F16"), "q8_0": ("MOSTLY_Q8_0", "Q8_0"), "q4_0": ("MOSTLY_Q4_0", "Q4_0")}
@@ -172,10 +171,10 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         )
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
-    cfg = ModelConfig.from_dict(config, numpy_backend=False)  # mlx-lm's reading of config.json, which the weights were trained under
+    cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
     _check_rope_layers(cfg, family, arch)
     _check_attention_scale(cfg, family, arch)
-    expected = family.fuse_shapes(expected_shapes(cfg))  # fused linears (phi3) under their checkpoint names
+    expected = expected_shapes(cfg)
     missing = [k for k in expected if k not in weights]
     if missing:
         raise ModelFormatError(f"the model weights lack {len(missing)} tensor(s) its config.json calls for, e.g. {missing[0]}; the directory is incomplete")
@@ -192,10 +191,10 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     if rope_type == "llama3":
         factors = _llama3_rope_factors(cfg.rope_theta, cfg.head_dim, scaling, config)
         plan.append(_Tensor("rope_freqs.weight", None, factors.shape, "F32", data=factors))
-    if rope_type in ("longrope", "su"):
-        for kind in ("long", "short"):
-            factors = _longrope_factors(scaling, kind, family.rotary_dims(config))
-            plan.append(_Tensor(f"rope_factors_{kind}.weight", None, factors.shape, "F32", data=factors))
+    if cfg.longrope is not None:  # LongRoPE's per-frequency factors, as llama.cpp's Phi3MiniModel writes them
+        for kind, factors in (("long", cfg.longrope.long_factor), ("short", cfg.longrope.short_factor)):
+            data = np.asarray(factors, dtype=np.float32)
+            plan.append(_Tensor(f"rope_factors_{kind}.weight", None, data.shape, "F32", data=data))
     fallback = []
     outside = {hf: name for name, hf in family.gguf_global}  # Hugging Face name -> GGUF name
     block = {hf: name for name, hf in family.gguf_block}
@@ -290,17 +289,6 @@ def _tensor_bytes(t: _Tensor, w: np.ndarray) -> np.ndarray:
     return quants.quantize(np.ascontiguousarray(w, dtype=np.float32), GGMLQuantizationType[t.type])
 
 
-def _longrope_factors(scaling: dict, kind: str, rotary_dims: int) -> np.ndarray:
-    """The ``rope_factors_long`` or ``_short`` tensor of LongRoPE: the config's per-frequency factors, float32, one per rotated pair."""
-    factors = np.asarray(scaling.get(f"{kind}_factor") or [], dtype=np.float32)
-    if factors.shape != (rotary_dims // 2,):
-        raise ModelFormatError(
-            f"config.json: rope_scaling's {kind}_factor has {factors.size} values, but LongRoPE over {rotary_dims} rotated dims "
-            f"needs {rotary_dims // 2}; take config.json again from the model's source"
-        )
-    return factors
-
-
 def _llama3_rope_factors(theta: float, dim: int, scaling: dict, config: dict) -> np.ndarray:
     """The ``rope_freqs`` tensor of Llama 3.1-style rope scaling, computed as convert_hf_to_gguf.py does (float32)."""
     f32 = np.float32
@@ -349,18 +337,18 @@ def _add_hyperparameters(writer, config: dict, cfg, family, notes: list[str]) ->
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_rope_dimension_count(family.rotary_dims(config))  # partial rotary (phi3): the dims rope turns
+    writer.add_rope_dimension_count(cfg.rope_dims())  # partial rotary (phi3): the dims rope turns
     scaling = cfg.rope_scaling or {}
     rope_type = scaling.get("rope_type") or scaling.get("type")
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     if family.gguf_context_keys:  # as llama.cpp's Phi3MiniModel: the original context, the sliding window (0: none)
-        original = int(config.get("original_max_position_embeddings") or 4096)  # mlx-lm's phi3 reads it here, default 4096
+        original = cfg.longrope.original_max if cfg.longrope else int(config.get("original_max_position_embeddings") or 4096)  # mlx-lm's default
         writer.add_rope_scaling_orig_ctx_len(original)
         writer.add_sliding_window(int(config.get("sliding_window") or 0))
-        if rope_type in ("longrope", "su"):
-            writer.add_rope_scaling_attn_factors(longrope_attention_factor(int(config.get("max_position_embeddings") or 131072), original))
+        if cfg.longrope is not None:  # what cos and sin are scaled by, as mlxtune computes it (transformers' rule)
+            writer.add_rope_scaling_attn_factors(cfg.rope_attention_factor())
     if cfg.sliding_layers is not None and any(cfg.sliding_layers):
         _add_sliding_window(writer, cfg, family, notes)
 

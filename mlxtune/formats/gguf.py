@@ -320,11 +320,9 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     def get(key, default=None):
         return md.get(f"{arch}.{key}", default)
 
-    q_rows = {"self_attn.q_proj": hp["num_attention_heads"] * hp["head_dim"]}
-    q_rows.update({"self_attn.k_proj": hp["num_key_value_heads"] * hp["head_dim"], "self_attn.v_proj": hp["num_key_value_heads"] * hp["head_dim"]})
-    q_module, parts = next(((f, p) for f, p in family.fused_linears if "self_attn.q_proj" in p), ("self_attn.q_proj", ("self_attn.q_proj",)))
-    q = weights.get(f"model.layers.0.{q_module}.weight")  # q, or the fused q, k and v (phi3)
-    if q is None or q.shape[0] != sum(q_rows[p] for p in parts) or "model.embed_tokens.weight" not in weights:
+    rows = (hp["num_attention_heads"] + (2 * hp["num_key_value_heads"] if family.fused_projections else 0)) * hp["head_dim"]
+    q = weights.get(f"model.layers.0.self_attn.{'qkv_proj' if family.fused_projections else 'q_proj'}.weight")  # q, or q | k | v
+    if q is None or q.shape[0] != rows or "model.embed_tokens.weight" not in weights:
         raise ModelFormatError(
             f"{path.name}: the tensors do not match the metadata ({hp['num_attention_heads']} heads x {hp['head_dim']}); the file is inconsistent"
         )

@@ -4,8 +4,8 @@ llama.cpp stores some of it as metadata (``rope.scaling.*``, ``rope.dimension_co
 ``attention.sliding_window``), some as tensors (Llama 3's ``rope_freqs``,
 LongRoPE's ``rope_factors_long`` / ``_short``), and leaves some to its graph
 (Gemma 3's pattern and local base when absent: ``Family.gguf_swa_pattern``,
-``gguf_swa_base``). Each is checked against what mlx-lm would compute from the
-config written, and refused where it would compute another model.
+``gguf_swa_base``). Each is checked against what mlxtune would compute from the
+config written, and refused where it cannot say the same.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..models.families.base import Family, longrope_attention_factor
+from ..models.families.base import Family
 
 
 def shortest(x) -> float:
@@ -94,26 +94,23 @@ def _partial_rotary(md: dict, arch: str, head_dim: int, path: Path) -> float:
 
 
 def _longrope(md: dict, arch: str, scaling: dict, config: dict, path: Path) -> dict:
-    """LongRoPE's rope_scaling, checked: its factors cover the rotated dims, its attention factor is the one mlx-lm computes.
+    """LongRoPE's rope_scaling, with the attention factor llama.cpp reads (``rope.scaling.attn_factor``) where it is not
+    the one transformers and mlxtune derive from the two contexts (``models.layout.LongRoPE``)."""
+    from ..models.layout import LongRoPE
 
-    mlx-lm and transformers derive the attention factor from the two contexts;
-    llama.cpp reads ``rope.scaling.attn_factor``. A file whose factor is another
-    would compute another model in mlx-lm.
-    """
-    dims = round(config["head_dim"] * config.get("partial_rotary_factor", 1.0))
-    if any(len(scaling[k]) != dims // 2 for k in ("short_factor", "long_factor")):
-        raise ModelFormatError(f"{path.name}: rope_factors_long/short do not hold one factor per rotated pair ({dims // 2}); the file is inconsistent")
     original = config.get("original_max_position_embeddings")
     if original is None:
         raise ModelFormatError(f"{path.name}: LongRoPE factors without {arch}.rope.scaling.original_context_length; the file is incomplete")
+    scaling = {**scaling, "original_max_position_embeddings": original}
+    dims = round(config["head_dim"] * config.get("partial_rotary_factor", 1.0))
+    try:
+        derived = LongRoPE.from_config(config, scaling, dims).attention_factor
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{path.name}: rope_factors_long/short do not fit the rotated dims ({e}); the file is inconsistent") from None
     stored = md.get(f"{arch}.rope.scaling.attn_factor")
-    expected = longrope_attention_factor(config["max_position_embeddings"], original)
-    if stored is not None and abs(float(stored) - expected) > 1e-6 * expected:
-        raise UnsupportedModelError(
-            f"{path.name}: {arch}.rope.scaling.attn_factor is {float(stored):g}, but mlx-lm computes {expected:g} from the contexts "
-            f"({config['max_position_embeddings']} and {original}); use the original Hugging Face model"
-        )
-    return {**scaling, "original_max_position_embeddings": original}
+    if stored is not None and abs(float(stored) - derived) > 1e-6 * derived:
+        scaling["attention_factor"] = shortest(stored)
+    return scaling
 
 
 def _llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> dict:

@@ -74,6 +74,12 @@ def data_bytes(lengths) -> int:
     return 0 if lengths is None else int(sum(lengths)) * DATA_BYTES_PER_TOKEN + len(lengths) * DATA_BYTES_PER_EXAMPLE
 
 
+def linear_keys(config: dict) -> list[str]:
+    """The linear layers of a block of ``config``'s family (``Family.linear_keys``; a family not known here: the llama layout's)."""
+    family = families.get(config.get("model_type"))
+    return list(family.linear_keys if family and family.linear_keys else LINEAR_KEYS)
+
+
 def _dims(config: dict) -> dict:
     """The sizes the memory depends on, as the backends read them (head size: ``families.head_dim``, ModelConfig's rule)."""
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if not config.get(k)]
@@ -84,6 +90,7 @@ def _dims(config: dict) -> dict:
         "C": C, "F": int(config["intermediate_size"]), "L": int(config["num_hidden_layers"]), "H": H,
         "KVH": int(config.get("num_key_value_heads") or H), "D": families.head_dim(config),
         "V": int(config["vocab_size"]), "tied": bool(config.get("tie_word_embeddings", True)),
+        "fused": bool(getattr(families.get(config.get("model_type")), "fused_projections", False)),  # qkv_proj, gate_up_proj
     }
 
 
@@ -92,7 +99,7 @@ def _model_tensors(d: dict) -> dict[str, tuple[int, int]]:
     from ..models.layout import block_linears
 
     C, V = d["C"], d["V"]
-    linears = block_linears(C, d["F"], d["H"], d["KVH"], d["D"])
+    linears = block_linears(C, d["F"], d["H"], d["KVH"], d["D"], d.get("fused", False))
     out = {"model.embed_tokens.weight": (V, C)}
     for i in range(d["L"]):
         p = f"model.layers.{i}."
@@ -155,7 +162,7 @@ def estimate(
     family = families.get(config.get("model_type"))  # its block's linear layers; a family not known here: the llama layout's
     d = _dims(family.text_part(config) if family else config)  # a multimodal checkpoint's text model
     tensors = tensors if tensors is not None else _stored(config, d)
-    keys = list(keys) if keys is not None else list(family.linear_keys if family and family.linear_keys else LINEAR_KEYS)
+    keys = list(keys) if keys is not None else linear_keys(config)
     n_blocks = d["L"] if num_layers < 0 or num_layers > d["L"] else num_layers
     shapes = _model_tensors(d)
     P = n_blocks * sum(rank * sum(shapes[f"model.layers.0.{k}.weight"]) for k in keys)  # each adapter: (in, r) + (r, out)

@@ -133,11 +133,11 @@ def fit(cfg, config: dict, backend: str, *, seq_len: int, available: MemoryLimit
     """
     from ..backends import get
     from ..errors import ConfigError
-    from .memory import LINEAR_KEYS
+    from .memory import linear_keys
     from .targets import resolve
 
     try:
-        keys = resolve(cfg.target_modules, list(LINEAR_KEYS))
+        keys = resolve(cfg.target_modules, linear_keys(config))
     except ConfigError:
         if not get(backend).names_any_layers:
             raise

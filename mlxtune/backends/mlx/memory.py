@@ -52,8 +52,9 @@ def estimate(x: EstimateInputs) -> Estimate:
     # What the vjps need, a row of one block: the block input and h (RMSNorm), q, k, v and the
     # attention probabilities (H T), gate, up, sigmoid(gate), silu(gate) (SwiGLU), and the input
     # of each adapted projection (its lora_a gradient) with x A (r) of each adapter.
-    inputs = (C if any(k in keys for k in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")) else 0) + (H * D if "self_attn.o_proj" in keys else 0)
-    inputs += (C if any(k in keys for k in ("mlp.gate_proj", "mlp.up_proj")) else 0) + (F if "mlp.down_proj" in keys else 0)
+    # (a fused family's qkv_proj and gate_up_proj read the same inputs as q, k, v and gate, up)
+    inputs = (C if any(k in keys for k in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.qkv_proj")) else 0) + (H * D if "self_attn.o_proj" in keys else 0)
+    inputs += (C if any(k in keys for k in ("mlp.gate_proj", "mlp.up_proj", "mlp.gate_up_proj")) else 0) + (F if "mlp.down_proj" in keys else 0)
     per_row = 2 * C + H * D + 2 * KVH * D + H * T + 4 * F + inputs + rank * len(keys)
     whole = N * per_row * act
     if grad_checkpoint:

@@ -21,6 +21,7 @@ from ...errors import ModelFormatError, UnsupportedModelError
 from ...models.config import implied_fields
 from ...training.objectives import CROSS_ENTROPY, Objective
 from ...runtime import ComputeChoice
+from .longrope import use_transformers_longrope
 from .weights import DTYPES, cast, dequantize_model
 
 
@@ -29,6 +30,7 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
 
     With ``compute.expand_quantized`` quantized layers become float32 ones;
     with ``compute.dtype`` every floating-point parameter is cast to it.
+    A model with LongRoPE computes it as transformers does (``longrope.py``).
     """
     from mlx_lm.utils import load_model as mlx_lm_load_model
 
@@ -42,6 +44,7 @@ def load_model(path: Path, compute: ComputeChoice | None = None) -> tuple[nn.Mod
         if "not supported" in str(e):
             raise UnsupportedModelError(f"{path}: model type '{_model_type(path)}' is not supported by mlx-lm {_mlx_lm_version()}") from None
         raise ModelFormatError(f"{path}: cannot load the model ({e})") from None
+    use_transformers_longrope(model, config)  # LongRoPE's factors chosen by the sequence's length, as transformers does
     if compute is not None:
         if compute.expand_quantized:
             model = dequantize_model(model, mx.float32)

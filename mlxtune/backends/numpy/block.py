@@ -21,6 +21,12 @@ GeGLU (``ModelConfig.activation``); every norm multiplies by
     x2  = x + pn1(o(attn(...)))
     out = x2 + pn2(down(gelu(gate(n2(x2))) * up(n2(x2))))
 
+q | k | v and gate | up are each one matmul (``weights.block_groups``): three
+and two layers stacked, or a fused family's (Phi-3) one layer each, whose
+single adapter sees the whole output; either way the forward splits the
+output and the backward forms d(q | k | v) and d(gate | up) as one array. Rope
+turns the first ``ModelConfig.rope_dims()`` dims of each head (partial rotary).
+
 What a block keeps for its backward is ``Saved``: x, x2, two norm scales, the
 attention's log-sum-exp and, unless checkpointed, what its matmuls produced.
 For the llama layout that is rotated q, k, v and gate | up; a ``qk_norm``
@@ -35,11 +41,10 @@ import numpy as np
 
 from . import ops
 from .geglu import ACTIVATIONS
-from .weights import GATE_UP, QKV
 
-# The same layers grouped by the input they read: each group is one stacked matmul (numpy_weights).
+# The layers of a block grouped by the input they read: each group is one stacked matmul (numpy_weights); q | k | v
+# and gate | up are the model's ``qkv_group`` and ``gate_up_group`` (three and two layers, or one fused layer each).
 O_PROJ, DOWN = ("self_attn.o_proj",), ("mlp.down_proj",)
-BLOCK_ORDER = QKV + O_PROJ + GATE_UP + DOWN  # the order a block uses them in
 # A sandwich_norms block's norms on the outputs of attention and the MLP, and on the MLP's input.
 POST_ATTN, PRE_MLP, POST_MLP = "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"
 
@@ -67,6 +72,8 @@ class BlockMethods:
     adapters: dict[str, ops.LoRA]
     attn_scale: float
     dtype: type
+    qkv_group: tuple[str, ...]  # weights.block_groups
+    gate_up_group: tuple[str, ...]
 
     def _layers(self, i: int, group: tuple[str, ...], drops: dict) -> list[ops.Linear]:
         """The linear layers ``group`` of block i (which read the same input), with their adapters and masks."""
@@ -76,7 +83,7 @@ class BlockMethods:
     def _dropout_masks(self, i: int, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Block i's dropout masks for the LoRA inputs, drawn in a fixed order (so a saved rng replays them)."""
         drops = {}
-        for key in BLOCK_ORDER:
+        for key in self.qkv_group + O_PROJ + self.gate_up_group + DOWN:  # the order a block uses them in
             lora = self.adapters.get(f"model.layers.{i}.{key}")
             if lora is not None and lora.dropout > 0:
                 in_dim = self.weights[f"model.layers.{i}.{key}.weight"].shape[1]
@@ -97,7 +104,7 @@ class BlockMethods:
         x2d = x.reshape(B * T, C)  # (N, C)
         rstd1 = ops.rmsnorm_rstd(x2d, eps)  # (N, 1)
         h = ops.rmsnorm_apply(x2d, rstd1, self._norm(p + "input_layernorm.weight"))  # (N, C)
-        qkv = ops.linears_forward(h, self._layers(i, QKV, drops))  # (N, (H + 2 KVH) D): q | k | v
+        qkv = ops.linears_forward(h, self._layers(i, self.qkv_group, drops))  # (N, (H + 2 KVH) D): q | k | v
         del h
         q, k, v, qk_rstd = self._attention_inputs(i, qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2, (N, H + KVH, 1) or None
         if kv is not None:
@@ -115,7 +122,7 @@ class BlockMethods:
         x2 += x2d  # (N, C) the residual after attention, x + o
         rstd2 = ops.rmsnorm_rstd(x2, eps)  # (N, 1)
         h = ops.rmsnorm_apply(x2, rstd2, self._norm(p + self._mlp_norm()))  # (N, C)
-        gu = ops.linears_forward(h, self._layers(i, GATE_UP, drops))  # (N, 2F): gate | up
+        gu = ops.linears_forward(h, self._layers(i, self.gate_up_group, drops))  # (N, 2F): gate | up
         del h
         if save == "all" and qk_rstd is not None:  # raw projections: the backward normalises and rotates them again
             saved = Saved(x, rstd1, lse=lse, x2=x2, rstd2=rstd2, gu=gu, qkv=qkv)
@@ -146,20 +153,20 @@ class BlockMethods:
         """
         p = f"model.layers.{i}."
         B, T, C = s.x.shape
-        layers = self._layers(i, QKV, drops)
-        s.weights[QKV] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
+        layers = self._layers(i, self.qkv_group, drops)
+        s.weights["qkv"] = ops.stacked_weight(layers)  # kept for the backward, which needs it again
         h = ops.rmsnorm_apply(s.x.reshape(B * T, C), s.rstd1, self._norm(p + "input_layernorm.weight"))  # (N, C)
-        qkv = ops.linears_forward(h, layers, s.weights[QKV])  # (N, (H + 2 KVH) D)
+        qkv = ops.linears_forward(h, layers, s.weights["qkv"])  # (N, (H + 2 KVH) D)
         del h
         if self.config.qk_norm:
             s.qkv = qkv
         else:
             s.q, s.k, s.v, _ = self._attention_inputs(i, qkv, B, T, self._layer_rope(i, rope))
         del qkv
-        layers = self._layers(i, GATE_UP, drops)
-        s.weights[GATE_UP] = ops.stacked_weight(layers)
+        layers = self._layers(i, self.gate_up_group, drops)
+        s.weights["gate_up"] = ops.stacked_weight(layers)
         h = ops.rmsnorm_apply(s.x2, s.rstd2, self._norm(p + self._mlp_norm()))  # (N, C)
-        s.gu = ops.linears_forward(h, layers, s.weights[GATE_UP])  # (N, 2F)
+        s.gu = ops.linears_forward(h, layers, s.weights["gate_up"])  # (N, 2F)
 
     def _block_backward(self, i: int, dout, s: Saved, rope, drops: dict, grads: dict) -> np.ndarray:
         """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
@@ -176,10 +183,10 @@ class BlockMethods:
         s.gu = None
         self._collect(grads, p, DOWN, ops.linears_backward_params(dd, m, down))
         del m, dd
-        gate_up = self._layers(i, GATE_UP, drops)
-        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop(GATE_UP, None))  # (N, C)
+        gate_up = self._layers(i, self.gate_up_group, drops)
+        dh = ops.linears_backward_input(dgu, gate_up, s.weights.pop("gate_up", None))  # (N, C)
         norm2 = self._norm(p + self._mlp_norm())
-        self._collect(grads, p, GATE_UP, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
+        self._collect(grads, p, self.gate_up_group, ops.linears_backward_params(dgu, ops.rmsnorm_apply(s.x2, s.rstd2, norm2), gate_up))
         del dgu
         dx2 = ops.rmsnorm_grad(dh, s.x2, s.rstd2, norm2)  # (N, C)
         dx2 += dout  # d x2: through the norm and the residual
@@ -201,11 +208,11 @@ class BlockMethods:
         if s.qkv is not None:
             self._qk_norm_backward(i, dqkv, s.qkv, s.qk_rstd)
             s.qkv = None
-        qkv = self._layers(i, QKV, drops)
-        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop(QKV, None))  # (N, C)
+        qkv = self._layers(i, self.qkv_group, drops)
+        dh = ops.linears_backward_input(dqkv, qkv, s.weights.pop("qkv", None))  # (N, C)
         norm1 = self._norm(p + "input_layernorm.weight")
         x = s.x.reshape(B * T, C)
-        self._collect(grads, p, QKV, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
+        self._collect(grads, p, self.qkv_group, ops.linears_backward_params(dqkv, ops.rmsnorm_apply(x, s.rstd1, norm1), qkv))
         del dqkv
         dx = ops.rmsnorm_grad(dh, x, s.rstd1, norm1)  # (N, C)
         dx += dx2
@@ -285,8 +292,8 @@ class BlockMethods:
             q, k = q_rows * self.attn_scale, k_rows  # (B, T, H*D), (B, T, KVH*D)
         else:
             q_cos, q_sin, k_cos, k_sin = rope  # (T, H*D) x2, (T, KVH*D) x2
-            q = ops.rotate(q_rows, q_cos, q_sin, trad, D)  # (B, T, H*D)
-            k = ops.rotate(k_rows, k_cos, k_sin, trad, D)  # (B, T, KVH*D)
+            q = ops.rotate(q_rows, q_cos, q_sin, trad, D, rotary=cfg.rotary_dims)  # (B, T, H*D)
+            k = ops.rotate(k_rows, k_cos, k_sin, trad, D, rotary=cfg.rotary_dims)  # (B, T, KVH*D)
         q = np.ascontiguousarray(q.reshape(B, T, KVH, G, D).transpose(0, 2, 1, 3, 4)).reshape(B, KVH, T * G, D)
         k = np.ascontiguousarray(k.reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
         v = np.ascontiguousarray(qkv[:, (H + KVH) * D :].reshape(B, T, KVH, D).transpose(0, 2, 1, 3))  # (B, KVH, T, D)
@@ -306,8 +313,8 @@ class BlockMethods:
             dk_out[...] = dk
         else:
             q_cos, q_sin, k_cos, k_sin = rope
-            ops.rotate(dq, q_cos, -q_sin, trad, D, out=dq_out)
-            ops.rotate(dk, k_cos, -k_sin, trad, D, out=dk_out)
+            ops.rotate(dq, q_cos, -q_sin, trad, D, out=dq_out, rotary=cfg.rotary_dims)
+            ops.rotate(dk, k_cos, -k_sin, trad, D, out=dk_out, rotary=cfg.rotary_dims)
         _view(dqkv[:, (H + KVH) * D :], B, T, KVH, D)[...] = dv.transpose(0, 2, 1, 3)
         return dqkv
 

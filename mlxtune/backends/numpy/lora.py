@@ -1,7 +1,7 @@
 """LoRA on the numpy model: where adapters go, their arrays, and merging them into the weights.
 
 ``NumpyLlama`` inherits these; they touch only its ``config``, ``weights``
-(Hugging Face names, each block's q | k | v and gate | up stacked),
+(Hugging Face names, each block's q | k | v and gate | up stacked, or fused),
 ``dtype`` and ``adapters`` ("model.layers.3.self_attn.q_proj" -> ``ops.LoRA``).
 Placement and initialisation are ``mlxtune.backends.mlx.lora``'s, so an adapter trained
 on either backend loads on the other.
@@ -14,7 +14,6 @@ import math
 import numpy as np
 
 from ...errors import AdapterError, ConfigError
-from ...models.families.base import LLAMA_LINEAR_KEYS as LINEAR_KEYS
 from . import ops
 
 
@@ -25,6 +24,7 @@ class LoRAMethods:
     weights: dict[str, np.ndarray]
     dtype: type
     adapters: dict[str, ops.LoRA]
+    linear_keys: tuple[str, ...]  # the block's linear layers (ModelConfig.linear_keys)
 
     def add_lora(self, num_layers: int, keys: list[str], rank: int, scale: float, rng: np.random.Generator, dropout: float = 0.0) -> int:
         """Put LoRA on ``keys`` of the last ``num_layers`` blocks (-1 or more than there are: all).
@@ -33,9 +33,9 @@ class LoRAMethods:
         ``LoRALinear``: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0, so the model is
         unchanged until B trains. Returns the number of adapted layers.
         """
-        unknown = [k for k in keys if k not in LINEAR_KEYS]
+        unknown = [k for k in keys if k not in self.linear_keys]
         if unknown:
-            raise ConfigError(f"LoRA target '{unknown[0]}' is not a linear layer of a {self.config.model_type} block; choose from: {', '.join(LINEAR_KEYS)}")
+            raise ConfigError(f"LoRA target '{unknown[0]}' is not a linear layer of a {self.config.model_type} block; choose from: {', '.join(self.linear_keys)}")
         n_blocks = self.config.num_hidden_layers
         if num_layers < 0 or num_layers > n_blocks:
             num_layers = n_blocks

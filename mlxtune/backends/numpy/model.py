@@ -9,7 +9,10 @@ shape comment on each tensor line, each op a forward/backward pair in
 model there), ``models/qwen2.py``, ``models/qwen3.py`` (per-head q/k norms
 before rope), ``models/smollm3.py`` (layers without rope) and
 ``models/gemma3_text.py`` (embeddings scaled by sqrt(C), norms of 1 + w
-around each half, GeGLU, sliding-window layers: ``block.py``):
+around each half, GeGLU, sliding-window layers: ``block.py``) and
+``models/phi3.py`` (q | k | v and gate | up as one layer each, rope on part
+of each head, LongRoPE's factors chosen by the sequence's length as
+transformers chooses them: ``_rope``):
 
     x = embed(tokens)
     for each block:  x = x + o(attn(rope(qn(q(n1(x)))), rope(kn(k(n1(x)))), v(n1(x))))
@@ -63,7 +66,7 @@ from . import ops
 from .activations import block_bytes, checkpointed_blocks
 from .block import BlockMethods, Saved
 from .lora import LoRAMethods
-from .weights import QKV, check_weights, stacked_weights
+from .weights import QKV, block_groups, check_weights, stacked_weights
 
 # The linear layers of a block that LoRA can target (block-relative names, as mlxtune.backends.mlx.lora): the llama layout's.
 LINEAR_KEYS = LLAMA_LINEAR_KEYS
@@ -115,11 +118,13 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ModelFormatError(f"num_attention_heads {cfg.num_attention_heads} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
         expected = check_weights(cfg, weights)
-        self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume)
+        self.weights = stacked_weights(weights, list(expected), cfg.num_hidden_layers, self.dtype, consume, cfg.fused_projections)
+        self.qkv_group, self.gate_up_group = block_groups(cfg.fused_projections)  # each one matmul (block.py)
         self.adapters: dict[str, ops.LoRA] = {}  # "model.layers.3.self_attn.q_proj" -> LoRA
-        self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (D/2,), float
+        self.inv_freq, self.position_scale = cfg.rope_frequencies()  # (R/2,), float (LongRoPE: the short factors')
         self.local_inv_freq = cfg.rope_frequencies(local=True)[0] if cfg.local_rope_theta else None  # sliding-window layers' (D/2,)
         self.attn_scale = cfg.attention_scale()
+        self.linear_keys = cfg.linear_keys()  # the block's linear layers (fused ones for a fused_projections family)
         self._norm_factors: dict[str, np.ndarray] = {}  # norm_offset + w of each norm (block._norm)
         # What the checkpoint's names had before these (a multimodal checkpoint's "language_model."): the names of
         # ``external_lora_params`` and ``fused_weights``, the files' names, as mlx-lm's model of the checkpoint has them.
@@ -272,14 +277,19 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         usual even exponents of the head size, so even rounding is unchanged).
         """
         cfg = self.config
+        D, R, m = cfg.head_dim, cfg.rope_dims(), cfg.rope_attention_factor()
 
         def tables(inv_freq, position_scale):
-            cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, self.dtype)  # (T, D/2)
-            q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale)  # (T, H*D) x2
-            k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads)  # (T, KVH*D) x2
+            cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, self.dtype)  # (T, R/2)
+            if m != 1.0:  # LongRoPE scales cos and sin (transformers' attention factor)
+                cos, sin = cos * self.dtype(m), sin * self.dtype(m)
+            q_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_attention_heads, self.attn_scale, D)  # (T, H*D) x2
+            k_rot = ops.rope_rows(cos, sin, cfg.rope_traditional, cfg.num_key_value_heads, 1.0, D)  # (T, KVH*D) x2
             return (*q_rot, *k_rot)
 
-        return tables(self.inv_freq, self.position_scale), None if self.local_inv_freq is None else tables(self.local_inv_freq, 1.0)
+        # LongRoPE chooses its factors by the sequence's length so far, as transformers does
+        inv_freq = self.inv_freq if cfg.longrope is None else cfg.rope_frequencies(length=offset + T)[0]
+        return tables(inv_freq, self.position_scale), None if self.local_inv_freq is None else tables(self.local_inv_freq, 1.0)
 
     def _head_weight(self) -> np.ndarray:
         return self.weights["model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # (V, C)

@@ -246,37 +246,52 @@ def rope_tables(positions: np.ndarray, inv_freq: np.ndarray, dtype):
     return np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
 
 
-def rope_rows(cos, sin, traditional: bool, heads: int = 1, scale: float = 1.0):
-    """Tables for ``rotate``: (T, heads*D) each, from cos, sin (T, D/2); ``scale`` multiplies the result.
+def rope_rows(cos, sin, traditional: bool, heads: int = 1, scale: float = 1.0, dims: int | None = None):
+    """Tables for ``rotate``: (T, heads*D) each, from cos, sin (T, R/2); ``scale`` multiplies the result.
 
     Written out over whole rows of ``heads`` heads, so that the rotation is
     ``x * COS + swapped(x) * SIN``: element-wise ops over long contiguous rows
-    rather than over D/2 features at a time.
+    rather than over D/2 features at a time. ``dims``: the head's width D
+    when rope turns only its first R = 2 cos.shape[1] dims (partial rotary):
+    the rest pass through (COS 1, SIN 0).
     """
     T, half = cos.shape
     if traditional:  # pairs (2i, 2i+1)
-        c = np.repeat(cos, 2, axis=-1)  # (T, D)
+        c = np.repeat(cos, 2, axis=-1)  # (T, R)
         s = np.stack([-sin, sin], axis=-1).reshape(T, 2 * half)
-    else:  # pairs (i, i + D/2)
+    else:  # pairs (i, i + R/2)
         c = np.concatenate([cos, cos], axis=-1)
         s = np.concatenate([-sin, sin], axis=-1)
+    if dims is not None and dims > 2 * half:  # the dims rope leaves alone
+        c = np.concatenate([c, np.ones((T, dims - 2 * half), c.dtype)], axis=-1)  # (T, D)
+        s = np.concatenate([s, np.zeros((T, dims - 2 * half), s.dtype)], axis=-1)
     return np.tile(c * scale, (1, heads)), np.tile(s * scale, (1, heads))
 
 
-def rotate(x, COS, SIN, traditional: bool, D: int, out=None):
+def rotate(x, COS, SIN, traditional: bool, D: int, out=None, rotary: int | None = None):
     """Rotate the feature pairs of x (..., T, heads*D) by the angles in ``rope_rows`` tables (T, heads*D).
 
     Non-traditional (Hugging Face / mlx default) pairs feature i of a head
-    with i + D/2; traditional (the original RoFormer / Meta layout) pairs 2i
-    with 2i+1. ``out`` (which must not overlap x) may be a view, such as
-    columns of a larger array.
+    with i + R/2; traditional (the original RoFormer / Meta layout) pairs 2i
+    with 2i+1, among the first R = ``rotary`` features of a head (None: all
+    D; the others are only multiplied by COS). ``out`` (which must not
+    overlap x) may be a view, such as columns of a larger array.
     """
-    pairs = x.reshape(*x.shape[:-1], x.shape[-1] // D, 2, D // 2) if not traditional else x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-    swapped = np.empty(pairs.shape, dtype=x.dtype)  # each pair's two features exchanged
-    if traditional:
-        swapped[..., 0], swapped[..., 1] = pairs[..., 1], pairs[..., 0]
+    if rotary is not None and rotary < D:  # partial rotary: swap within the first R features of each head
+        heads = x.reshape(*x.shape[:-1], x.shape[-1] // D, D)
+        swapped = np.zeros(heads.shape, dtype=x.dtype)
+        if traditional:
+            swapped[..., 0:rotary:2], swapped[..., 1:rotary:2] = heads[..., 1:rotary:2], heads[..., 0:rotary:2]
+        else:
+            h = rotary // 2
+            swapped[..., :h], swapped[..., h:rotary] = heads[..., h:rotary], heads[..., :h]
     else:
-        swapped[..., 0, :], swapped[..., 1, :] = pairs[..., 1, :], pairs[..., 0, :]
+        pairs = x.reshape(*x.shape[:-1], x.shape[-1] // D, 2, D // 2) if not traditional else x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+        swapped = np.empty(pairs.shape, dtype=x.dtype)  # each pair's two features exchanged
+        if traditional:
+            swapped[..., 0], swapped[..., 1] = pairs[..., 1], pairs[..., 0]
+        else:
+            swapped[..., 0, :], swapped[..., 1, :] = pairs[..., 1, :], pairs[..., 0, :]
     swapped = swapped.reshape(x.shape)
     swapped *= SIN  # -x2 sin | x1 sin
     out = np.multiply(x, COS, out=out)  # x1 cos | x2 cos

@@ -49,14 +49,15 @@ def activation_budget(weight_bytes: int, env: str | None = None, grad_checkpoint
             raise UsageError(f"MLXTUNE_ACTIVATION_MB must be a number of megabytes or 'all', not {env!r}") from None
     return max(ACTIVATION_FLOOR, int(ACTIVATION_FRACTION * weight_bytes))
 
-LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the numpy model's block (numpy_model.LINEAR_KEYS)
+LINEAR_KEYS = LLAMA_LINEAR_KEYS  # the numpy model's llama-layout block (numpy_model.LINEAR_KEYS)
 
 
-def resolve_keys(targets: list[str] | None) -> list[str]:
-    """Block-relative keys for user targets (``training.targets.resolve``), over the numpy model's fixed block."""
+def resolve_keys(targets: list[str] | None, linear_keys=LINEAR_KEYS) -> list[str]:
+    """Block-relative keys for user targets (``training.targets.resolve``), over the numpy model's fixed block
+    (``linear_keys``: the model's, ``NumpyLlama.linear_keys``; a fused family's differ)."""
     from ...training.targets import resolve
 
-    return resolve(targets, list(LINEAR_KEYS))
+    return resolve(targets, list(linear_keys))
 
 
 class AdamW:
@@ -124,7 +125,7 @@ class NumpyTrainer:
         self.model.activation_budget = activation_budget(weight_bytes, os.environ.get("MLXTUNE_ACTIVATION_MB"), cfg.grad_checkpoint)
         n_blocks = self.model.config.num_hidden_layers
         self.num_layers = n_blocks if cfg.layers < 0 or cfg.layers > n_blocks else cfg.layers
-        self.keys = resolve_keys(cfg.target_modules)
+        self.keys = resolve_keys(cfg.target_modules, self.model.linear_keys)
         self.seed = cfg.seed
         self.objective = objectives.get(cfg.objective)
         self.model.add_lora(self.num_layers, self.keys, cfg.rank, cfg.scale, np.random.default_rng(cfg.seed), dropout=cfg.dropout)
@@ -216,7 +217,7 @@ def load_adapters(model, adapter_dir: Path) -> RunConfig:
     if config.dora:
         raise UsageError(f"{adapter_dir} holds a DoRA adapter, which the numpy backend does not implement; use --backend mlx")
     lp = config.lora_parameters
-    keys = lp.keys or list(LINEAR_KEYS)
+    keys = lp.keys or list(model.linear_keys)
     model.add_lora(int(config.num_layers), keys, int(lp.rank), float(lp.scale), np.random.default_rng(0))
     path = Path(adapter_dir) / ADAPTER_WEIGHTS
     if not path.exists():

@@ -15,6 +15,13 @@ from ...models.layout import ModelConfig, expected_shapes
 # A block's linear layers that read one input, stacked into one array each.
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+# The same of a family whose checkpoint holds them fused (Phi-3): one layer each, its rows q | k | v and gate | up.
+FUSED_QKV, FUSED_GATE_UP = ("self_attn.qkv_proj",), ("mlp.gate_up_proj",)
+
+
+def block_groups(fused: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the q | k | v group, the gate | up group) of a block: three and two layers, or one fused layer each."""
+    return (FUSED_QKV, FUSED_GATE_UP) if fused else (QKV, GATE_UP)
 # Tensors a checkpoint may carry that the model does not use (mlx-lm's sanitize drops them too).
 IGNORED_SUFFIXES = ("self_attn.rotary_emb.inv_freq",)
 
@@ -35,8 +42,9 @@ def check_weights(cfg: ModelConfig, weights: dict[str, np.ndarray]) -> dict[str,
     return expected
 
 
-def stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: int, dtype, consume: bool) -> dict[str, np.ndarray]:
-    """The tensors ``names`` of ``weights`` in ``dtype``; q | k | v and gate | up of each block stored as one array each.
+def stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: int, dtype, consume: bool, fused: bool = False) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of ``weights`` in ``dtype``; q | k | v and gate | up of each block stored as one array each
+    (``fused``: they are one tensor each already).
 
     Each layer's weight is a row block (a contiguous view) of its group's
     array, which ``ops.stacked_weight`` then uses as is: the layers that read
@@ -46,7 +54,7 @@ def stacked_weights(weights: dict[str, np.ndarray], names: list[str], n_blocks: 
     take = weights.pop if consume else weights.__getitem__
     out: dict[str, np.ndarray] = {}
     for i in range(n_blocks):
-        for group in (QKV, GATE_UP):
+        for group in block_groups(fused):
             group_names = [f"model.layers.{i}.{k}.weight" for k in group]
             parts = [take(n) for n in group_names]
             rows = [p.shape[0] for p in parts]

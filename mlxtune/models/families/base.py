@@ -15,7 +15,6 @@ normaliser's rope fields) and absent from the others.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ...errors import ModelFormatError
@@ -60,6 +59,8 @@ QK_NORM_GGUF_BLOCK = (
 )
 # The rope scaling types the numpy model computes (mlx-lm's rope_utils.initialize_rope for these).
 NUMPY_ROPE_TYPES = ("default", "linear", "llama3")
+# The linear layers of a block whose q, k and v are one projection and gate and up another (Phi-3), sorted as LLAMA_LINEAR_KEYS.
+FUSED_LINEAR_KEYS = ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Family:
     qkv_bias: bool | None = None  # fixed biases on q, k, v (and none on o_proj and the MLP); None: config.json's attention_bias / mlp_bias
     head_dim_from_config: bool = True  # False: head_dim is always hidden_size // heads, whatever config.json says
     default_rope_theta: float = 10000.0  # rope_theta when config.json has none
-    rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it
+    rope_types: tuple[str, ...] = ()  # rope scaling types the numpy backend computes for it; with "longrope", the mlx
+    # backend's too computes LongRoPE as transformers does (backends/mlx/longrope.py)
     qk_norm: bool = False  # q and k are RMS-normalised per head (self_attn.q_norm / k_norm, head_dim wide) before rope
     nope_layers: bool = False  # config.json's no_rope_layers / no_rope_layer_interval name layers that do not rotate
     norm_offset: float = 0.0  # every RMSNorm multiplies by (norm_offset + weight): Gemma stores its weights as w - 1
@@ -84,11 +86,10 @@ class Family:
     sandwich_norms: bool = False  # norms after attention and the MLP too: post_attention_layernorm normalises
     # attention's output, pre_feedforward_layernorm the MLP's input and post_feedforward_layernorm its output
     activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, tanh approximation)
+    fused_projections: bool = False  # q | k | v is one linear layer (self_attn.qkv_proj) and gate | up another (mlp.gate_up_proj)
+    partial_rotary: bool = False  # config.json's partial_rotary_factor: rope turns the first int(head_dim * factor) dims of each head
     query_scale_field: str | None = None  # attention scores are scaled by config.json's this ** -0.5 (None: head_dim ** -0.5)
     sliding_window: bool = False  # config.json's sliding_window, and its sliding_window_pattern / layer_types placing it
-    partial_rotary: bool = False  # config.json's partial_rotary_factor: rope turns the first int(head_dim * factor) dims of each head
-    # linears a checkpoint stores fused (phi3's qkv_proj, gate_up_proj): (fused module, the llama-layout modules whose rows it stacks, in order)
-    fused_linears: tuple[tuple[str, tuple[str, ...]], ...] = ()
     text_config: bool = False  # a multimodal model_type of it keeps the text model's config in text_config ...
     text_prefix: str = ""  # ... and the text model's weights under this prefix ...
     other_towers: tuple[str, ...] = ()  # ... beside these (the vision tower), which a text fine-tune leaves out
@@ -118,28 +119,6 @@ class Family:
         if not self.head_dim_from_config:
             return hidden // heads
         return int(config.get("head_dim") or hidden // heads)
-
-    def rotary_dims(self, config: dict) -> int:
-        """The dims of each head rope turns, as mlx-lm's model of this family reads config.json (the rest pass through)."""
-        head_dim = self.head_dim(config)
-        return int(head_dim * float(config.get("partial_rotary_factor") or 1.0)) if self.partial_rotary else head_dim
-
-    def fuse_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """The llama layout's ``shapes`` with each of ``fused_linears``' parts stacked into its fused module, in checkpoint order.
-
-        Parts already absent (shapes that name the fused module itself) are left as they are.
-        """
-        out: dict[str, tuple[int, ...]] = {}
-        for name, shape in shapes.items():
-            stem, _, param = name.rpartition(".")
-            layer, _, rest = stem.removeprefix("model.layers.").partition(".")
-            fused = next(((f, parts) for f, parts in self.fused_linears if rest in parts), None) if stem.startswith("model.layers.") else None
-            if fused is None:
-                out[name] = shape
-            elif rest == fused[1][0]:  # the first part stands for the fused module, in its place
-                rows = sum(shapes[f"model.layers.{layer}.{p}.{param}"][0] for p in fused[1])
-                out[f"model.layers.{layer}.{fused[0]}.{param}"] = (rows, *shape[1:])
-        return out
 
     def biases(self, config: dict) -> tuple[bool, bool, bool]:
         """(q/k/v, o_proj, MLP) biases as mlx-lm's model of this family reads config.json."""
@@ -238,9 +217,3 @@ class Family:
         if layers is None:
             return {}
         return {"no_rope_layer_interval": self.gguf_nope_interval, "no_rope_layers": [int(r) for r in layers]}
-
-
-def longrope_attention_factor(context: int, original: int) -> float:
-    """LongRoPE's scale of cos and sin from the two contexts, as mlx-lm's SuScaledRoPE and llama.cpp's converter compute it."""
-    factor = context / original
-    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))

@@ -3,12 +3,12 @@
 Tiny random Phi3ForCausalLM models built by transformers are the reference:
 partial rotary (Phi-4-mini's 0.75) and LongRoPE (transformers' Phi3Config takes no other scaling) with an
 original context of 16. LongRoPE picks its factors by the length: llama.cpp
-by its context (n_ctx, 64 here), transformers by the sequence's (33 tokens),
-mlx-lm 0.32.2 always the long ones; all three use the long factors beyond the
-original context, where these tests run. The export is held to llama.cpp's
-own loss; a file written by llama.cpp's converter is imported and held to
-transformers; mlxtune's export imported back gives transformers' loss and
-logits, on the mlx backend and in transformers itself.
+by its context (n_ctx, 64 here), transformers and both of mlxtune's backends
+by the sequence's (33 tokens); all use the long factors beyond the original
+context, where these tests run. The export is held to llama.cpp's own loss; a
+file written by llama.cpp's converter is imported and held to transformers;
+mlxtune's export imported back gives transformers' loss and logits, on both
+backends and in transformers itself.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import pytest
 
 import llamacpp
 from conftest import HAVE_MLX
-from test_family_models import HAVE_TORCH, NOTES, OUTTYPES, SHAPE, TOKENS, mlx_loss, rel, run, transformers_loss
+from test_family_models import HAVE_TORCH, NOTES, OUTTYPES, SHAPE, TOKENS, mlx_loss, numpy_loss, rel, run, transformers_loss
 from tiny import make_chat_model, make_tokenizer
 from tolerances import TINY_LOGITS, scaled_diff
 
+from mlxtune.backends.numpy.model import ModelConfig, NumpyLlama, load_model
 from mlxtune.convert import convert
 from mlxtune.export.gguf import export_gguf
 from mlxtune.formats.gguf import read_gguf, read_header
@@ -64,6 +65,12 @@ def transformers_logits(model_dir: Path) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(input_ids=torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
+
+
+def gguf_model(path: Path) -> NumpyLlama:
+    """The numpy model of a GGUF file read without mlx (every tensor expanded to float32)."""
+    g = read_gguf(path, dense=True)
+    return NumpyLlama(ModelConfig.from_dict(g.config), {k: np.asarray(v, dtype=np.float32) for k, v in g.weights.items()})
 
 
 def llama_cpp_loss(path: Path) -> float:
@@ -147,7 +154,7 @@ def test_a_lora_run_exports_to_gguf_and_llama_cpp_computes_the_fused_model(phi3,
 
 def test_export_imported_back_computes_the_transformers_loss_and_logits(phi3, tmp_path):
     """The f32 export converted back: the config fields the GGUF implies (partial_rotary_factor, the original context, LongRoPE's
-    factors), the same loss on the mlx backend, and the imported directory loads in transformers with the same logits."""
+    factors), the same loss on both backends, and the imported directory loads in transformers with the same logits."""
     name, src, reference, converted = phi3
     export_gguf(converted, tmp_path / "m.gguf", "f32")
     back = convert(str(tmp_path / "m.gguf"), tmp_path / "back", dtype="float32").path
@@ -160,14 +167,16 @@ def test_export_imported_back_computes_the_transformers_loss_and_logits(phi3, tm
         assert (scaling["type"], scaling["original_max_position_embeddings"]) == ("longrope", ORIGINAL)
         assert scaling["short_factor"] == pytest.approx(rope["short_factor"]) and scaling["long_factor"] == pytest.approx(rope["long_factor"])
     assert scaled_diff(transformers_logits(back), transformers_logits(src)) <= TINY_LOGITS
+    losses = {"numpy": numpy_loss(load_model(back)[0]), "numpy, read without mlx": numpy_loss(gguf_model(tmp_path / "m.gguf"))}
     if HAVE_MLX:
-        assert rel(mlx_loss(back), reference) <= LOSS_REL
+        losses["mlx"] = mlx_loss(back)
+    assert all(rel(v, reference) <= LOSS_REL for v in losses.values()), losses
 
 
 @pytest.mark.llama_cpp
 def test_gguf_written_by_llama_cpps_converter_imports_and_trains(phi3, tmp_path):
     """A file mlxtune did not write: llama.cpp's converter on the transformers directory (a SentencePiece tokenizer, as
-    Phi-3.5's), imported by ``mlxtune convert`` with the transformers loss on the mlx backend, and trained by ``lora --model X.gguf``."""
+    Phi-3.5's), imported by ``mlxtune convert`` with the transformers loss on both backends, and trained by ``lora --model X.gguf``."""
     from gguf_fixtures import tiny_spm_model
 
     llamacpp.need_converter()
@@ -189,14 +198,15 @@ def test_gguf_written_by_llama_cpps_converter_imports_and_trains(phi3, tmp_path)
     (theirs_md, theirs), (ours_md, ours) = read_header(tmp_path / "m.gguf"), read_header(ours)
     assert {k: v for k, v in ours_md.items() if k.startswith("phi3.") and k != "phi3.vocab_size"} == {k: v for k, v in theirs_md.items() if k.startswith("phi3.")}
     assert sorted((t.name, t.shape, t.type) for t in ours) == sorted((t.name, t.shape, t.type) for t in theirs)
-    if not HAVE_MLX:
-        return
-    loss = mlx_loss(tmp_path / "back")
-    print(f"\n[phi3 {name}] llama.cpp's converter, imported: mlx {loss:.7f} vs transformers {reference:.7f}: {rel(loss, reference):.1e}")
-    assert rel(loss, reference) <= LOSS_REL
+    losses = {"numpy": numpy_loss(load_model(tmp_path / "back")[0])}
+    if HAVE_MLX:
+        losses["mlx"] = mlx_loss(tmp_path / "back")
+    print(f"\n[phi3 {name}] llama.cpp's converter, imported: " + ", ".join(f"{k} {v:.7f} ({rel(v, reference):.1e})" for k, v in losses.items()))
+    assert all(rel(v, reference) <= LOSS_REL for v in losses.values())
     data = tmp_path / "text.jsonl"  # text records: the converter's SentencePiece vocabulary has no chat template
     data.write_text("".join(json.dumps({"text": f"The note {i} says the lamp is on the table."}) + "\n" for i in range(12)))
-    run("lora", "--data", data, "--model", tmp_path / "m.gguf", "--iters", 2, "--backend", "mlx", "-o", tmp_path / "run", "--no-report")
+    backend = "mlx" if HAVE_MLX else "numpy"
+    run("lora", "--data", data, "--model", tmp_path / "m.gguf", "--iters", 2, "--backend", backend, "-o", tmp_path / "run", "--no-report")
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
 
 
@@ -217,7 +227,7 @@ def test_a_file_with_another_longrope_attention_factor_imports_it_as_attention_f
     theirs = llama_cpp_loss(path)
     back = convert(str(path), tmp_path / "back", dtype="float32").path
     assert json.loads((back / "config.json").read_text())["rope_scaling"]["attention_factor"] == 1.25
-    losses = {"transformers": transformers_loss(back)}
+    losses = {"transformers": transformers_loss(back), "numpy": numpy_loss(load_model(back)[0])}
     if HAVE_MLX:
         losses["mlx"] = mlx_loss(back)
     print(f"\n[phi3 attn_factor 1.25] llama.cpp {theirs:.7f}; " + ", ".join(f"{k} {v:.7f} ({rel(v, theirs):.1e})" for k, v in losses.items()))

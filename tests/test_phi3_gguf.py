@@ -117,6 +117,23 @@ def test_export_writes_what_llama_cpps_converter_writes(phi3, tmp_path):
         assert "phi3.rope.scaling.attn_factor" not in md and "rope_factors_long.weight" not in t
 
 
+def test_a_transformers4_config_exports_the_same_file(phi3, tmp_path):
+    """config.json as transformers 4 wrote it (Phi-3.5-mini's own: rope_scaling with "type", partial_rotary_factor and
+    rope_theta at the top level): the same hyperparameters and tensors as from transformers 5's rope_parameters."""
+    name, src, _, converted = phi3
+    t4 = Path(shutil.copytree(src, tmp_path / "t4"))
+    config = json.loads((t4 / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    scaling = {k: params[k] for k in ("short_factor", "long_factor") if k in params}
+    config.update(rope_theta=params["rope_theta"], partial_rotary_factor=params["partial_rotary_factor"], rope_scaling={"type": "longrope", **scaling} if scaling else None)
+    (t4 / "config.json").write_text(json.dumps(config))
+    files = [export_gguf(d, tmp_path / f"{i}.gguf", "f32", name="m").path for i, d in enumerate((converted, t4))]
+    (md5, t5), (md4, t4s) = (read_header(f) for f in files)
+    assert {k: v for k, v in md4.items() if k.startswith("phi3.")} == {k: v for k, v in md5.items() if k.startswith("phi3.")}
+    assert [(t.name, t.shape, t.type) for t in t4s] == [(t.name, t.shape, t.type) for t in t5]
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("outtype", list(OUTTYPES))
 def test_llama_cpp_loads_each_export_with_the_transformers_loss(phi3, outtype, tmp_path):

@@ -20,13 +20,14 @@ def test_each_family_file_defines_its_family():
 def test_the_tables_the_readers_had_before():
     """What numpy_model, backends, export_gguf, gguf_import, export_hf and model_config each kept in a table of their own."""
     assert families.numpy_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"]
-    assert families.gguf_export_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    assert families.gguf_export_model_types() == ["gemma3_text", "gemma3", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"]
     assert {t: families.get(t).gguf_arch for t in families.gguf_export_model_types()} == {
-        "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
-    assert families.gguf_import_archs() == ["gemma3", "llama", "qwen2", "qwen3", "smollm3"]
-    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("gemma3", "llama", "qwen2", "qwen3", "smollm3"))] == [
-        ("gemma3_text", "Gemma3ForCausalLM", False), ("llama", "LlamaForCausalLM", True), ("qwen2", "Qwen2ForCausalLM", False),
-        ("qwen3", "Qwen3ForCausalLM", False), ("smollm3", "SmolLM3ForCausalLM", True)]
+        "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama", "mistral": "llama", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3",
+        "smollm3": "smollm3"}
+    assert families.gguf_import_archs() == ["gemma3", "llama", "phi3", "qwen2", "qwen3", "smollm3"]
+    assert [(f.model_types[0], f.hf_class, f.gguf_permute_qk) for f in map(families.for_gguf_arch, ("gemma3", "llama", "phi3", "qwen2", "qwen3", "smollm3"))] == [
+        ("gemma3_text", "Gemma3ForCausalLM", False), ("llama", "LlamaForCausalLM", True), ("phi3", "Phi3ForCausalLM", False),
+        ("qwen2", "Qwen2ForCausalLM", False), ("qwen3", "Qwen3ForCausalLM", False), ("smollm3", "SmolLM3ForCausalLM", True)]
     assert families.hf_classes() == {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                                      "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "phi3": "Phi3ForCausalLM",
                                      "smollm3": "SmolLM3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}

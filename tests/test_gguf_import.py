@@ -278,10 +278,10 @@ def test_corrupt_header_is_a_format_error_not_a_crash(tmp_path, tiny_bytes, what
 
 
 def test_unsupported_architecture(tmp_path):
-    t = write_tiny_gguf(tmp_path / "phi.gguf", arch="phi3")
+    t = write_tiny_gguf(tmp_path / "phi.gguf", arch="phi2")
     with pytest.raises(UnsupportedModelError) as e:
         read_gguf(t.path)
-    _one_line(e, "phi.gguf", "'phi3'", "llama", "qwen2")
+    _one_line(e, "phi.gguf", "'phi2'", "llama", "phi3", "qwen2")
 
 
 # Q5_0, Q5_1, Q4_K and Q6_K were refused here until issue 15; now they import (below).

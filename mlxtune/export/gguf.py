@@ -2,8 +2,8 @@
 
 The file is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same
 model (``LlamaModel`` for llama, mistral and SmolLM; ``Qwen2Model`` for qwen2,
-``Qwen3Model`` for qwen3, ``SmolLM3Model`` for smollm3; each family's names
-and rules are its ``Family`` record): the same tensor names, the rotary q/k rows of llama permuted the way it
+``Qwen3Model`` for qwen3, ``SmolLM3Model`` for smollm3, ``Gemma3Model`` for gemma3,
+``Phi3MiniModel`` for phi3; each family's names and rules are its ``Family`` record): the same tensor names, the rotary q/k rows of llama permuted the way it
 permutes them (``gguf_import`` undoes exactly this), norms and other 1-D
 tensors in F32, the same metadata keys and types, and the tokenizer as its
 ``get_vocab_base`` and ``gguf.SpecialVocab`` describe it. Weights are read with
@@ -166,7 +166,9 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     scaling = config.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type not in family.gguf_rope_types:
-        raise UnsupportedModelError(f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (supported: linear; llama3 for llama)")
+        raise UnsupportedModelError(
+            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (it exports {', '.join(family.gguf_rope_types)} for {model_type})"
+        )
     if config.get("rope_traditional"):
         raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
     cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
@@ -189,6 +191,10 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     if rope_type == "llama3":
         factors = _llama3_rope_factors(cfg.rope_theta, cfg.head_dim, scaling, config)
         plan.append(_Tensor("rope_freqs.weight", None, factors.shape, "F32", data=factors))
+    if cfg.longrope is not None:  # LongRoPE's per-frequency factors, as llama.cpp's Phi3MiniModel writes them
+        for kind, factors in (("long", cfg.longrope.long_factor), ("short", cfg.longrope.short_factor)):
+            data = np.asarray(factors, dtype=np.float32)
+            plan.append(_Tensor(f"rope_factors_{kind}.weight", None, data.shape, "F32", data=data))
     fallback = []
     outside = {hf: name for name, hf in family.gguf_global}  # Hugging Face name -> GGUF name
     block = {hf: name for name, hf in family.gguf_block}
@@ -252,7 +258,8 @@ def _order(t: _Tensor, block_order: list[str]) -> tuple:
     parts = t.name.split(".")
     if parts[0] == "blk":
         return (2, int(parts[1]), block_order.index(parts[2]), parts[3])
-    return ({"rope_freqs": 0, "token_embd": 1, "output_norm": 3, "output": 4}[parts[0]], 0, 0, parts[-1])
+    first = {"rope_freqs": 0, "rope_factors_long": 0, "rope_factors_short": 0, "token_embd": 1, "output_norm": 3, "output": 4}
+    return (first[parts[0]], 0, 0, parts[0])
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -330,11 +337,18 @@ def _add_hyperparameters(writer, config: dict, cfg, family, notes: list[str]) ->
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
-    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_dimension_count(cfg.rope_dims())  # partial rotary (phi3): the dims rope turns
     scaling = cfg.rope_scaling or {}
-    if (scaling.get("rope_type") or scaling.get("type")) == "linear":
+    rope_type = scaling.get("rope_type") or scaling.get("type")
+    if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
+    if family.gguf_context_keys:  # as llama.cpp's Phi3MiniModel: the original context, the sliding window (0: none)
+        original = cfg.longrope.original_max if cfg.longrope else int(config.get("original_max_position_embeddings") or 4096)  # mlx-lm's default
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(int(config.get("sliding_window") or 0))
+        if cfg.longrope is not None:  # what cos and sin are scaled by, as mlxtune computes it (transformers' rule)
+            writer.add_rope_scaling_attn_factors(cfg.rope_attention_factor())
     if cfg.sliding_layers is not None and any(cfg.sliding_layers):
         _add_sliding_window(writer, cfg, family, notes)
 

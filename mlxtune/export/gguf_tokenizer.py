@@ -51,6 +51,7 @@ KNOWN_PRE_HASHES = {
     "fcace8b9cac38ce847670c970cd5892031a753a1ef381abd1d9af00f713da085": "phi-2",
     "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": "olmo",  # also mpt's; llama.cpp's last match wins
     "b53802fb28e26d645c3a310b34bfe07da813026ec7c7716883404d5e0f8b1901": "jais",
+    "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",  # Xenova/gpt-4o (o200k), Phi-4-mini's vocabulary
 }
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # tokenizer.ggml.token_type
 
@@ -196,7 +197,7 @@ def _pre_tokenizer(path: Path, tj: dict) -> tuple[str, bool]:
     """(tokenizer.ggml.pre, whether derived rather than recognised) for a byte-level BPE tokenizer."""
     from tokenizers import Tokenizer
 
-    from ..formats.gguf_tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
+    from ..formats.gguf_tokenizer import GPT4O_SPLIT, LLAMA3_SPLIT, QWEN2_SPLIT
 
     ids = Tokenizer.from_file(str(path)).encode(CHKTXT).ids
     chkhsh = sha256(str(ids).encode()).hexdigest()
@@ -212,11 +213,11 @@ def _pre_tokenizer(path: Path, tj: dict) -> tuple[str, bool]:
         found = "smollm"
     elif kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
-        found = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}.get(pattern)
+        found = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2", GPT4O_SPLIT: "gpt-4o"}.get(pattern)
     if found is None:
         raise UnsupportedModelError(
             f"{path}: llama.cpp does not know this tokenizer's pre-tokenizer (hash {chkhsh[:16]}...), and it is not one of the "
-            "shapes mlxtune can name (GPT-2, SmolLM digits, Llama 3 or Qwen2 split); llama.cpp would tokenize it wrongly"
+            "shapes mlxtune can name (GPT-2, SmolLM digits, Llama 3, Qwen2 or GPT-4o split); llama.cpp would tokenize it wrongly"
         )
     return found, True
 

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from .gguf_rope import rope_fields, shortest
 from .gguf_tokenizer import build_tokenizer
 from .gguf_types import EXPANDED_TYPES, QUANT_BITS, SUPPORTED_TYPES, expand, mlx_triplet, stored, unsupported_message
 from ..models import families
 from ..models.families.base import Family
 
 GROUP_SIZE = 32
+ROPE_TENSORS = ("rope_freqs.", "rope_factors_long.", "rope_factors_short.")  # rope settings as tensors: config, not weights
 
 
 @dataclass
@@ -66,7 +68,7 @@ def read_gguf(path: str | Path, dense: bool | None = None, expanded_dtype: str =
     bad = [t for t in tensors if t.type not in SUPPORTED_TYPES]
     if bad:
         raise UnsupportedModelError(unsupported_message(path.name, bad[0].name, bad[0].type, len(bad), sorted({t.type for t in bad})))
-    names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith("rope_freqs.")}
+    names = {t.name: _hf_name(t.name, family, path) for t in tensors if not t.name.startswith(ROPE_TENSORS)}
     hp = _hyperparameters(md, arch, path)
     tokenizer = build_tokenizer(md, path)
     if dense is None:
@@ -222,7 +224,7 @@ def _load_weights(path: Path, family: Family, hp: dict, tensors: list[TensorInfo
     weights, bits, extra = {}, {}, {}
     for t in tensors:
         stem = t.name.rpartition(".")[0]
-        if t.name not in names:  # rope_freqs: becomes config, not weights
+        if t.name not in names:  # rope_freqs, rope_factors_*: become config, not weights
             extra[t.name] = expand(path, t.shape, t.type, t.offset, t.nbytes)
             continue
         if t.type in QUANT_BITS:
@@ -290,11 +292,6 @@ def _unpermute(w, n_head: int, name: str, path: Path):
 # --- config -----------------------------------------------------------------
 
 
-def _f32(x) -> float:
-    """Shortest decimal of a float32 (1e-05, not 9.999999747378752e-06)."""
-    return float(str(np.float32(x)))
-
-
 def _hyperparameters(md: dict, arch: str, path: Path) -> dict:
     """The integer shape parameters, checked: every later step relies on them."""
     def get(key, default=None):
@@ -323,18 +320,19 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     def get(key, default=None):
         return md.get(f"{arch}.{key}", default)
 
-    q = weights.get("model.layers.0.self_attn.q_proj.weight")
-    if q is None or q.shape[0] != hp["num_attention_heads"] * hp["head_dim"] or "model.embed_tokens.weight" not in weights:
+    rows = (hp["num_attention_heads"] + (2 * hp["num_key_value_heads"] if family.fused_projections else 0)) * hp["head_dim"]
+    q = weights.get(f"model.layers.0.self_attn.{'qkv_proj' if family.fused_projections else 'q_proj'}.weight")  # q, or q | k | v
+    if q is None or q.shape[0] != rows or "model.embed_tokens.weight" not in weights:
         raise ModelFormatError(
             f"{path.name}: the tensors do not match the metadata ({hp['num_attention_heads']} heads x {hp['head_dim']}); the file is inconsistent"
         )
     model_type, hf_class = family.model_types[0], family.hf_class
-    theta = _f32(get("rope.freq_base", 10000.0))
+    theta = shortest(get("rope.freq_base", 10000.0))
     config = {
         "model_type": model_type,
         "architectures": [hf_class],
         **hp,
-        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rms_norm_eps": shortest(get("attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": theta,
         "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
         "max_position_embeddings": int(get("context_length", 2048)),
@@ -349,11 +347,7 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
     scalar = family.gguf_query_pre_attn_scalar(hp["hidden_size"], hp["num_attention_heads"], hp["head_dim"], hp["num_hidden_layers"])
     if scalar is not None:
         config[family.query_scale_field] = scalar
-    if family.sliding_window:
-        config.update(_sliding_window(md, family, hp["num_hidden_layers"], path))
-    scaling = _rope_scaling(md, arch, extra, hp["head_dim"], theta, path)
-    if scaling:
-        config["rope_scaling"] = scaling
+    config.update(rope_fields(md, family, config, extra, path))  # rope scaling, partial rotary, the sliding window
     if bits:
         default = Counter(bits.values()).most_common(1)[0][0]
         quant: dict = {"group_size": GROUP_SIZE, "bits": default}
@@ -361,58 +355,6 @@ def _config(md: dict, family: Family, hp: dict, weights: dict, bits: dict, token
         config["quantization"] = quant
         config["quantization_config"] = quant
     return config
-
-
-def _sliding_window(md: dict, family: Family, n_layers: int, path: Path) -> dict:
-    """config.json's sliding window, its period of full-attention layers and its local rope base, as llama.cpp reads the file.
-
-    Without ``attention.sliding_window`` no layer slides (a period of 1);
-    without a pattern or ``rope.freq_base_swa``, llama.cpp's defaults for the
-    architecture (``Family.gguf_swa_pattern``, ``gguf_swa_base``). A pattern
-    stored as one flag per layer must be regular: mlx-lm reads a period.
-    """
-    arch = family.gguf_arch
-    window = md.get(f"{arch}.attention.sliding_window")
-    if not window:
-        return {family.layer_pattern_field: 1}
-    pattern = md.get(f"{arch}.attention.sliding_window_pattern", family.gguf_swa_pattern)
-    if isinstance(pattern, (list, tuple)):  # one flag per layer: True where the layer slides
-        flags = [bool(f) for f in pattern]
-        period = next((p for p in range(1, n_layers + 2) if flags == [(i + 1) % p != 0 for i in range(n_layers)]), None)
-        if period is None:
-            raise UnsupportedModelError(f"{path.name}: {arch}.attention.sliding_window_pattern places its global layers irregularly; mlx-lm reads a regular period only")
-        pattern = period
-    return {"sliding_window": int(window), family.layer_pattern_field: int(pattern),
-            family.local_rope_base_field: _f32(md.get(f"{arch}.rope.freq_base_swa", family.gguf_swa_base))}
-
-
-def _rope_scaling(md: dict, arch: str, extra: dict, head_dim: int, theta: float, path: Path) -> dict | None:
-    """HF ``rope_scaling`` for what the file says (linear), or implies with a rope_freqs tensor (Llama 3)."""
-    kind = md.get(f"{arch}.rope.scaling.type", "none")
-    if "rope_freqs.weight" in extra:
-        return _llama3_scaling(extra["rope_freqs.weight"], head_dim, theta, path)
-    if kind == "none":
-        return None
-    if kind == "linear":
-        return {"type": "linear", "factor": _f32(md[f"{arch}.rope.scaling.factor"])}
-    raise UnsupportedModelError(f"{path.name}: rope scaling {kind!r} is not supported; use the original Hugging Face model")
-
-
-def _llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> dict:
-    """Recover Llama 3.1's rope_scaling from the per-frequency factors llama.cpp stores.
-
-    The converter computes them from factor, low/high frequency factors and the
-    original context; only the factor varies between Llama 3.x releases, so we
-    take it from the tensor and check the whole tensor against the formula.
-    """
-    factor, low, high, old = float(factors.max()), 1.0, 4.0, 8192
-    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    wavelen = 2 * np.pi / freqs
-    smooth = (old / wavelen - low) / (high - low)
-    expected = np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, 1 / ((1 - smooth) / factor + smooth)))
-    if factors.shape != expected.shape or not np.allclose(factors, expected, rtol=1e-4):
-        raise UnsupportedModelError(f"{path.name}: the rope_freqs tensor does not match Llama 3 rope scaling; use the original Hugging Face model")
-    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": old}
 
 
 def _file_type(value) -> str | None:

@@ -33,6 +33,12 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# GPT-4o's (o200k), which Phi-4-mini's tokenizer.json splits by: cased words with their contraction, digits in threes
+GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # tokenizer.ggml.pre -> pre-tokenizer family (grouped as llama.cpp groups them)
 PRE_TOKENIZERS = {
@@ -40,6 +46,7 @@ PRE_TOKENIZERS = {
     **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), "digits"),
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"), "llama3"),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), "qwen2"),
+    "gpt-4o": "gpt4o",  # GPT-4o, Phi-4-mini
 }
 # llama.cpp (and these models' tokenizer.json) take a whole pre-token from the
 # vocabulary before trying merges; llama.cpp also adds BOS for them by default.
@@ -136,8 +143,8 @@ def _byte_level_bpe(md: dict, tokens: list[str], name: str):
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=family in ("gpt2", "digits"))
     if family == "digits":  # StarCoder/SmolLM: every digit alone, then GPT-2's split
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif family in ("llama3", "qwen2"):
-        split = LLAMA3_SPLIT if family == "llama3" else QWEN2_SPLIT
+    elif family in ("llama3", "qwen2", "gpt4o"):
+        split = {"llama3": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT, "gpt4o": GPT4O_SPLIT}[family]
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
     else:
         tok.pre_tokenizer = byte_level

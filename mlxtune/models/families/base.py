@@ -101,6 +101,7 @@ class Family:
     gguf_attention_bias_key: bool = False  # GGUF import writes config.json's attention_bias (from the q bias's presence)
     gguf_global: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF module) outside the blocks
     gguf_block: tuple[tuple[str, str], ...] = ()  # (GGUF name, HF block-relative module), in GGUF file order
+    gguf_context_keys: bool = False  # the converter writes rope.scaling.original_context_length and the sliding window (0: none) (phi3)
     gguf_nope_interval: int | None = None  # llama.cpp's fixed period of layers without rope (every Nth), not stored in the file
     # llama.cpp's reading of a sliding-window family's file: the period of full-attention layers when the file has no
     # attention.sliding_window_pattern, and the sliding-window layers' rope base when it has no rope.freq_base_swa

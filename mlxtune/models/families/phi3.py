@@ -31,9 +31,29 @@ mlx-lm's phi3 reads a "linear" rope_scaling only beside a long_factor. mlx-lm
 reads the LongRoPE settings from ``rope_scaling["type"]`` (the key transformers
 4 wrote), so a transformers 5 config's ``rope_parameters`` is written out with
 it (``model_config.normalize_config``).
+
+GGUF (llama.cpp's ``Phi3MiniModel``): both fused tensors are kept
+(``attn_qkv``; ``ffn_up`` holds gate then up, 2 x intermediate_size rows, and
+there is no ``ffn_gate``), the q/k rows in Hugging Face order (half-split
+rotation). The converter writes ``rope.dimension_count`` (the rotated dims),
+``rope.scaling.original_context_length`` and the sliding window (0: none;
+llama.cpp's graph ignores it), and for LongRoPE the ``rope_factors_long`` /
+``rope_factors_short`` tensors and ``rope.scaling.attn_factor``. llama.cpp
+takes the long factors when its context (n_ctx) exceeds the original context,
+not by the sequence's length: it agrees with transformers on a sequence on the
+same side of the original context as n_ctx.
 """
 
-from .base import FUSED_LINEAR_KEYS, Family
+from .base import FUSED_LINEAR_KEYS, LLAMA_GGUF_GLOBAL, Family
+
+GGUF_BLOCK = (
+    ("attn_norm", "input_layernorm"),
+    ("attn_qkv", "self_attn.qkv_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_up", "mlp.gate_up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+)
 
 FAMILY = Family(
     name="phi3",
@@ -47,4 +67,10 @@ FAMILY = Family(
     fused_projections=True,
     partial_rotary=True,
     rope_scaling_type_key=True,
+    gguf_arch="phi3",
+    gguf_import=True,
+    gguf_rope_types=("default", "longrope", "su"),  # transformers' Phi3Config takes no other scaling
+    gguf_context_keys=True,
+    gguf_global=LLAMA_GGUF_GLOBAL,
+    gguf_block=GGUF_BLOCK,
 )

@@ -178,6 +178,7 @@ def test_lora_fuse_hf_and_peft_export(phi3, tuned, tmp_path):
     assert all(rel(v, expected) <= LOSS_REL for v in fused.values())
 
 
+@pytest.mark.parametrize("phi3", ["longrope short"], indirect=True)  # one rope setting: the plan reads shapes only
 @pytest.mark.parametrize("targets", ["all-linear", "qkv_proj"])
 def test_the_memory_plan_counts_the_fused_layers(phi3, targets):
     """The plan's adapters are the numpy model's own (lora_a, lora_b, AdamW's moments, gradients: 4P floats) on both
@@ -186,9 +187,7 @@ def test_the_memory_plan_counts_the_fused_layers(phi3, targets):
     from mlxtune.training.memory import estimate, linear_keys, read_model
     from mlxtune.training.targets import resolve
 
-    name, _, _, _, converted = phi3
-    if name != "longrope short":
-        pytest.skip("one rope setting is enough: the plan reads shapes only")
+    _, _, _, _, converted = phi3
     config, tensors = read_model(converted)
     keys = resolve([targets], linear_keys(config))
     model = load_model(converted)[0]

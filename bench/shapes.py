@@ -68,7 +68,32 @@ GEMMA3_270M = {
     "attn_logit_softcapping": None,
     "torch_dtype": "float32",
 }
-SHAPES = {"qwen3-0.6b": QWEN3_0_6B, "gemma3-270m": GEMMA3_270M}
+# Phi-4-mini's config.json (microsoft/Phi-4-mini-instruct), transformers 4 layout, with 4 of its 32 layers: its
+# widths (fused qkv and gate_up, 3/4 of each head rotating, LongRoPE) and its 200k tied vocabulary at a size a 2-core
+# machine steps through in seconds. The LongRoPE factors are placeholders of the right length (48: half of the 96
+# rotated dims): the speed does not depend on their values.
+PHI4_MINI_4L = {
+    "architectures": ["Phi3ForCausalLM"],
+    "model_type": "phi3",
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.75,
+    "rope_scaling": {"type": "longrope", "short_factor": [1.0 + 0.01 * i for i in range(48)], "long_factor": [1.0 + 0.5 * i for i in range(48)]},
+    "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096,
+    "sliding_window": 262144,
+    "vocab_size": 200064,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "torch_dtype": "float32",
+}
+SHAPES = {"qwen3-0.6b": QWEN3_0_6B, "gemma3-270m": GEMMA3_270M, "phi4-mini-4l": PHI4_MINI_4L}
 
 
 def write_random_model(out: Path, shape: str, tokenizer_dir: Path, seed: int = 0) -> Path:

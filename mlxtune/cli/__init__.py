@@ -65,7 +65,8 @@ def main() -> None:
 # The commands import CONTEXT and the choices above, so they are imported last.
 from .evaluation import eval_, recipes  # noqa: E402
 from .models import convert, download, export, fuse, generate  # noqa: E402
+from .serving import serve  # noqa: E402
 from .training import data, lora, plan  # noqa: E402
 
-for _command in (download, convert, lora, plan, fuse, generate, export, eval_, recipes, data):
+for _command in (download, convert, lora, plan, fuse, generate, export, serve, eval_, recipes, data):
     cli.add_command(_command)

@@ -246,3 +246,22 @@ def test_serving_two_adapters_of_one_name_is_refused(tiny_model, runs, tmp_path)
             (other / f.name).write_bytes(f.read_bytes())
     with pytest.raises(UsageError, match="two adapters are named 'alpha'"):
         load_switchable(str(tiny_model), [runs[0], other], backend="numpy")
+
+
+def test_switching_adapters_gives_the_logits_of_loading_each_alone(tiny_model, runs, backend):
+    """load_adapter_set: the base loaded once; each selection's logits equal a model loaded with that adapter alone, bit for bit."""
+    served = load_switchable(str(tiny_model), runs, backend=backend)
+    ids = [1, 5, 9, 3, 7, 2]
+
+    def logits(model):
+        if backend == "numpy":
+            return model.forward(np.array([ids], dtype=np.int32))
+        import mlx.core as mx
+
+        return np.array(model(mx.array([ids])))
+
+    alone = {name: logits(load(str(tiny_model), adapter, backend=backend).model) for name, adapter in [(None, None), ("alpha", runs[0]), ("beta", runs[1])]}
+    assert not np.array_equal(alone[None], alone["alpha"]) and not np.array_equal(alone["alpha"], alone["beta"])
+    for name in ["alpha", "beta", None, "beta", "alpha", None]:
+        served.select(name)
+        assert np.array_equal(logits(served.loaded.model), alone[name]), name

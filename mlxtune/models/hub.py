@@ -53,6 +53,11 @@ class ModelSource:
     revision: str | None = None  # resolved commit hash, Hub sources only
     note: str | None = None  # something the user should be told, for the CLI to print
 
+    @property
+    def shown(self) -> str:
+        """The model as progress shows it: its local path; an Ollama model's name first (its blob is named by a digest)."""
+        return f"{self.spec} ({self.path})" if is_ollama_spec(self.spec) else str(self.path)
+
 
 def hub_cache_dir() -> Path:
     """The Hugging Face Hub cache, resolved the way huggingface_hub does but now."""

@@ -194,6 +194,8 @@ def test_an_ollama_model_is_exported_under_its_name(store, tmp_path):
     placed = tmp_path / "lms" / "mlxtune" / "tiny-1m"
     assert f"Exported {placed}: MLX model for LM Studio, listed as mlxtune/tiny-1m" in out
     assert "ollama:tiny:1m as an MLX model directory placed for LM Studio" in (placed / "README.md").read_text()
+    out = run("export", "-f", "gguf", "--model", "ollama:tiny:1m", "-o", f"{tmp_path / 'gguf'}/")
+    assert (tmp_path / "gguf" / "tiny-1m-F16.gguf").is_file() and (tmp_path / "gguf" / "tiny-1m-F16.Modelfile").is_file(), out
 
 
 @pytest.mark.e2e

@@ -80,7 +80,7 @@ def place_lmstudio(
     """
     from ..fsutil import check_output_dir, staged_dir
 
-    final = models_dir(lmstudio_dir) / PUBLISHER / name
+    final = models_dir(lmstudio_dir).absolute() / PUBLISHER / name  # absolute: the card says where it is
     try:
         check_output_dir(final, force, what="LM Studio model")
     except OutputExistsError:

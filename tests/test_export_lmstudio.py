@@ -77,17 +77,21 @@ def test_it_refuses_to_overwrite_without_force(trained_run, tmp_path, monkeypatc
     assert sorted(p.name for p in placed.parent.iterdir()) == ["notes-run"]
 
 
-def test_a_model_is_placed_as_it_is(tiny_model, tmp_path):
+def test_a_model_is_placed_as_it_is(tiny_model, trained_run, tmp_path):
     run("export", "-f", "lmstudio", "--model", tiny_model, "--lmstudio-dir", tmp_path / "m", "--name", "tiny")
+    half = run("export", "-f", "lmstudio", "--adapter", trained_run, "--lmstudio-dir", tmp_path / "m", "--dtype", "float16")
+    assert "(fused 14 adapter layers, float16)" in half and json.loads((tmp_path / "m" / "mlxtune" / "notes-run" / "config.json").read_text())["torch_dtype"] == "float16"
     placed = tmp_path / "m" / "mlxtune" / "tiny"
     assert (placed / "README.md").is_file() and json.loads((placed / "config.json").read_text()) == json.loads((tiny_model / "config.json").read_text())
     a, b = load_model(placed)[0], load_model(tiny_model)[0]
     assert np.array_equal(a.forward(TOKENS), b.forward(TOKENS))
 
 
-def test_usage_errors(trained_run, tmp_path):
+def test_usage_errors(tiny_model, trained_run, tmp_path):
     out = run("export", "-f", "lmstudio", "--adapter", trained_run, "-o", tmp_path / "x", code=2)
     assert "--format lmstudio places the model in the tool's own models folder (another with --lmstudio-dir): drop -o" in out
+    out = run("export", "-f", "lmstudio", "--model", tiny_model, "--dtype", "float16", "--lmstudio-dir", tmp_path / "l", code=2)
+    assert "--dtype applies to a run fused for LM Studio; a model is placed as it is stored" in out
     out = run("export", "-f", "hf", "--adapter", trained_run, code=2)
     assert "--format hf writes to -o/--output: pass it" in out
 

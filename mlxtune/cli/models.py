@@ -167,7 +167,7 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 @click.option("-o", "--output", type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory. (lmstudio: none)")
 @click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, model card). [default: the run's directory name, else the model's]")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
-@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
+@click.option("--dtype", type=DTYPES, help="hf, lmstudio: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
 @click.option("--thinking/--no-thinking", default=None, help="gguf, hf: the chat template (and the Ollama Modelfile) think unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
 @click.option("--lmstudio-dir", type=click.Path(), help="lmstudio: LM Studio's models folder (also LMSTUDIO_MODELS_DIR). [default: ~/.lmstudio/models, or where ~/.lmstudio-home-pointer says]")

@@ -132,7 +132,7 @@ def _peft(req: Request) -> Exported:
 def _lmstudio(req: Request) -> Exported:
     from .lmstudio import place_lmstudio
 
-    r = place_lmstudio(req.name, req.adapter, req.model, req.lmstudio_dir, req.force, req.offline, req.thinking)
+    r = place_lmstudio(req.name, req.adapter, req.model, req.lmstudio_dir, req.force, req.offline, req.thinking, req.dtype)
     made = f"fused {r.fused_layers} adapter layers, {r.dtype}" if r.fused_layers is not None else (r.dtype or "as stored")
     return Exported("lmstudio", r.path, r.size_bytes, f"MLX model for LM Studio, listed as {r.key} ({made})", r.notes, name=req.name)
 

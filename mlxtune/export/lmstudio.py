@@ -72,12 +72,19 @@ def place_lmstudio(
     force: bool = False,
     offline: bool | None = None,
     thinking: bool = False,
+    dtype: str | None = None,
 ) -> Placed:
     """Write the run ``adapter`` fused into its base (``model``, default: the run's), or ``model`` as it is, as ``mlxtune/<name>`` in LM Studio's models folder.
 
-    A run is fused as ``mlxtune fuse`` fuses it (in the base's dtype, float16 for
-    a quantized base), so the placed model answers as the fused one does.
+    A run is fused as ``mlxtune fuse`` fuses it (in ``dtype``, by default the
+    base's, float16 for a quantized base), so the placed model answers as the
+    fused one does. A model is placed as it is stored (``dtype`` is refused:
+    ``mlxtune convert --dtype`` first).
     """
+    from ..errors import UsageError
+
+    if dtype is not None and adapter is None:
+        raise UsageError("--dtype applies to a run fused for LM Studio; a model is placed as it is stored: convert it first with `mlxtune convert MODEL -o DIR --dtype ...`")
     from ..fsutil import check_output_dir, staged_dir
 
     final = models_dir(lmstudio_dir).absolute() / PUBLISHER / name  # absolute: the card says where it is
@@ -88,7 +95,7 @@ def place_lmstudio(
     notes: list[str] = []
     with staged_dir(final, force=force) as tmp:
         if adapter is not None:
-            n, dtype = _fuse(adapter, model, tmp, final, offline, thinking, notes)
+            n, dtype = _fuse(adapter, model, tmp, final, offline, thinking, dtype, notes)
         else:
             n, dtype = None, _copy_model(model, tmp, final, offline, thinking, notes)
     if not (sys.platform == "darwin" and platform.machine() == "arm64"):
@@ -97,12 +104,12 @@ def place_lmstudio(
     return Placed(final, f"{PUBLISHER}/{name}", size, n, dtype, notes)
 
 
-def _fuse(adapter, model, out: Path, final: Path, offline, thinking: bool, notes: list[str]) -> tuple[int, str]:
+def _fuse(adapter, model, out: Path, final: Path, offline, thinking: bool, dtype: str | None, notes: list[str]) -> tuple[int, str]:
     """The run fused into ``out`` (as ``mlxtune fuse``), with LM Studio's card for its place ``final``."""
     from ..fusing import fuse_run
     from .model_card import CARD, fused_facts, model_card
 
-    r = fuse_run(adapter, out, model=model, offline=offline, force=True, name=final.name, thinking=thinking)
+    r = fuse_run(adapter, out, model=model, dtype=dtype, offline=offline, force=True, name=final.name, thinking=thinking)
     notes.extend(r.notes)
     kind = f"{r.quantization['bits']}-bit" if r.quantization else r.dtype
     (out / CARD).write_text(model_card("lmstudio", final.name, str(final), fused_facts(out)[1], detail=f", {kind}"))

@@ -92,6 +92,8 @@ def test_usage_errors(tiny_model, trained_run, tmp_path):
     assert "--format lmstudio places the model in the tool's own models folder (another with --lmstudio-dir): drop -o" in out
     out = run("export", "-f", "lmstudio", "--model", tiny_model, "--dtype", "float16", "--lmstudio-dir", tmp_path / "l", code=2)
     assert "--dtype applies to a run fused for LM Studio; a model is placed as it is stored" in out
+    out = run("export", "-f", "lmstudio", "--lmstudio-dir", tmp_path / "l", code=2)
+    assert "--format lmstudio exports a model: pass --model DIR" in out
     out = run("export", "-f", "hf", "--adapter", trained_run, code=2)
     assert "--format hf writes to -o/--output: pass it" in out
 

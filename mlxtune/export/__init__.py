@@ -29,6 +29,7 @@ module that writes the files).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,6 @@ def export(fmt: str, output: str | Path | None, adapter: str | Path | None = Non
         from ..training.run_schema import RunConfig
 
         thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
-    if chosen.places and name is None:
-        name = Path(adapter).resolve().name if adapter is not None else _own_name(model, offline)
     lm_dir = Path(lmstudio_dir) if lmstudio_dir is not None else None
     req = Request(Path(output) if output is not None else None, into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, bool(thinking), lm_dir)
     if chosen.exports == "adapter":
@@ -173,7 +172,8 @@ def export(fmt: str, output: str | Path | None, adapter: str | Path | None = Non
     if adapter is None and model is None:
         raise UsageError(f"--format {fmt} exports a model: pass --model DIR (or a Hub id or .gguf), or --adapter RUN to export it fused into its base")
     if chosen.places:
-        return chosen.write(req)
+        name = name or (Path(adapter).resolve().name if adapter is not None else _own_name(model, offline))
+        return chosen.write(dataclasses.replace(req, name=name))
     notes: list[str] = []
     scratch = req.output if into_dir and fmt == "gguf" else req.output.parent
     with _source_dir(adapter, model, scratch, offline, notes, name, thinking) as (directory, src_name, origin, default):

@@ -105,8 +105,8 @@ def _cache_name(source: ModelSource) -> str:
     digest = blob_digest(source.path)
     if digest is None:
         return f"{source.path.stem}-{file_digest(source.path)[:12]}"
-    name = parse_name(source.spec).model if is_ollama_spec(source.spec) else "ollama"
-    return f"ollama-{name}-{digest[:12]}"
+    name = f"-{parse_name(source.spec).model}" if is_ollama_spec(source.spec) else ""
+    return f"ollama{name}-{digest[:12]}"
 
 
 def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) -> list[str]:

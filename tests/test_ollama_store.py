@@ -116,6 +116,12 @@ def test_converted_once_by_digest_for_every_tag(store):
     assert again.path == first.path and (again.path / "config.json").stat().st_mtime_ns == stamp
 
 
+def test_convert_takes_an_ollama_name(store, tmp_path):
+    out = run("convert", "ollama:tiny:1m", "-o", tmp_path / "m")
+    assert f"Converted ollama:tiny:1m (gguf) -> {tmp_path / 'm'}:" in out
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llama"
+
+
 def test_unknown_name_or_tag_lists_what_is_there(store):
     out = run("convert", "ollama:smollm3", "-o", store.parent / "x", code=1)
     assert f"Error: Ollama has no model smollm3:latest in {store}; the models there: someone/other:q4, tiny:1m, tiny:latest. Pull it with `ollama pull smollm3:latest`" in out
@@ -200,17 +206,17 @@ def test_an_ollama_model_is_exported_under_its_name(store, tmp_path):
 
 @pytest.mark.e2e
 def test_convert_and_train_from_the_smollm2_in_ollama(tmp_path, monkeypatch, small_data):
-    """Acceptance: `--model ollama:smollm2:135m` converts and trains from a store laid out as `ollama pull` leaves it."""
+    """Acceptance: `--model ollama:smollm2:135m` converts (once, into the cache) and trains from a store laid out as `ollama pull` leaves it."""
     root = tmp_path / "ollama"
     pull(root, "smollm2:135m", smollm2_gguf())
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
-    out = run("convert", "ollama:smollm2:135m", "-o", tmp_path / "m")
-    assert f"Converted ollama:smollm2:135m (gguf) -> {tmp_path / 'm'}: 134.5M parameters" in out
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert (config["model_type"], config["num_hidden_layers"]) == ("llama", 30)
     log = run("lora", "--model", "ollama:smollm2:135m", "--data", small_data, "-o", tmp_path / "run", "--iters", 1, "--batch-size", 1,
               "--val-every", 0, "--max-seq-len", 160, "--backend", "numpy", "--no-report")
     meta = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    converted = Path(meta["base_model"]["mlx_dir"])  # converted once, into the cache, by the blob's digest
+    assert converted.name.startswith(f"ollama-smollm2-{Path(meta['base_model']['path']).name[7:19]}"), converted
+    config = json.loads((converted / "config.json").read_text())
+    assert (config["model_type"], config["num_hidden_layers"]) == ("llama", 30)
     assert meta["base_model"]["spec"] == "ollama:smollm2:135m" and Path(meta["base_model"]["path"]).parent == root / "blobs", meta["base_model"]
     assert (tmp_path / "run" / "adapters.safetensors").is_file(), log
     assert f"Model: ollama:smollm2:135m ({root / 'blobs'}/sha256-" in log, log

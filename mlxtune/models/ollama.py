@@ -132,6 +132,8 @@ def find_model(spec: str) -> OllamaModel:
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         layers = [(layer["mediaType"], layer["digest"]) for layer in data["layers"]]
+    except PermissionError:
+        raise ModelNotFoundError(_unreadable(manifest)) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelFormatError(f"{manifest} is not an Ollama manifest mlxtune can read ({type(e).__name__}: {e}); pull the model again with `ollama pull {name}`") from None
     types = tuple(t for t, _ in layers)
@@ -149,8 +151,11 @@ def find_model(spec: str) -> OllamaModel:
     blob = _blob_path(store, digest)
     if blob is None:
         raise ModelNotFoundError(f"the model blob of Ollama's {name} is missing ({store / 'blobs' / f'sha256-{digest}'}): the download did not finish; run `ollama pull {name}` again")
-    with open(blob, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(blob, "rb") as f:
+            magic = f.read(4)
+    except PermissionError:
+        raise ModelNotFoundError(_unreadable(blob)) from None
     if magic != b"GGUF":
         raise ModelFormatError(f"the model blob of Ollama's {name} ({blob}) is not a GGUF file (it starts with {magic!r}, not b'GGUF'): mlxtune reads Ollama models stored as GGUF")
     notes = []
@@ -165,6 +170,11 @@ def blob_digest(path: Path) -> str | None:
     """The sha256 an Ollama blob is named by (``blobs/sha256-<hex>``), None for any other file."""
     match = _DIGEST.fullmatch(Path(path).name)
     return match.group(1) if match and Path(path).parent.name == "blobs" else None
+
+
+def _unreadable(path: Path) -> str:
+    return (f"cannot read {path} (permission denied): the store of Ollama's Linux service belongs to the user 'ollama'; "
+            "run mlxtune as a user who may read it (e.g. one in the 'ollama' group), or set OLLAMA_MODELS to a store you can read")
 
 
 def _manifest_path(store: Path, name: OllamaName) -> Path:

@@ -162,10 +162,10 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
 @click.command(context_settings=CONTEXT)
 @click.option("-f", "--format", "fmt", required=True, type=click.Choice(list(EXPORT_TARGETS)), help="; ".join(f"{t.name}: {t.help}" for t in EXPORT_TARGETS.values()) + ".")
-@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first; lmstudio: fused as 'mlxtune fuse' does).")
 @click.option("-m", "--model", help="Model directory, Hub id, .gguf or ollama:NAME[:TAG] (gguf/hf/lmstudio); with --adapter, its base. [default: the adapter's base]")
 @click.option("-o", "--output", type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory. (lmstudio: none)")
-@click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, model card). [default: the run's directory name, else the model's]")
+@click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, LM Studio's mlxtune/<name>, model card). [default: the run's directory name, else the model's]")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
 @click.option("--dtype", type=DTYPES, help="hf, lmstudio: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")

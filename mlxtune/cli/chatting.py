@@ -127,11 +127,11 @@ def _turn(session, line: str, interactive: bool) -> str | None:
 
 def _answer(session, text: str, interactive: bool) -> None:
     """Stream the answer to one user turn; at a terminal, Ctrl-C stops it and the session goes on."""
-    ids, trim = session.prompt(text)
-    if trim is not None and trim.first:
-        click.echo(f"note: the conversation no longer fits the model's context ({trim.context} tokens): its oldest turns are dropped from now on", err=True)
-    chunks = session.reply(text, ids)
     try:
+        ids, trim = session.prompt(text)
+        if trim is not None and trim.first:
+            click.echo(f"note: the conversation no longer fits the model's context ({trim.context} tokens): its oldest turns are dropped from now on", err=True)
+        chunks = session.reply(text, ids)
         with closing(chunks):  # closing keeps the partial answer in the history
             for chunk in chunks:
                 click.echo(chunk.text, nl=False)

@@ -60,6 +60,18 @@ def test_piped_lines_are_turns_and_stdout_holds_only_the_answers(model, backend)
     assert g.exit_code == 0 and g.stdout.splitlines()[0] == answers[0]  # the first turn is generate's prompt
 
 
+def test_an_adapter_answers_as_generate_does(model, small_data, tmp_path):
+    run_dir = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["lora", "--data", str(small_data), "--model", str(model), "-o", str(run_dir), "--iters", "3", "--lr", "1e-1", "--backend", "numpy", "--no-report"])
+    assert r.exit_code == 0, r.output
+    r = chat("--adapter", run_dir, "--max-tokens", 8, "--backend", "numpy", input="hello\n/settings\n")
+    assert r.exit_code == 0, r.output
+    g = CliRunner().invoke(cli, ["generate", "--adapter", str(run_dir), "--prompt", "hello", "--max-tokens", "8", "--backend", "numpy"])
+    assert r.stdout.splitlines()[0] == g.stdout.splitlines()[0] and f"adapter      {run_dir}" in r.stdout
+    base = chat("--model", model, "--max-tokens", 8, "--backend", "numpy", input="hello\n")
+    assert base.stdout.splitlines()[0] != r.stdout.splitlines()[0]  # the adapter changed the answer
+
+
 def test_history_reaches_the_next_prompt_and_reset_forgets_it(model):
     loaded = load(str(model), backend="numpy")
     session = ChatSession(loaded, Sampling(max_tokens=5), system="Be brief.")

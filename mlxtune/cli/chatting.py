@@ -37,7 +37,8 @@ def chat(model, adapter, system, max_tokens, temp, top_p, seed, thinking, backen
     \b
     Commands: /reset forgets the conversation, /settings shows the model and
     sampling, /help, /quit (or Ctrl-D). Ctrl-C stops an answer (what it said so
-    far stays in the conversation); at the prompt it ends the session.
+    far stays in the conversation); at the prompt it ends the session. A
+    conversation longer than the model's context drops its oldest turns.
     Piped input is one user turn per line; only the answers are printed:
       printf 'What is the capital of France?\\n' | mlxtune chat
     \b

@@ -106,7 +106,8 @@ class ChatSession:
             dropped += 1
             ids = chat_prompt(self.loaded.tokenizer, self.messages(user))
         if len(ids) > budget:
-            raise UsageError(f"this message takes {len(ids)} tokens with the system message, more than the {budget} the model's context of {self.context} leaves beside room for an answer; shorten it, or lower --max-tokens")
+            with_system = " with the system message" if self.system else ""
+            raise UsageError(f"this message takes {len(ids)} tokens{with_system}, more than the {budget} the model's context of {self.context} leaves beside room for an answer; shorten it, or lower --max-tokens")
         trim = None
         if dropped:
             trim = Trim(dropped, self.context, first=self.trimmed == 0)

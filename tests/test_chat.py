@@ -158,9 +158,9 @@ def test_a_model_without_a_chat_template_is_refused(model, tmp_path):
 class Pane:
     """A command in a tmux pane of its own server: keys in, the screen (with its scrollback) out."""
 
-    def __init__(self, socket: Path, command: str):
+    def __init__(self, socket: Path, command: str, cwd: Path):
         self.tmux = ["tmux", "-S", str(socket)]
-        subprocess.run(self.tmux + ["new-session", "-d", "-x", "100", "-y", "30", command], check=True)
+        subprocess.run(self.tmux + ["new-session", "-d", "-x", "100", "-y", "30", "-c", str(cwd), command], check=True)
 
     def keys(self, *keys: str) -> None:
         subprocess.run(self.tmux + ["send-keys", "-t", "0", *keys], check=True)
@@ -192,7 +192,7 @@ def test_ctrl_c_stops_the_answer_not_the_session(model, backend, tmp_path):
     rc = tmp_path / "rc"
     run = " ".join(["env", *(shlex.quote(f"{k}={v}") for k, v in env.items()), shlex.quote(sys.executable), "-m", "mlxtune", "chat",
                     "--model", shlex.quote(str(model)), "--max-tokens", "100000", "--backend", backend])
-    pane = Pane(tmp_path / "tmux.sock", f"{run}; echo $? > {shlex.quote(str(rc))}")
+    pane = Pane(tmp_path / "tmux.sock", f"{run}; echo $? > {shlex.quote(str(rc))}", cwd=tmp_path)  # not a folder with another mlxtune in it
     try:
         pane.wait(at_prompt, "prompt")
         pane.keys("hello", "Enter")

@@ -87,6 +87,16 @@ class ChatSession:
         self.history: list[dict] = []  # user and assistant messages, oldest first (the system message is apart)
         self.last_prompt: list[int] = []  # the token ids of the last prompt answered
         self.trimmed = 0  # user turns dropped from the history to fit the context, this session
+        self._render("hello")  # a template that refuses the system message refuses it now, not at the first turn
+
+    def _render(self, user: str) -> list[int]:
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return chat_prompt(self.loaded.tokenizer, self.messages(user))
+        except TemplateError as e:
+            hint = "; it may not take a system message: try without --system" if self.system else ""
+            raise UsageError(f"the chat template of {self.model_name} refuses this conversation: {e}{hint}") from e
 
     def messages(self, user: str | None = None) -> list[dict]:
         """The conversation as the chat template takes it: system message, history, and ``user``'s new turn."""
@@ -96,7 +106,7 @@ class ChatSession:
     def prompt(self, user: str) -> tuple[list[int], Trim | None]:
         """The token ids of the conversation with ``user``'s new turn, ready for the answer; the oldest turns are
         dropped from the history when it does not fit the context (what was dropped is returned)."""
-        ids = chat_prompt(self.loaded.tokenizer, self.messages(user))
+        ids = self._render(user)
         if self.context is None:
             return ids, None
         budget = self.context - min(self.sampling.max_tokens, self.context // 2)
@@ -104,7 +114,7 @@ class ChatSession:
         while len(ids) > budget and self.history:
             self._drop_oldest_turn()
             dropped += 1
-            ids = chat_prompt(self.loaded.tokenizer, self.messages(user))
+            ids = self._render(user)
         if len(ids) > budget:
             with_system = " with the system message" if self.system else ""
             raise UsageError(f"this message takes {len(ids)} tokens{with_system}, more than the {budget} the model's context of {self.context} leaves beside room for an answer; shorten it, or lower --max-tokens")

@@ -23,7 +23,7 @@ import mlxtune
 from mlxtune.chat import ChatSession, Sampling
 from mlxtune.cli import cli
 from mlxtune.inference import chat_prompt, load
-from tiny import CHATML, make_tiny_model
+from tiny import CHATML, make_chat_model, make_tiny_model
 
 TRIM_NOTE = "no longer fits the model's context"
 
@@ -150,6 +150,14 @@ def test_a_model_without_a_chat_template_is_refused(model, tmp_path):
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
     r = chat("--model", plain, "--backend", "numpy", input="hello\n")
     assert r.exit_code == 2 and "has no chat template" in r.stderr and "generate --no-chat" in r.stderr, r.output
+
+
+def test_a_template_that_refuses_a_system_message_fails_at_once_and_alternates_without_one(tmp_path):
+    mistral = make_chat_model(tmp_path / "mistral", "mistral")  # its template raises on roles out of turn
+    r = chat("--model", mistral, "--system", "Be brief.", "--backend", "numpy", input="hello\n")
+    assert r.exit_code == 2 and "refuses this conversation" in r.stderr and "try without --system" in r.stderr and r.stdout == "", r.output
+    r = chat("--model", mistral, "--max-tokens", 4, "--backend", "numpy", input="hello\nand again\nonce more\n")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.output
 
 
 # ---------------------------------------------------------------- at a terminal (tmux)

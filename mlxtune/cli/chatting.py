@@ -77,8 +77,11 @@ def _interactive(session) -> None:
         except (EOFError, KeyboardInterrupt):
             click.echo()
             return
-        if _turn(session, line, interactive=True) == "quit":
-            return
+        try:
+            if _turn(session, line, interactive=True) == "quit":
+                return
+        except KeyboardInterrupt:  # during a command (an answer handles its own): back to the prompt
+            click.echo()
 
 
 def _piped(session) -> int:

@@ -164,6 +164,7 @@ class ChatSession:
         from .backends import get
 
         s = self.sampling
+        turns = sum(m["role"] == "user" for m in self.history)
         return {
             "model": self.model_name if self.model_name == str(self.loaded.model_dir) else f"{self.model_name} ({self.loaded.model_dir})",
             "adapter": str(self.loaded.adapter) if self.loaded.adapter else "none",
@@ -175,7 +176,7 @@ class ChatSession:
             "top p": f"{s.top_p:g}",
             "seed": "none" if s.seed is None else str(s.seed),
             "context": "unknown" if self.context is None else f"{self.context} tokens",
-            "history": f"{sum(m['role'] == 'user' for m in self.history)} turns" + (f" ({self.trimmed} older ones dropped to fit the context)" if self.trimmed else ""),
+            "history": f"{turns} turn{'' if turns == 1 else 's'}" + (f" ({self.trimmed} older ones dropped to fit the context)" if self.trimmed else ""),
         }
 
     def command(self, line: str) -> Command | None:

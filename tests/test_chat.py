@@ -108,7 +108,7 @@ def test_settings_and_commands(model):
     assert s["model"] == str(model) and s["adapter"] == "none" and s["backend"].startswith("numpy")
     assert s["system"] == "Be brief." and s["max tokens"] == "3" and s["temperature"] == "0.5"
     assert s["top p"] == "0.9" and s["seed"] == "7" and s["context"] == "1024 tokens"
-    assert [line.split()[-2:] for line in r.stdout.splitlines() if line.startswith("history")] == [["1", "turns"], ["0", "turns"]]
+    assert [line.split()[-2:] for line in r.stdout.splitlines() if line.startswith("history")] == [["1", "turn"], ["0", "turns"]]
     assert "(conversation forgotten)" in r.stderr and "(conversation forgotten)" not in r.stdout
     assert all(c in r.stdout for c in ("/reset", "/settings", "/help", "/quit"))
 

@@ -1,6 +1,7 @@
 """``mlxtune export``: a model or an adapter in the format another tool reads.
 
 * ``gguf``: llama.cpp and Ollama (``export_gguf``), with a Modelfile;
+* ``gguf-lora``: the adapter alone for llama.cpp and Ollama, on the base's GGUF (``export_gguf_lora``), with a Modelfile;
 * ``hf``: a Hugging Face checkpoint ``transformers`` loads (``export_hf``);
 * ``peft``: a LoRA adapter for ``peft`` on the Hugging Face base (``peft_format``).
 
@@ -57,7 +58,7 @@ class Request:
     offline: bool | None
     force: bool
     name: str | None
-    thinking: bool = False  # gguf, hf: the chat template (and the Modelfile) think by default
+    thinking: bool | None = False  # gguf, hf: the chat template (and the Modelfile) think by default; adapter targets: None, as the run
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,17 @@ def _gguf(req: Request, src: Source) -> Exported:
     return Exported("gguf", r.path, r.size_bytes, f"GGUF {r.outtype.upper()}: {r.n_tensors} tensors ({types})", r.notes, r.modelfile, src.name)
 
 
+@target("gguf-lora", "the adapter alone for llama.cpp (--lora) and Ollama (ADAPTER), with a Modelfile", exports="adapter")
+def _gguf_lora(req: Request) -> Exported:
+    from .gguf_lora import export_gguf_lora
+
+    name = req.name or Path(req.adapter).resolve().name
+    path = req.output / f"{name}-{req.outtype.upper()}-LoRA.gguf" if req.into_dir else req.output
+    r = export_gguf_lora(req.adapter, path, model=req.model, outtype=req.outtype, force=req.force, name=name, offline=req.offline, thinking=req.thinking)
+    what = f"GGUF LoRA adapter {r.outtype.upper()} on {r.modules} layers, r={r.rank}, alpha={r.alpha:g}, for the base {r.base}"
+    return Exported("gguf-lora", r.path, r.size_bytes, what, r.notes, r.modelfile, name)
+
+
 @target("hf", "transformers")
 def _hf(req: Request, src: Source) -> Exported:
     from .hf import export_hf
@@ -126,7 +138,7 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
 
     ``name``: what the outputs call the model [default: the run's directory name, else the model's].
     ``dtype`` (hf): [default: the base model's, float16 for a quantized base: what ``fuse`` writes].
-    ``thinking`` (gguf, hf): the exported chat template, and the Ollama Modelfile, think unless told
+    ``thinking`` (gguf, gguf-lora, hf): the exported chat template, and the Ollama Modelfile, think unless told
     otherwise (templates with an ``enable_thinking`` switch: Qwen3, SmolLM3) [default: as the run was
     trained (off unless with --thinking); off for a model].
     """
@@ -140,7 +152,7 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
         from ..training.run_schema import RunConfig
 
         thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
-    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, bool(thinking))
+    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking if chosen.exports == "adapter" else bool(thinking))
     if chosen.exports == "adapter":
         if adapter is None:
             raise UsageError(f"--format {fmt} exports an adapter: pass --adapter RUN")
@@ -164,14 +176,12 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     heuristics read a directory's name), removed afterwards.
     """
     if adapter is None:
-        from .model_card import fused_facts
+        from .model_card import model_name
         from ..models.source import open_model
 
         opened = open_model(model, offline=offline)
         notes.extend(opened.notes)
-        source, directory = opened.source, opened.path
-        own = source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
-        yield directory, name or fused_facts(directory)[0] or own, source.spec, None
+        yield opened.path, name or model_name(opened.source, opened.path), opened.source.spec, None
         return
     from ..fsutil import temporary_dir
     from ..fusing import fuse_run

@@ -69,6 +69,12 @@ def fused_facts(model_dir: str | Path) -> tuple[str | None, dict | None]:
         return None, None
 
 
+def model_name(source, directory: Path) -> str:
+    """What exports call the model ``source`` (a ``models.hub.ModelSource``) opened as ``directory``: a fused model's recorded name, else its Hub name, file stem or folder name."""
+    own = source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
+    return fused_facts(directory)[0] or own
+
+
 def ollama_name(name: str) -> str:
     """``name`` as Ollama accepts a model name: lower case letters, digits, '.', '_' and '-'."""
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"

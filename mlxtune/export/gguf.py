@@ -206,12 +206,13 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
     return arch, plan, cfg
 
 
-def exportable(config: dict):
+def exportable(config: dict, instead: str = "run mlxtune export -f hf with the same --model or --adapter, then llama.cpp's convert_hf_to_gguf.py on that directory"):
     """(the family, mlx-lm's reading of config.json) of a model llama.cpp computes as mlxtune does; UnsupportedModelError saying why not.
 
     What GGUF export refuses, GGUF LoRA export refuses too (``gguf_lora``): a
     family without a llama.cpp architecture, a rope scaling or rope layout, or
     an attention scale that llama.cpp's graph would compute otherwise.
+    ``instead``: what to do with a family GGUF export does not write.
     """
     from ..models.layout import ModelConfig
 
@@ -220,8 +221,7 @@ def exportable(config: dict):
     if family is None or not family.gguf_arch:
         what = f"{family.name} models (model type {model_type!r})" if family and family.name != model_type else f"{model_type!r} models"
         raise UnsupportedModelError(
-            f"GGUF export does not write {what} (it writes {', '.join(families.gguf_export_model_types())}; SmolLM is llama): "
-            "run mlxtune export -f hf with the same --model or --adapter, then llama.cpp's convert_hf_to_gguf.py on that directory"
+            f"GGUF export does not write {what} (it writes {', '.join(families.gguf_export_model_types())}; SmolLM is llama): {instead}"
         )
     scaling = config.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"

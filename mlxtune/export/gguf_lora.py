@@ -93,7 +93,7 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
     opened = run_base_model(adapter_dir, model, offline)
     notes = list(opened.notes)
     config, prefix = _text_config(opened.path)
-    family, cfg = exportable(config)
+    family, cfg = exportable(config, instead=f"export the adapter with 'mlxtune export -f peft --adapter {run_dir}', then run llama.cpp's convert_lora_to_gguf.py on it")
     rank, scale = int(run.lora_parameters.rank), float(run.lora_parameters.scale)
     tensors = _lora_tensors(adapter_dir, family, cfg, prefix, rank, scale == 0.0)
     alpha = scale * rank or float(rank)  # a zero scale is written as zero lora_b: llama.cpp reads alpha 0 as "scale 1"

@@ -184,7 +184,8 @@ def test_gguf_lora_on_the_base_gguf_is_the_fused_model_in_llama_cpp(workdir, con
     """export -f gguf-lora on SmolLM2 (issue 16, acceptance 4): llama.cpp on mlxtune's f32 GGUF of the base with the adapter
     has the loss and logits of mlxtune's f32 GGUF of the fused run on held-out text, within 1e-3; with --model the Q4_1 GGUF
     the run started from, the Modelfile is FROM that file, and llama.cpp on it with the adapter is the fused model but for
-    the base's quantization (measured, 2026-12-07: f32 loss 1e-6 apart, Q4_1 base 3e-3).
+    the base's quantization. Measured (2026-12-07, 46 tokens): the f32 losses 2.0e-5 apart, logits 0.018 apart (6.2e-4 of the
+    largest, 28.8: float32 rounding over 30 layers); the adapter moves the loss by 4.0e-3; the Q4_1 base's loss 7.1e-4 apart.
     """
     import llamacpp
     from mlxtune.models.tokenizer import load_tokenizer
@@ -216,7 +217,7 @@ def test_gguf_lora_on_the_base_gguf_is_the_fused_model_in_llama_cpp(workdir, con
     assert abs(loss["base + adapter"] - loss["fused"]) <= 1e-3 * loss["fused"]
     assert np.abs(adapted - fused).max() <= 1e-3 * np.abs(fused).max()
     assert abs(loss["base"] - loss["fused"]) > 2e-3 * loss["fused"]  # the adapter changes what llama.cpp computes (4e-3: 4 steps at 5e-4)
-    assert abs(loss["Q4_1 base + f16 adapter"] - loss["fused"]) <= 2e-2 * loss["fused"]
+    assert abs(loss["Q4_1 base + f16 adapter"] - loss["fused"]) <= 5e-3 * loss["fused"]
 
 
 def _start_lora(workdir: Path, converted: Path, out: Path, save_every: int):

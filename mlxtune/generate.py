@@ -11,7 +11,7 @@ from typing import Iterator
 
 from .backends.base import Chunk
 from .errors import UsageError
-from .inference import Loaded, chat_prompt, stream
+from .inference import Loaded, chat_prompt, check_sampling, stream
 
 
 def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
@@ -29,8 +29,5 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
 
 def generate(loaded: Loaded, prompt: str, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = True, system: str | None = None) -> Iterator[Chunk]:
     """Stream the continuation of ``prompt`` chunk by chunk."""
-    if max_tokens <= 0:
-        raise UsageError("--max-tokens must be positive")
-    if temp < 0 or not 0 < top_p <= 1:
-        raise UsageError("--temp must be >= 0 and --top-p in (0, 1]")
+    check_sampling(max_tokens, temp, top_p)
     yield from stream(loaded, build_prompt(loaded.tokenizer, prompt, chat, system), max_tokens, temp, top_p, seed)

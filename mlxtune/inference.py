@@ -102,6 +102,16 @@ def prompt_ids(tokenizer, prompt: Any) -> list[int]:
     return chat_prompt(tokenizer, prompt)
 
 
+def check_sampling(max_tokens: int, temp: float, top_p: float) -> None:
+    """Raise ``UsageError`` for sampling settings no backend can decode with."""
+    from .errors import UsageError
+
+    if max_tokens <= 0:
+        raise UsageError("--max-tokens must be positive")
+    if temp < 0 or not 0 < top_p <= 1:
+        raise UsageError("--temp must be >= 0 and --top-p in (0, 1]")
+
+
 def stream(loaded: Loaded, ids: list[int], max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[Chunk]:
     """Stream the continuation of the token ids ``ids`` chunk by chunk."""
     from .backends import get

@@ -94,6 +94,11 @@ if [ "${1:-}" = --test ]; then
         { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; } \
             || echo "setup: Go not installed; the Ollama template tests will be skipped" >&2
     fi
+    # tests/test_chat.py drives `mlxtune chat` at a terminal (Ctrl-C during an answer) through tmux.
+    if ! command -v tmux >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; } \
+            || echo "setup: tmux not installed; the chat terminal test will be skipped" >&2
+    fi
     bash scripts/llamacpp.sh .venv || llamacpp_missing .venv
 fi
 echo "setup: ready ($(.venv/bin/mlxtune --version))"

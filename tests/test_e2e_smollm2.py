@@ -65,6 +65,14 @@ def test_converted_model_answers_paris(converted):
     assert "Paris" in out
 
 
+def test_piped_chat_answers_paris_and_remembers_the_question(converted, backend):
+    """printf 'What is the capital of France?\\nAnd of Italy?\\n' | mlxtune chat: the second turn only makes sense with the first."""
+    r = CliRunner().invoke(cli, ["chat", "--model", str(converted), "--max-tokens", "24", "--backend", backend], input="What is the capital of France?\nAnd of Italy?\n")
+    assert r.exit_code == 0, r.output
+    first, second = r.stdout.splitlines()
+    assert "Paris" in first and "Rome" in second, r.stdout
+
+
 @needs_mlx
 def test_mlx_lm_loads_converted_model(converted):
     import mlx_lm

@@ -1,7 +1,7 @@
 """The layout's rules that layout_check does not check (ARCHITECTURE.md, "Rules the layout keeps").
 
 * no private (underscore) name is imported from another module of mlxtune;
-* the verbs (convert, fuse, generate, evaluate, report, training/train) are imported by cli/ only;
+* the verbs (convert, fuse, generate, chat, evaluate, report, training/train) are imported by cli/ only;
 * no module outside backends/ decides by comparing with a backend's name.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import mlxtune
 
 PACKAGE = Path(mlxtune.__file__).parent
-VERBS = {"mlxtune.convert", "mlxtune.fuse", "mlxtune.generate", "mlxtune.evaluate", "mlxtune.report", "mlxtune.training.train"}
+VERBS = {"mlxtune.convert", "mlxtune.fuse", "mlxtune.generate", "mlxtune.chat", "mlxtune.evaluate", "mlxtune.report", "mlxtune.training.train"}
 
 
 def _modules():

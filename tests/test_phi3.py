@@ -41,10 +41,27 @@ ROPES = {
 EXPORTED = [k for k in ROPES if k != "linear"]  # transformers' Phi3Config refuses to load a linear rope from a file
 
 
+def save_phi3(src, rope: dict, vocab: int | None = None, **overrides):
+    """A tiny random Phi3ForCausalLM (float32) saved by transformers to ``src``, returned; tiny.py's tokenizer unless
+    ``vocab`` says one is there already."""
+    import torch
+    import transformers
+
+    vocab = vocab or make_tokenizer(src)
+    original = {"original_max_position_embeddings": rope["original_max_position_embeddings"]} if "original_max_position_embeddings" in rope else {}
+    config = transformers.Phi3Config(vocab_size=vocab, **{**SHAPE, **overrides}, **original, num_hidden_layers=2, rope_parameters=dict(rope))
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(1 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(src)
+    return model
+
+
 @pytest.fixture(scope="module", params=list(ROPES))
 def phi3(request, tmp_path_factory):
     """(the rope setting, the transformers directory, the transformers model, its loss, mlxtune's float32 conversion).
-
 
     transformers 5's Phi3Config accepts only default and longrope rope types
     (and mlx-lm's phi3 a linear one only beside a long_factor), but its model
@@ -59,18 +76,11 @@ def phi3(request, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("phi3")
     src = root / "hf"
-    vocab = make_tokenizer(src)
     rope = dict(ROPES[request.param])
     linear = rope["rope_type"] == "linear"
-    original = {"original_max_position_embeddings": rope["original_max_position_embeddings"]} if "original_max_position_embeddings" in rope else {}
     checked = {k: v for k, v in rope.items() if k != "factor"} | ({"rope_type": "default"} if linear else {})
-    config = transformers.Phi3Config(vocab_size=vocab, **SHAPE, **original, num_hidden_layers=2, rope_parameters=checked)
-    torch.manual_seed(0)
-    model = transformers.Phi3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(1 + 0.1 * torch.randn_like(p))
-    model.save_pretrained(src)
+    model = save_phi3(src, checked)
+    config = model.config
     if linear:
         config.rope_parameters.update(rope)
         model.model.rotary_emb = transformers.models.phi3.modeling_phi3.Phi3RotaryEmbedding(config)

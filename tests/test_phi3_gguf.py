@@ -22,6 +22,7 @@ import pytest
 
 import llamacpp
 from conftest import HAVE_MLX
+from test_phi3 import save_phi3
 from test_family_models import HAVE_TORCH, NOTES, OUTTYPES, SHAPE, TOKENS, mlx_loss, numpy_loss, rel, run, transformers_loss
 from tiny import make_chat_model, make_tokenizer
 from tolerances import TINY_LOGITS, scaled_diff
@@ -39,23 +40,6 @@ ROPES = {
     "longrope": {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": ORIGINAL, "partial_rotary_factor": 0.75,
                  "short_factor": [1.0 + 0.1 * i for i in range(6)], "long_factor": [2.0 + 0.5 * i for i in range(6)]},
 }
-
-
-def save_phi3(src: Path, rope: dict, vocab: int | None = None, **overrides) -> Path:
-    """A tiny random Phi3ForCausalLM saved by transformers (float32); tiny.py's tokenizer unless ``vocab`` says one is there."""
-    import torch
-    import transformers
-
-    vocab = vocab or make_tokenizer(src)
-    original = {"original_max_position_embeddings": rope["original_max_position_embeddings"]} if "original_max_position_embeddings" in rope else {}
-    config = transformers.Phi3Config(vocab_size=vocab, **{**SHAPE, **overrides}, **original, num_hidden_layers=2, rope_parameters=dict(rope))
-    torch.manual_seed(0)
-    model = transformers.Phi3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, 0.5 if "embed" in name else p.shape[1] ** -0.5) if p.dim() == 2 else p.copy_(1 + 0.1 * torch.randn_like(p))
-    model.save_pretrained(src)
-    return src
 
 
 def transformers_logits(model_dir: Path) -> np.ndarray:
@@ -82,7 +66,8 @@ def llama_cpp_loss(path: Path) -> float:
 def phi3(request, tmp_path_factory):
     """(rope name, the transformers directory, transformers' loss, mlxtune's float32 conversion)."""
     root = tmp_path_factory.mktemp("phi3")
-    src = save_phi3(root / "hf", ROPES[request.param])
+    src = root / "hf"
+    save_phi3(src, ROPES[request.param])
     return request.param, src, transformers_loss(src), convert(str(src), root / "mlx", dtype="float32").path
 
 
@@ -234,7 +219,8 @@ def test_a_file_with_another_longrope_attention_factor_imports_it_as_attention_f
     import gguf
 
     llamacpp.need_llama_cpp()
-    src = save_phi3(tmp_path / "hf", ROPES["longrope"])
+    src = tmp_path / "hf"
+    save_phi3(src, ROPES["longrope"])
     path = export_gguf(convert(str(src), tmp_path / "mlx", dtype="float32").path, tmp_path / "m.gguf", "f32").path
     reader = gguf.GGUFReader(str(path), "r+")
     field = reader.fields["phi3.rope.scaling.attn_factor"]

@@ -8,7 +8,7 @@ Commands import their implementation lazily, so ``mlxtune --help`` and
 
 This module holds the group (errors to one line and an exit code), the
 option choices the commands share and ``main``; the commands live by what
-they are for: ``models`` (download, convert, fuse, generate, export),
+they are for: ``models`` (download, convert, fuse, generate, export), ``chatting`` (chat),
 ``training`` (lora, plan, data check) and ``evaluation`` (eval, recipes).
 """
 
@@ -63,9 +63,10 @@ def main() -> None:
 
 
 # The commands import CONTEXT and the choices above, so they are imported last.
+from .chatting import chat  # noqa: E402
 from .evaluation import eval_, recipes  # noqa: E402
 from .models import convert, download, export, fuse, generate  # noqa: E402
 from .training import data, lora, plan  # noqa: E402
 
-for _command in (download, convert, lora, plan, fuse, generate, export, eval_, recipes, data):
+for _command in (download, convert, lora, plan, fuse, generate, chat, export, eval_, recipes, data):
     cli.add_command(_command)

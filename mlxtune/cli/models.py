@@ -47,7 +47,7 @@ def download(model: str, revision: str | None, offline: bool | None) -> None:
 @click.option("--offline", is_flag=True, default=None, help="Resolve Hub ids from the local cache only.")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offline, force) -> None:
-    """Convert a Hub id, a Hugging Face directory or a .gguf file to MLX layout.
+    """Convert a Hub id, a Hugging Face directory, a .gguf file or a model in Ollama to MLX layout.
 
     The result loads with mlx_lm.load and with every mlxtune command. GGUF
     Q4_0/Q4_1/Q8_0 tensors stay quantized without loss; K-quants, Q5_0/Q5_1,
@@ -58,6 +58,7 @@ def convert(model, output, dtype, quantize, q_bits, q_group_size, revision, offl
     \b
     Examples:
       mlxtune convert SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2
+      mlxtune convert ollama:smollm2:135m -o models/smollm2   # the GGUF 'ollama pull' left
       mlxtune convert HuggingFaceTB/SmolLM2-135M-Instruct -o models/smollm2-q8 -q --q-bits 8
     """
     from ..convert import convert as do_convert
@@ -113,7 +114,7 @@ def fuse(adapter, model, output, dtype, quantize, q_bits, q_group_size, name, th
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-m", "--model", help="Model: Hub id, directory or .gguf. [default: the adapter's base, else SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Model: Hub id, directory, .gguf or ollama:NAME[:TAG]. [default: the adapter's base, else SmolLM2-135M-Instruct]")
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply, or a PEFT LoRA adapter directory.")
 @click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens to generate.")
@@ -161,18 +162,19 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 
 @click.command(context_settings=CONTEXT)
 @click.option("-f", "--format", "fmt", required=True, type=click.Choice(list(EXPORT_TARGETS)), help="; ".join(f"{t.name}: {t.help}" for t in EXPORT_TARGETS.values()) + ".")
-@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first).")
-@click.option("-m", "--model", help="Model directory, Hub id or .gguf (gguf/hf); with --adapter, its base. [default: the adapter's base]")
-@click.option("-o", "--output", required=True, type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory.")
-@click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, model card). [default: the run's directory name, else the model's]")
+@click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first; lmstudio: fused as 'mlxtune fuse' does).")
+@click.option("-m", "--model", help="Model directory, Hub id, .gguf or ollama:NAME[:TAG] (gguf/hf/lmstudio); with --adapter, its base. [default: the adapter's base]")
+@click.option("-o", "--output", type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory. (lmstudio: none)")
+@click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, LM Studio's mlxtune/<name>, model card). [default: the run's directory name, else the model's]")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
-@click.option("--dtype", type=DTYPES, help="hf: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
+@click.option("--dtype", type=DTYPES, help="hf, lmstudio: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
 @click.option("--thinking/--no-thinking", default=None, help="gguf, hf: the chat template (and the Ollama Modelfile) think unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
+@click.option("--lmstudio-dir", type=click.Path(), help="lmstudio: LM Studio's models folder (also LMSTUDIO_MODELS_DIR). [default: ~/.lmstudio/models, or where ~/.lmstudio-home-pointer says]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def export(fmt, adapter, model, output, name, outtype, dtype, base_model, thinking, offline, force) -> None:
-    """Export a model or an adapter for llama.cpp/Ollama, transformers or peft.
+def export(fmt, adapter, model, output, name, outtype, dtype, base_model, thinking, lmstudio_dir, offline, force) -> None:
+    """Export a model or an adapter for llama.cpp/Ollama, transformers, peft or LM Studio.
 
     \b
     Examples:
@@ -180,10 +182,11 @@ def export(fmt, adapter, model, output, name, outtype, dtype, base_model, thinki
       ollama create notes -f notes.Modelfile    # the Modelfile is written beside the .gguf
       mlxtune export -f hf --model fused -o hf-model
       mlxtune export -f peft --adapter runs/notes -o notes-peft
+      mlxtune export -f lmstudio --adapter runs/notes   # LM Studio lists it as mlxtune/notes
     """
     from ..export import export as do_export
 
-    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force, name=name, thinking=thinking)
+    r = do_export(fmt, output, adapter=adapter, model=model, outtype=outtype, dtype=dtype, base_model=base_model, offline=offline, force=force, name=name, thinking=thinking, lmstudio_dir=lmstudio_dir)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"Exported {r.path}: {r.what}, {fmt_bytes(r.size_bytes)}")

@@ -15,7 +15,7 @@ from .progress import fmt_bytes, fmt_duration
 
 @click.command(context_settings=CONTEXT)
 @click.option("-d", "--data", type=click.Path(), help="JSONL file (split into train/valid) or directory with train/valid/test.jsonl.")
-@click.option("-m", "--model", help="Hub id, model directory or .gguf file. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Hub id, model directory, .gguf file or ollama:NAME[:TAG] (a model in Ollama). [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
 @click.option("-o", "--output", type=click.Path(), help="Run directory. [default: runs/<data name>]")
 @click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
 @click.option("--recipe", help="Start from a recipe's settings (mlxtune recipes lists them; or a recipe .yaml); -c and flags override it.")
@@ -154,7 +154,7 @@ def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-m", "--model", help="Hub id, model directory or .gguf file. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Hub id, model directory, .gguf file or ollama:NAME[:TAG] (a model in Ollama). [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
 @click.option("-d", "--data", type=click.Path(), help="The data lora will train on: the sequence length planned for is its longest record's. [default: --max-seq-len]")
 @click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings, as lora's; flags override it.")
 @click.option("--recipe", help="Start from a recipe's settings, as lora does.")
@@ -214,7 +214,7 @@ def data() -> None:
 
 @data.command("check", context_settings=CONTEXT)
 @click.argument("path", type=click.Path())
-@click.option("-m", "--model", help="Whose tokenizer counts the tokens: Hub id, model directory or .gguf. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Whose tokenizer counts the tokens: Hub id, model directory, .gguf or ollama:NAME. [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
 @click.option("--max-seq-len", type=click.IntRange(min=1), help="Count the records lora would truncate at this many tokens. [default: 1024]")
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train only on completions/assistant turns, as lora would. [default: on for prompt/completion and chat data]")
 @click.option("--valid-fraction", type=float, help="Share of a single file held out for validation, as lora does. [default: 0.1]")

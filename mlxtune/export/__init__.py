@@ -3,7 +3,8 @@
 * ``gguf``: llama.cpp and Ollama (``export_gguf``), with a Modelfile;
 * ``gguf-lora``: the adapter alone for llama.cpp and Ollama, on the base's GGUF (``export_gguf_lora``), with a Modelfile;
 * ``hf``: a Hugging Face checkpoint ``transformers`` loads (``export_hf``);
-* ``peft``: a LoRA adapter for ``peft`` on the Hugging Face base (``peft_format``).
+* ``peft``: a LoRA adapter for ``peft`` on the Hugging Face base (``peft_format``);
+* ``lmstudio``: the MLX model placed in LM Studio's models folder (``place_lmstudio``).
 
 For ``gguf`` and ``hf``, a run (``--adapter``) is first fused into its base in
 float32 (so nothing is rounded twice), in a temporary directory beside the
@@ -12,9 +13,13 @@ a Hub id or a .gguf file, converted first as ``mlxtune convert`` would.
 
 Outputs are named after the model (``--name``; by default the run's directory,
 or the model's own name): a GGUF written into a folder is ``<name>-<TYPE>.gguf``
-beside ``<name>-<TYPE>.Modelfile``, its ``general.name`` is the name, and HF and
-PEFT directories carry a model card that calls it so. Nothing names the
-temporary directory a run is fused in.
+beside ``<name>-<TYPE>.Modelfile``, its ``general.name`` is the name, and HF,
+PEFT and LM Studio directories carry a model card that calls it so. Nothing
+names the temporary directory a run is fused in.
+
+A target that ``places`` its output in another tool's own folder (LM Studio)
+takes no ``-o``, and fuses a run itself, in the base's dtype as ``mlxtune fuse``
+does: what it writes is the model the user runs, not an intermediate.
 
 Each format registers itself here with ``@target`` (its name, its help, whether
 it writes a model or an adapter); the CLI's ``-f`` choices and their help come
@@ -25,6 +30,7 @@ module that writes the files).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +54,7 @@ class Exported:
 class Request:
     """What the user asked of ``export``, as every target receives it."""
 
-    output: Path
+    output: Path | None  # None for a target that places its output itself
     into_dir: bool  # ``output`` is a folder to write into (gguf: ``<name>-<TYPE>.gguf``)
     adapter: str | Path | None
     model: str | None
@@ -58,7 +64,8 @@ class Request:
     offline: bool | None
     force: bool
     name: str | None
-    thinking: bool | None = False  # gguf, hf: the chat template (and the Modelfile) think by default; adapter targets: None, as the run
+    thinking: bool | None = False  # gguf, hf, lmstudio: the chat template (and the Modelfile) think by default; adapter targets: None, as the run
+    lmstudio_dir: Path | None = None  # lmstudio: LM Studio's models folder [default: its own]
 
 
 @dataclass(frozen=True)
@@ -78,18 +85,19 @@ class Target:
     name: str
     help: str  # what -f NAME is for, in the CLI's help
     exports: str
-    write: Callable[..., Exported]  # model targets: (Request, Source); adapter targets: (Request,)
+    write: Callable[..., Exported]  # model targets: (Request, Source); adapter and placing targets: (Request,)
+    places: bool = False  # writes into another tool's folder (no -o) and fuses a run itself
 
 
 # The export formats, in the order the CLI lists them; each registers itself below with ``@target``.
 TARGETS: dict[str, Target] = {}
 
 
-def target(name: str, help: str, exports: str = "model") -> Callable[[Callable[..., Exported]], Callable[..., Exported]]:
+def target(name: str, help: str, exports: str = "model", places: bool = False) -> Callable[[Callable[..., Exported]], Callable[..., Exported]]:
     """Register the decorated function as the export format ``name`` (``mlxtune export -f NAME``)."""
 
     def register(write: Callable[..., Exported]) -> Callable[..., Exported]:
-        TARGETS[name] = Target(name, help, exports, write)
+        TARGETS[name] = Target(name, help, exports, write, places)
         return write
 
     return register
@@ -133,7 +141,16 @@ def _peft(req: Request) -> Exported:
     return Exported("peft", r.path, r.size_bytes, what, name=req.name or Path(req.adapter).resolve().name)
 
 
-def export(fmt: str, output: str | Path, adapter: str | Path | None = None, model: str | None = None, outtype: str = "f16", dtype: str | None = None, base_model: str | None = None, offline: bool | None = None, force: bool = False, name: str | None = None, thinking: bool | None = None) -> Exported:
+@target("lmstudio", "the MLX model in LM Studio's models folder", places=True)
+def _lmstudio(req: Request) -> Exported:
+    from .lmstudio import place_lmstudio
+
+    r = place_lmstudio(req.name, req.adapter, req.model, req.lmstudio_dir, req.force, req.offline, req.thinking, req.dtype)
+    made = f"fused {r.fused_layers} adapter layers, {r.dtype}" if r.fused_layers is not None else (r.dtype or "as stored")
+    return Exported("lmstudio", r.path, r.size_bytes, f"MLX model for LM Studio, listed as {r.key} ({made})", r.notes, name=req.name)
+
+
+def export(fmt: str, output: str | Path | None, adapter: str | Path | None = None, model: str | None = None, outtype: str = "f16", dtype: str | None = None, base_model: str | None = None, offline: bool | None = None, force: bool = False, name: str | None = None, thinking: bool | None = None, lmstudio_dir: str | Path | None = None) -> Exported:
     """Export a model, or a run (``adapter``) fused into its base, or the run's adapter alone (peft), as ``output``.
 
     ``name``: what the outputs call the model [default: the run's directory name, else the model's].
@@ -141,24 +158,34 @@ def export(fmt: str, output: str | Path, adapter: str | Path | None = None, mode
     ``thinking`` (gguf, gguf-lora, hf): the exported chat template, and the Ollama Modelfile, think unless told
     otherwise (templates with an ``enable_thinking`` switch: Qwen3, SmolLM3) [default: as the run was
     trained (off unless with --thinking); off for a model].
+    ``output`` is None for a target that places its output itself (lmstudio: in ``lmstudio_dir``
+    [default: LM Studio's own models folder]).
     """
     if fmt not in TARGETS:
         raise UsageError(f"--format must be one of {', '.join(TARGETS)}, not {fmt!r}")
     if name is not None and (not name.strip() or "/" in name or os.sep in name or name.startswith(".")):
         raise UsageError(f"--name must be a plain name (no '/', not starting with '.'), not {name!r}")
-    into_dir = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
     chosen = TARGETS[fmt]
+    if chosen.places and output is not None:
+        raise UsageError(f"--format {fmt} places the model in the tool's own models folder (another with --lmstudio-dir): drop -o")
+    if not chosen.places and output is None:
+        raise UsageError(f"--format {fmt} writes to -o/--output: pass it")
+    into_dir = output is not None and (str(output).endswith(("/", os.sep)) or Path(output).is_dir())
     if thinking is None and chosen.exports != "adapter":  # an adapter alone carries no chat template
         from ..training.run_schema import RunConfig
 
         thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
-    req = Request(Path(output), into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking if chosen.exports == "adapter" else bool(thinking))
+    lm_dir = Path(lmstudio_dir) if lmstudio_dir is not None else None
+    req = Request(Path(output) if output is not None else None, into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking if chosen.exports == "adapter" else bool(thinking), lm_dir)
     if chosen.exports == "adapter":
         if adapter is None:
             raise UsageError(f"--format {fmt} exports an adapter: pass --adapter RUN")
         return chosen.write(req)
     if adapter is None and model is None:
         raise UsageError(f"--format {fmt} exports a model: pass --model DIR (or a Hub id or .gguf), or --adapter RUN to export it fused into its base")
+    if chosen.places:
+        name = name or (Path(adapter).resolve().name if adapter is not None else _own_name(model, offline))
+        return chosen.write(dataclasses.replace(req, name=name))
     notes: list[str] = []
     scratch = req.output if into_dir and fmt == "gguf" else req.output.parent
     with _source_dir(adapter, model, scratch, offline, notes, name, thinking) as (directory, src_name, origin, default):
@@ -176,12 +203,13 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     heuristics read a directory's name), removed afterwards.
     """
     if adapter is None:
-        from .model_card import model_name
+        from .model_card import fused_facts, own_name
         from ..models.source import open_model
 
         opened = open_model(model, offline=offline)
         notes.extend(opened.notes)
-        yield opened.path, name or model_name(opened.source, opened.path), opened.source.spec, None
+        source, directory = opened.source, opened.path
+        yield directory, name or fused_facts(directory)[0] or own_name(source), source.spec, None
         return
     from ..fsutil import temporary_dir
     from ..fusing import fuse_run
@@ -195,3 +223,12 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
         notes.append(f"fused {r.fused_layers} adapter layers of {adapter} into {r.base} in float32 first")
         base = (fused_facts(r.path)[1] or {}).get("base_model") or str(r.base)
         yield r.path, name, f"run {adapter} fused into {base}", r.default_dtype
+
+
+def _own_name(model: str | None, offline) -> str:
+    """The name a model is exported under when none is given: the one a fused model recorded, else its own."""
+    from .model_card import fused_facts, own_name
+    from ..models.source import open_model
+
+    opened = open_model(model, offline=offline)
+    return fused_facts(opened.path)[0] or own_name(opened.source)

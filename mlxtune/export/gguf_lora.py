@@ -42,7 +42,6 @@ from .gguf import exportable, permute, permuted_heads, stop_texts, tensor_name
 
 # --outtype -> GGML type of lora_a and lora_b (the converter's f32 and f16; ggml blocks do not fit rows of r values)
 OUTTYPES = {"f32": "F32", "f16": "F16"}
-OLLAMA_PREFIX = "ollama:"
 
 
 @dataclass
@@ -191,18 +190,19 @@ def _lora_tensors(adapter_dir: Path, family, cfg, prefix: str, rank: int, zero: 
 
 def _base_reference(opened, folder: Path, notes: list[str]) -> tuple[str, tuple[str, ...]]:
     """(the Modelfile's FROM for the base, comments saying how to get it): an Ollama model's name, a GGUF file's path, or the GGUF to export."""
-    from .model_card import model_name
+    from ..models.ollama import PREFIX, is_ollama_spec
+    from .model_card import fused_facts, own_name
 
     source = opened.source
-    if source.spec.startswith(OLLAMA_PREFIX):
-        return source.spec[len(OLLAMA_PREFIX):], ()
+    if is_ollama_spec(source.spec):
+        return source.spec[len(PREFIX):], ()
     if source.kind == "gguf":
         path = Path(source.path).resolve()
         base = f"./{path.name}" if path.parent == folder.resolve() else str(path)
         if not path.is_file():
             notes.append(f"the Modelfile's FROM is {path}, the GGUF the run was trained on, which is no longer there: put it back or edit FROM")
         return base, ()
-    gguf_name = f"{model_name(source, opened.path)}-F16.gguf"
+    gguf_name = f"{fused_facts(opened.path)[0] or own_name(source)}-F16.gguf"
     if (folder / gguf_name).is_file():
         return f"./{gguf_name}", ()
     command = f"mlxtune export -f gguf --model {source.spec} -o {folder}{os.sep}"

@@ -20,11 +20,12 @@ from pathlib import Path
 
 FUSE_INFO = "mlxtune_fuse.json"  # what fuse records in its output: base, adapter, dtype, name, the run's facts
 CARD = "README.md"
-_KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "peft": "a PEFT adapter"}
+_KINDS = {"mlx": "an MLX model directory", "hf": "a Hugging Face checkpoint", "peft": "a PEFT adapter", "lmstudio": "an MLX model directory placed for LM Studio"}
 
 
 def run_facts(run_dir: str | Path) -> dict:
     """What a card says about a training run, read from what the run wrote (JSON-able, missing parts left out)."""
+    from ..models.ollama import is_ollama_spec
     from ..training.checkpoint import read_metrics
     from ..training.run_schema import BaseModel, DataInfo, RunConfig
 
@@ -36,7 +37,7 @@ def run_facts(run_dir: str | Path) -> dict:
     facts["base_model"] = base.repo_id or base.spec or base.path or peft.get("base_model_name_or_path")
     if base.revision:
         facts["base_revision"] = base.revision
-    if base.kind == "gguf" and base.path:
+    if base.kind == "gguf" and base.path and not is_ollama_spec(base.spec):  # an Ollama blob's name is its digest: the spec says more
         facts["base_file"] = Path(base.path).name
     if data.description or cfg.data:
         facts["data"] = data.description or cfg.data
@@ -69,10 +70,14 @@ def fused_facts(model_dir: str | Path) -> tuple[str | None, dict | None]:
         return None, None
 
 
-def model_name(source, directory: Path) -> str:
-    """What exports call the model ``source`` (a ``models.hub.ModelSource``) opened as ``directory``: a fused model's recorded name, else its Hub name, file stem or folder name."""
-    own = source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
-    return fused_facts(directory)[0] or own
+def own_name(source) -> str:
+    """A model's own name (a ``hub.ModelSource``): the Hub id's last part, the file's or folder's name, or the Ollama model's name and tag."""
+    from ..models.ollama import is_ollama_spec, parse_name
+
+    if is_ollama_spec(source.spec):
+        n = parse_name(source.spec)
+        return f"{n.model}-{n.tag}"
+    return source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
 
 
 def ollama_name(name: str) -> str:
@@ -81,7 +86,7 @@ def ollama_name(name: str) -> str:
 
 
 def model_card(kind: str, name: str, where: str, facts: dict | None = None, base_model: str | None = None, detail: str = "") -> str:
-    """The README.md of a ``kind`` directory ("mlx", "hf" or "peft") called ``name``, written at ``where``.
+    """The README.md of a ``kind`` directory ("mlx", "hf", "peft" or "lmstudio") called ``name``, written at ``where``.
 
     ``facts``: the run's (``run_facts``), None for a model mlxtune did not train;
     ``base_model``: what it was made from (a Hub id or a path), in place of the run's base;
@@ -93,7 +98,7 @@ def model_card(kind: str, name: str, where: str, facts: dict | None = None, base
     base = base_model or facts.get("base_model")
     hub_base = base if base and is_repo_id(base) and not Path(base).exists() else None
     front_base = base if kind == "peft" else hub_base  # as peft's own card: its base_model_name_or_path, whatever it is
-    library = {"mlx": "mlx", "hf": "transformers", "peft": "peft"}[kind]
+    library = {"mlx": "mlx", "hf": "transformers", "peft": "peft", "lmstudio": "mlx"}[kind]
     tags = ["mlxtune"] + ([facts["method"].lower()] if facts else [])
     front = ["---", *([f"base_model: {front_base}"] if front_base else []), f"library_name: {library}", f"model_name: {json.dumps(name)}", "pipeline_tag: text-generation", "tags:", *(f"- {t}" for t in tags), "---", ""]
     if facts:
@@ -153,6 +158,9 @@ def _usage(kind: str, name: str, where: str, base: str | None) -> list[str]:
                   f"the result; `mlxtune generate --adapter {where} --prompt \"...\"` runs it as it is.", ""]
     else:
         hf = where if kind == "hf" else f"{name}-hf"
+        if kind == "lmstudio":
+            key = f"{Path(where).parent.name}/{Path(where).name}"
+            lines += [f"In LM Studio: My Models lists it as `{key}`, run by its MLX engine (Apple silicon); `lms ls` lists it too.", ""]
         lines += ["With mlx_lm:", "", "```python", "from mlx_lm import generate, load", "", f'model, tokenizer = load("{where}")',
                   'print(generate(model, tokenizer, prompt="Hello", max_tokens=100))', "```", ""]
         if kind != "hf":

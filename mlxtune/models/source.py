@@ -1,7 +1,7 @@
 """From what the user typed to a directory the backends can load: one way, for every command.
 
-``open_model`` is the one place a model spec (Hub id, local directory or .gguf
-file; None for the default model) becomes a local MLX-layout directory:
+``open_model`` is the one place a model spec (Hub id, local directory, .gguf
+file or ``ollama:NAME[:TAG]``; None for the default model) becomes a local MLX-layout directory:
 ``hub.resolve_model`` finds it, and a GGUF file is converted once into
 mlxtune's cache (``ensure_mlx_model``). ``run_base_model`` is the same for
 "the base a run was trained on", read from its ``adapter_config.json``.
@@ -22,6 +22,7 @@ from ..training.run_schema import BaseModel, RunConfig
 from ..errors import AdapterError
 from ..fsutil import file_digest, mlxtune_home, staged_dir
 from .hub import ModelSource, resolve_model
+from .ollama import blob_digest, is_ollama_spec, parse_name
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,26 @@ def ensure_mlx_model(source: ModelSource) -> Path:
     from ..backends import mlx_available
 
     dense = not mlx_available()  # without mlx, GGUF blocks are expanded to float32 with numpy
-    target = mlxtune_home() / "models" / f"{source.path.stem}-{file_digest(source.path)[:12]}{'-f32' if dense else ''}"
+    target = mlxtune_home() / "models" / f"{_cache_name(source)}{'-f32' if dense else ''}"
     if (target / "config.json").exists():
         return target
     with staged_dir(target, force=True) as tmp:
         write_gguf_dir(source.path, tmp, dense=dense)
     return target
+
+
+def _cache_name(source: ModelSource) -> str:
+    """A converted GGUF's folder in the cache: its name and digest.
+
+    An Ollama blob is named by its sha256 already (Ollama checks it on pull), so
+    it is not hashed again; its folder is named after the Ollama model, so
+    tags of the same blob (``latest``, ``135m``) share one conversion.
+    """
+    digest = blob_digest(source.path)
+    if digest is None:
+        return f"{source.path.stem}-{file_digest(source.path)[:12]}"
+    name = f"-{parse_name(source.spec).model}" if is_ollama_spec(source.spec) else ""
+    return f"ollama{name}-{digest[:12]}"
 
 
 def write_gguf_dir(gguf_path: Path, out_dir: Path, dense: bool | None = None) -> list[str]:

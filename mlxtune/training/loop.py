@@ -198,7 +198,7 @@ class Run:
             checkpoint.keep_metrics_until(run_dir / "metrics.jsonl", start_step)
             checkpoint.clean_leftovers(run_dir)
         start_info = {
-            "run_dir": str(run_dir), "data": setup.splits.description, "model": str(setup.source.path), "compute": self.trainer.description, "backend": setup.backend,
+            "run_dir": str(run_dir), "data": setup.splits.description, "model": setup.source.shown, "compute": self.trainer.description, "backend": setup.backend,
             "trainable": self.trainer.n_trainable, "layers": self.trainer.num_layers, "keys": self.trainer.keys, "steps": total, "steps_per_epoch": setup.steps_per_epoch,
             "train_examples": len(setup.train_set), "valid_examples": len(setup.valid_set),
             "batch_size": cfg.batch_size, "grad_accumulation": cfg.grad_accumulation, "grad_checkpoint": cfg.grad_checkpoint,

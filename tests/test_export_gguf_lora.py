@@ -2,7 +2,7 @@
 
 For each family GGUF export writes (the tiny llama of tiny.py, and tiny
 transformers models of the other families, built as test_family_models.py and
-test_phi3_gguf.py build them): a short numpy LoRA run; mlxtune's f32 GGUF of
+test_phi3.py build them): a short numpy LoRA run; mlxtune's f32 GGUF of
 the base, of the run fused into it, and the adapter alone. llama.cpp
 (llama-cpp-python) loads the base with the adapter, and its logits and loss
 equal its own on the fused file's. Without llama.cpp, the file is read with
@@ -23,7 +23,7 @@ import pytest
 
 import llamacpp
 from test_family_models import HAVE_TORCH, NOTES, TOKENS, convert, export_gguf, rel, run, save_family
-from test_phi3_gguf import ROPES, save_phi3
+from test_phi3 import ROPES, save_phi3
 from tiny import make_tiny_model
 
 from mlxtune.errors import AdapterError, ModelFormatError, UnsupportedModelError, UsageError
@@ -44,7 +44,11 @@ def base_model(name: str, root: Path) -> Path:
     """The tiny base of ``name`` in MLX layout (float32)."""
     if name == "llama":
         return make_tiny_model(root / "mlx")
-    src = save_phi3(root / "hf", ROPES["partial rotary"]) if name == "phi3" else save_family(root / "hf", name)
+    if name == "phi3":
+        save_phi3(root / "hf", ROPES["partial rotary"])
+        src = root / "hf"
+    else:
+        src = save_family(root / "hf", name)
     return convert(str(src), root / "mlx", dtype="float32").path
 
 
@@ -170,6 +174,18 @@ def test_a_gguf_base_is_the_modelfiles_from(tiny_run, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     run("export", "-f", "gguf-lora", "--adapter", tiny_run / "notes", "--model", base, "-o", tmp_path / "elsewhere" / "a.gguf")
     assert f"FROM {base.resolve()}" in (tmp_path / "elsewhere" / "a.Modelfile").read_text().splitlines()
+
+
+def test_a_base_in_the_ollama_store_is_the_modelfiles_from_by_name(tiny_run, tmp_path, monkeypatch):
+    """--model ollama:NAME (the base as `ollama pull` leaves it): the Modelfile is FROM NAME, which Ollama resolves itself."""
+    from test_ollama_store import pull
+
+    export_gguf(tiny_run / "model", tmp_path / "base.gguf", "f32")
+    pull(tmp_path / "ollama-models", "tinybase:f32", tmp_path / "base.gguf")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama-models"))
+    out = run("export", "-f", "gguf-lora", "--adapter", tiny_run / "notes", "--model", "ollama:tinybase:f32", "-o", tmp_path / "out" / "notes.gguf")
+    lines = (tmp_path / "out" / "notes.Modelfile").read_text().splitlines()
+    assert "FROM tinybase:f32" in lines and "ADAPTER ./notes.gguf" in lines and "note:" not in out
 
 
 def test_what_llama_cpp_cannot_apply_is_refused_saying_what_works(tiny_run, tmp_path):

@@ -11,7 +11,7 @@ from mlxtune.errors import UsageError
 
 def test_the_cli_offers_exactly_the_registered_formats():
     option = next(p for p in export_command.params if p.name == "fmt")
-    assert list(option.type.choices) == list(export_mod.TARGETS) == ["gguf", "hf", "peft", "lmstudio"]
+    assert list(option.type.choices) == list(export_mod.TARGETS) == ["gguf", "gguf-lora", "hf", "peft", "lmstudio"]
     for t in export_mod.TARGETS.values():
         assert f"{t.name}: {t.help}" in option.help
 
@@ -31,5 +31,5 @@ def test_a_registered_format_is_exported_through_export(tmp_path, monkeypatch):
     assert seen[0].adapter == tmp_path and seen[0].into_dir is False
     with pytest.raises(UsageError, match="--format toy exports an adapter: pass --adapter RUN"):
         export_mod.export("toy", tmp_path / "o", model="m")
-    with pytest.raises(UsageError, match=r"--format must be one of gguf, hf, peft, lmstudio, toy, not 'nope'"):
+    with pytest.raises(UsageError, match=r"--format must be one of gguf, gguf-lora, hf, peft, lmstudio, toy, not 'nope'"):
         export_mod.export("nope", Path("o"))

@@ -164,12 +164,12 @@ def generate(model, adapter, prompt, max_tokens, temp, top_p, seed, system, chat
 @click.option("-f", "--format", "fmt", required=True, type=click.Choice(list(EXPORT_TARGETS)), help="; ".join(f"{t.name}: {t.help}" for t in EXPORT_TARGETS.values()) + ".")
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory of 'mlxtune lora' (gguf/hf: fused into its base first; lmstudio: fused as 'mlxtune fuse' does).")
 @click.option("-m", "--model", help="Model directory, Hub id, .gguf or ollama:NAME[:TAG] (gguf/hf/lmstudio); with --adapter, its base. [default: the adapter's base]")
-@click.option("-o", "--output", type=click.Path(), help="gguf: the .gguf file, or a folder for <name>-<TYPE>.gguf (its Modelfile beside it); hf, peft: a directory. (lmstudio: none)")
+@click.option("-o", "--output", type=click.Path(), help="gguf, gguf-lora: the .gguf file, or a folder for <name>-<TYPE>.gguf (gguf-lora: <name>-<TYPE>-LoRA.gguf; its Modelfile beside it); hf, peft: a directory. (lmstudio: none)")
 @click.option("--name", help="What the outputs call the model (file name, GGUF general.name, Ollama, LM Studio's mlxtune/<name>, model card). [default: the run's directory name, else the model's]")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "q8_0", "q4_0"]), default="f16", show_default=True, help="gguf: tensor type of the weights; gguf-lora: of the adapter (f32 or f16).")
 @click.option("--dtype", type=DTYPES, help="hf, lmstudio: stored dtype. [default: the base model's; float16 for a quantized base, as fuse]")
 @click.option("--base-model", help="peft: the base_model_name_or_path to record. [default: the run's Hub id]")
-@click.option("--thinking/--no-thinking", default=None, help="gguf, hf: the chat template (and the Ollama Modelfile) think unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
+@click.option("--thinking/--no-thinking", default=None, help="gguf, gguf-lora, hf: the chat template (and the Ollama Modelfile) think unless told otherwise (templates with enable_thinking: Qwen3, SmolLM3). [default: as the run was trained; off]")
 @click.option("--lmstudio-dir", type=click.Path(), help="lmstudio: LM Studio's models folder (also LMSTUDIO_MODELS_DIR). [default: ~/.lmstudio/models, or where ~/.lmstudio-home-pointer says]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
@@ -180,6 +180,7 @@ def export(fmt, adapter, model, output, name, outtype, dtype, base_model, thinki
     Examples:
       mlxtune export -f gguf --adapter runs/notes -o notes.gguf --outtype q8_0
       ollama create notes -f notes.Modelfile    # the Modelfile is written beside the .gguf
+      mlxtune export -f gguf-lora --adapter runs/notes -o notes-lora.gguf   # the adapter alone: llama.cpp --lora, Ollama ADAPTER
       mlxtune export -f hf --model fused -o hf-model
       mlxtune export -f peft --adapter runs/notes -o notes-peft
       mlxtune export -f lmstudio --adapter runs/notes   # LM Studio lists it as mlxtune/notes

@@ -1,6 +1,7 @@
 """``mlxtune export``: a model or an adapter in the format another tool reads.
 
 * ``gguf``: llama.cpp and Ollama (``export_gguf``), with a Modelfile;
+* ``gguf-lora``: the adapter alone for llama.cpp and Ollama, on the base's GGUF (``export_gguf_lora``), with a Modelfile;
 * ``hf``: a Hugging Face checkpoint ``transformers`` loads (``export_hf``);
 * ``peft``: a LoRA adapter for ``peft`` on the Hugging Face base (``peft_format``);
 * ``lmstudio``: the MLX model placed in LM Studio's models folder (``place_lmstudio``).
@@ -63,7 +64,7 @@ class Request:
     offline: bool | None
     force: bool
     name: str | None
-    thinking: bool = False  # gguf, hf, lmstudio: the chat template (and the Modelfile) think by default
+    thinking: bool | None = False  # gguf, hf, lmstudio: the chat template (and the Modelfile) think by default; adapter targets: None, as the run
     lmstudio_dir: Path | None = None  # lmstudio: LM Studio's models folder [default: its own]
 
 
@@ -112,6 +113,17 @@ def _gguf(req: Request, src: Source) -> Exported:
     return Exported("gguf", r.path, r.size_bytes, f"GGUF {r.outtype.upper()}: {r.n_tensors} tensors ({types})", r.notes, r.modelfile, src.name)
 
 
+@target("gguf-lora", "the adapter alone for llama.cpp (--lora) and Ollama (ADAPTER), with a Modelfile", exports="adapter")
+def _gguf_lora(req: Request) -> Exported:
+    from .gguf_lora import export_gguf_lora
+
+    name = req.name or Path(req.adapter).resolve().name
+    path = req.output / f"{name}-{req.outtype.upper()}-LoRA.gguf" if req.into_dir else req.output
+    r = export_gguf_lora(req.adapter, path, model=req.model, outtype=req.outtype, force=req.force, name=name, offline=req.offline, thinking=req.thinking)
+    what = f"GGUF LoRA adapter {r.outtype.upper()} on {r.modules} layers, r={r.rank}, alpha={r.alpha:g}, for the base {r.base}"
+    return Exported("gguf-lora", r.path, r.size_bytes, what, r.notes, r.modelfile, name)
+
+
 @target("hf", "transformers")
 def _hf(req: Request, src: Source) -> Exported:
     from .hf import export_hf
@@ -143,7 +155,7 @@ def export(fmt: str, output: str | Path | None, adapter: str | Path | None = Non
 
     ``name``: what the outputs call the model [default: the run's directory name, else the model's].
     ``dtype`` (hf): [default: the base model's, float16 for a quantized base: what ``fuse`` writes].
-    ``thinking`` (gguf, hf): the exported chat template, and the Ollama Modelfile, think unless told
+    ``thinking`` (gguf, gguf-lora, hf): the exported chat template, and the Ollama Modelfile, think unless told
     otherwise (templates with an ``enable_thinking`` switch: Qwen3, SmolLM3) [default: as the run was
     trained (off unless with --thinking); off for a model].
     ``output`` is None for a target that places its output itself (lmstudio: in ``lmstudio_dir``
@@ -164,7 +176,7 @@ def export(fmt: str, output: str | Path | None, adapter: str | Path | None = Non
 
         thinking = RunConfig.from_file(Path(adapter)).thinking if adapter is not None else False
     lm_dir = Path(lmstudio_dir) if lmstudio_dir is not None else None
-    req = Request(Path(output) if output is not None else None, into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, bool(thinking), lm_dir)
+    req = Request(Path(output) if output is not None else None, into_dir, adapter, model, outtype, dtype, base_model, offline, force, name, thinking if chosen.exports == "adapter" else bool(thinking), lm_dir)
     if chosen.exports == "adapter":
         if adapter is None:
             raise UsageError(f"--format {fmt} exports an adapter: pass --adapter RUN")
@@ -191,7 +203,7 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
     heuristics read a directory's name), removed afterwards.
     """
     if adapter is None:
-        from .model_card import fused_facts
+        from .model_card import fused_facts, own_name
         from ..models.source import open_model
 
         opened = open_model(model, offline=offline)
@@ -213,19 +225,9 @@ def _source_dir(adapter, model, scratch: Path, offline, notes: list[str], name: 
         yield r.path, name, f"run {adapter} fused into {base}", r.default_dtype
 
 
-def own_name(source) -> str:
-    """A model's own name (a ``hub.ModelSource``): the Hub id's last part, the file's or folder's name, or the Ollama model's name and tag."""
-    from ..models.ollama import is_ollama_spec, parse_name
-
-    if is_ollama_spec(source.spec):
-        n = parse_name(source.spec)
-        return f"{n.model}-{n.tag}"
-    return source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
-
-
 def _own_name(model: str | None, offline) -> str:
     """The name a model is exported under when none is given: the one a fused model recorded, else its own."""
-    from .model_card import fused_facts
+    from .model_card import fused_facts, own_name
     from ..models.source import open_model
 
     opened = open_model(model, offline=offline)

@@ -124,7 +124,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
     from .ollama import modelfile as ollama_modelfile
 
     hf = load_tokenizer(model_dir)
-    modelfile_text = ollama_modelfile(out.name, modelfile.name, general_name, origin or str(model_dir), chat, _stops(model_dir, hf, config, md), hf, thinking)
+    modelfile_text = ollama_modelfile(out.name, modelfile.name, general_name, origin or str(model_dir), chat, stop_texts(model_dir, hf, config, md), hf, thinking)
 
     for t in plan:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.type), raw_dtype=gguf.GGMLQuantizationType[t.type])
@@ -152,28 +152,13 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
 
 def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes: list[str]):
     """(architecture, the tensors to write in order, ModelConfig), every weight checked against config.json."""
-    from ..models.layout import ModelConfig, expected_shapes
+    from ..models.layout import expected_shapes
 
     model_type = config.get("model_type")
-    family = families.get(model_type)
-    if family is None or not family.gguf_arch:
-        what = f"{family.name} models (model type {model_type!r})" if family and family.name != model_type else f"{model_type!r} models"
-        raise UnsupportedModelError(
-            f"GGUF export does not write {what} (it writes {', '.join(families.gguf_export_model_types())}; SmolLM is llama): "
-            "run mlxtune export -f hf with the same --model or --adapter, then llama.cpp's convert_hf_to_gguf.py on that directory"
-        )
+    family, cfg = exportable(config)
     arch = family.gguf_arch
     scaling = config.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type not in family.gguf_rope_types:
-        raise UnsupportedModelError(
-            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (it exports {', '.join(family.gguf_rope_types)} for {model_type})"
-        )
-    if config.get("rope_traditional"):
-        raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
-    cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
-    _check_rope_layers(cfg, family, arch)
-    _check_attention_scale(cfg, family, arch)
     expected = expected_shapes(cfg)
     missing = [k for k in expected if k not in weights]
     if missing:
@@ -196,24 +181,16 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
             data = np.asarray(factors, dtype=np.float32)
             plan.append(_Tensor(f"rope_factors_{kind}.weight", None, data.shape, "F32", data=data))
     fallback = []
-    outside = {hf: name for name, hf in family.gguf_global}  # Hugging Face name -> GGUF name
-    block = {hf: name for name, hf in family.gguf_block}
     for name in expected:  # embed, norm, then each block's, then lm_head
         stem, _, param = name.rpartition(".")
-        if stem.startswith("model.layers."):
-            layer, _, rest = stem.removeprefix("model.layers.").partition(".")
-            gname = f"blk.{layer}.{block[rest]}.{param}"
-        else:
-            gname = f"{outside[stem]}.{param}"
+        gname = f"{tensor_name(family, stem)}.{param}"
         shape = tuple(weights[name].shape)
         # convert_hf_to_gguf.py: 1-D tensors, norms and anything but a .weight stay F32.
         kind = "F32" if len(shape) == 1 or gname.endswith("_norm.weight") or param != "weight" else weight_type
         if kind in ("Q8_0", "Q4_0") and shape[-1] % BLOCK:
             kind = "F16"  # as llama.cpp falls back when gguf.quants refuses a row length
             fallback.append(gname)
-        heads = None
-        if family.gguf_permute_qk and stem.endswith(("self_attn.q_proj", "self_attn.k_proj")):
-            heads = cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
+        heads = permuted_heads(family, cfg, stem)
         shift = family.norm_offset if name.endswith("norm.weight") else 0.0  # llama.cpp's graph multiplies by the stored norm
         plan.append(_Tensor(gname, name, shape, kind, heads, shift=shift))
     order = [name for name, _ in family.gguf_block]
@@ -227,6 +204,52 @@ def _plan(config: dict, weights: dict[str, np.ndarray], weight_type: str, notes:
         if big:
             notes.append(f"{', '.join(big[:3])} hold values beyond float16's range (65504), which became inf; export as f32 or q8_0 instead")
     return arch, plan, cfg
+
+
+def exportable(config: dict, instead: str = "run mlxtune export -f hf with the same --model or --adapter, then llama.cpp's convert_hf_to_gguf.py on that directory"):
+    """(the family, mlx-lm's reading of config.json) of a model llama.cpp computes as mlxtune does; UnsupportedModelError saying why not.
+
+    What GGUF export refuses, GGUF LoRA export refuses too (``gguf_lora``): a
+    family without a llama.cpp architecture, a rope scaling or rope layout, or
+    an attention scale that llama.cpp's graph would compute otherwise.
+    ``instead``: what to do with a family GGUF export does not write.
+    """
+    from ..models.layout import ModelConfig
+
+    model_type = config.get("model_type")
+    family = families.get(model_type)
+    if family is None or not family.gguf_arch:
+        what = f"{family.name} models (model type {model_type!r})" if family and family.name != model_type else f"{model_type!r} models"
+        raise UnsupportedModelError(
+            f"GGUF export does not write {what} (it writes {', '.join(families.gguf_export_model_types())}; SmolLM is llama): {instead}"
+        )
+    scaling = config.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type not in family.gguf_rope_types:
+        raise UnsupportedModelError(
+            f"rope scaling {rope_type!r} of this {model_type} model cannot be exported to GGUF (it exports {', '.join(family.gguf_rope_types)} for {model_type})"
+        )
+    if config.get("rope_traditional"):
+        raise UnsupportedModelError("rope_traditional models cannot be exported to GGUF: llama.cpp's llama rotates half-split pairs")
+    cfg = ModelConfig.from_dict(config)  # mlx-lm's reading of config.json, which the weights were trained under
+    _check_rope_layers(cfg, family, family.gguf_arch)
+    _check_attention_scale(cfg, family, family.gguf_arch)
+    return family, cfg
+
+
+def tensor_name(family, stem: str) -> str:
+    """The GGUF name of the Hugging Face module ``stem`` (``model.layers.3.self_attn.q_proj`` -> ``blk.3.attn_q``), without its ``.weight``."""
+    if stem.startswith("model.layers."):
+        layer, _, rest = stem.removeprefix("model.layers.").partition(".")
+        return f"blk.{layer}.{dict((hf, name) for name, hf in family.gguf_block)[rest]}"
+    return dict((hf, name) for name, hf in family.gguf_global)[stem]
+
+
+def permuted_heads(family, cfg, stem: str) -> int | None:
+    """The heads whose rotary rows llama.cpp's converter permutes in module ``stem``'s output rows (``permute``), or None: left as they are."""
+    if family.gguf_permute_qk and stem.endswith(("self_attn.q_proj", "self_attn.k_proj")):
+        return cfg.num_attention_heads if stem.endswith("q_proj") else cfg.num_key_value_heads
+    return None
 
 
 def _check_rope_layers(cfg, family, arch: str) -> None:
@@ -373,7 +396,7 @@ def _add_sliding_window(writer, cfg, family, notes: list[str]) -> None:
         notes.append(f"this model's {' and '.join(written)} differ from llama.cpp's defaults; llama.cpp builds older than these keys ignore them")
 
 
-def _stops(model_dir: Path, tokenizer, config: dict, md: dict) -> list[str]:
+def stop_texts(model_dir: Path, tokenizer, config: dict, md: dict) -> list[str]:
     """The texts of the tokens that end a generation: the GGUF's eos, then what the model's files say (``models.tokenizer.stop_token_ids``)."""
     from ..models.tokenizer import stop_token_ids
 

@@ -70,6 +70,16 @@ def fused_facts(model_dir: str | Path) -> tuple[str | None, dict | None]:
         return None, None
 
 
+def own_name(source) -> str:
+    """A model's own name (a ``hub.ModelSource``): the Hub id's last part, the file's or folder's name, or the Ollama model's name and tag."""
+    from ..models.ollama import is_ollama_spec, parse_name
+
+    if is_ollama_spec(source.spec):
+        n = parse_name(source.spec)
+        return f"{n.model}-{n.tag}"
+    return source.repo_id.split("/")[-1] if source.repo_id else source.path.stem if source.kind == "gguf" else source.path.name
+
+
 def ollama_name(name: str) -> str:
     """``name`` as Ollama accepts a model name: lower case letters, digits, '.', '_' and '-'."""
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"

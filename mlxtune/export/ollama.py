@@ -1,4 +1,4 @@
-"""The Ollama Modelfile of a GGUF export: FROM the file, a TEMPLATE in Ollama's syntax for the model's chat format, its stops.
+"""The Ollama Modelfile of a GGUF export (FROM the file) or a GGUF LoRA export (FROM its base, ADAPTER the file): a TEMPLATE in Ollama's syntax for the model's chat format, its stops.
 
 Ollama does not run a model's Jinja chat template; it runs a Go template
 (``TEMPLATE``) over the conversation. mlxtune writes one for each chat format
@@ -143,19 +143,25 @@ def _render(tokenizer, messages: list[dict], template: str, kwargs: dict | None 
         return None
 
 
-def modelfile(gguf_name: str, modelfile_name: str, name: str, origin: str, template: str | None, stops: list[str], tokenizer, thinking: bool) -> str:
+def modelfile(gguf_name: str, modelfile_name: str, name: str, origin: str, template: str | None, stops: list[str], tokenizer, thinking: bool, base: str | None = None, comments: tuple[str, ...] = ()) -> str:
     """An Ollama Modelfile: FROM the GGUF beside it, TEMPLATE for a chat format it recognises (SYSTEM when the template has a default one), a stop per end token.
 
     ``stops``: the texts of the tokens that end a generation; ``tokenizer``: the model's (Hugging Face), to render ``template`` with.
+    ``base``: the GGUF is a LoRA adapter: FROM ``base`` (a GGUF file's path, ``./`` for one beside it, or an Ollama model's
+    name) and ADAPTER the GGUF beside it. ``comments``: more to say before FROM (how to get the base).
     """
     from ..models.chat_template import no_think_text
     from .model_card import ollama_name
 
+    what = f"the LoRA adapter {gguf_name}" if base else gguf_name
     lines = [
-        f"# Ollama Modelfile for {gguf_name} ({name}), exported by mlxtune from {origin}",
+        f"# Ollama Modelfile for {what} ({name}), exported by mlxtune from {origin}",
         f"# Create the Ollama model with: ollama create {ollama_name(name)} -f {modelfile_name}",
-        f"FROM ./{gguf_name}",
+        *(f"# {c}" for c in comments),
+        f"FROM {base}" if base else f"FROM ./{gguf_name}",
     ]
+    if base:
+        lines.append(f"ADAPTER ./{gguf_name}")
     fmt = chat_format(template)
     if fmt is not None:
         no_think = "" if thinking or tokenizer is None else no_think_text(tokenizer, template)

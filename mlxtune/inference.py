@@ -152,3 +152,69 @@ def mean_loss(loaded: Loaded, records: list, fmt: DataFormat, mask_prompt: bool,
     if not count:
         return None, 0
     return float(np.float64(total) / count), count
+
+
+@dataclass
+class Switchable:
+    """A base model loaded once with adapters attached, one selected per request (what ``serve`` answers with).
+
+    ``loaded`` is the base (``loaded.model`` decodes with whichever adapter is selected);
+    ``adapters`` maps each adapter's name (its run directory's name) to its directory.
+    """
+
+    loaded: Loaded
+    base_name: str
+    adapters: dict[str, Path]
+    adapter_set: Any  # a backends.base.AdapterSet
+    thinking: dict[str | None, bool]  # each adapter's (and the base's, under None) chat rendering
+
+    def select(self, name: str | None) -> None:
+        """Make adapter ``name`` (None: the base) the one decoding uses, with its chat rendering."""
+        from .data.rendering import hf_tokenizer
+        from .models.chat_template import set_thinking
+
+        self.adapter_set.select(name)
+        set_thinking(hf_tokenizer(self.loaded.tokenizer), self.thinking[name])
+
+
+def load_switchable(model: str | None, adapters: list[str | Path], offline: bool | None = None, dtype: str | None = None, backend: str | None = "auto") -> Switchable:
+    """Load the base once and attach every adapter (run or PEFT directories) for switching per request.
+
+    The base is ``model``, else the one the adapters were trained on (all the same one).
+    Call from the thread that will decode: generation is not thread-safe, and mlx ties arrays to a thread's stream.
+    """
+    from .backends import backend_for, choose_backend, get, mlx_available
+    from .errors import UsageError
+    from .formats.peft import as_mlx_adapter
+    from .models.source import open_model, run_base_model
+    from .training.run_schema import RunConfig
+
+    choose_backend(backend, mlx_available())
+    named: dict[str, Path] = {}
+    for given in adapters:
+        name = Path(given).resolve().name
+        if name in named:
+            raise UsageError(f"two adapters are named {name!r} (their directories' names): rename one of the run directories")
+        named[name] = Path(as_mlx_adapter(given))
+    opened, spec = None, model
+    for name, directory in named.items():
+        this = run_base_model(directory, model, offline)
+        if opened is not None and this.path.resolve() != opened.path.resolve():
+            raise UsageError(f"adapter {name!r} was trained on {this.path}, another base than {opened.path}: serve one base at a time, or pass --model")
+        opened = opened or this
+        if spec is None:
+            spec = this.source.spec
+    if opened is None:
+        opened = open_model(model, offline=offline)
+        spec = opened.source.spec
+    base_name = Path(spec).name if spec and Path(spec).exists() else (spec or opened.path.name)
+    if base_name in named:
+        raise UsageError(f"an adapter has the base model's name {base_name!r}: rename its run directory")
+    configs = {name: RunConfig.from_file(d) for name, d in named.items()}
+    chosen = backend_for(backend, opened.path, mlx_only="DoRA" if any(c.dora for c in configs.values()) else None)
+    adapter_set, tokenizer, eos_ids = get(chosen).load_adapter_set(opened.path, named, dtype)
+    loaded = Loaded(adapter_set.model, tokenizer, opened.path, None, list(opened.notes), chosen, eos_ids, False)
+    thinking: dict[str | None, bool] = {None: False, **{name: c.thinking for name, c in configs.items()}}
+    switchable = Switchable(loaded, base_name, named, adapter_set, thinking)
+    switchable.select(None)
+    return switchable

@@ -29,6 +29,21 @@ class Chunk:
     finish_reason: str | None
 
 
+class AdapterSet(Protocol):
+    """A base model loaded once with several adapters attached, of which one (or none: the base) is active.
+
+    ``model`` is what ``Backend.stream`` decodes with; ``select`` switches the
+    active adapter without reloading the base or re-reading an adapter's file.
+    """
+
+    model: Any
+    names: list[str]
+
+    def select(self, name: str | None) -> None:
+        """Make adapter ``name`` active, or none with None (the base model alone)."""
+        ...
+
+
 class Trainer(Protocol):
     """Training: LoRA layers on a loaded model, one optimizer step at a time."""
 
@@ -66,6 +81,13 @@ class Backend(Protocol):
 
     def load_inference(self, model_dir: Path, adapter: Path | None, dtype: str | None) -> tuple[Any, Any, set[int]]:
         """(the model with ``adapter`` applied, its tokenizer, its end-token ids) ready for generation."""
+        ...
+
+    def load_adapter_set(self, model_dir: Path, adapters: dict[str, Path], dtype: str | None) -> tuple[AdapterSet, Any, set[int]]:
+        """(the base with every adapter attached and none active, its tokenizer, its end-token ids), for serving.
+
+        Call it, ``AdapterSet.select`` and ``stream`` from one thread: generation is not thread-safe.
+        """
         ...
 
     def stream(self, model: Any, tokenizer: Any, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:

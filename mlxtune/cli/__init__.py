@@ -66,7 +66,8 @@ def main() -> None:
 from .chatting import chat  # noqa: E402
 from .evaluation import eval_, recipes  # noqa: E402
 from .models import convert, download, export, fuse, generate  # noqa: E402
+from .serving import serve  # noqa: E402
 from .training import data, lora, plan  # noqa: E402
 
-for _command in (download, convert, lora, plan, fuse, generate, chat, export, eval_, recipes, data):
+for _command in (download, convert, lora, plan, fuse, generate, chat, export, serve, eval_, recipes, data):
     cli.add_command(_command)

@@ -48,6 +48,14 @@ class MlxBackend:
             tokenizer.add_eos_token(token)
         return net, tokenizer, set(tokenizer.eos_token_ids)
 
+    def load_adapter_set(self, model_dir: Path, adapters: dict[str, Path], dtype: str | None):
+        """The base model loaded once, every adapter attached (``switch.MlxAdapterSet``), none active."""
+        from .switch import MlxAdapterSet, thread_stream
+
+        thread_stream()
+        net, tokenizer, eos_ids = self.load_inference(model_dir, None, dtype)
+        return MlxAdapterSet(net, adapters), tokenizer, eos_ids
+
     def stream(self, model, tokenizer, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
         import mlx.core as mx
         from mlx_lm.generate import stream_generate

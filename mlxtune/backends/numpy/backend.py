@@ -37,6 +37,13 @@ class NumpyBackend:
         tokenizer = load_tokenizer(model_dir)
         return net, tokenizer, stop_token_ids(model_dir, tokenizer, config)
 
+    def load_adapter_set(self, model_dir: Path, adapters: dict[str, Path], dtype: str | None):
+        """The base model loaded once, every adapter's arrays attached (``switch.NumpyAdapterSet``), none active."""
+        from .switch import NumpyAdapterSet
+
+        net, tokenizer, eos_ids = self.load_inference(model_dir, None, dtype)
+        return NumpyAdapterSet(net, adapters), tokenizer, eos_ids
+
     def stream(self, model, tokenizer, eos_ids: set[int], ids: list[int], max_tokens: int, temp: float, top_p: float, seed: int | None) -> Iterator[Chunk]:
         """Numpy decoding with a KV cache; text is streamed as soon as it is whole UTF-8."""
         from .trainer import generate_tokens

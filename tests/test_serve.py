@@ -315,8 +315,9 @@ def test_client_errors_are_400s_naming_the_field_and_internal_errors_hide_their_
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model="model", prompt="", max_tokens=2)
     assert e.value.body["param"] == "prompt"
-    hf = engine.served.loaded.tokenizer
-    hf = getattr(hf, "_tokenizer", hf) if not hasattr(hf, "apply_chat_template") else hf
+    from mlxtune.data.rendering import hf_tokenizer
+
+    hf = hf_tokenizer(engine.served.loaded.tokenizer)
     monkeypatch.setattr(hf, "chat_template", "{% if messages[0]['role'] == 'system' %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{{ messages[0]['content'] }}")
     with pytest.raises(openai.BadRequestError) as e:  # as Mistral's template refuses a system turn
         c.chat.completions.create(model="model", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], max_tokens=2)
@@ -358,15 +359,17 @@ def test_cross_site_requests_are_refused(server, tiny_model):
         bg.stop()
 
 
-def test_a_stream_left_before_its_body_starts_is_cancelled(server):
-    """The client goes between the first token and the first byte of the body: StreamingResponse never runs the generator."""
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_stream_left_before_its_body_starts_is_cancelled(server, spec):
+    """The client goes between the first token and the first byte of the body: StreamingResponse never runs the generator
+    (ASGI 2.3: its disconnect watch ends the response; 2.4, as uvicorn: sending the response's start fails)."""
     import asyncio
 
     url, engine, _ = server
     app = create_app(engine, KEY)
     before = engine.counts["cancelled"]
     body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2000, "temperature": 1.0, "seed": 2, "stream": True}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
              "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
@@ -381,9 +384,14 @@ def test_a_stream_left_before_its_body_starts_is_cancelled(server):
         return {"type": "http.disconnect"}  # StreamingResponse's watch: gone at once
 
     async def send_(message):
+        if spec == "2.4":
+            raise OSError("the client has gone")
         await asyncio.sleep(0.5)  # the start of the response is slow to leave
 
-    asyncio.run(app(scope, receive, send_))
+    try:
+        asyncio.run(app(scope, receive, send_))
+    except Exception:  # 2.4: the disconnect is raised to the server
+        pass
     deadline = time.monotonic() + 10
     while engine.counts["cancelled"] == before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -398,7 +406,7 @@ def test_the_worker_survives_a_base_exception_and_answers_503_when_it_stops(serv
     from mlxtune.serving.schema import Request, RequestError
 
     url, engine, _ = server
-    c = client(url, timeout=15)
+    c = client(url).with_options(timeout=15)
     served_select = engine.served.select
     raised = []
 

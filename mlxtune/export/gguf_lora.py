@@ -97,6 +97,15 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
     tensors = _lora_tensors(adapter_dir, family, cfg, prefix, rank, scale == 0.0)
     alpha = scale * rank or float(rank)  # a zero scale is written as zero lora_b: llama.cpp reads alpha 0 as "scale 1"
 
+    # the Modelfile first: what can fail there (the base's tokenizer and template) fails before any file is written
+    from .ollama import modelfile as ollama_modelfile
+
+    thinking = run.thinking if thinking is None else thinking
+    base, comments = _base_reference(opened, out.parent, notes)
+    template, stops, hf = _chat(opened.path, config, family, cfg, thinking, notes)
+    origin = f"run {Path(run_dir).resolve()} on {opened.source.spec}"
+    text = ollama_modelfile(out.name, modelfile.name, name, origin, template, stops, hf, thinking, base=base, comments=comments)
+
     writer = gguf.GGUFWriter(path=None, arch=family.gguf_arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_name(name)
@@ -120,13 +129,6 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
             os.unlink(tmp)
         raise
 
-    from .ollama import modelfile as ollama_modelfile
-
-    thinking = run.thinking if thinking is None else thinking
-    base, comments = _base_reference(opened, out.parent, notes)
-    template, stops, hf = _chat(opened.path, config, family, cfg, thinking, notes)
-    origin = f"run {Path(run_dir).resolve()} on {opened.source.spec}"
-    text = ollama_modelfile(out.name, modelfile.name, name, origin, template, stops, hf, thinking, base=base, comments=comments)
     atomic_write_text(modelfile, text)
     return LoraExportResult(out, outtype, len(tensors) // 2, rank, alpha, out.stat().st_size, modelfile, base, notes)
 

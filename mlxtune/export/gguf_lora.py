@@ -57,6 +57,11 @@ class LoraExportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def lora_file_name(name: str, outtype: str) -> str:
+    """The adapter's file name in an output folder: ``<name>-<TYPE>-LoRA.gguf`` (beside ``<name>-<TYPE>.gguf``, the model's)."""
+    return f"{name}-{outtype.upper()}-LoRA.gguf"
+
+
 def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | None = None, outtype: str = "f16", force: bool = False, name: str | None = None, offline: bool | None = None, thinking: bool | None = None) -> LoraExportResult:
     """Write the adapter of ``run_dir`` (a run, or a PEFT adapter) as a GGUF LoRA adapter at ``out_path``, and its Modelfile beside it.
 
@@ -83,7 +88,7 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
         )
     out = Path(out_path)
     if out.is_dir() or str(out_path).endswith(("/", os.sep)):
-        out = out / f"{name}-{outtype.upper()}-LoRA.gguf"
+        out = out / lora_file_name(name, outtype)
     modelfile = out.with_name(f"{out.stem if out.suffix.lower() == '.gguf' else out.name}.Modelfile")
     for p in (out, modelfile):
         if p.exists() and not force:

@@ -97,6 +97,11 @@ def test_names_parse_as_ollama_reads_them():
     for bad in ("ollama:", "ollama:a/b/c/d", "ollama:x:", "ollama:a//b"):
         with pytest.raises(UsageError, match="ollama:NAME"):
             ollama.parse_name(bad)
+    for bad in ("ollama:../ns/m", "ollama:./ns/m", "ollama:h/../m"):  # nothing that leaves manifests/
+        with pytest.raises(UsageError, match="not a"):
+            ollama.parse_name(bad)
+    with pytest.raises(UsageError, match="'ollama:x:' is not"):  # the name as the user wrote it, tag and all
+        ollama.parse_name("ollama:x:")
 
 
 def test_a_name_resolves_to_its_gguf_blob(store, tiny_gguf):

@@ -205,3 +205,14 @@ def test_what_llama_cpp_cannot_apply_is_refused_saying_what_works(tiny_run, tmp_
     with pytest.raises(ModelFormatError, match=r"gate_proj\.lora_a \(64, 8\) and \.lora_b \(8, 128\) do not fit the base's model\.layers\.0\.mlp\.gate_proj\.weight \(96, 64\) at rank 8: the base is not"):
         export("gguf-lora", tmp_path / "x.gguf", adapter=tiny_run / "notes", model=str(wider))
     assert not list(tmp_path.glob("x*"))
+
+
+def test_a_base_whose_tokenizer_fails_writes_neither_file(tiny_run, tmp_path):
+    """The Modelfile is made before the adapter is written: a base whose tokenizer cannot be read fails the export
+    with no .gguf left behind (nor a Modelfile that would not match it)."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run / "model", base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        (base / name).unlink(missing_ok=True)
+    run("export", "-f", "gguf-lora", "--adapter", tiny_run / "notes", "--model", base, "-o", f"{tmp_path}/out/", ok=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir()), list((tmp_path / "out").iterdir())

@@ -97,6 +97,11 @@ def test_names_parse_as_ollama_reads_them():
     for bad in ("ollama:", "ollama:a/b/c/d", "ollama:x:", "ollama:a//b"):
         with pytest.raises(UsageError, match="ollama:NAME"):
             ollama.parse_name(bad)
+    for bad in ("ollama:../ns/m", "ollama:./ns/m", "ollama:h/../m"):  # nothing that leaves manifests/
+        with pytest.raises(UsageError, match="not a"):
+            ollama.parse_name(bad)
+    with pytest.raises(UsageError, match="'ollama:x:' is not"):  # the name as the user wrote it, tag and all
+        ollama.parse_name("ollama:x:")
 
 
 def test_a_name_resolves_to_its_gguf_blob(store, tiny_gguf):
@@ -222,3 +227,17 @@ def test_convert_and_train_from_the_smollm2_in_ollama(tmp_path, monkeypatch, sma
     assert f"Model: ollama:smollm2:135m ({root / 'blobs'}/sha256-" in log, log
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
     assert losses and all(np.isfinite(losses)), losses
+
+
+def test_a_run_on_an_ollama_model_finds_its_base_again_after_the_cache_is_gone(store, tmp_path, small_data):
+    """A run records its base as ollama:NAME and the blob's path (no .gguf suffix): once the cached conversion is
+    deleted, generate --adapter opens the name again from the store, not the blob as a file."""
+    import shutil
+
+    run("lora", "--model", "ollama:tiny:1m", "--data", small_data, "-o", tmp_path / "run", "--iters", 1, "--batch-size", 1,
+        "--val-every", 0, "--max-seq-len", 256, "--backend", "numpy", "--no-report")
+    meta = json.loads((tmp_path / "run" / "adapter_config.json").read_text())["base_model"]
+    assert meta["spec"] == "ollama:tiny:1m" and Path(meta["path"]).parent == store / "blobs", meta
+    shutil.rmtree(meta["mlx_dir"])
+    run("generate", "--adapter", tmp_path / "run", "--prompt", "hi", "--max-tokens", 2, "--backend", "numpy")
+    assert (Path(meta["mlx_dir"]) / "config.json").is_file()  # converted again, from the store, into the same place

@@ -446,3 +446,31 @@ def test_serve_options_check_the_port_and_say_where_keys_and_models_come_from():
     text = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
     assert "ollama:NAME[:TAG]" in text and "MLXTUNE_API_KEY" in text and "ps" in text
     assert "ollama:NAME[:TAG]" in " ".join(CliRunner().invoke(cli, ["chat", "--help"]).output.split())
+
+
+def test_a_numpy_switch_that_fails_part_way_leaves_the_base(tiny_model, runs, monkeypatch):
+    """An adapter merge that fails part-way (out of memory) undoes the layers it merged: the model is the base
+    again, and selecting the adapter once more merges it whole."""
+    from mlxtune.backends.numpy import ops, switch
+
+    served = load_switchable(str(tiny_model), runs, backend="numpy")
+    ids = np.array([[1, 5, 9, 3, 7, 2]], dtype=np.int32)
+    base = served.loaded.model.forward(ids)
+    served.select("alpha")
+    alpha = served.loaded.model.forward(ids)
+    served.select(None)
+    calls, delta = [], ops.lora_delta
+
+    def failing(lora):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("out of memory")
+        return delta(lora)
+
+    monkeypatch.setattr(switch.ops, "lora_delta", failing)
+    with pytest.raises(MemoryError):
+        served.select("alpha")
+    assert np.array_equal(served.loaded.model.forward(ids), base)
+    monkeypatch.setattr(switch.ops, "lora_delta", delta)
+    served.select("alpha")
+    assert np.array_equal(served.loaded.model.forward(ids), alpha)

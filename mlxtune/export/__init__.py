@@ -115,10 +115,10 @@ def _gguf(req: Request, src: Source) -> Exported:
 
 @target("gguf-lora", "the adapter alone for llama.cpp (--lora) and Ollama (ADAPTER), with a Modelfile", exports="adapter")
 def _gguf_lora(req: Request) -> Exported:
-    from .gguf_lora import export_gguf_lora
+    from .gguf_lora import export_gguf_lora, lora_file_name
 
     name = req.name or Path(req.adapter).resolve().name
-    path = req.output / f"{name}-{req.outtype.upper()}-LoRA.gguf" if req.into_dir else req.output
+    path = req.output / lora_file_name(name, req.outtype) if req.into_dir else req.output
     r = export_gguf_lora(req.adapter, path, model=req.model, outtype=req.outtype, force=req.force, name=name, offline=req.offline, thinking=req.thinking)
     what = f"GGUF LoRA adapter {r.outtype.upper()} on {r.modules} layers, r={r.rank}, alpha={r.alpha:g}, for the base {r.base}"
     return Exported("gguf-lora", r.path, r.size_bytes, what, r.notes, r.modelfile, name)

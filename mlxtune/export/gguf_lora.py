@@ -57,6 +57,11 @@ class LoraExportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def lora_file_name(name: str, outtype: str) -> str:
+    """The adapter's file name in an output folder: ``<name>-<TYPE>-LoRA.gguf`` (beside ``<name>-<TYPE>.gguf``, the model's)."""
+    return f"{name}-{outtype.upper()}-LoRA.gguf"
+
+
 def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | None = None, outtype: str = "f16", force: bool = False, name: str | None = None, offline: bool | None = None, thinking: bool | None = None) -> LoraExportResult:
     """Write the adapter of ``run_dir`` (a run, or a PEFT adapter) as a GGUF LoRA adapter at ``out_path``, and its Modelfile beside it.
 
@@ -83,7 +88,7 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
         )
     out = Path(out_path)
     if out.is_dir() or str(out_path).endswith(("/", os.sep)):
-        out = out / f"{name}-{outtype.upper()}-LoRA.gguf"
+        out = out / lora_file_name(name, outtype)
     modelfile = out.with_name(f"{out.stem if out.suffix.lower() == '.gguf' else out.name}.Modelfile")
     for p in (out, modelfile):
         if p.exists() and not force:
@@ -96,6 +101,15 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
     rank, scale = int(run.lora_parameters.rank), float(run.lora_parameters.scale)
     tensors = _lora_tensors(adapter_dir, family, cfg, prefix, rank, scale == 0.0)
     alpha = scale * rank or float(rank)  # a zero scale is written as zero lora_b: llama.cpp reads alpha 0 as "scale 1"
+
+    # the Modelfile first: what can fail there (the base's tokenizer and template) fails before any file is written
+    from .ollama import modelfile as ollama_modelfile
+
+    thinking = run.thinking if thinking is None else thinking
+    base, comments = _base_reference(opened, out.parent, notes)
+    template, stops, hf = _chat(opened.path, config, family, cfg, thinking, notes)
+    origin = f"run {Path(run_dir).resolve()} on {opened.source.spec}"
+    text = ollama_modelfile(out.name, modelfile.name, name, origin, template, stops, hf, thinking, base=base, comments=comments)
 
     writer = gguf.GGUFWriter(path=None, arch=family.gguf_arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -120,13 +134,6 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
             os.unlink(tmp)
         raise
 
-    from .ollama import modelfile as ollama_modelfile
-
-    thinking = run.thinking if thinking is None else thinking
-    base, comments = _base_reference(opened, out.parent, notes)
-    template, stops, hf = _chat(opened.path, config, family, cfg, thinking, notes)
-    origin = f"run {Path(run_dir).resolve()} on {opened.source.spec}"
-    text = ollama_modelfile(out.name, modelfile.name, name, origin, template, stops, hf, thinking, base=base, comments=comments)
     atomic_write_text(modelfile, text)
     return LoraExportResult(out, outtype, len(tensors) // 2, rank, alpha, out.stat().st_size, modelfile, base, notes)
 

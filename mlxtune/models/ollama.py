@@ -58,8 +58,13 @@ class OllamaName:
         return str(self).rsplit(":", 1)[0]
 
 
+# a registry host, with a port or not (localhost:5000, hf.co): never "." or "..", which would leave the store
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?")
+
+
 def parse_name(text: str) -> OllamaName:
     """``[host/][namespace/]model[:tag]`` (with or without the ``ollama:`` prefix) as its four parts."""
+    given = text if text.startswith(PREFIX) else PREFIX + text
     text = text[len(PREFIX):] if text.startswith(PREFIX) else text
     slash = text.rfind("/")
     colon = text.rfind(":")
@@ -68,15 +73,17 @@ def parse_name(text: str) -> OllamaName:
         text, tag = text[:colon], text[colon + 1:]
     parts = text.split("/")
     if len(parts) > 3 or not tag or not all(parts):
-        raise UsageError(f"'{PREFIX}{text}' is not an Ollama model name: write ollama:NAME[:TAG], e.g. ollama:smollm2:135m (NAME may be namespace/model or host/namespace/model)")
+        raise UsageError(f"'{given}' is not an Ollama model name: write ollama:NAME[:TAG], e.g. ollama:smollm2:135m (NAME may be namespace/model or host/namespace/model)")
     host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
     if len(parts) == 3:
         host, namespace = parts[0], parts[1]
     elif len(parts) == 2:
         namespace = parts[0]
+    if not _HOST.fullmatch(host) or ".." in host:
+        raise UsageError(f"'{host}' in '{given}' is not a registry host (such as registry.ollama.ai or hf.co)")
     for part in (namespace, parts[-1], tag):
-        if not _PART.fullmatch(part):
-            raise UsageError(f"'{part}' in '{PREFIX}{text}:{tag}' is not a valid part of an Ollama model name (letters, digits, '_', '.', '-')")
+        if not _PART.fullmatch(part) or part in (".", ".."):
+            raise UsageError(f"'{part}' in '{given}' is not a valid part of an Ollama model name (letters, digits, '_', '.', '-')")
     return OllamaName(host, namespace, parts[-1], tag)
 
 

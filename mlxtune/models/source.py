@@ -68,7 +68,9 @@ def run_base_model(run_dir: Path, model: str | None = None, offline: bool | None
         if base.mlx_dir and (Path(base.mlx_dir) / "config.json").exists():
             return OpenedModel(_recorded_source(base), Path(base.mlx_dir))
         if base.spec or base.path:
-            model = base.path if base.kind in ("dir", "gguf") and Path(base.path or "").exists() else base.spec
+            # a local directory or .gguf is opened where it was; a Hub id or an Ollama name (whose path is a blob
+            # without the .gguf suffix) is resolved again from its spec
+            model = base.path if base.kind in ("dir", "gguf") and Path(base.path or "").exists() and not is_ollama_spec(base.spec) else base.spec
         else:
             raise AdapterError(f"{run_dir}/adapter_config.json does not say which model it was trained on: pass --model")
     return open_model(model, offline=offline, allow_fallback=True)

@@ -45,8 +45,15 @@ class NumpyAdapterSet:
                 weights[layer + ".weight"][...] = self.originals[layer + ".weight"]
         self.active = None
         if name is not None:
-            for layer, lora in self.adapters[name].items():
-                w = weights[layer + ".weight"]  # (out, in), a view into its block's stack
-                self.originals.setdefault(layer + ".weight", w.copy())
-                np.add(ops.lora_delta(lora), w, out=w)  # as merge_adapters adds it
+            merged = []
+            try:
+                for layer, lora in self.adapters[name].items():
+                    w = weights[layer + ".weight"]  # (out, in), a view into its block's stack
+                    self.originals.setdefault(layer + ".weight", w.copy())
+                    np.add(ops.lora_delta(lora), w, out=w)  # as merge_adapters adds it
+                    merged.append(layer)
+            except BaseException:  # a failure part-way (out of memory) leaves the base, not half an adapter
+                for layer in merged:
+                    weights[layer + ".weight"][...] = self.originals[layer + ".weight"]
+                raise
             self.active = name

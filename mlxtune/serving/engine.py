@@ -7,7 +7,10 @@ FIFO queue and are answered in turn. A job reports what happens through its
 its event loop): ``("start", prompt_tokens)``, then ``("text", str)`` pieces, then
 ``("end", finish_reason, completion_tokens)``; or ``("error", RequestError)``
 instead. A cancelled job (its client went away) stops at its next token, and
-the worker takes the next one.
+the worker takes the next one. At most ``MAX_QUEUED`` jobs wait (429 beyond).
+Whatever one job raises (a BaseException too) fails that job alone: a 500 whose
+message points to the server log (``logging``, on stderr), where the details go;
+should the worker's loop itself fail, waiting and later jobs get 503.
 """
 
 from __future__ import annotations

@@ -267,6 +267,187 @@ def test_switching_adapters_gives_the_logits_of_loading_each_alone(tiny_model, r
         assert np.array_equal(logits(served.loaded.model), alone[name]), name
 
 
+# ---------------------------------------------------------------- review fixes (issue 16): limits, client errors, cross-site, cancel, worker
+
+
+def send(url: str, path: str, body: bytes = b"", headers: dict | None = None, method: str = "POST", chunked: bool = False) -> tuple[int, dict]:
+    """(status, JSON body) of one request sent with http.client, headers as given (a Host header among them)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {KEY}", **(headers or {})}
+        if chunked:
+            conn.request(method, parts.path + path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]), headers=headers, encode_chunked=True)
+        else:
+            conn.request(method, parts.path + path, body=body if method == "POST" else None, headers=headers)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        conn.close()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_oversized_bodies_get_413_and_a_full_queue_429(server):
+    from mlxtune.serving.engine import MAX_QUEUED
+    from mlxtune.serving.schema import MAX_BODY, Request, RequestError
+
+    url, _, _ = server
+    big = b'{"model": "model", "messages": [{"role": "user", "content": "' + b"x" * MAX_BODY + b'"}]}'
+    for chunked in [False, True]:  # by Content-Length; counted as it streams in
+        status, body = send(url, "/chat/completions", big, JSON, chunked=chunked)
+        assert status == 413 and body["error"]["code"] == "request_too_large", (chunked, body)
+    idle = Engine(lambda: None)  # not started: what it is given stays queued
+    for _ in range(MAX_QUEUED):
+        idle.submit(Request(model="model", prompt="hi"), None, lambda item: None)
+    with pytest.raises(RequestError) as e:
+        idle.submit(Request(model="model", prompt="hi"), None, lambda item: None)
+    assert e.value.status == 429 and e.value.body()["error"]["type"] == "rate_limit_error"
+
+
+def test_client_errors_are_400s_naming_the_field_and_internal_errors_hide_their_text(server, monkeypatch):
+    url, engine, _ = server
+    c = client(url)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="model", prompt="", max_tokens=2)
+    assert e.value.body["param"] == "prompt"
+    from mlxtune.data.rendering import hf_tokenizer
+
+    hf = hf_tokenizer(engine.served.loaded.tokenizer)
+    monkeypatch.setattr(hf, "chat_template", "{% if messages[0]['role'] == 'system' %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{{ messages[0]['content'] }}")
+    with pytest.raises(openai.BadRequestError) as e:  # as Mistral's template refuses a system turn
+        c.chat.completions.create(model="model", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], max_tokens=2)
+    assert e.value.body["param"] == "messages" and "Only user and assistant roles" in e.value.body["message"]
+    monkeypatch.setattr(hf, "chat_template", None)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="model", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert e.value.body["param"] == "messages" and "/v1/completions" in e.value.body["message"]
+    monkeypatch.undo()
+
+    def broken(adapter):
+        raise RuntimeError("secret /home/path detail")
+
+    monkeypatch.setattr(engine.served, "select", broken)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.completions.create(model="model", prompt="hi", max_tokens=2)
+    assert e.value.body["message"] == "Internal error, see the server log." and "secret" not in json.dumps(e.value.body)
+    monkeypatch.undo()
+    assert c.completions.create(model="model", prompt="hi", max_tokens=2).choices[0].text is not None
+
+
+def test_cross_site_requests_are_refused(server, tiny_model):
+    url, engine, _ = server
+    chat = json.dumps({"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    for media in [None, "text/plain", "application/x-www-form-urlencoded"]:  # what a page may POST without a preflight
+        status, body = send(url, "/chat/completions", chat, {"Content-Type": media} if media else {})
+        assert status == 415 and body["error"]["code"] == "unsupported_media_type", (media, body)
+    assert send(url, "/chat/completions", chat, {"Content-Type": "application/json; charset=utf-8"})[0] == 200
+    for host in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil.example:80"]:  # DNS rebinding
+        status, body = send(url, "/models", headers={"Host": host}, method="GET")
+        assert status == 403 and body["error"]["code"] == "host_not_allowed", host
+        assert send(url, "/chat/completions", chat, {"Host": host, **JSON})[0] == 403
+    for host in ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]", "[::1]:8080", "LOCALHOST"]:
+        assert send(url, "/models", headers={"Host": host}, method="GET")[0] == 200, host
+    bg = Background(create_app(engine, KEY, loopback=False), bind("127.0.0.1", 0))  # served beyond loopback: any Host
+    try:
+        assert send(bg.url, "/models", headers={"Host": "my-box.lan:8080"}, method="GET")[0] == 200
+    finally:
+        bg.stop()
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_stream_left_before_its_body_starts_is_cancelled(server, spec):
+    """The client goes between the first token and the first byte of the body: StreamingResponse never runs the generator
+    (ASGI 2.3: its disconnect watch ends the response; 2.4, as uvicorn: sending the response's start fails)."""
+    import asyncio
+
+    url, engine, _ = server
+    app = create_app(engine, KEY)
+    before = engine.counts["cancelled"]
+    body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2000, "temperature": 1.0, "seed": 2, "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        if len(calls) == 2:  # the route's own watch, until the stream begins
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}  # StreamingResponse's watch: gone at once
+
+    async def send_(message):
+        if spec == "2.4":
+            raise OSError("the client has gone")
+        await asyncio.sleep(0.5)  # the start of the response is slow to leave
+
+    try:
+        asyncio.run(app(scope, receive, send_))
+    except Exception:  # 2.4: the disconnect is raised to the server
+        pass
+    deadline = time.monotonic() + 10
+    while engine.counts["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.counts["cancelled"] == before + 1, engine.counts
+
+
+class _Fatal(BaseException):
+    """What no ``except Exception`` catches (as KeyboardInterrupt, SystemExit, GeneratorExit)."""
+
+
+def test_the_worker_survives_a_base_exception_and_answers_503_when_it_stops(server, monkeypatch):
+    from mlxtune.serving.schema import Request, RequestError
+
+    url, engine, _ = server
+    c = client(url).with_options(timeout=15)
+    served_select = engine.served.select
+    raised = []
+
+    def once(adapter):
+        if not raised:
+            raised.append(adapter)
+            raise _Fatal("in one job")
+        return served_select(adapter)
+
+    monkeypatch.setattr(engine.served, "select", once)
+    with pytest.raises(openai.InternalServerError):
+        c.completions.create(model="model", prompt="hi", max_tokens=2)
+    assert c.completions.create(model="model", prompt="hi", max_tokens=2).choices[0].text is not None  # the worker lives
+    monkeypatch.undo()
+
+    other = Engine(lambda: engine.served)
+    got = threading.Event()
+    items = []
+
+    def broken(item):  # delivering itself fails: the worker's loop cannot go on
+        raise _Fatal("deliver")
+
+    other.submit(Request(model="model", prompt="hi", max_tokens=2), None, broken)
+    other.submit(Request(model="model", prompt="hi", max_tokens=2), None, lambda item: (items.append(item), got.set()))
+    other.start()
+    assert got.wait(10), "a job queued behind a fatal error was never answered"
+    assert items[0][0] == "error" and items[0][1].status == 503
+    with pytest.raises(RequestError) as e:
+        other.submit(Request(model="model", prompt="hi"), None, lambda item: None)
+    assert e.value.status == 503
+    other.close()
+
+
+def test_serve_options_check_the_port_and_say_where_keys_and_models_come_from():
+    r = CliRunner().invoke(cli, ["serve", "--port", "70000"])
+    assert r.exit_code == 2 and "70000" in r.output and "0<=x<=65535" in r.output, r.output
+    text = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
+    assert "ollama:NAME[:TAG]" in text and "MLXTUNE_API_KEY" in text and "ps" in text
+    assert "ollama:NAME[:TAG]" in " ".join(CliRunner().invoke(cli, ["chat", "--help"]).output.split())
+
+
 def test_a_numpy_switch_that_fails_part_way_leaves_the_base(tiny_model, runs, monkeypatch):
     """An adapter merge that fails part-way (out of memory) undoes the layers it merged: the model is the base
     again, and selecting the adapter once more merges it whole."""

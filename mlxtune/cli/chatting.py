@@ -21,7 +21,7 @@ PROMPT = ">>> "
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-m", "--model", help="Model: Hub id, directory or .gguf. [default: the adapter's base, else SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Model: Hub id, directory, .gguf or ollama:NAME[:TAG]. [default: the adapter's base, else SmolLM2-135M-Instruct]")
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory with adapters to apply, or a PEFT LoRA adapter directory.")
 @click.option("--system", help="System message, kept at the start of the conversation.")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens in each answer.")

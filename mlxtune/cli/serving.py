@@ -10,11 +10,11 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-m", "--model", help="Base model: Hub id, directory or .gguf. [default: the adapters' base, else SmolLM2-135M-Instruct]")
+@click.option("-m", "--model", help="Base model: Hub id, directory, .gguf or ollama:NAME[:TAG]. [default: the adapters' base, else SmolLM2-135M-Instruct]")
 @click.option("-a", "--adapter", "adapters", multiple=True, type=click.Path(), help="Run directory (or PEFT adapter) to serve beside the base, under its directory's name; repeat for more.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; set an --api-key then).")
-@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: a free one).")
-@click.option("--api-key", envvar="MLXTUNE_API_KEY", help="Require 'Authorization: Bearer KEY' on every request (also MLXTUNE_API_KEY).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on (0: a free one).")
+@click.option("--api-key", envvar="MLXTUNE_API_KEY", help="Require 'Authorization: Bearer KEY' on every request. Prefer setting MLXTUNE_API_KEY: an option is visible to other users in ps.")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 def serve(model, adapters, host, port, api_key, backend, offline) -> None:
@@ -53,9 +53,19 @@ def serve(model, adapters, host, port, api_key, backend, offline) -> None:
         names = ", ".join([f"{served.base_name} (base)", *served.adapters])
         click.echo(f"mlxtune serve: http://{shown}:{bound_port}/v1 · models: {names} · backend: {get(served.loaded.backend).describe()}"
                    + (" · API key required" if api_key else ""), err=False)
-        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        if not _loopback(bound_host) and not api_key:
             click.echo("warning: listening beyond this machine without an --api-key: anyone who can reach it can use it", err=True)
-        run(create_app(engine, api_key or None), sock)
+        run(create_app(engine, api_key or None, loopback=_loopback(bound_host)), sock)
     finally:
         sock.close()
         engine.close()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a bound address) is this machine only."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -6,7 +6,10 @@ streamed as server-sent events (``data: {chunk}`` lines, the last chunk with its
 on the engine's worker thread; a route validates the body, queues a job and
 relays what the worker delivers. Every error is OpenAI-shaped JSON
 (``schema.error_body``), and none stops the server. A client that goes away
-cancels its job, queued or running, which frees the worker.
+cancels its job, queued or running, which frees the worker. A POST must be
+``application/json`` of at most ``MAX_BODY`` bytes (a page of another site cannot
+send that without a CORS preflight, which is refused); served on a loopback
+address, a request must name the host as localhost (no DNS rebinding).
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .engine import Engine
-from .schema import Request, RequestError, chat_request, completion_request, error_body, parse_body
+from .schema import MAX_BODY, Request, RequestError, chat_request, completion_request, error_body, parse_body
 
 _GONE = object()  # the client disconnected
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # the Host names a loopback server answers
 
 
-def create_app(engine: Engine, api_key: str | None = None) -> Starlette:
-    """The Starlette application answering with ``engine``; ``api_key``: require ``Authorization: Bearer <key>``."""
+def create_app(engine: Engine, api_key: str | None = None, loopback: bool = True) -> Starlette:
+    """The Starlette application answering with ``engine``; ``api_key``: require ``Authorization: Bearer <key>``;
+    ``loopback`` (served on a loopback address): refuse a Host header other than localhost's."""
     created = int(time.time())
 
     def authorize(request: HttpRequest) -> None:
+        if loopback and _host_name(request.headers.get("host", "")) not in LOCAL_HOSTS:
+            raise RequestError("This server answers only requests to localhost, 127.0.0.1 or [::1] (the Host header names another host).", status=403, code="host_not_allowed")
         if not api_key:
             return
         given = request.headers.get("authorization", "")
@@ -56,7 +63,10 @@ def create_app(engine: Engine, api_key: str | None = None) -> Starlette:
     def endpoint(parse: Callable[[dict], Request]):
         async def route(request: HttpRequest) -> Response:
             authorize(request)
-            req = parse(parse_body(await request.body()))
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                raise RequestError(f"Send the body as JSON with 'Content-Type: application/json' (not {media or 'none'!r}).", status=415, code="unsupported_media_type")
+            req = parse(parse_body(await _body(request)))
             return await _answer(engine, request, req, engine.resolve(req.model))
 
         return route
@@ -75,6 +85,29 @@ def create_app(engine: Engine, api_key: str | None = None) -> Starlette:
         Route("/v1/completions", endpoint(completion_request), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={RequestError: request_error, HTTPException: http_error})
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8080`` -> ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+async def _body(request: HttpRequest) -> bytes:
+    """The request body, or a 413 RequestError past ``MAX_BODY`` bytes (by Content-Length, then as it is read)."""
+    too_big = RequestError(f"The request body is larger than {MAX_BODY // (1024 * 1024)} MB.", status=413, code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise too_big
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY:
+            raise too_big
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _model_card(name: str, created: int) -> dict:
@@ -105,7 +138,8 @@ async def _answer(engine: Engine, request: HttpRequest, req: Request, adapter: s
         if req.stream:
             gone.cancel()  # Starlette's StreamingResponse watches for the disconnect from here on
             streaming = True
-            return StreamingResponse(_events(reply, items, job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            events = StreamingResponse(_events(reply, items, job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return _CancelAfter(events, job)
         texts = []
         while True:
             item = await _next(items, gone)
@@ -118,7 +152,7 @@ async def _answer(engine: Engine, request: HttpRequest, req: Request, adapter: s
             texts.append(item[1])
     finally:
         if not streaming:
-            job.cancel()  # a no-op once the job has ended; a stream's job is cancelled by _events
+            job.cancel()  # a no-op once the job has ended; a stream's job is cancelled by _CancelAfter
         gone.cancel()
 
 
@@ -141,6 +175,20 @@ async def _events(reply: "_Reply", items: asyncio.Queue, job) -> Any:
         yield "data: [DONE]\n\n"
     finally:
         job.cancel()
+
+
+class _CancelAfter:
+    """An ASGI response that cancels ``job`` once ``response`` has been sent or abandoned: a client that
+    leaves before the stream's body starts never runs ``_events`` (so not its ``finally``)."""
+
+    def __init__(self, response: Response, job):
+        self.response, self.job = response, job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.job.cancel()
 
 
 def _sse(data: dict) -> str:

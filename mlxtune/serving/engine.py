@@ -7,17 +7,25 @@ FIFO queue and are answered in turn. A job reports what happens through its
 its event loop): ``("start", prompt_tokens)``, then ``("text", str)`` pieces, then
 ``("end", finish_reason, completion_tokens)``; or ``("error", RequestError)``
 instead. A cancelled job (its client went away) stops at its next token, and
-the worker takes the next one.
+the worker takes the next one. At most ``MAX_QUEUED`` jobs wait (429 beyond).
+Whatever one job raises (a BaseException too) fails that job alone: a 500 whose
+message points to the server log (``logging``, on stderr), where the details go;
+should the worker's loop itself fail, waiting and later jobs get 503.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .schema import DEFAULT_MAX_TOKENS, Request, RequestError
+
+MAX_QUEUED = 64  # jobs waiting for the worker; more are refused with 429
+INTERNAL = "Internal error, see the server log."
+log = logging.getLogger("mlxtune.serving")
 
 
 class StopText:
@@ -61,8 +69,10 @@ class Job:
 class Engine:
     """Loads the model on its worker thread (``load`` returns an ``inference.Switchable``) and answers jobs in order."""
 
-    def __init__(self, load: Callable[[], Any]):
+    def __init__(self, load: Callable[[], Any], max_queued: int = MAX_QUEUED):
         self._load = load
+        self._max_queued = max_queued
+        self._dead: BaseException | None = None  # the worker stopped on this: every job is answered 503
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -98,7 +108,11 @@ class Engine:
         raise RequestError(f"The model '{model}' does not exist here. Choose one of: {', '.join(self.models)}.", status=404, param="model", code="model_not_found")
 
     def submit(self, request: Request, adapter: str | None, deliver: Callable[[tuple], None]) -> Job:
-        """Queue a request; its items come through ``deliver`` (on the worker thread)."""
+        """Queue a request; its items come through ``deliver`` (on the worker thread); 429 when the queue is full."""
+        if self._dead is not None:
+            raise _unavailable()
+        if self._jobs.qsize() >= self._max_queued:
+            raise RequestError(f"Too many requests are waiting ({self._max_queued}): retry in a moment.", status=429, code="rate_limit_exceeded", type_="rate_limit_error")
         job = Job(request, adapter, deliver)
         self._jobs.put(job)
         return job
@@ -117,27 +131,43 @@ class Engine:
             self._ready.set()
             return
         self._ready.set()
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                self.counts["cancelled"] += 1
-                continue
-            try:
-                self.counts["answered" if self._run(job) else "cancelled"] += 1
-            except RequestError as e:
-                self.counts["failed"] += 1
-                job.deliver(("error", e))
-            except Exception as e:  # a bug or a backend failure: this request fails, the server goes on
-                self.counts["failed"] += 1
-                job.deliver(("error", RequestError(f"Generation failed: {type(e).__name__}: {e}", status=500, type_="server_error")))
+        try:
+            while (job := self._jobs.get()) is not None:
+                self._answer(job)
+        except BaseException as e:  # the loop itself failed: answer what waits with 503, refuse what comes
+            self._dead = e
+            log.critical("the serve worker stopped: %s: %s", type(e).__name__, e, exc_info=e)
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job.deliver(("error", _unavailable()))
+
+    def _answer(self, job: Job) -> None:
+        """Run one job; whatever it raises (BaseException included) fails that job only."""
+        if job.cancelled.is_set():
+            self.counts["cancelled"] += 1
+            return
+        try:
+            self.counts["answered" if self._run(job) else "cancelled"] += 1
+        except RequestError as e:
+            self.counts["failed"] += 1
+            job.deliver(("error", e))
+        except BaseException as e:  # a bug or a backend failure: this request fails, the server goes on
+            self.counts["failed"] += 1
+            log.error("a request failed: %s: %s", type(e).__name__, e, exc_info=e)
+            job.deliver(("error", RequestError(INTERNAL, status=500, type_="server_error")))
 
     def _run(self, job: Job) -> bool:
         """Answer ``job``; False when it was cancelled part way."""
-        from ..inference import chat_prompt, stream
+        from ..inference import stream
 
         req, served = job.request, self.served
         served.select(job.adapter)
         loaded = served.loaded
-        ids = chat_prompt(loaded.tokenizer, req.messages) if req.chat else self._prompt_ids(req.prompt)
+        ids = _chat_ids(loaded.tokenizer, req.messages) if req.chat else self._prompt_ids(req.prompt)
         if self.context and len(ids) >= self.context:
             param = "messages" if req.chat else "prompt"
             raise RequestError(f"This model's maximum context length is {self.context} tokens. However, your {param} has {len(ids)} tokens. Please shorten it.", param=param, code="context_length_exceeded")
@@ -178,3 +208,22 @@ class Engine:
                 raise RequestError(f"'prompt' has token id {max(prompt)}, beyond this model's vocabulary of {vocab}.", param="prompt")
             return list(prompt)
         return hf_tokenizer(self.served.loaded.tokenizer).encode(prompt)
+
+
+def _unavailable() -> RequestError:
+    return RequestError("The server's worker has stopped: restart the server (see its log).", status=503, type_="server_error")
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """The prompt of a chat request; a 400 when the model has no chat template or its template refuses the messages."""
+    import jinja2
+
+    from ..data.rendering import has_chat_template, hf_tokenizer
+    from ..inference import chat_prompt
+
+    if not has_chat_template(hf_tokenizer(tokenizer)):
+        raise RequestError("This model has no chat template: send a 'prompt' to POST /v1/completions instead.", param="messages", code="no_chat_template")
+    try:
+        return chat_prompt(tokenizer, messages)
+    except (jinja2.TemplateError, ValueError) as e:
+        raise RequestError(f"The model's chat template refuses these messages: {e}", param="messages") from None

@@ -16,6 +16,7 @@ from typing import Any
 
 DEFAULT_MAX_TOKENS = 512  # when a request gives none (clamped to what the context leaves)
 MAX_STOPS = 4  # as OpenAI allows
+MAX_BODY = 4 * 1024 * 1024  # bytes of a request body; more is refused with 413
 
 
 class RequestError(Exception):
@@ -82,6 +83,8 @@ def completion_request(body: dict) -> Request:
         pass  # token ids
     elif not isinstance(prompt, str):
         raise RequestError("'prompt' must be a string or a list of token ids (one prompt per request).", param="prompt")
+    if prompt == "":
+        raise RequestError("'prompt' is empty: give the text to continue.", param="prompt")
     return _common(body, Request(model=_model(body), prompt=prompt))
 
 

@@ -189,7 +189,19 @@ def test_the_api_key_is_required_when_set(server):
     assert post(url, b'{"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}')[0] == 200
 
 
-def test_a_client_that_leaves_mid_stream_frees_the_worker(server):
+def test_a_client_that_leaves_mid_stream_frees_the_worker(server, monkeypatch):
+    """Each long job is slowed to 50 ms a token (the tiny model would otherwise reach the end of its context before
+    a disconnect is seen on a busy machine): both are cancelled, not answered to the end."""
+    import mlxtune.inference as inference
+
+    real = inference.stream
+
+    def slow(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            time.sleep(0.05)
+            yield chunk
+
+    monkeypatch.setattr(inference, "stream", slow)
     url, engine, _ = server
     c = client(url)
     before = dict(engine.counts)

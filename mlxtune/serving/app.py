@@ -162,7 +162,7 @@ async def _events(reply: "_Reply", items: asyncio.Queue, job) -> Any:
         yield _sse(reply.chunk(role=True))
         while True:
             item = await items.get()
-            if item[0] == "text":
+            if item[0] == "piece":
                 yield _sse(reply.chunk(text=item[1]))
             elif item[0] == "end":
                 yield _sse(reply.chunk(finish=item[1]))

@@ -4,7 +4,7 @@ Generation is not thread-safe (and mlx ties arrays to a thread's stream), so the
 model is loaded and every token generated on one thread; requests wait in a
 FIFO queue and are answered in turn. A job reports what happens through its
 ``deliver`` callback (called on the worker thread; the web side hands items to
-its event loop): ``("start", prompt_tokens)``, then ``("text", str)`` pieces, then
+its event loop): ``("start", prompt_tokens)``, then ``("piece", str)`` pieces, then
 ``("end", finish_reason, completion_tokens)``; or ``("error", RequestError)``
 instead. A cancelled job (its client went away) stops at its next token, and
 the worker takes the next one. At most ``MAX_QUEUED`` jobs wait (429 beyond).
@@ -184,7 +184,7 @@ class Engine:
                 count += 1
                 text, stopped = stops.feed(chunk.text)
                 if text:
-                    job.deliver(("text", text))
+                    job.deliver(("piece", text))
                 if stopped:
                     finish = "stop"
                     break
@@ -195,7 +195,7 @@ class Engine:
             chunks.close()
         tail = stops.flush()  # what was held back as the possible start of a stop string (nothing once one was reached)
         if tail:
-            job.deliver(("text", tail))
+            job.deliver(("piece", tail))
         job.deliver(("end", finish or "length", count))
         return True
 

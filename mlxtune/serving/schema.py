@@ -17,6 +17,7 @@ from typing import Any
 DEFAULT_MAX_TOKENS = 512  # when a request gives none (clamped to what the context leaves)
 MAX_STOPS = 4  # as OpenAI allows
 MAX_BODY = 4 * 1024 * 1024  # bytes of a request body; more is refused with 413
+TEXT_PART = "text"  # the type of a message content part the server reads (OpenAI's; image and audio parts are refused)
 
 
 class RequestError(Exception):
@@ -102,7 +103,7 @@ def _message(m: Any, i: int) -> dict:
     if isinstance(content, list):  # content parts: text only
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if not isinstance(part, dict) or part.get("type") != TEXT_PART or not isinstance(part.get("text"), str):
                 raise RequestError(f"messages[{i}].content: only text parts are supported.", param=f"messages[{i}].content")
             texts.append(part["text"])
         content = "".join(texts)

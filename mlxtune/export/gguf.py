@@ -128,14 +128,24 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
 
     for t in plan:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.type), raw_dtype=gguf.GGMLQuantizationType[t.type])
+    with written_whole(writer, out):
+        writer.write_ti_data_to_file()
+        for t in plan:  # one tensor converted at a time; each source array is let go once written
+            writer.write_tensor_data(_tensor_bytes(t, weights.pop(t.source) if t.source else t.data))
+    atomic_write_text(modelfile, modelfile_text)
+    return ExportResult(out, outtype, len(plan), out.stat().st_size, notes, modelfile, dict(Counter(t.type for t in plan).most_common()))
+
+
+@contextlib.contextmanager
+def written_whole(writer, out: Path):
+    """A GGUF file from ``writer`` under a temporary name beside ``out`` (header and key-values written here, the
+    tensors by the caller within the block), renamed to ``out`` once complete and removed if anything fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in plan:  # one tensor converted at a time; each source array is let go once written
-            writer.write_tensor_data(_tensor_bytes(t, weights.pop(t.source) if t.source else t.data))
+        yield
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -143,8 +153,6 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, outtype: str = "f16
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    atomic_write_text(modelfile, modelfile_text)
-    return ExportResult(out, outtype, len(plan), out.stat().st_size, notes, modelfile, dict(Counter(t.type for t in plan).most_common()))
 
 
 # --- tensors ----------------------------------------------------------------

@@ -29,7 +29,6 @@ writes beside the adapter (``<name>-F16.gguf``), which a note says how to make.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 
 from ..errors import AdapterError, ModelFormatError, OutputExistsError, UsageError
 from ..fsutil import atomic_write_text
-from .gguf import exportable, permute, permuted_heads, stop_texts, tensor_name
+from .gguf import exportable, permute, permuted_heads, stop_texts, tensor_name, written_whole
 
 # --outtype -> GGML type of lora_a and lora_b (the converter's f32 and f16; ggml blocks do not fit rows of r values)
 OUTTYPES = {"f32": "F32", "f16": "F16"}
@@ -120,19 +119,8 @@ def export_gguf_lora(run_dir: str | Path, out_path: str | Path, model: str | Non
     dtype = np.float32 if outtype == "f32" else np.float16
     for gname, values in tensors:
         writer.add_tensor(gname, np.ascontiguousarray(values, dtype=dtype))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
+    with written_whole(writer, out):
         writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
     atomic_write_text(modelfile, text)
     return LoraExportResult(out, outtype, len(tensors) // 2, rank, alpha, out.stat().st_size, modelfile, base, notes)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .backends.base import Chunk
+from .errors import UsageError
 
 if TYPE_CHECKING:
     from .data.formats import DataFormat
@@ -88,6 +89,19 @@ def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
     hf = hf_tokenizer(tokenizer)
     text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return hf.encode(text, add_special_tokens=False)
+
+
+def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
+    """Token ids for ``prompt``: through the chat template when the model has one and ``chat``."""
+    from .data.batching import hf_tokenizer
+
+    hf = hf_tokenizer(tokenizer)
+    if chat and getattr(hf, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return chat_prompt(tokenizer, messages)
+    if system:
+        raise UsageError("--system needs a chat model (this model has no chat template) and is ignored with --no-chat")
+    return hf.encode(prompt)
 
 
 def prompt_ids(tokenizer, prompt: Any) -> list[int]:

@@ -207,7 +207,9 @@ class Engine:
             if max(prompt) >= vocab:
                 raise RequestError(f"'prompt' has token id {max(prompt)}, beyond this model's vocabulary of {vocab}.", param="prompt")
             return list(prompt)
-        return hf_tokenizer(self.served.loaded.tokenizer).encode(prompt)
+        from ..inference import build_prompt
+
+        return build_prompt(self.served.loaded.tokenizer, prompt, chat=False)  # as generate --no-chat encodes it
 
 
 def _unavailable() -> RequestError:

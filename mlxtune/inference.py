@@ -156,10 +156,10 @@ def mean_loss(loaded: Loaded, records: list, fmt: DataFormat, mask_prompt: bool,
 
     impl = get(loaded.backend)
     examples, _ = encode_dataset(records, fmt, loaded.tokenizer, mask_prompt, max_seq_len)
-    examples.sort(key=len)
+    order = np.argsort(examples.lengths, kind="stable")  # shortest first, ties in record order
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = make_batch(examples[i : i + batch_size])
+    for i in range(0, len(order), batch_size):
+        batch = make_batch([examples[j] for j in order[i : i + batch_size]])
         summed, n = impl.summed_loss(loaded.model, batch)
         total += summed
         count += int(n)

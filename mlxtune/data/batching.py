@@ -26,33 +26,13 @@ so a batch's loss does not depend on how much padding or prompt it carries.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from . import formats
-from .records import Record
 from ..errors import DataError
-from .formats import DataFormat
-from .rendering import hf_tokenizer
-
-
-@dataclass
-class Example:
-    """One encoded record: ``tokens`` (L,) int32 and ``loss_mask`` (L,) bool."""
-
-    tokens: np.ndarray
-    loss_mask: np.ndarray
-    truncated: bool = False
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def n_targets(self) -> int:
-        return int(self.loss_mask.sum())
+from .examples import Example, ExampleStore, encode, encode_dataset  # noqa: F401 (the encoding side, part of this module's interface)
 
 
 @dataclass
@@ -64,60 +44,6 @@ class Batch:
     mask: np.ndarray  # (B, T) float32, 1 where the target is trained
     lengths: np.ndarray  # (B,) int32, unpadded length of each row
     n_tokens: int  # trained targets in the batch, sum(mask)
-
-
-# ------------------------------------------------------------------ encoding
-
-
-def encode(
-    record: Record | Mapping[str, Any],
-    fmt: DataFormat | str,
-    tokenizer: Any,
-    mask_prompt: bool,
-    max_seq_len: int,
-) -> Example:
-    """Tokenize one record as its format says and mark its training targets; truncate to ``max_seq_len``.
-
-    ``fmt`` is a ``formats.DataFormat`` (or its name); ``tokenizer`` a Hugging
-    Face fast tokenizer (an mlx-lm TokenizerWrapper is unwrapped).
-    """
-    tokenizer = hf_tokenizer(tokenizer)
-    data = record.data if isinstance(record, Record) else record
-    where = (record.path, record.line) if isinstance(record, Record) else (None, None)
-    tokens, mask = formats.get(fmt).encode(data, tokenizer, mask_prompt, where)
-
-    tokens = np.asarray(tokens, dtype=np.int32)
-    mask = np.asarray(mask, dtype=bool)
-    if len(mask):
-        mask[0] = False  # nothing predicts the first token
-    truncated = len(tokens) > max_seq_len
-    if truncated:
-        tokens, mask = tokens[:max_seq_len], mask[:max_seq_len]
-    return Example(tokens, mask, truncated)
-
-
-def encode_dataset(
-    records: Sequence[Record | Mapping[str, Any]],
-    fmt: DataFormat | str,
-    tokenizer: Any,
-    mask_prompt: bool,
-    max_seq_len: int,
-) -> tuple[list[Example], int]:
-    """Encode every record; return the examples and how many were truncated.
-
-    A record with no training target left (its answer lay wholly beyond
-    ``max_seq_len``) is dropped, since it would only cost time: the number
-    dropped is ``len(records) - len(examples)``, and dropped records also count
-    as truncated.
-    """
-    examples: list[Example] = []
-    n_truncated = 0
-    for record in records:
-        example = encode(record, fmt, tokenizer, mask_prompt, max_seq_len)
-        n_truncated += example.truncated
-        if example.loss_mask.any():
-            examples.append(example)
-    return examples, n_truncated
 
 
 # ------------------------------------------------------------------ batching
@@ -182,7 +108,7 @@ class BatchIterator:
             self.consumed += 1
 
     def _order(self, rng: np.random.Generator, loop: bool) -> Iterator[np.ndarray]:
-        lengths = np.array([len(e) for e in self.examples])
+        lengths = self.examples.lengths if isinstance(self.examples, ExampleStore) else np.array([len(e) for e in self.examples])
         bs = self.batch_size
         while True:
             # Sort by length (ties broken at random, so equal-length examples meet

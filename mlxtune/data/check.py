@@ -12,15 +12,15 @@ trains on, and what makes two records the same, its format says (``formats``).
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .batching import Example, encode
+from .examples import ExampleStore, encode_chunks
 from .records import Dataset, Splits, load_data, trains_prompt_masked
 from ..errors import DataError
 
@@ -85,7 +85,7 @@ class DataReport:
 
 @dataclass
 class _Tokens:
-    lengths: list[int]
+    lengths: np.ndarray  # (n,) tokens per record
     truncated: int
     no_target: int
     targets: int = 0  # trained tokens within max_seq_len
@@ -131,14 +131,17 @@ def check_data(splits: Splits, tokenizer: Any, max_seq_len: int, mask_prompt: bo
     mask_prompt = trains_prompt_masked(splits.format, mask_prompt)
     tokens = {}
     for name, ds in _named(splits):
-        t = tokens[name] = _Tokens([], 0, 0)
-        for record in ds:
-            example = encode(record, ds.format, tokenizer, mask_prompt, sys.maxsize)
-            trained = int(example.loss_mask[:max_seq_len].sum())
-            t.lengths.append(len(example))
-            t.truncated += len(example) > max_seq_len
-            t.no_target += not trained
-            t.targets += trained
+        lengths = []
+        t = tokens[name] = _Tokens(np.zeros(0, np.int64), 0, 0)
+        for chunk in encode_chunks(ds, ds.format, tokenizer, mask_prompt):  # the tokens go when counted
+            record = np.repeat(np.arange(len(chunk.lengths)), chunk.lengths)  # (T,) which record each token is of
+            trained = np.bincount(record[chunk.mask & (chunk.within() < max_seq_len)], minlength=len(chunk.lengths))  # (k,)
+            lengths.append(chunk.lengths)
+            t.truncated += int((chunk.lengths > max_seq_len).sum())
+            t.no_target += int((trained == 0).sum())
+            t.targets += int(trained.sum())
+        if lengths:
+            t.lengths = np.concatenate(lengths)
     train = tokens["train"]
     if train.no_target == len(splits.train):
         why = (
@@ -154,7 +157,7 @@ def check_splits(
     splits: Splits,
     max_seq_len: int,
     mask_prompt: bool,
-    encoded: Mapping[str, tuple[Sequence[Example], int]] | None = None,
+    encoded: Mapping[str, tuple[ExampleStore, int]] | None = None,
 ) -> DataReport:
     """The report for a training run, from what it has already loaded and encoded.
 
@@ -167,7 +170,7 @@ def check_splits(
     tokens = {}
     for name, (examples, n_truncated) in (encoded or {}).items():
         ds = getattr(splits, name)
-        tokens[name] = _Tokens([len(e) for e in examples], n_truncated, len(ds) - len(examples), sum(e.n_targets for e in examples))
+        tokens[name] = _Tokens(examples.lengths, n_truncated, len(ds) - len(examples), examples.n_targets)
     return _report(splits, max_seq_len, mask_prompt, tokens)
 
 
@@ -180,26 +183,26 @@ def _named(splits: Splits) -> list[tuple[str, Dataset]]:
 
 def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping[str, _Tokens]) -> DataReport:
     fmt = splits.format
+    keys = {name: _Keys.of(ds) for name, ds in _named(splits)}  # one pass over each split's records
     reports = []
     for name, ds in _named(splits):
         s = SplitReport(name, ds.path, len(ds))
         t = tokens.get(name)
-        if t is not None and t.lengths:
+        if t is not None and len(t.lengths):
             s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets
-        s.untrained_turns = sum(fmt.untrained_turns(r) for r in ds)
-        repeats = _duplicates(ds)
-        s.duplicates, s.duplicate_lines = len(repeats), repeats[:_EXAMPLES]
+        s.untrained_turns = keys[name].untrained
+        first = _first_of_equal(keys[name].records)
+        repeats = np.flatnonzero(first != np.arange(len(first)))  # records equal to an earlier one
+        s.duplicates = len(repeats)
+        s.duplicate_lines = [(ds[int(i)].line, ds[int(first[i])].line) for i in repeats[:_EXAMPLES]]  # the few shown, read again
         reports.append(s)
-    train_keys = {}
-    train_prompts = set()
-    for r in splits.train:
-        train_keys.setdefault(fmt.record_key(r), r.line)
-        train_prompts.add(fmt.prompt_key(r))
+    train = keys["train"]
     overlaps = []
     for name, ds in _named(splits)[1:]:
-        shared = [(r.line, train_keys[k]) for r in ds if (k := fmt.record_key(r)) in train_keys]
-        prompts = sum(fmt.prompt_key(r) in train_prompts for r in ds) if fmt.has_answers else None
-        overlaps.append(Overlap(name, len(shared), prompts, shared[:_EXAMPLES]))
+        shared, in_train = _found_in(keys[name].records, train.records)
+        prompts = int(np.isin(keys[name].prompts, train.prompts).sum()) if fmt.has_answers else None
+        lines = [(ds[int(i)].line, splits.train[int(j)].line) for i, j in zip(shared[:_EXAMPLES], in_train[:_EXAMPLES])]
+        overlaps.append(Overlap(name, len(shared), prompts, lines))
     report = DataReport(splits.description, fmt.name, max_seq_len, mask_prompt, reports, overlaps, [])
     report.notes = ([splits.note] if splits.note else []) + splits.skipped_notes()
     report.skipped = [{"path": e.path, "line": e.line, "field": e.field, "reason": e.reason} for e in splits.skipped]
@@ -207,21 +210,60 @@ def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping
     return report
 
 
-def _stats(lengths: list[int]) -> LengthStats:
+@dataclass
+class _Keys:
+    """A split's records as 64-bit hashes of what makes two the same (``record_key``) and of their prompts.
+
+    A million records take 16 MB, where their keys as strings took hundreds;
+    two different keys share a hash with odds of about n^2 / 2^65 (3e-8 for
+    a million records).
+    """
+
+    records: np.ndarray  # (n,) uint64
+    prompts: np.ndarray  # (n,) uint64
+    untrained: int  # assistant turns with weight 0
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _Keys:
+        fmt, n = ds.format, len(ds)
+        records, prompts = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+        untrained = 0
+        for i, r in enumerate(ds):
+            records[i] = _hash(fmt.record_key(r))
+            if fmt.has_answers:
+                prompts[i] = _hash(fmt.prompt_key(r))
+            untrained += fmt.untrained_turns(r)
+        return cls(records, prompts, untrained)
+
+
+def _hash(key: str | None) -> int:
+    return int.from_bytes(hashlib.blake2b(b"\0" if key is None else key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _first_of_equal(h: np.ndarray) -> np.ndarray:
+    """For each element of ``h``, the index of the first element equal to it."""
+    order = np.argsort(h, kind="stable")  # equal hashes in index order
+    starts = np.ones(len(h), bool)
+    starts[1:] = h[order][1:] != h[order][:-1]
+    first = np.empty(len(h), np.int64)
+    first[order] = order[starts][np.cumsum(starts) - 1]
+    return first
+
+
+def _found_in(h: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of ``h`` whose hash ``train`` also has, and for each the first such index of ``train``."""
+    order = np.argsort(train, kind="stable")
+    sorted_train = train[order]
+    at = np.minimum(np.searchsorted(sorted_train, h), max(len(train) - 1, 0))  # leftmost equal: the first in train
+    hit = np.flatnonzero(sorted_train[at] == h) if len(train) else np.zeros(0, np.int64)
+    return hit, order[at[hit]]
+
+
+def _stats(lengths: np.ndarray) -> LengthStats:
     a = np.asarray(lengths)
     # inverted_cdf: every figure is the length of an actual record
     p50, p90, p99 = (int(np.percentile(a, q, method="inverted_cdf")) for q in (50, 90, 99))
     return LengthStats(int(a.min()), p50, p90, p99, int(a.max()), int(a.sum()))
-
-
-def _duplicates(ds: Dataset) -> list[tuple[int, int]]:
-    first: dict[str, int] = {}
-    repeats = []
-    for r in ds:
-        line = first.setdefault(ds.format.record_key(r), r.line)
-        if line != r.line:
-            repeats.append((r.line, line))
-    return repeats
 
 
 def _warnings(report: DataReport, splits: Splits) -> list[str]:

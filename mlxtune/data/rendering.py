@@ -48,6 +48,39 @@ def encode_text(text: str, tokenizer: Any) -> tuple[list[int], list[bool]]:
     return ids, [True] * len(ids)
 
 
+def encode_texts(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list[bool]]]:
+    """``encode_text`` of each text, in one call of the tokenizer."""
+    eos = _eos(tokenizer)
+    out = []
+    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []:
+        if eos and (not ids or ids[-1] != eos[0]):
+            ids = ids + eos
+        out.append((ids, [True] * len(ids)))
+    return out
+
+
+def encode_plain_completions(pairs: list[tuple[str, str]], tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], list[bool]]]:
+    """``encode_plain_completion`` of each (prompt, completion), in one call of the tokenizer."""
+    if not pairs:
+        return []
+    texts = [prompt + completion for prompt, completion in pairs]
+    if mask_prompt:
+        try:
+            enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+        except NotImplementedError:
+            raise ModelFormatError(
+                "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
+                "which masking the prompt needs: train with --no-mask-prompt"
+            ) from None
+        # as _mask_from_spans with the completion's span: a token overlapping it is trained
+        masks = [[s < len(text) and e > len(prompt) for s, e in offsets] for (prompt, _), text, offsets in zip(pairs, texts, enc["offset_mapping"])]
+    else:
+        enc = tokenizer(texts, add_special_tokens=True)
+        masks = [[True] * len(ids) for ids in enc["input_ids"]]
+    eos = _eos(tokenizer)
+    return [(list(ids) + eos, mask + [True] * len(eos)) for ids, mask in zip(enc["input_ids"], masks)]
+
+
 def encode_plain_completion(
     prompt: str, completion: str, tokenizer: Any, mask_prompt: bool
 ) -> tuple[list[int], list[bool]]:

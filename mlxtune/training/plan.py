@@ -261,7 +261,7 @@ def plan_for(cfg) -> Plan:
         splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
         tokenizer = load_tokenizer(model_dir, thinking=cfg.thinking)
         mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
-        train, valid = ([len(e) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]] for part in (splits.train, splits.valid))
+        train, valid = (encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0].lengths.tolist() for part in (splits.train, splits.valid))
         lengths, idle = (train + valid, []) if cfg.val_every > 0 else (train, valid)
         return plan_run(cfg, model_dir, backend, lengths, idle)
     return plan_run(cfg, model_dir, backend, lengths)

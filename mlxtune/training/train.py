@@ -62,8 +62,8 @@ class _Setup:
     source: object
     model_dir: Path
     backend: str
-    train_set: list
-    valid_set: list
+    train_set: object  # data.examples.ExampleStore
+    valid_set: object
     n_truncated: int
     mask_prompt: bool
     steps_per_epoch: int
@@ -77,20 +77,18 @@ class _Setup:
 
         h = hashlib.sha256()
         for examples in (self.train_set, self.valid_set):
-            h.update(len(examples).to_bytes(8, "little"))
-            for e in examples:
-                h.update(len(e.tokens).to_bytes(8, "little"))
-                h.update(e.tokens.astype("<i4").tobytes())
-                h.update(e.loss_mask.astype("u1").tobytes())
+            examples.update_hash(h)  # per example: length, tokens, mask (the bytes runs were always hashed by)
         return h.hexdigest()[:32]
 
 
-def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping[str, str] | None = None) -> _Setup:
+def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping[str, str] | None = None, run_dir: Path | None = None) -> _Setup:
     """Read and check the data, find the model, choose the backend, encode: everything that can fail on bad input.
 
     ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
+    ``run_dir``: the run's directory, beside which its tokens are cached (``data.token_cache``).
     """
-    from ..data.batching import encode_dataset, epoch_steps
+    from ..data.batching import epoch_steps
+    from ..data.token_cache import encode_splits
     from ..data.records import load_data, trains_prompt_masked
     from ..models.source import open_model
 
@@ -121,8 +119,8 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
         on_event(Event("note", {"message": note}))
     tokenizer = load_tokenizer(model_dir, thinking=cfg.thinking)
     mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
-    train_set, n_trunc = encode_dataset(splits.train, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
-    valid_set, n_trunc_v = encode_dataset(splits.valid, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)
+    encoded = encode_splits(splits, tokenizer, mask_prompt, cfg, model_dir, run_dir, lambda message: on_event(Event("note", {"message": message})))
+    (train_set, n_trunc), (valid_set, n_trunc_v) = (encoded.train, encoded.train_truncated), (encoded.valid, encoded.valid_truncated)
     n_truncated = n_trunc + n_trunc_v
     if not train_set:
         why = f"after truncation to --max-seq-len {cfg.max_seq_len} tokens nothing is left to learn from: raise --max-seq-len" if n_truncated else "no record has a token to learn from (are all completions empty?)"
@@ -169,7 +167,7 @@ def train(
 
 
 def _train(cfg: TrainConfig, on_event: Callable[[Event], None], force: bool, world, run_dir: Path, given: Mapping[str, str] | None) -> TrainResult:
-    setup = _prepare(cfg, on_event, given)
+    setup = _prepare(cfg, on_event, given, run_dir)
     if setup.start is not None and setup.start.within(run_dir):
         raise UsageError(f"--init-adapter {cfg.init_adapter} is inside {run_dir}, the directory this run writes: give the new run another one (-o)")
     cfg = setup.cfg = _plan_memory(setup, on_event, world)
@@ -223,7 +221,7 @@ def _plan_memory(setup: _Setup, on_event: Callable[[Event], None], world) -> Tra
 
     cfg = setup.cfg
     share = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / world.size))
-    train, valid = [len(e) for e in setup.train_set], [len(e) for e in setup.valid_set]
+    train, valid = setup.train_set.lengths.tolist(), setup.valid_set.lengths.tolist()
     memory = plan_run(share, setup.model_dir, setup.backend, *((train + valid, []) if cfg.val_every > 0 else (train, valid)))  # --val-every 0: valid never goes through the model
     on_event(Event("plan", {"lines": memory.lines(table=False), "plan": memory.to_dict()}))
     memory.check()  # nothing fits: an error before the run directory exists
@@ -296,7 +294,7 @@ def _resume(run_dir: Path, on_event: Callable[[Event], None], world, iters: int 
     if data_path and not Path(cfg.data).exists():
         cfg.data = data_path  # resumed from another working directory
     on_event = on_event if world.main else _silent
-    setup = _prepare(cfg, on_event)
+    setup = _prepare(cfg, on_event, run_dir=run_dir)
     agree_on_run(world, setup.model_dir, setup.cfg.to_dict(), setup.backend, setup.fingerprint)
     if setup.fingerprint != state.get("data_fingerprint"):
         raise DataError("the data (or the tokenizer, or --max-seq-len) changed since the run started, so its batches cannot be replayed: resume with the same data, or start a new run", path=cfg.data)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import DataError
 from .examples import Example, ExampleStore, encode, encode_dataset  # noqa: F401 (the encoding side, part of this module's interface)
+from .rendering import hf_tokenizer  # noqa: F401 (part of this module's interface)
 
 
 @dataclass

@@ -175,3 +175,38 @@ def test_help_has_an_example():
     r = run("data", "check", "--help")
     assert r.exit_code == 0 and "Example" in r.output and "--max-seq-len" in r.output
     assert run("data", "--help").exit_code == 0
+
+
+def test_duplicates_and_overlaps_of_many_records_equal_the_plain_count(tmp_path, tokenizer):
+    """Hashed into numpy arrays (data check at a million records): the same counts and lines as a dict of the keys."""
+    import random
+
+    rng = random.Random(0)
+    pool = [f"q{i}" for i in range(300)]
+    def record():
+        q = rng.choice(pool)
+        return {"prompt": q, "completion": rng.choice(["a", "b", "c"]) + q}
+    d = tmp_path / "d"
+    d.mkdir()
+    for name, n in (("train", 2000), ("valid", 300), ("test", 300)):
+        write(d / f"{name}.jsonl", [record() for _ in range(n)])
+    splits = load_data(d)
+    report = check_splits(splits, 64, True)
+    fmt = splits.format
+    first_train = {}
+    for r in splits.train:
+        first_train.setdefault(fmt.record_key(r), r.line)
+    for name in ("train", "valid", "test"):
+        ds, first, repeats = getattr(splits, name), {}, []
+        for r in ds:
+            line = first.setdefault(fmt.record_key(r), r.line)
+            if line != r.line:
+                repeats.append((r.line, line))
+        s = report.split(name)
+        assert s.duplicates == len(repeats) > 0 and s.duplicate_lines == repeats[:3]
+        if name != "train":
+            o = next(o for o in report.overlaps if o.split == name)
+            shared = [(r.line, first_train[k]) for r in ds if (k := fmt.record_key(r)) in first_train]
+            prompts = {fmt.prompt_key(r) for r in splits.train}
+            assert o.records == len(shared) > 0 and o.lines == shared[:3]
+            assert o.prompts == sum(fmt.prompt_key(r) in prompts for r in ds)

@@ -114,6 +114,7 @@ def test_store_indexing_slicing_and_batches(tmp_path, tok):
     for a, b in zip(iterate_batches(store, 4, seed=3, loop=False), iterate_batches(old, 4, seed=3, loop=False)):
         assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.mask, b.mask)
     assert np.array_equal(make_batch(store[:3]).targets, make_batch(old[:3]).targets)
+    assert np.array_equal(make_batch(store).mask, make_batch(old).mask)  # the store itself, as a sequence
     again = ExampleStore.from_examples(old)
     assert np.array_equal(again.tokens, store.tokens) and np.array_equal(again.offsets, store.offsets)
 

@@ -267,4 +267,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo('Assistant turns with "weight": 0 (not trained): ' + ", ".join(untrained))
     for w in r.warnings:
         click.echo(f"warning: {w}")
+    if not formats.get(r.format).trainable:
+        click.echo(f"Read: {formats.get(r.format).title} records, which this version cannot train on (see the warning above)")
+        return
     click.echo("OK: usable for training" + (f", with {len(r.warnings)} warning(s) above" if r.warnings else ""))

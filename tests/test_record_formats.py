@@ -182,6 +182,8 @@ def test_prompt_and_reference_of_the_new_formats():
     assert ref == "a2" and [m["content"] for m in prompt] == ["u1", "a1", "u2"] and prompt[1]["role"] == "assistant"
     # two records asking the same thing share a prompt key, whatever the answer
     assert formats.ALPACA.prompt_key(alpaca) == formats.ALPACA.prompt_key(alpaca | {"output": "5"}) != formats.ALPACA.prompt_key(alpaca | {"input": "3"})
+    # an empty input or system is no input or system: the same record trained
+    assert formats.ALPACA.record_key(alpaca | {"system": "", "id": 3}) == formats.ALPACA.record_key(alpaca) != formats.ALPACA.record_key(alpaca | {"output": "5"})
 
 
 # ------------------------------------------------------------------ errors

@@ -118,6 +118,10 @@ class AlpacaFormat(DataFormat):
     def prompt_key(self, data: Mapping[str, Any]) -> str | None:
         return json.dumps(_alpaca_prompt(data), sort_keys=True)
 
+    def record_key(self, data: Mapping[str, Any]) -> str:
+        """As trained: an empty 'input' or 'system' is the same as none."""
+        return json.dumps([_alpaca_prompt(data), data["output"]], sort_keys=True)
+
 
 def _alpaca_prompt(data: Mapping[str, Any]) -> list[dict[str, str]]:
     user = "\n\n".join(p for p in (data["instruction"], data.get("input") or "") if p)

@@ -252,9 +252,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     click.echo(f"Data: {r.description}")
-    fmt = formats.get(r.format)
-    if fmt.trainable:
-        click.echo(f"Tokens: as {r.model}'s tokenizer sees the {fmt.title} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
+    click.echo(f"Tokens: as {r.model}'s tokenizer sees the {formats.get(r.format).title} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
     columns = {"split": 6, "records": 8, "tokens": 9, "trained": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
     click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))
     for s in (s for s in r.splits if s.records):
@@ -269,6 +267,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo('Assistant turns with "weight": 0 (not trained): ' + ", ".join(untrained))
     for w in r.warnings:
         click.echo(f"warning: {w}")
+    fmt = formats.get(r.format)
     if not fmt.trainable:
         click.echo(f"Read: {fmt.title} records, which this version cannot train on (see the warning above)")
         return

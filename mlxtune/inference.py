@@ -106,7 +106,7 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
 
 def prompt_ids(tokenizer, prompt: Any) -> list[int]:
     """Token ids of a record's prompt (chat messages, or a string: a user turn where the model has a chat template)."""
-    from .data.batching import hf_tokenizer
+    from .data.rendering import hf_tokenizer
 
     hf = hf_tokenizer(tokenizer)
     if not getattr(hf, "chat_template", None):  # messages (an Alpaca system and user turn): their texts, as plain training joins them

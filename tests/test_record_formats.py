@@ -186,6 +186,12 @@ def test_prompt_and_reference_of_the_new_formats():
     assert formats.ALPACA.record_key(alpaca | {"system": "", "id": 3}) == formats.ALPACA.record_key(alpaca) != formats.ALPACA.record_key(alpaca | {"output": "5"})
 
 
+def test_one_format_per_file(tmp_path):
+    path = write(tmp_path / "d.jsonl", {"instruction": "i", "output": "o"}, {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]})
+    with pytest.raises(DataError, match="line 2 is a ShareGPT record but line 1 was an Alpaca record: use one format per file"):
+        load_jsonl(path)
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -259,6 +265,20 @@ def test_data_check_reports_preference_pairs_and_lora_says_why_it_cannot_train(t
     assert r.exit_code == 0 and "warning: not tokenized" in r.output and "cannot train" in r.output and "OK: usable" not in r.output
     r = invoke("lora", "--data", data, "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1)
     assert r.exit_code == 1 and "preference tuning" in r.output and "--field completion=chosen" in r.output
+
+
+@pytest.mark.parametrize("name", ["alpaca", "sharegpt"])
+def test_data_check_names_the_format_and_counts_the_trained_tokens(tmp_path, tiny_model, name):
+    records = {
+        "alpaca": [{"instruction": "Add the numbers.", "input": f"{i} and {i}", "output": f"{2 * i}."} for i in range(10)],
+        "sharegpt": [{"conversations": [{"from": "human", "value": f"Capital number {i}?"}, {"from": "gpt", "value": f"Paris, {i}."}]} for i in range(10)],
+    }[name]
+    r = invoke("data", "check", write(tmp_path / "d.jsonl", *records), "--model", tiny_model, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output[r.output.index("{"):])
+    train = report["splits"][0]
+    assert report["format"] == name and report["mask_prompt"] is True
+    assert 0 < train["trained_tokens"] < train["lengths"]["total"] and train["no_target"] == 0
 
 
 def test_alpaca_with_a_system_trains_and_evaluates_on_a_model_without_a_chat_template(tmp_path, tiny_model):

@@ -38,8 +38,8 @@ class DataFormat:
 
     @property
     def a_record(self) -> str:
-        """'a text record', 'a prompt/completion record', 'a chat record'."""
-        return f"a {self.title} record"
+        """'a text record', 'a prompt/completion record', 'an Alpaca record'."""
+        return f"{'an' if self.title[:1].lower() in 'aeiou' else 'a'} {self.title} record"
 
     @property
     def keys(self) -> str:

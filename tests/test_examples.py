@@ -95,8 +95,10 @@ def test_batched_text_encoding_is_the_per_record_one(tok, plain_tok):
     rng = np.random.default_rng(1)
     texts = [{"text": _text(rng, int(rng.integers(1, 30)))} for _ in range(40)]
     pairs = [{"prompt": _text(rng, 5), "completion": " " + _text(rng, 6)} for _ in range(40)]
+    alpaca = [{"instruction": _text(rng, 4), "output": _text(rng, 5)} | ({"input": _text(rng, 3)} if i % 2 else {}) | ({"system": "be brief"} if i % 3 == 0 else {}) for i in range(40)]
     where = [(None, None)] * 40
-    for fmt, datas, t in ((formats.TEXT, texts, tok), (formats.COMPLETION, pairs, plain_tok), (formats.COMPLETION, pairs, tok)):
+    cases = ((formats.TEXT, texts, tok), (formats.COMPLETION, pairs, plain_tok), (formats.COMPLETION, pairs, tok), (formats.ALPACA, alpaca, plain_tok), (formats.ALPACA, alpaca, tok))
+    for fmt, datas, t in cases:
         for mask_prompt in (True, False):
             assert fmt.encode_batch(datas, t, mask_prompt, where) == [fmt.encode(d, t, mask_prompt, w) for d, w in zip(datas, where)]
 

@@ -152,3 +152,17 @@ def test_empty_store():
     assert len(store) == 0 and not store and store.lengths.tolist() == [] and store[0:3] == []
     one = ExampleStore.from_examples([Example(np.array([5, 6], np.int32), np.array([False, True]))])
     assert len(one) == 1 and one[0].n_targets == 1
+
+
+def test_a_tokenizer_set_to_truncate_is_not_cut_short(tiny_model):
+    """A tokenizer.json may carry truncation: transformers' call turns it off, and so does the batched encoding."""
+    from transformers import AutoTokenizer
+
+    from mlxtune.data import formats
+
+    t = AutoTokenizer.from_pretrained(tiny_model)
+    t.backend_tokenizer.enable_truncation(8)
+    datas = [{"text": "the cat sat on a mat " * 6}, {"text": "and then it ran far away " * 5}]
+    batched = formats.TEXT.encode_batch(datas, t, False, [(None, None)] * 2)
+    assert all(len(ids) > 20 for ids, _ in batched)
+    assert batched == [formats.TEXT.encode(d, t, False, (None, None)) for d in datas]

@@ -52,7 +52,7 @@ def encode_texts(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list
     """``encode_text`` of each text, in one call of the tokenizer."""
     eos = _eos(tokenizer)
     out = []
-    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []:
+    for ids, _ in _tokenize_batch(tokenizer, texts, offsets=False):
         if eos and (not ids or ids[-1] != eos[0]):
             ids = ids + eos
         out.append((ids, [True] * len(ids)))
@@ -61,24 +61,39 @@ def encode_texts(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list
 
 def encode_plain_completions(pairs: list[tuple[str, str]], tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], list[bool]]]:
     """``encode_plain_completion`` of each (prompt, completion), in one call of the tokenizer."""
-    if not pairs:
-        return []
     texts = [prompt + completion for prompt, completion in pairs]
-    if mask_prompt:
-        try:
-            enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
-        except NotImplementedError:
-            raise ModelFormatError(
-                "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
-                "which masking the prompt needs: train with --no-mask-prompt"
-            ) from None
-        # as _mask_from_spans with the completion's span: a token overlapping it is trained
-        masks = [[s < len(text) and e > len(prompt) for s, e in offsets] for (prompt, _), text, offsets in zip(pairs, texts, enc["offset_mapping"])]
-    else:
-        enc = tokenizer(texts, add_special_tokens=True)
-        masks = [[True] * len(ids) for ids in enc["input_ids"]]
     eos = _eos(tokenizer)
-    return [(list(ids) + eos, mask + [True] * len(eos)) for ids, mask in zip(enc["input_ids"], masks)]
+    out = []
+    for (prompt, _), text, (ids, offsets) in zip(pairs, texts, _tokenize_batch(tokenizer, texts, offsets=mask_prompt)):
+        # as _mask_from_spans with the completion's span: a token overlapping it is trained
+        mask = [s < len(text) and e > len(prompt) for s, e in offsets] if mask_prompt else [True] * len(ids)
+        out.append((ids + eos, mask + [True] * len(eos)))
+    return out
+
+
+def _tokenize_batch(tokenizer: Any, texts: list[str], offsets: bool) -> list[tuple[list[int], list[tuple[int, int]] | None]]:
+    """(ids, character offsets or None) of each text, special tokens added, in one call.
+
+    A fast tokenizer's Rust tokenizer encodes the batch on every core; it is
+    called directly (as transformers' own batch call does, without building
+    its attention masks and dicts) unless it is set to truncate or pad, which
+    transformers' call would turn off first.
+    """
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [(e.ids, e.offsets if offsets else None) for e in backend.encode_batch(texts, add_special_tokens=True)]
+    if not offsets:
+        return [(list(ids), None) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    try:
+        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ModelFormatError(
+            "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
+            "which masking the prompt needs: train with --no-mask-prompt"
+        ) from None
+    return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
 def encode_plain_completion(

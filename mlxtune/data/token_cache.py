@@ -48,7 +48,7 @@ CACHE_DIR = ".mlxtune-tokens"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 _ARRAYS = ("tokens", "mask", "offsets", "truncated")
-_STALE_SECONDS = 24 * 3600  # a temporary entry this old belongs to a writer that died
+_STALE_SECONDS = 24 * 3600  # a temporary or replaced entry this old belongs to a writer that died
 
 
 @dataclass
@@ -156,7 +156,7 @@ def save(root: Path, key: str, encoded: Encoded) -> Path:
 
 def _remove_stale(root: Path) -> None:
     now = time.time()
-    for p in root.glob(".*.tmp-*"):
+    for p in [*root.glob(".*.tmp-*"), *root.glob(".*.old-*")]:
         try:
             if now - p.stat().st_mtime > _STALE_SECONDS:
                 shutil.rmtree(p, ignore_errors=True)

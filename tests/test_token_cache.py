@@ -110,7 +110,17 @@ def test_leftovers_and_broken_entries_are_not_read(setting):
     (leftover / "train.tokens.npy").write_bytes(b"garbage")
     assert token_cache.load(root, key) is None
     assert "tokenized" in _encode(cfg, model_dir, run_dir)[3][0]
-    assert leftover.is_dir() and (root / key / "meta.json").is_file()
+    assert leftover.is_dir() and (root / key / "meta.json").is_file()  # a fresh leftover may be a writer at work: kept
+    import os
+    import time
+
+    stale = [root / f".{key}.tmp-00000001", root / f".{key}.old-00000002"]
+    for p in stale:
+        (p / "entry").mkdir(parents=True)
+        os.utime(p, (time.time() - 3 * 86400,) * 2)
+    _, _, encoded, _ = _encode(cfg, model_dir, None)
+    token_cache.save(root, key, encoded)
+    assert leftover.is_dir() and not any(p.exists() for p in stale)  # those of writers that died days ago are removed
     assert "reused" in _encode(cfg, model_dir, run_dir)[3][0]
     # an entry whose arrays were damaged is tokenized again, and replaced
     np.save(root / key / "train.offsets.npy", np.array([0, 5, 3], np.int64))

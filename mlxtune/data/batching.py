@@ -116,9 +116,8 @@ class BatchIterator:
             # different neighbours each epoch), chunk, and shuffle the chunks.
             order = rng.permutation(len(lengths))
             order = order[np.argsort(lengths[order], kind="stable")]
-            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for c in rng.permutation(len(chunks)):
-                yield chunks[c]
+            for c in rng.permutation(-(-len(order) // bs)):  # chunk c is order[c * bs : (c + 1) * bs], sliced when drawn
+                yield order[c * bs : (c + 1) * bs]
             if not loop:
                 return
 

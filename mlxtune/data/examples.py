@@ -3,11 +3,11 @@
 An ``Example`` is one record's token ids and a loss mask (what the mask means:
 ``batching``). A data set's examples are an ``ExampleStore``: three flat
 arrays (every example's tokens one after another as int32, their loss masks as
-one byte per token, and int64 offsets), so a million short records cost about
-five bytes per token and eight per record, not a Python object, two numpy
-arrays and their headers each. ``store[i]`` is an Example whose arrays are
-views into the store (nothing is copied); ``store.lengths`` the tokens per
-example as an array.
+one bit per token, and int64 offsets), so a million short records cost a
+little over four bytes per token and thirteen per record, not a Python object,
+two numpy arrays and their headers each. ``store[i]`` is an Example whose
+tokens are a view into the store and whose mask is unpacked from its bits;
+``store.lengths`` the tokens per example as an array.
 
 Records are tokenized in chunks: a format whose tokenization batches (text,
 prompt/completion without a chat template) encodes a chunk in one call of the
@@ -32,6 +32,7 @@ from .rendering import hf_tokenizer
 
 CHUNK = 2048  # records tokenized per call: large enough to amortise the call, small next to the data
 _BLOCK_TOKENS = 1 << 22  # tokens per block while a store is built (16 MB of int32)
+_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # bits set in each byte value
 
 
 @dataclass
@@ -53,28 +54,34 @@ class Example:
 class ExampleStore(Sequence):
     """The examples of a data set in flat arrays; example ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
 
-    ``mask`` is uint8 (0/1), one per token; ``truncated`` (n,) bool says which
-    examples ``max_seq_len`` cut. Indexing gives an ``Example`` of views;
-    a slice gives a list of them.
+    ``mask`` holds the loss mask of every token as bits (``np.packbits``,
+    little-endian bit order: token t is bit ``t % 8`` of byte ``t // 8``);
+    ``truncated`` (n,) bool says which examples ``max_seq_len`` cut. Indexing
+    gives an ``Example``; a slice gives a list of them.
     """
 
     def __init__(self, tokens: np.ndarray, mask: np.ndarray, offsets: np.ndarray, truncated: np.ndarray | None = None):
         self.tokens = np.asarray(tokens, dtype=np.int32)  # (N,)
-        self.mask = np.asarray(mask, dtype=np.uint8)  # (N,)
+        self.mask = np.asarray(mask, dtype=np.uint8)  # (ceil(N / 8),) packed bits
         self.offsets = np.asarray(offsets, dtype=np.int64)  # (n + 1,)
         n = len(self.offsets) - 1
         self.truncated = np.zeros(n, bool) if truncated is None else np.asarray(truncated, dtype=bool)  # (n,)
-        if n < 0 or self.offsets[0] != 0 or self.offsets[-1] != len(self.tokens) or len(self.mask) != len(self.tokens) or len(self.truncated) != n:
+        if n < 0 or self.offsets[0] != 0 or self.offsets[-1] != len(self.tokens) or len(self.mask) != -(-len(self.tokens) // 8) or len(self.truncated) != n:
             raise ValueError(f"inconsistent example store: {len(self.tokens)} tokens, {len(self.mask)} mask bytes, {len(self.offsets)} offsets, {len(self.truncated)} flags")
-        self.lengths = np.diff(self.offsets)  # (n,) int64: tokens per example
+        self.lengths = np.diff(self.offsets).astype(np.int32)  # (n,): tokens per example
 
     @classmethod
     def from_examples(cls, examples: Sequence[Example]) -> ExampleStore:
         lengths = np.array([len(e) for e in examples], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         tokens = np.concatenate([e.tokens for e in examples]).astype(np.int32) if len(examples) else np.zeros(0, np.int32)
-        mask = np.concatenate([e.loss_mask for e in examples]).astype(np.uint8) if len(examples) else np.zeros(0, np.uint8)
-        return cls(tokens, mask, offsets, np.array([e.truncated for e in examples], dtype=bool))
+        mask = np.concatenate([e.loss_mask for e in examples]).astype(bool) if len(examples) else np.zeros(0, bool)
+        return cls(tokens, np.packbits(mask, bitorder="little"), offsets, np.array([e.truncated for e in examples], dtype=bool))
+
+    def loss_mask(self, a: int, b: int) -> np.ndarray:
+        """(b - a,) bool: the loss mask of tokens a to b, unpacked."""
+        first = a & 7
+        return np.unpackbits(self.mask[a >> 3 : (b + 7) >> 3], bitorder="little")[first : first + b - a].view(np.bool_)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -88,8 +95,8 @@ class ExampleStore(Sequence):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"example {i} of {n}")
-        a, b = self.offsets[i], self.offsets[i + 1]
-        return Example(self.tokens[a:b], self.mask[a:b].view(np.bool_), bool(self.truncated[i]))
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return Example(self.tokens[a:b], self.loss_mask(a, b), bool(self.truncated[i]))
 
     def __iter__(self) -> Iterator[Example]:
         return (self[i] for i in range(len(self)))
@@ -97,7 +104,7 @@ class ExampleStore(Sequence):
     @property
     def n_targets(self) -> int:
         """Trained tokens over all examples."""
-        return int(np.count_nonzero(self.mask))
+        return int(_BITS[self.mask].sum(dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
@@ -110,7 +117,7 @@ class ExampleStore(Sequence):
         h.update(n.to_bytes(8, "little"))
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
-            lengths = self.lengths[lo:hi]  # (k,)
+            lengths = self.lengths[lo:hi].astype(np.int64)  # (k,)
             a, b = int(self.offsets[lo]), int(self.offsets[hi])
             sizes = 8 + 5 * lengths
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each example's bytes begin
@@ -122,7 +129,7 @@ class ExampleStore(Sequence):
             tokens = self.tokens[a:b].astype("<i4").view(np.uint8).reshape(-1, 4)
             for k in range(4):
                 out[tok_at + k] = tokens[:, k]
-            out[np.repeat(starts + 8 + 4 * lengths, lengths) + within] = self.mask[a:b]
+            out[np.repeat(starts + 8 + 4 * lengths, lengths) + within] = self.loss_mask(a, b)
             h.update(out.tobytes())
 
 
@@ -258,4 +265,6 @@ class _Builder:
             del block_tokens, block_mask  # the block's mapping goes back to the system
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return ExampleStore(tokens, mask, offsets, truncated)
+        bits = np.packbits(mask, bitorder="little")
+        del mask  # its mapping goes back to the system: the bits are an eighth of it
+        return ExampleStore(tokens, bits, offsets, truncated)

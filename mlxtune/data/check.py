@@ -51,6 +51,7 @@ class SplitReport:
     no_target: int = 0  # records with no trained token within max_seq_len (training skips them)
     duplicates: int = 0  # records equal to an earlier record of the same split
     duplicate_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, line it repeats)
+    container: str | None = None  # how its file stores records (data.containers): jsonl, json, csv, tsv, parquet, arrow, text
 
 
 @dataclass
@@ -104,17 +105,19 @@ def check(
     offline: bool | None = None,
     skip_bad_lines: bool = False,
     thinking: bool = False,
+    fields: Mapping[str, str] | None = None,
 ) -> DataReport:
     """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer
     (its chat template rendering with thinking on or off, as lora's ``--thinking`` says).
 
     The data is read before the model, so a broken file fails fast (or, with
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
+    ``fields`` (``--field``) renames columns, as lora's.
     """
     from ..models.source import open_model
     from ..models.tokenizer import load_tokenizer
 
-    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
+    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines, fields=fields)
     opened = open_model(model, offline=offline)
     tokenizer = load_tokenizer(opened.path, thinking=thinking)
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
@@ -182,7 +185,7 @@ def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping
     fmt = splits.format
     reports = []
     for name, ds in _named(splits):
-        s = SplitReport(name, ds.path, len(ds))
+        s = SplitReport(name, ds.path, len(ds), container=ds.container)
         t = tokens.get(name)
         if t is not None and t.lengths:
             s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets

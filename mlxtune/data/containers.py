@@ -115,7 +115,7 @@ def split_files(path: Path) -> Layout:
                 if len(kinds) > 1 or len(named) > 1:
                     names = ", ".join(p.name for p in found[:4])
                     raise DataError(f"holds {split} data in more than one file kind or name ({names}): keep one of them", folder)
-            return Layout(files, kind)
+            return Layout({name: files[name] for name in ("train", "valid", "test") if name in files}, kind)
     others = sorted(p.name for p in _data_files(path) if not split_of(p))
     hint = f"; or pass one of {', '.join(others[:3])} directly" if others else ""
     raise DataError(
@@ -140,4 +140,4 @@ def _saved_to_disk(path: Path) -> Layout:
     if "train" not in files:
         raise DataError(f"dataset_dict.json lists the splits {', '.join(map(str, names)) or 'none'}, none of them train with "
                         "its .arrow files: save a DatasetDict with a train split", path)
-    return Layout(files, "datasets.save_to_disk")
+    return Layout({name: files[name] for name in ("train", "valid", "test") if name in files}, "datasets.save_to_disk")

@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError
 from .formats import DataFormat
 from .rows import ChainedRecords, Record, take
 
-__all__ = ["Dataset", "Record", "Splits", "load_data", "load_file", "load_jsonl", "split", "trains_prompt_masked"]
+__all__ = ["Dataset", "Record", "Splits", "load_data", "load_file", "load_jsonl", "load_split_files", "split", "trains_prompt_masked"]
 
 SKIP_HINT = "; or pass --skip-bad-lines to leave out such lines (each one is reported)"
 
@@ -258,38 +258,46 @@ def _load_split(files: list[Path], skip_bad_lines: bool | None, fields: Mapping[
     return Dataset(ChainedRecords([p.records for p in parts]), parts[0].format, str(files[0].parent / name), skipped, parts[0].container)
 
 
-def _load_dir(path: Path, valid_fraction: float, seed: int, skip_bad_lines: bool | None, fields: Mapping[str, str] | None) -> Splits:
+def load_split_files(path: Path, skip_bad_lines: bool | None = None, fields: Mapping[str, str] | None = None) -> tuple[dict[str, Dataset], str]:
+    """A data directory's splits as its files have them, not split further: ({train, valid?, test?: Dataset}, its layout).
+
+    Every split must hold records of train's format.
+    """
     layout = containers.split_files(path)
-    train = _load_split(layout.files["train"], skip_bad_lines, fields)
-    loaded = {"train": train}
+    loaded = {name: _load_split(files, skip_bad_lines, fields) for name, files in layout.files.items()}
+    train = loaded["train"]
+    for ds in loaded.values():
+        if ds.format is not train.format:
+            raise DataError(
+                f"{Path(ds.path).name} holds {ds.format} records but {Path(train.path).name} holds {train.format} records: "
+                "use one format for all files of a data set",
+                ds.path,
+            )
+    return loaded, layout.kind
+
+
+def _load_dir(path: Path, valid_fraction: float, seed: int, skip_bad_lines: bool | None, fields: Mapping[str, str] | None) -> Splits:
+    loaded, kind = load_split_files(path, skip_bad_lines, fields)
+    train = loaded["train"]
     note = None
     train_name = Path(train.path).name
-    if "valid" in layout.files:
-        valid = loaded["valid"] = _load_split(layout.files["valid"], skip_bad_lines, fields)
+    if "valid" in loaded:
+        valid = loaded["valid"]
     else:
         n_train = len(train)
         train, valid = split(train, valid_fraction, seed)
         missing = "no valid.jsonl" if train.container == "jsonl" else "no valid split (valid, validation, dev or eval)"
         note = f"{missing} in {path}: held out {len(valid)} of {n_train} train records for validation (seed {seed})"
-    test = loaded["test"] = _load_split(layout.files["test"], skip_bad_lines, fields) if "test" in layout.files else Dataset([], train.format, None)
-    if test.path is None:
-        del loaded["test"]
-    for ds in loaded.values():
-        if ds.format is not train.format:
-            raise DataError(
-                f"{Path(ds.path).name} holds {ds.format} records but {train_name} holds {train.format} records: "
-                "use one format for all files of a data set",
-                ds.path,
-            )
+    test = loaded.get("test") or Dataset([], train.format, None)
     skipped = [e for ds in loaded.values() for e in ds.skipped]
     parts = [f"{len(train)} train", f"{len(valid)} valid"]
     if len(test):
         parts.append(f"{len(test)} test")
     description = f"{path}: {' / '.join(parts)} {train.format} records{_skipped(skipped)}"
     kinds = {name: ds.container for name, ds in loaded.items()}
-    if layout.kind != "files" or set(kinds.values()) != {"jsonl"}:
+    if kind != "files" or set(kinds.values()) != {"jsonl"}:
         notes = {c: containers.READERS[c].note for c in kinds.values() if containers.READERS[c].note}
-        description += f" ({layout.kind}: " + ", ".join(f"{name} {c}" for name, c in kinds.items()) + "".join(f"; {n}" for n in notes.values()) + ")"
+        description += f" ({kind}: " + ", ".join(f"{name} {c}" for name, c in kinds.items()) + "".join(f"; {n}" for n in notes.values()) + ")"
     if note:
         description += f" (valid split from {train_name}, seed {seed})"
     return Splits(train, valid, test, description, note, seed, skipped)

@@ -271,7 +271,7 @@ def test_field_through_data_check_lora_and_eval(tmp_path, tiny_model):
     report = json.loads(r.stdout)
     assert report["format"] == "completion" and [s["container"] for s in report["splits"][:2]] == ["parquet", "parquet"]
     text = invoke("data", "check", tmp_path / "qa.parquet", "--model", tiny_model, *flags)
-    assert f"Read as: prompt/completion records; train parquet ({tmp_path / 'qa.parquet'})" in text.output
+    assert f"Read as: prompt/completion records; train/valid parquet ({tmp_path / 'qa.parquet'})" in text.output
     r = invoke("lora", "--data", tmp_path / "qa.parquet", "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1, "--no-report", *flags)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["config"]["fields"] == {"prompt": "question", "completion": "answer"}

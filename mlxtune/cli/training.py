@@ -268,7 +268,10 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     click.echo(f"Data: {r.description}")
-    click.echo(f"Read as: {formats.get(r.format).title} records; " + ", ".join(f"{s.name} {s.container} ({s.path})" for s in r.splits if s.records and s.path))
+    sources: dict[tuple, list[str]] = {}
+    for s in (s for s in r.splits if s.records and s.path):
+        sources.setdefault((s.container, s.path), []).append(s.name)
+    click.echo(f"Read as: {formats.get(r.format).title} records; " + ", ".join(f"{'/'.join(names)} {c} ({p})" for (c, p), names in sources.items()))
     click.echo(f"Tokens: as {r.model}'s tokenizer sees the {formats.get(r.format).title} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
     columns = {"split": 6, "records": 8, "tokens": 9, "trained": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
     click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))

@@ -153,6 +153,7 @@ def parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
     # Without its line break: json would read past it as whitespace and place an
     # error at the end of the line at "line 2, column 1" of the one-line document.
     line = line.rstrip("\r\n")
+    obj = None
     try:
         obj = json.loads(line, parse_constant=_reject_constant(path, lineno))
         deep = too_deep(line, obj)
@@ -245,6 +246,8 @@ class JsonArrayReader:
             pos = _skip(text, end)
             if text[pos : pos + 1] == "]":
                 return
+            if pos >= len(text):
+                raise DataError(f"the array ends without its ']' after element {element}: is the file cut short?", path, line)
             if text[pos : pos + 1] != ",":
                 raise DataError(f"expected ',' or ']' after element {element} of the array", path, line + text.count("\n", counted, pos))
             element, pos = element + 1, _skip(text, pos + 1)

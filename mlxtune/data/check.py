@@ -12,6 +12,7 @@ trains on, and what makes two records the same, its format says (``formats``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,24 +185,23 @@ def _named(splits: Splits) -> list[tuple[str, Dataset]]:
 def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping[str, _Tokens]) -> DataReport:
     fmt = splits.format
     reports = []
+    keys = {}
     for name, ds in _named(splits):
         s = SplitReport(name, ds.path, len(ds), container=ds.container)
         t = tokens.get(name)
         if t is not None and t.lengths:
             s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets
-        s.untrained_turns = sum(fmt.untrained_turns(r) for r in ds)
-        repeats = _duplicates(ds)
+        k = keys[name] = _Keys.of(ds)  # one pass over the records (a JSONL data set's are read back from the file)
+        s.untrained_turns = k.untrained
+        repeats = k.duplicates()
         s.duplicates, s.duplicate_lines = len(repeats), repeats[:_EXAMPLES]
         reports.append(s)
-    train_keys = {}
-    train_prompts = set()
-    for r in splits.train:
-        train_keys.setdefault(fmt.record_key(r), r.line)
-        train_prompts.add(fmt.prompt_key(r))
+    train = keys["train"]
     overlaps = []
-    for name, ds in _named(splits)[1:]:
-        shared = [(r.line, train_keys[k]) for r in ds if (k := fmt.record_key(r)) in train_keys]
-        prompts = sum(fmt.prompt_key(r) in train_prompts for r in ds) if fmt.has_answers else None
+    for name, _ in _named(splits)[1:]:
+        k = keys[name]
+        shared = train.shared(k)
+        prompts = int(np.isin(k.prompts, train.prompts).sum()) if fmt.has_answers else None
         overlaps.append(Overlap(name, len(shared), prompts, shared[:_EXAMPLES]))
     report = DataReport(splits.description, fmt.name, max_seq_len, mask_prompt, reports, overlaps, [])
     report.notes = ([splits.note] if splits.note else []) + splits.skipped_notes()
@@ -217,14 +217,51 @@ def _stats(lengths: list[int]) -> LengthStats:
     return LengthStats(int(a.min()), p50, p90, p99, int(a.max()), int(a.sum()))
 
 
-def _duplicates(ds: Dataset) -> list[tuple[int, int]]:
-    first: dict[str, int] = {}
-    repeats = []
-    for r in ds:
-        line = first.setdefault(ds.format.record_key(r), r.line)
-        if line != r.line:
-            repeats.append((r.line, line))
-    return repeats
+def _digest(key: str | None) -> int:
+    """A record's key (``formats``' canonical JSON) as 64 bits: a million records compared without holding their text."""
+    if key is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+@dataclass
+class _Keys:
+    """What makes each record of a split the same as another (``record_key``, ``prompt_key``), hashed, with its line."""
+
+    records: np.ndarray  # (N,) uint64
+    prompts: np.ndarray  # (N,) uint64
+    lines: np.ndarray  # (N,) int64
+    untrained: int  # chat assistant turns with "weight": 0
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _Keys:
+        fmt, n = ds.format, len(ds)
+        records, prompts, lines = np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.int64)
+        untrained = 0
+        for i, r in enumerate(ds):
+            records[i], prompts[i], lines[i] = _digest(fmt.record_key(r)), _digest(fmt.prompt_key(r)), r.line
+            untrained += fmt.untrained_turns(r)
+        return cls(records, prompts, lines, untrained)
+
+    def _firsts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(distinct keys sorted, the position of each one's first record, each record's distinct key's index)."""
+        return np.unique(self.records, return_index=True, return_inverse=True)
+
+    def duplicates(self) -> list[tuple[int, int]]:
+        """(line, line of the earlier record it repeats) of every record equal to an earlier one, in file order."""
+        _, first, inverse = self._firsts()
+        earlier = first[inverse]
+        repeat = np.flatnonzero(earlier != np.arange(len(self.records)))
+        return list(zip(self.lines[repeat].tolist(), self.lines[earlier[repeat]].tolist()))
+
+    def shared(self, other: _Keys) -> list[tuple[int, int]]:
+        """(line in other, line of the first equal record here) of other's records that this split also holds."""
+        distinct, first, _ = self._firsts()
+        if not len(distinct):
+            return []
+        at = np.minimum(np.searchsorted(distinct, other.records), len(distinct) - 1)
+        hit = np.flatnonzero(distinct[at] == other.records)
+        return list(zip(other.lines[hit].tolist(), self.lines[first[at[hit]]].tolist()))
 
 
 def _warnings(report: DataReport, splits: Splits) -> list[str]:

@@ -272,6 +272,8 @@ def test_field_through_data_check_lora_and_eval(tmp_path, tiny_model):
     assert report["format"] == "completion" and [s["container"] for s in report["splits"][:2]] == ["parquet", "parquet"]
     text = invoke("data", "check", tmp_path / "qa.parquet", "--model", tiny_model, *flags)
     assert f"Read as: prompt/completion records; train/valid parquet ({tmp_path / 'qa.parquet'})" in text.output
+    r = invoke("plan", "--data", tmp_path / "qa.parquet", "--model", tiny_model, "--json", *flags)
+    assert r.exit_code == 0, r.output
     r = invoke("lora", "--data", tmp_path / "qa.parquet", "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1, "--no-report", *flags)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["config"]["fields"] == {"prompt": "question", "completion": "answer"}
@@ -344,3 +346,8 @@ def test_jsonl_records_are_offsets_not_dicts(tmp_path):
     got = sorted(int(r["text"].split()[1]) for r in [*splits.valid, *splits.train])
     assert got == list(range(n))
     assert [r.line for r in splits.valid] == sorted(r.line for r in splits.valid)
+    with open(path, "r+b") as f:  # a record's line overwritten after reading: said, not a JSON traceback
+        f.seek(int(ds.records.offsets[5]))
+        f.write(b"#")
+    with pytest.raises(DataError, match=r"big.jsonl:7: the file changed since it was read"):
+        ds[5]

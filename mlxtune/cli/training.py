@@ -55,7 +55,7 @@ from .progress import fmt_bytes, fmt_duration
 @click.option("--json", "as_json", is_flag=True, help="For scripts: one JSON object per line on stdout for every event (start, step, val, save, note, done, ...), nothing else.")
 @click.pass_context
 def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **options) -> None:
-    """Fine-tune a model with LoRA on your JSONL data.
+    """Fine-tune a model with LoRA on your data (JSONL, CSV, Parquet, a Hugging Face dataset, ...).
 
     Writes adapters.safetensors and adapter_config.json (mlx-lm format),
     checkpoints and metrics.jsonl to the run directory. Ctrl-C (or SIGTERM)

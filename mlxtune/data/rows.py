@@ -152,7 +152,13 @@ class JsonlRecords(RecordSequence):
             for p in positions.tolist():
                 f.seek(int(self.offsets[p]))
                 line = int(self.lines[p])
-                obj = json.loads(f.readline().decode("utf-8"))
+                try:
+                    obj = json.loads(f.readline().decode("utf-8"))
+                except ValueError:  # JSONDecodeError, UnicodeDecodeError: not the line that was validated
+                    obj = None
+                if not isinstance(obj, dict):
+                    raise DataError("the file changed since it was read: this line no longer holds the record it held; "
+                                    "keep a data file unchanged while a command reads it", self.path, line)
                 obj = map_fields(obj, self.fields, lambda m: DataError(m, self.path, line))
                 yield Record(obj, line, self.path)
 

@@ -351,3 +351,19 @@ def test_jsonl_records_are_offsets_not_dicts(tmp_path):
         f.write(b"#")
     with pytest.raises(DataError, match=r"big.jsonl:7: the file changed since it was read"):
         ds[5]
+
+
+def test_hub_configurations(tmp_path):
+    """A Hub data set with configuration folders (main/, socratic/): the one there is is read; of several, the error names them."""
+    for config in ("main", "socratic"):
+        (tmp_path / config).mkdir()
+        pq.write_table(pa.Table.from_pylist(QA), tmp_path / config / "train-00000-of-00001.parquet")
+        pq.write_table(pa.Table.from_pylist(QA[:1]), tmp_path / config / "test-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"holds 2 configurations of a data set \(main, socratic\): pass one of them, e.g. --data .*main"):
+        load_data(tmp_path)
+    splits = load_data(tmp_path / "main")
+    assert (len(splits.train) + len(splits.valid), len(splits.test)) == (8, 1)
+    import shutil
+
+    shutil.rmtree(tmp_path / "socratic")
+    assert "Hub download, configuration main: train parquet, test parquet" in load_data(tmp_path).description

@@ -88,34 +88,57 @@ def split_of(path: Path) -> str | None:
     return SPLIT_NAMES.get(m.group(1).lower()) if m else None
 
 
+_METADATA = frozenset({"state.json", "dataset_info.json", "dataset_dict.json", "readme.md"})  # datasets' and the Hub's own files
+
+
 def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS and p.name.lower() not in _METADATA)
+
+
+def _folder_splits(folder: Path) -> dict[str, list[Path]]:
+    """The files of each split in one folder: named by their split (train.csv, train-00000-of-00002.parquet) or in a split's folder (train/)."""
+    files: dict[str, list[Path]] = {}
+    for p in _data_files(folder):
+        split = split_of(p)
+        if split:
+            files.setdefault(split, []).append(p)
+    for sub in sorted(folder.iterdir()) if folder.is_dir() else ():
+        split = SPLIT_NAMES.get(sub.name.lower())
+        if sub.is_dir() and split and split not in files and _data_files(sub):
+            files[split] = _data_files(sub)
+    for split, found in files.items():
+        kinds = sorted({EXTENSIONS[p.suffix.lower()] for p in found})
+        named = {m.group(0).lower() for p in found if (m := re.match(r"[A-Za-z]+", p.name)) and split_of(p)}  # valid and validation
+        if len(kinds) > 1 or len(named) > 1:
+            names = ", ".join(p.name for p in found[:4])
+            raise DataError(f"holds {split} data in more than one file kind or name ({names}): keep one of them", folder)
+    return {name: files[name] for name in ("train", "valid", "test") if name in files}
 
 
 def split_files(path: Path) -> Layout:
-    """Where each split's records are in a data directory; DataError saying what was looked for when there is no train split."""
+    """Where each split's records are in a data directory; DataError saying what was looked for when there is no train split.
+
+    In order: a ``datasets.save_to_disk`` folder; split files in the directory; in its ``data/`` (a Hub
+    download); in the one configuration folder of a Hub data set that has them (``main/train-*.parquet``).
+    """
     if (path / "dataset_dict.json").is_file():
         return _saved_to_disk(path)
     if (path / "state.json").is_file() and list(path.glob("data-*.arrow")):  # one datasets.Dataset, saved whole
         return Layout({"train": sorted(path.glob("data-*.arrow"))}, "datasets.save_to_disk")
     for folder, kind in ((path, "files"), (path / "data", "Hub download")):
-        files: dict[str, list[Path]] = {}
-        for p in _data_files(folder):
-            split = split_of(p)
-            if split:
-                files.setdefault(split, []).append(p)
-        for sub in (folder.iterdir() if folder.is_dir() else ()):
-            if sub.is_dir() and SPLIT_NAMES.get(sub.name.lower()) and SPLIT_NAMES[sub.name.lower()] not in files:
-                files[SPLIT_NAMES[sub.name.lower()]] = _data_files(sub) or []
-        files = {k: v for k, v in files.items() if v}
+        files = _folder_splits(folder)
         if "train" in files:
-            for split, found in files.items():
-                kinds = sorted({EXTENSIONS[p.suffix.lower()] for p in found})
-                named = {m.group(0).lower() for p in found if (m := re.match(r"[A-Za-z]+", p.name))}  # valid and validation
-                if len(kinds) > 1 or len(named) > 1:
-                    names = ", ".join(p.name for p in found[:4])
-                    raise DataError(f"holds {split} data in more than one file kind or name ({names}): keep one of them", folder)
-            return Layout({name: files[name] for name in ("train", "valid", "test") if name in files}, kind)
+            return Layout(files, kind)
+    configs = {sub: files for sub in sorted(path.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+               and "train" in (files := _folder_splits(sub) or _folder_splits(sub / "data"))}
+    if len(configs) == 1:
+        (sub, files), = configs.items()
+        return Layout(files, f"Hub download, configuration {sub.name}")
+    if configs:
+        raise DataError(f"holds {len(configs)} configurations of a data set ({', '.join(sub.name for sub in configs)}): "
+                        f"pass one of them, e.g. --data {next(iter(configs))}", path)
     others = sorted(p.name for p in _data_files(path) if not split_of(p))
     hint = f"; or pass one of {', '.join(others[:3])} directly" if others else ""
     raise DataError(

@@ -277,6 +277,8 @@ def test_field_through_data_check_lora_and_eval(tmp_path, tiny_model):
     r = invoke("lora", "--data", tmp_path / "qa.parquet", "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1, "--no-report", *flags)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["config"]["fields"] == {"prompt": "question", "completion": "answer"}
+    r = invoke("lora", "--resume", tmp_path / "run", "--iters", 2, "--no-report")  # the mapping comes from the run
+    assert r.exit_code == 0, r.output
     r = invoke("eval", "--adapter", tmp_path / "run", "--samples", 0, "--json", tmp_path / "e.json")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e.json").read_text())["records"] == 1  # the run's held-out row, read through its mapping

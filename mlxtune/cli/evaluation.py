@@ -13,7 +13,7 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 @click.command("eval", context_settings=CONTEXT)
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory written by 'mlxtune lora' (its base, data and recipe are the defaults below), or a PEFT adapter.")
 @click.option("-m", "--model", help="Model to evaluate, or the base for --adapter. [default: the adapter's base]")
-@click.option("-d", "--data", type=click.Path(), help="JSONL file or data directory. [default: the run's data]")
+@click.option("-d", "--data", type=click.Path(), help="Data file (JSONL, CSV, Parquet, ...) or data directory (a Hugging Face dataset too). [default: the run's data]")
 @click.option("--split", type=click.Choice(["test", "valid", "train", "all"]), help="Which records: test (a directory's test.jsonl), valid (the validation split; of a single file, the records the run held out), train, all. [default: test, else valid; another single file than the run's: all]")
 @click.option("--task", type=click.Choice(["loss", "summarize", "style"]), help="What to measure beyond loss. [default: the run's recipe's, else loss]")
 @click.option("--recipe", help="Take the eval settings of this recipe. [default: the run's]")

@@ -146,6 +146,29 @@ def test_errors_name_the_row_line_or_element(tmp_path):
         load_file(cells)
 
 
+@pytest.mark.parametrize("name,content,where,words", [
+    ("unclosed.csv", b'prompt,completion\n"p,c\n', ":2:", ["not valid CSV", "quoting"]),
+    ("empty.csv", b"", ":", ["header row"]),
+    ("header-only.tsv", b"prompt\tcompletion\n", ":", ["has no records"]),
+    ("nul.csv", b"prompt,completion\np\x00,c\n", ":2:", ["NUL byte", "a header row"]),
+    ("latin1.tsv", b"prompt\tcompletion\np\tcaf\xe9\n", ":2:", ["not valid UTF-8"]),
+    ("cut.parquet", b"PAR1\x15\x04", ":", ["not a readable Parquet file"]),
+    ("fake.arrow", b"hello", ":", ["not a readable Arrow file"]),
+    ("empty.json", b"[ ]", ":", ["array is empty"]),
+    ("unclosed.json", b'[{"text": "a"}', ":1:", ["array ends without its ']'"]),
+    ("deep.json", b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", ":1:", ["nested more than 100 levels"]),
+    ("blank.md", b"\n  \n\n", ":", ["has no text"]),
+])
+def test_broken_files_of_each_container_are_one_clean_error(tmp_path, name, content, where, words):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_file(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}{where}") and "\n" not in msg, msg
+    assert all(w in msg for w in words), msg
+
+
 def test_bad_rows_can_be_skipped_and_are_listed(tmp_path):
     pq.write_table(pa.Table.from_pylist([QA[0], {"prompt": "p", "completion": None}, QA[1]]), tmp_path / "bad.parquet")
     ds = load_file(tmp_path / "bad.parquet", skip_bad_lines=True)

@@ -38,6 +38,7 @@ class Reader(Protocol):
     name: str  # the container: jsonl, json, csv, tsv, parquet, arrow, text
     unit: str  # where a record is: "line" or "row"
     note: str | None  # how records were made, when that was a choice (text: split at blank lines)
+    empty: str  # the error of a file with no record
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | DataError]]: ...
 

@@ -37,8 +37,8 @@ MAGIC = {
 }
 
 
-def check_text(head: bytes, path: Path) -> None:
-    """Reject binary files up front, naming the usual culprits (UTF-16, archives)."""
+def check_text(head: bytes, path: Path, holding: str = "one JSON object per line") -> None:
+    """Reject binary files up front, naming the usual culprits (UTF-16, archives); ``holding``: what the text should hold."""
     for magic, what in MAGIC.items():
         if head.startswith(magic):
             raise DataError(f"not a text file: it looks like {what}", path)
@@ -49,18 +49,18 @@ def check_text(head: bytes, path: Path) -> None:
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[0] == 0 or head[1:2] == b"\x00":
         hint = "it looks like UTF-16: save it as UTF-8"
     else:
-        hint = "expected a UTF-8 text file with one JSON object per line"
+        hint = f"expected a UTF-8 text file with {holding}"
     raise DataError(f"not a text file (NUL byte at byte offset {nul}): {hint}", path, line)
 
 
-def read_text(path: Path) -> str:
-    """A whole text file (JSON array, CSV, plain text) as a string: UTF-8, a BOM dropped, no NUL byte."""
+def read_text(path: Path, holding: str) -> str:
+    """A whole text file (JSON array, CSV, plain text) as a string: UTF-8, a BOM dropped, no NUL byte; ``holding``: what it should hold."""
     raw = path.read_bytes()
-    check_text(raw[:HEAD_BYTES], path)
+    check_text(raw[:HEAD_BYTES], path, holding)
     start = len(BOM) if raw.startswith(BOM) else 0
     nul = raw.find(b"\x00", start)
     if nul >= 0:
-        raise DataError(f"not a text file (NUL byte at byte offset {nul}): expected a UTF-8 text file", path, raw.count(b"\n", 0, nul) + 1)
+        raise DataError(f"not a text file (NUL byte at byte offset {nul}): expected a UTF-8 text file with {holding}", path, raw.count(b"\n", 0, nul) + 1)
     try:
         return raw[start:].decode("utf-8")
     except UnicodeDecodeError as e:
@@ -73,6 +73,7 @@ class JsonlReader:
 
     name, unit = "jsonl", "line"
     note = None
+    empty = 'file is empty: expected one JSON object per line, e.g. {"text": "..."}'
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):
         self.path, self.fields = path, fields
@@ -208,13 +209,14 @@ class JsonArrayReader:
 
     name, unit = "json", "line"
     note = None
+    empty = 'the JSON array is empty: expected records in it, e.g. [{"text": "..."}]'
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):
         self.path, self.fields = path, fields
         self.held: list[Record] = []
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-        text, path = read_text(self.path), self.path
+        text, path = read_text(self.path, "a JSON array of records"), self.path
         at = [1]  # the line of the element being parsed, for the error of a NaN or Infinity in it
         decoder = json.JSONDecoder(parse_constant=lambda name: _reject_constant(path, at[0])(name))
         pos, line, element = _skip(text, 0), 1, 0

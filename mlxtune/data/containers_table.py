@@ -33,6 +33,7 @@ class CsvReader:
 
     name, unit, delimiter = "csv", "line", ","
     note = None
+    empty = "has no records: expected a header row naming the columns (e.g. prompt,completion), then one row per record"
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):
         self.path, self.fields = path, dict(fields or {})
@@ -41,7 +42,8 @@ class CsvReader:
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
         path = self.path
         csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
-        reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=self.delimiter)
+        text = read_text(path, f"a header row and one row per record, cells separated by {'tabs' if self.delimiter == chr(9) else 'commas'}")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter, strict=True)  # strict: an unclosed quote is an error
         header = None
         while True:
             start = reader.line_num + 1
@@ -50,7 +52,7 @@ class CsvReader:
             except StopIteration:
                 return
             except csv.Error as e:
-                raise DataError(f"not valid {self.name.upper()} ({e}): check the quoting of this row", path, start) from None
+                raise DataError(f"not valid {self.name.upper()} ({e}): check the quoting of the row that starts here", path, start) from None
             if not any(cell.strip() for cell in row):
                 continue
             if header is None:
@@ -113,6 +115,7 @@ class TextReader:
 
     name, unit = "text", "line"
     note = "text records: one per paragraph (split at blank lines); a paragraph longer than --max-seq-len is truncated in training"
+    empty = "has no text: expected paragraphs separated by blank lines"
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):
         self.path, self.fields = path, fields
@@ -121,7 +124,7 @@ class TextReader:
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
         paragraph: list[str] = []
         start = 0
-        for lineno, line in enumerate([*read_text(self.path).splitlines(), ""], 1):
+        for lineno, line in enumerate([*read_text(self.path, "text, paragraphs separated by blank lines").splitlines(), ""], 1):
             if line.strip():
                 start = start or lineno
                 paragraph.append(line)
@@ -168,6 +171,7 @@ class ParquetReader:
 
     name, unit = "parquet", "row"
     note = None
+    empty = "has no rows"
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):
         self.path, self.fields = path, fields

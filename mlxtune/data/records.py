@@ -166,9 +166,7 @@ def load_file(path: str | Path, skip_bad_lines: bool | None = None, fields: Mapp
         first = skipped[0]
         raise DataError(f"no usable record: all {len(skipped)} {unit}(s) are bad (--skip-bad-lines), the first: {first}", path)
     if fmt is None:
-        if reader.name == "jsonl":
-            raise DataError('file is empty: expected one JSON object per line, e.g. {"text": "..."}', path)
-        raise DataError(f"holds no records (read as {reader.name})", path)
+        raise DataError(reader.empty, path)
     records = reader.records(np.frombuffer(kept, dtype=np.int64) if len(kept) else np.zeros(0, dtype=np.int64))
     return Dataset(records, fmt, str(path), skipped, reader.name)
 

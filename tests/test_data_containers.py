@@ -392,3 +392,26 @@ def test_hub_configurations(tmp_path):
 
     shutil.rmtree(tmp_path / "socratic")
     assert "Hub download, configuration main: train parquet, test parquet" in load_data(tmp_path).description
+
+
+def test_mixed_directory_and_text_file_check_and_train(tmp_path, tiny_model):
+    data = tmp_path / "chats"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pylist(CHATS), data / "train.parquet")
+    write_csv(data / "dev.csv", CHATS[:2])
+    write_jsonl(data / "test.jsonl", CHATS[2:3])
+    r = invoke("data", "check", data, "--model", tiny_model, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert [(s["name"], s["records"], s["container"]) for s in report["splits"]] == [("train", 8, "parquet"), ("valid", 2, "csv"), ("test", 1, "jsonl")]
+    assert report["splits"][0]["lengths"]["min"] > 0 and report["overlaps"][0]["records"] == 2  # dev.csv repeats two train chats
+    r = invoke("lora", "--data", data, "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1, "--no-report")
+    assert r.exit_code == 0, r.output
+    assert "8 train / 2 valid / 1 test chat records (files: train parquet, valid csv, test jsonl)" in r.output
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(f"Note {i}: the quick brown fox jumps over the lazy dog." for i in range(10)) + "\n")
+    r = invoke("data", "check", notes, "--model", tiny_model)
+    assert r.exit_code == 0, r.output
+    assert "10 text records (text: one record per paragraph, split at blank lines; a paragraph longer than --max-seq-len" in r.output
+    assert f"Read as: text records; train/valid text ({notes})" in r.output

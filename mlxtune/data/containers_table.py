@@ -114,7 +114,7 @@ class TextReader:
     """Plain text (``.txt``, ``.md``): text records, one per paragraph, split at blank lines."""
 
     name, unit = "text", "line"
-    note = "text records: one per paragraph (split at blank lines); a paragraph longer than --max-seq-len is truncated in training"
+    note = "one record per paragraph, split at blank lines; a paragraph longer than --max-seq-len is truncated in training"
     empty = "has no text: expected paragraphs separated by blank lines"
 
     def __init__(self, path: Path, fields: Mapping[str, str] | None):

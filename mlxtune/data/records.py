@@ -66,7 +66,7 @@ class Dataset:
         if self.container in (None, "jsonl"):
             return ""
         note = containers.READERS[self.container].note
-        return f" ({self.container}{'; ' + note if note else ''})"
+        return f" ({self.container}{': ' + note if note else ''})"
 
 
 @dataclass

@@ -415,3 +415,14 @@ def test_mixed_directory_and_text_file_check_and_train(tmp_path, tiny_model):
     assert r.exit_code == 0, r.output
     assert "10 text records (text: one record per paragraph, split at blank lines; a paragraph longer than --max-seq-len" in r.output
     assert f"Read as: text records; train/valid text ({notes})" in r.output
+
+
+def test_alpaca_csv_and_sharegpt_parquet(tmp_path):
+    """Formats and containers are independent: Alpaca in CSV (an empty input cell is no input), ShareGPT in Parquet."""
+    alpaca = [{"instruction": f"Do {i}.", "input": "" if i % 2 else f"with {i}", "output": f"Done {i}."} for i in range(4)]
+    ds = load_file(write_csv(tmp_path / "alpaca.csv", alpaca))
+    assert ds.format.name == "alpaca" and ds[1].data == {"instruction": "Do 1.", "output": "Done 1."} and ds[0]["input"] == "with 0"
+    share = [{"conversations": [{"from": "human", "value": f"Hi {i}"}, {"from": "gpt", "value": f"Hello {i}"}]} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(share), tmp_path / "share.parquet")
+    ds = load_file(tmp_path / "share.parquet")
+    assert ds.format.name == "sharegpt" and as_data(ds) == share

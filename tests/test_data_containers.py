@@ -347,6 +347,8 @@ def test_convert_a_directory_keeps_its_splits(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.jsonl", "valid.jsonl"]
     splits = load_data(tmp_path / "out")
     assert as_data(splits.train) == QA and as_data(splits.valid) == [{"prompt": "Q?", "completion": "A."}]
+    again = invoke("data", "convert", src, tmp_path / "out")
+    assert again.exit_code == 1 and "already exists" in again.output and "--force" in again.output
 
 
 # ------------------------------------------------------------ lazy JSONL records

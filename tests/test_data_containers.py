@@ -410,6 +410,7 @@ def test_mixed_directory_and_text_file_check_and_train(tmp_path, tiny_model):
     r = invoke("lora", "--data", data, "--model", tiny_model, "-o", tmp_path / "run", "--iters", 1, "--no-report")
     assert r.exit_code == 0, r.output
     assert "8 train / 2 valid / 1 test chat records (files: train parquet, valid csv, test jsonl)" in r.output
+    assert f"valid: 2 of 2 records also appear in train (e.g. {data / 'dev.csv'}:2 = {data / 'train.parquet'}, row 0)" in r.output
 
     notes = tmp_path / "notes.txt"
     notes.write_text("\n\n".join(f"Note {i}: the quick brown fox jumps over the lazy dog." for i in range(10)) + "\n")

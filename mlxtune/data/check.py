@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import containers
 from .batching import Example, encode
 from .records import Dataset, Splits, load_data, trains_prompt_masked
 from ..errors import DataError
@@ -276,8 +277,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if s.duplicates:
             line, earlier = s.duplicate_lines[0]
             out.append(
-                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {where}:{line} repeats line "
-                f"{earlier}): repeats weigh more in training; remove them unless that is meant"
+                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {_at(where, line, s.container)} repeats "
+                f"{_unit(s.container)} {earlier}): repeats weigh more in training; remove them unless that is meant"
             )
         if s.truncated:
             longest = f" (the longest: {s.lengths.max})" if s.lengths and s.lengths.max > limit else ""
@@ -297,8 +298,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if o.records:
             line, train_line = o.lines[0]
             out.append(
-                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {ds.path}:{line} = "
-                f"{train_path}:{train_line}): {effect}; remove them from one side"
+                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {_at(ds.path, line, ds.container)} = "
+                f"{_at(train_path, train_line, splits.train.container)}): {effect}; remove them from one side"
             )
         if o.split == "test" and o.prompts and o.prompts > o.records:
             out.append(
@@ -306,3 +307,13 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
                 "with a different answer: test results partly measure recall of training prompts"
             )
     return out
+
+
+def _unit(container: str | None) -> str:
+    """Where a record of this container is: a line, or a row (Parquet, Arrow)."""
+    return containers.READERS[container].unit if container else "line"
+
+
+def _at(path: str | None, line: int, container: str | None) -> str:
+    """A record's place as errors write it: 'file:17', or 'file, row 17'."""
+    return f"{path}:{line}" if _unit(container) == "line" else f"{path}, row {line}"

@@ -209,7 +209,7 @@ def test_packed_longrope_factors_chosen_per_row_by_its_longest_record(tmp_path):
     assert moved > 1e-3
 
 
-@pytest.mark.parametrize("label,checkpoint", [("tied-gqa", False), ("gemma3", True)])
+@pytest.mark.parametrize("label,checkpoint", [("tied-gqa", False), ("gemma3", True), ("phi3-longrope-long", False)])
 def test_trainer_steps_on_a_packed_batch_as_on_the_unpacked_one(label, checkpoint, tiny_model, tmp_path):
     """The trainer's compiled step (alone, accumulated over micro-batches, with checkpointed blocks), its
     evaluation and its log-probabilities: a packed batch gives the unpacked batch's numbers, and unpacked batches
@@ -218,7 +218,7 @@ def test_trainer_steps_on_a_packed_batch_as_on_the_unpacked_one(label, checkpoin
     from mlxtune.training.config import TrainConfig
 
     model_dir = tiny_model if label == "tied-gqa" else make_tiny_model(tmp_path / "model", **TINY_VARIANTS[label])
-    records = make_records(320, LENGTHS, seed=3)
+    records = make_records(320, CASES[label], seed=3)
     packed, flat = pack(records, ROWS, T_ROW), unpacked(records)
     cfg = TrainConfig(rank=4, alpha=8.0, learning_rate=1e-3, iters=4, seed=0, grad_checkpoint=checkpoint)
     results = {}

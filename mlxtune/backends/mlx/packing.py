@@ -68,8 +68,8 @@ class PackedRope(nn.Module):
     """An attention's rope that also rotates by a packed batch's per-token positions (``PackedPositions``).
 
     Called with anything else as ``offset`` (an int, a KV cache's array) it
-    is the wrapped module. The wrapped module is an underscored attribute: not
-    a child in the module tree, so parameter and module names are unchanged.
+    is the wrapped module. The wrapped module is an underscored attribute,
+    which mlx leaves out of ``parameters()``: parameter names are unchanged.
     """
 
     def __init__(self, rope: nn.Module):
@@ -133,7 +133,11 @@ class PackedCache:
 
 
 def packed_logits(model: nn.Module, inputs: mx.array, positions: mx.array, segments: mx.array) -> mx.array:
-    """(B, T, V) logits of a packed batch: each record as if it were alone in its row."""
+    """(B, T, V) logits of a packed batch: each record as if it were alone in its row.
+
+    Wraps the ropes if they are not yet; a compiled step wraps them before it is first traced (the trainer does it
+    when it loads the model), since wrapping changes the state tree the compiled function holds.
+    """
     use_packed_rope(model)
     cache = PackedCache(positions, segments)
     return model(inputs, cache=[cache] * len(model.layers))

@@ -22,7 +22,7 @@ from ...models.config import implied_fields
 from ...training.objectives import CROSS_ENTROPY, Objective
 from ...runtime import ComputeChoice
 from .longrope import use_transformers_longrope
-from .packing import packed_logits
+from .packing import packed_logits, use_packed_rope
 from .weights import DTYPES, cast, dequantize_model
 
 
@@ -211,6 +211,9 @@ class MlxTrainer:
         self.keys = resolve_target_modules(self.model, cfg.target_modules, self.num_layers)
         apply_adapters(self.model, self.num_layers, self.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
         trainable_only(self.model)
+        # Before any step is compiled (the compiled steps hold the model's state tree): a packed batch's rope at
+        # per-token positions; with an integer offset, or none, each wrapped rope is the module itself.
+        use_packed_rope(self.model)
         if cfg.grad_checkpoint:
             checkpoint_blocks(self.model)
         self.n_trainable = sum(v.size for v in adapter_weights(self.model).values())

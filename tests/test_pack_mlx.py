@@ -187,6 +187,38 @@ def test_packed_loss_and_grads_equal_unpacked_batch(variant):
         assert d_grads[worst] < GRADS, f"{worst}: {d_grads[worst]:.2e}"
 
 
+def test_packed_loss_and_grads_equal_numpy_packed(variant):
+    """The mlx and the numpy backend on the same packed batch (the numpy side's packing: the "packnp17" branch)."""
+    import inspect
+
+    from mlxtune.backends.numpy.model import NumpyLlama
+
+    if "positions" not in inspect.signature(NumpyLlama.loss_and_grads).parameters:
+        pytest.skip("the numpy backend takes no packed batches in this tree (its packing is on the packnp17 branch)")
+    label, model_dir = variant
+    ours, theirs = adapted_pair(model_dir)
+    batch = pack(make_records(ours.config.vocab_size, CASES[label], seed=5), ROWS, T_ROW)
+    loss_mx, n_mx, grads_mx = mlx_loss_and_grads(theirs, batch)
+    loss_np, n_np, grads_np = ours.loss_and_grads(batch.inputs, batch.targets, batch.mask, positions=batch.positions, segments=batch.segments)
+    d_loss = scaled_diff(loss_np, loss_mx)
+    d_grads = {k: grad_diff(grads_np[k], grads_mx[k]) for k in grads_np}
+    worst = max(d_grads, key=d_grads.get)
+    print(f"\n[{label}] packed, numpy vs mlx: loss {loss_np:.7f} vs {loss_mx:.7f} ({d_loss:.2e}), worst gradient {d_grads[worst]:.2e} ({worst})")
+    assert n_np == n_mx and set(grads_np) == set(grads_mx)
+    assert d_loss < LOSS
+    assert d_grads[worst] < GRADS, f"{worst}: {d_grads[worst]:.2e}"
+
+
+def test_summed_loss_of_a_packed_batch(tiny_model):
+    """The backend's summed loss (``inference``'s evaluation path) takes a packed batch: the unpacked one's sum."""
+    from mlxtune.backends.mlx.backend import MlxBackend
+
+    model = adapted_pair(tiny_model)[1]
+    records = make_records(320, LENGTHS, seed=6)
+    (s_p, n_p), (s_u, n_u) = (MlxBackend().summed_loss(model, b) for b in (pack(records, ROWS, T_ROW), unpacked(records)))
+    assert n_p == n_u and scaled_diff(s_p, s_u) < LOSS
+
+
 def test_packed_longrope_factors_chosen_per_row_by_its_longest_record(tmp_path):
     """Row 0 holds records within phi3's original context (8 positions: short factors), row 1 one beyond it (long
     factors for the whole row): each record of row 0 and the long record of row 1 equal the record alone."""

@@ -11,6 +11,8 @@ model for ``LengthLongRoPE``, which decides per call; the mlx backend calls it
 in one place, where it loads a model (``trainer.load_model``), so training,
 evaluation, generation and fusing through mlxtune all compute it. (mlx-lm's
 PR #660, "Fix SuScaledRoPE", made the same change upstream, after 0.32.2.)
+In a packed batch (``packing.py``) each row chooses by its longest record, the
+length that record alone would have (``LengthLongRoPE.packed``).
 """
 
 from __future__ import annotations

@@ -304,3 +304,18 @@ def test_a_packed_run_on_mlx(tiny_model, tmp_path):
     assert packed.steps <= unpacked.steps / 3 and packed.trained_tokens == unpacked.trained_tokens
     assert all(np.isfinite(losses + val)) and val
     assert scaled_diff(losses[0], losses_np[0]) < LOSS
+
+
+def test_a_rope_that_depends_on_the_length_is_refused(tmp_path):
+    """Dynamic NTK scaling takes its base from the sequence's length: a packed row cannot give each record its own,
+    so a packed batch is refused with what to do (an unpacked one still trains)."""
+    from mlxtune.backends.mlx.trainer import load_model
+    from mlxtune.errors import UnsupportedModelError
+
+    model_dir = make_tiny_model(tmp_path / "model", rope_scaling={"type": "dynamic", "factor": 2.0}, max_position_embeddings=16)
+    model = load_model(model_dir)[0]
+    records = make_records(320, LENGTHS, seed=7)
+    flat, packed = unpacked(records), pack(records, ROWS, T_ROW)
+    assert np.isfinite(f32(token_log_probs(model, mx.array(flat.inputs), mx.array(flat.targets)))).all()
+    with pytest.raises(UnsupportedModelError, match="train without --pack"):
+        token_log_probs(model, *(mx.array(a) for a in (packed.inputs, packed.targets, packed.positions, packed.segments)))

@@ -38,15 +38,24 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from ...errors import UnsupportedModelError
+
+# mlx-lm ropes whose frequencies depend on the sequence's length, which per-token offsets do not give them
+LENGTH_DEPENDENT = ("DynamicNTKScalingRoPE",)
+
 
 class PackedPositions:
     """A packed forward's ``cache.offset``: each input token's position within its record, (B, T) int32."""
 
     def __init__(self, positions: mx.array):
         self.positions = positions
+        self.rotations = 0  # calls, counted at trace time (``packed_logits`` checks every rope took them)
 
     def rotate(self, rope, x: mx.array) -> mx.array:
         """``rope`` applied to the heads ``x`` (B, H, T, D) at the per-token positions."""
+        if type(rope).__name__ in LENGTH_DEPENDENT:
+            raise UnsupportedModelError(f"--pack: this model's rope ({type(rope).__name__}) depends on the sequence's length, which a packed row does not give each record; train without --pack")
+        self.rotations += 1
         packed = getattr(rope, "packed", None)
         if packed is not None:  # a rope whose frequencies depend on the row (LongRoPE)
             return packed(x, self.positions)
@@ -120,10 +129,12 @@ class PackedCache:
         self.offset = PackedPositions(positions)
         self.segments = segments
         self._masks: dict[int | None, mx.array] = {}
+        self.masks_made = 0
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None) -> mx.array:
         if N != self.segments.shape[1]:
             raise ValueError(f"a packed forward takes the whole row at once ({self.segments.shape[1]} tokens), not {N}")
+        self.masks_made += 1
         if window_size not in self._masks:
             self._masks[window_size] = block_causal_mask(self.segments, window_size)
         return self._masks[window_size]
@@ -138,6 +149,12 @@ def packed_logits(model: nn.Module, inputs: mx.array, positions: mx.array, segme
     Wraps the ropes if they are not yet; a compiled step wraps them before it is first traced (the trainer does it
     when it loads the model), since wrapping changes the state tree the compiled function holds.
     """
-    use_packed_rope(model)
+    ropes = use_packed_rope(model)
     cache = PackedCache(positions, segments)
-    return model(inputs, cache=[cache] * len(model.layers))
+    logits = model(inputs, cache=[cache] * len(model.layers))
+    # A model that builds its mask or rotates without its cache would attend across records: refuse it. (Counted
+    # while mx.compile traces; a compiled step does not run this Python again.)
+    if cache.masks_made == 0 or cache.offset.rotations != 2 * ropes:
+        kind = getattr(model, "model_type", type(model).__module__)
+        raise UnsupportedModelError(f"--pack: model type '{kind}' does not take its attention mask and rope positions from the cache as mlxtune's packing needs (masks {cache.masks_made}, rotations {cache.offset.rotations} of {2 * ropes}); train without --pack")
+    return logits

@@ -21,9 +21,9 @@ import mlx.nn as nn  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from mlxtune.backends.mlx.trainer import loss_fn, packed_loss_fn, token_log_probs  # noqa: E402
-from test_parity import TINY_VARIANTS, adapted_pair, f32  # noqa: E402
+from test_parity import TINY_VARIANTS, adapted_pair, f32, smollm2_batch, smollm2_dir  # noqa: E402,F401 (a fixture)
 from tiny import make_tiny_model  # noqa: E402
-from tolerances import GRADS, LOSS, TINY_LOGITS, grad_diff, scaled_diff  # noqa: E402
+from tolerances import GRADS, LOSS, SMOL_GRADS, SMOL_LOSS, TINY_LOGITS, grad_diff, scaled_diff  # noqa: E402
 
 
 class Batch:
@@ -319,3 +319,22 @@ def test_a_rope_that_depends_on_the_length_is_refused(tmp_path):
     assert np.isfinite(f32(token_log_probs(model, mx.array(flat.inputs), mx.array(flat.targets)))).all()
     with pytest.raises(UnsupportedModelError, match="train without --pack"):
         token_log_probs(model, *(mx.array(a) for a in (packed.inputs, packed.targets, packed.positions, packed.segments)))
+
+
+@pytest.mark.e2e
+def test_smollm2_packed_chat_records_equal_unpacked(smollm2_dir):
+    """SmolLM2-135M (30 blocks), LoRA on every linear layer: three chat records packed into one row give the loss and
+    gradients of the same records as an unpacked batch (mlx both times: the mask and the positions, at scale)."""
+    from mlxtune.runtime import choose_compute
+
+    batch = smollm2_batch(smollm2_dir, n_records=3, max_seq_len=128)
+    records = [(np.append(batch.inputs[b, :n], batch.targets[b, n - 1]), np.append(False, batch.mask[b, :n] > 0)) for b, n in enumerate(batch.lengths)]
+    T = -(-sum(len(tokens) - 1 for tokens, _ in records) // 8) * 8
+    theirs = adapted_pair(smollm2_dir, compute=choose_compute("cpu"), rank=8, scale=2.0, b_std=0.02)[1]
+    loss_p, n_p, grads_p = mlx_loss_and_grads(theirs, pack(records, [list(range(len(records)))], T))
+    loss_u, n_u, grads_u = mlx_loss_and_grads(theirs, unpacked(records))
+    d_grads = {k: grad_diff(grads_p[k], grads_u[k]) for k in grads_u}
+    worst = max(d_grads, key=d_grads.get)
+    print(f"\n[smollm2 packed] one row of {T}: loss {loss_p:.7f} vs {loss_u:.7f}, {len(d_grads)} gradients, worst {d_grads[worst]:.2e} ({worst})")
+    assert n_p == n_u and scaled_diff(loss_p, loss_u) < SMOL_LOSS
+    assert d_grads[worst] < SMOL_GRADS

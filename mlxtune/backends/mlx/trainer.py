@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -222,9 +223,7 @@ class MlxTrainer:
         self.seed = cfg.seed
         self.steps_taken = 0
         self.objective = objectives.get(cfg.objective)
-        self._steps = {False: make_train_step(self.model, self.optimizer, cfg.grad_clip, self.objective)}  # by packed
-        self._grads: dict[bool, object] = {}  # compiled on the first accumulated step (of each kind)
-        self._evals = {False: make_eval_step(self.model, self.objective)}
+        self._compiled: dict[tuple[str, bool], Callable] = {}  # ("step" | "grads" | "eval", packed): see ``compiled``
         self._np = np
 
     def step(self, batch, lr: float) -> tuple[float, int]:
@@ -237,10 +236,7 @@ class MlxTrainer:
         self._seed_step()
         self.steps_taken += 1
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        packed = is_packed(parts[0])
-        if packed not in self._steps:
-            self._steps[packed] = make_train_step(self.model, self.optimizer, self.grad_clip, self.objective, packed)
-        loss, n = self._steps[packed](*to_device(parts[0], self.objective))
+        loss, n = self.compiled("step", parts[0])(*to_device(parts[0], self.objective))
         mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
         return loss.item(), int(n.item())
 
@@ -256,10 +252,7 @@ class MlxTrainer:
         sums = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
         loss_sum, total = 0.0, 0.0
         for b in parts:
-            packed = is_packed(b)
-            if packed not in self._grads:
-                self._grads[packed] = make_grad_step(self.model, self.objective, packed)
-            loss, n, g = self._grads[packed](*to_device(b, self.objective))
+            loss, n, g = self.compiled("grads", b)(*to_device(b, self.objective))
             sums = {k: sums[k] + v * n.astype(v.dtype) for k, v in tree_flatten(g)}
             mx.eval(loss, n, sums)
             loss_sum += loss.item() * n.item()
@@ -278,16 +271,26 @@ class MlxTrainer:
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
 
+    def compiled(self, kind: str, batch) -> Callable:
+        """The compiled function of ``kind`` ("step", "grads" or "eval") for ``batch``'s layout (packed or not),
+        made on first use: a run without packed batches never builds a packed graph."""
+        key = (kind, is_packed(batch))
+        if key not in self._compiled:
+            if kind == "step":
+                self._compiled[key] = make_train_step(self.model, self.optimizer, self.grad_clip, self.objective, key[1])
+            elif kind == "grads":
+                self._compiled[key] = make_grad_step(self.model, self.objective, key[1])
+            else:
+                self._compiled[key] = make_eval_step(self.model, self.objective, key[1])
+        return self._compiled[key]
+
     def _seed_step(self, rank: int = 0) -> None:
         mx.random.seed((self.seed * 1_000_003 + self.steps_taken + 1) * 64 + rank)
 
     def evaluate(self, batch) -> tuple[float, int]:
         self.model.eval()  # no dropout: a validation loss must not depend on the random state
         try:
-            packed = is_packed(batch)
-            if packed not in self._evals:
-                self._evals[packed] = make_eval_step(self.model, self.objective, packed)
-            s, n = self._evals[packed](*to_device(batch, self.objective))
+            s, n = self.compiled("eval", batch)(*to_device(batch, self.objective))
             mx.eval(s, n)
         finally:
             self.model.train()

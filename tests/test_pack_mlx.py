@@ -93,7 +93,12 @@ def mlx_loss_and_grads(model, batch: Batch):
 # each row (by its longest record) and each record alone take the long factors.
 LENGTHS = (10, 7, 13, 6)
 ROWS = [[0, 1, 3], [2]]
-CASES = {name: LENGTHS for name in TINY_VARIANTS} | {"phi3-longrope-long": (10, 11, 13, 12)}
+# test_parity's families, and mistral (mlx-lm's llama) and llama 3's rope scaling (Llama3RoPE: its own frequencies)
+VARIANTS = TINY_VARIANTS | {
+    "mistral": {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
+    "llama3-rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
+}
+CASES = {name: LENGTHS for name in VARIANTS} | {"phi3-longrope-long": (10, 11, 13, 12)}
 T_ROW = 30
 
 
@@ -101,7 +106,7 @@ T_ROW = 30
 def variant(request, tiny_model, tmp_path_factory):
     if request.param == "tied-gqa":
         return request.param, tiny_model
-    return request.param, make_tiny_model(tmp_path_factory.mktemp(request.param) / "model", **TINY_VARIANTS[request.param])
+    return request.param, make_tiny_model(tmp_path_factory.mktemp(request.param) / "model", **VARIANTS[request.param])
 
 
 ROPES = {
@@ -251,7 +256,7 @@ def test_trainer_steps_on_a_packed_batch_as_on_the_unpacked_one(label, checkpoin
     from mlxtune.backends import open_trainer
     from mlxtune.training.config import TrainConfig
 
-    model_dir = tiny_model if label == "tied-gqa" else make_tiny_model(tmp_path / "model", **TINY_VARIANTS[label])
+    model_dir = tiny_model if label == "tied-gqa" else make_tiny_model(tmp_path / "model", **VARIANTS[label])
     records = make_records(320, CASES[label], seed=3)
     packed, flat = pack(records, ROWS, T_ROW), unpacked(records)
     cfg = TrainConfig(rank=4, alpha=8.0, learning_rate=1e-3, iters=4, seed=0, grad_checkpoint=checkpoint)

@@ -2,8 +2,8 @@
 
 Records of different lengths are packed by hand into rows (their shifted pairs one after the other, positions
 restarting, segment ids 1, 2, ...; 0 on padding), the layout ``data.batching.Batch`` documents. On every family
-mlxtune supports (tiny models: llama with GQA, qwen3's q/k norms, gemma3's sliding window smaller than a record,
-phi3's partial rotary and LongRoPE, smollm3's layers without rope):
+mlxtune supports (tiny models: llama with GQA and with llama 3's rope scaling, mistral, qwen2, qwen3's q/k norms,
+gemma3's sliding window smaller than a record, phi3's partial rotary and LongRoPE, smollm3's layers without rope):
 
 * the log-probabilities of each record in a packed row equal those of the record alone;
 * the loss and every LoRA gradient of the packed batch equal those of the same records as one unpacked batch, on

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import containers
 from .examples import ExampleStore, encode_chunks
 from .records import Dataset, Splits, load_data, trains_prompt_masked
 from ..errors import DataError
@@ -51,6 +52,7 @@ class SplitReport:
     no_target: int = 0  # records with no trained token within max_seq_len (training skips them)
     duplicates: int = 0  # records equal to an earlier record of the same split
     duplicate_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, line it repeats)
+    container: str | None = None  # how its file stores records (data.containers): jsonl, json, csv, tsv, parquet, arrow, text
 
 
 @dataclass
@@ -104,17 +106,19 @@ def check(
     offline: bool | None = None,
     skip_bad_lines: bool = False,
     thinking: bool = False,
+    fields: Mapping[str, str] | None = None,
 ) -> DataReport:
     """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer
     (its chat template rendering with thinking on or off, as lora's ``--thinking`` says).
 
     The data is read before the model, so a broken file fails fast (or, with
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
+    ``fields`` (``--field``) renames columns, as lora's.
     """
     from ..models.source import open_model
     from ..models.tokenizer import load_tokenizer
 
-    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
+    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines, fields=fields)
     opened = open_model(model, offline=offline)
     tokenizer = load_tokenizer(opened.path, thinking=thinking)
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
@@ -190,7 +194,7 @@ def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping
     keys = {name: _Keys.of(ds) for name, ds in _named(splits)}  # one pass over each split's records
     reports = []
     for name, ds in _named(splits):
-        s = SplitReport(name, ds.path, len(ds))
+        s = SplitReport(name, ds.path, len(ds), container=ds.container)
         t = tokens.get(name)
         if t is not None and len(t.lengths):
             s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets
@@ -278,8 +282,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if s.duplicates:
             line, earlier = s.duplicate_lines[0]
             out.append(
-                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {where}:{line} repeats line "
-                f"{earlier}): repeats weigh more in training; remove them unless that is meant"
+                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {_at(where, line, s.container)} repeats "
+                f"{_unit(s.container)} {earlier}): repeats weigh more in training; remove them unless that is meant"
             )
         if s.truncated:
             longest = f" (the longest: {s.lengths.max})" if s.lengths and s.lengths.max > limit else ""
@@ -299,8 +303,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if o.records:
             line, train_line = o.lines[0]
             out.append(
-                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {ds.path}:{line} = "
-                f"{train_path}:{train_line}): {effect}; remove them from one side"
+                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {_at(ds.path, line, ds.container)} = "
+                f"{_at(train_path, train_line, splits.train.container)}): {effect}; remove them from one side"
             )
         if o.split == "test" and o.prompts and o.prompts > o.records:
             out.append(
@@ -308,3 +312,13 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
                 "with a different answer: test results partly measure recall of training prompts"
             )
     return out
+
+
+def _unit(container: str | None) -> str:
+    """Where a record of this container is: a line, or a row (Parquet, Arrow)."""
+    return containers.READERS[container].unit if container else "line"
+
+
+def _at(path: str | None, line: int, container: str | None) -> str:
+    """A record's place as errors write it: 'file:17', or 'file, row 17'."""
+    return f"{path}:{line}" if _unit(container) == "line" else f"{path}, row {line}"

@@ -57,13 +57,34 @@ class Example:
 
 @dataclass
 class Batch:
-    """Padded arrays for one step; row b is real for its first ``lengths[b]`` positions."""
+    """Padded arrays for one step; row b is real for its first ``lengths[b]`` positions.
+
+    An unpacked batch holds one record per row and ``positions`` and
+    ``segments`` are None. A packed batch (``--pack``) holds several records per
+    row, each contributing its own shifted pairs ``tokens[:-1] -> tokens[1:]``
+    (a target never crosses a record boundary), one after the other, then
+    padding; ``inputs``/``targets``/``mask``/``lengths`` keep their meaning
+    (``lengths[b]`` = the real positions of row b, all its records together).
+    Two (B, T) int32 arrays then say where each input token sits:
+
+    - ``positions[b, t]``: the token's position within its own record (0, 1, ...;
+      0 on padding); rotary embeddings use it instead of ``t``;
+    - ``segments[b, t]``: which record of the row the token belongs to (1, 2, ...;
+      0 on padding).
+
+    Attention of query t to key s in row b is allowed iff ``s <= t`` and
+    ``segments[b, s] == segments[b, t]`` (a sliding-window layer also needs
+    ``t - s < window``): block-diagonal causal, so each record sees only itself
+    and its loss and gradients equal those of the record alone.
+    """
 
     inputs: np.ndarray  # (B, T) int32
     targets: np.ndarray  # (B, T) int32
     mask: np.ndarray  # (B, T) float32, 1 where the target is trained
     lengths: np.ndarray  # (B,) int32, unpadded length of each row
     n_tokens: int  # trained targets in the batch, sum(mask)
+    positions: np.ndarray | None = None  # (B, T) int32, position within the record; None when unpacked
+    segments: np.ndarray | None = None  # (B, T) int32, record number in the row (1, 2, ...), 0 on padding
 
 
 # ------------------------------------------------------------------ encoding

@@ -21,6 +21,10 @@ compute the loss the same way, as the mean over trained tokens::
     loss = sum(CE(logits, targets) * mask) / sum(mask)
 
 so a batch's loss does not depend on how much padding or prompt it carries.
+
+Packing (``--pack``, ``pack_rows``) puts several records in a row of up to
+``max_seq_len`` input tokens, each attending to itself only (see ``Batch``):
+short records then fill rows instead of padding them.
 """
 
 from __future__ import annotations
@@ -145,10 +149,55 @@ def encode_dataset(
 
 
 def epoch_steps(n_examples: int, batch_size: int) -> int:
-    """Steps in one pass over the data; the last batch of an epoch may be smaller."""
+    """Steps in one pass over the data; the last batch of an epoch may be smaller.
+
+    ``n_examples`` counts rows: examples, or packed rows (``batch_rows``).
+    """
     if n_examples <= 0:
         return 0
     return math.ceil(n_examples / min(batch_size, n_examples))
+
+
+def _lengths(examples: Sequence[Example]) -> np.ndarray:
+    return np.array([len(examples[i]) for i in range(len(examples))], dtype=np.int64)
+
+
+def pack_rows(lengths: np.ndarray, capacity: int, order: np.ndarray | None = None) -> list[np.ndarray]:
+    """Examples (by index) into rows of at most ``capacity`` input tokens: best-fit decreasing.
+
+    An example of L tokens takes L - 1 input positions (``make_packed_batch``).
+    Taken from the longest down, each goes into the row it fills most
+    closely, or a new row. Among examples of equal length ``order`` (a
+    permutation; None: by index) decides which goes first, so a shuffled
+    order changes which records share a row but never how many rows there
+    are: the number of rows of a data set is the same in every epoch.
+    """
+    sizes = np.asarray(lengths, dtype=np.int64) - 1  # input tokens of each example
+    if len(sizes) and sizes.max() > capacity:
+        raise ValueError(f"an example of {sizes.max() + 1} tokens does not fit rows of {capacity} input tokens")
+    order = np.arange(len(sizes)) if order is None else np.asarray(order)
+    order = order[np.argsort(-sizes[order], kind="stable")]  # longest first, ties as ``order`` has them
+    rows: list[list[int]] = []
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # room left -> rows with that much room
+    has_room = np.zeros(capacity + 1, dtype=bool)  # by_room[r] is not empty
+    for i in order.tolist():
+        size = int(sizes[i])
+        r = size + int(has_room[size:].argmax())  # the least room that fits, if any
+        if has_room[r]:
+            row = by_room[r].pop()
+            has_room[r] = bool(by_room[r])
+            rows[row].append(i)
+        else:
+            row, r = len(rows), capacity
+            rows.append([i])
+        by_room[r - size].append(row)
+        has_room[r - size] = True
+    return [np.array(row, dtype=np.int64) for row in rows]
+
+
+def batch_rows(examples: Sequence[Example], pack: int | None = None) -> int:
+    """The rows an epoch of ``examples`` makes: one per example, or packed into rows of ``pack`` input tokens."""
+    return len(examples) if pack is None else len(pack_rows(_lengths(examples), pack))
 
 
 class BatchIterator:
@@ -158,6 +207,10 @@ class BatchIterator:
     then hold every example); ``batch_size`` is the size actually used.
     ``consumed`` counts the batches handed out, and ``skip(n)`` passes over n
     without building them: a resumed run picks up the order where it stopped.
+
+    ``pack``: rows of up to this many input tokens, each holding as many
+    examples as fit (``pack_rows``, on each epoch's seeded shuffle);
+    ``batch_size`` then counts rows, and each batch is a packed ``Batch``.
     """
 
     def __init__(
@@ -168,17 +221,20 @@ class BatchIterator:
         loop: bool,
         pad_multiple: int = 8,
         shard: tuple[int, int] = (0, 1),
+        pack: int | None = None,
     ):
         if not examples:
             raise DataError("no examples to train on: every record was empty or dropped")
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        n = len(examples)
-        self.examples = examples
+        self.examples, self.pack = examples, pack
+        self.lengths = _lengths(examples)
+        self.rows = n = len(examples) if pack is None else len(pack_rows(self.lengths, pack))  # rows per epoch
         self.batch_size = min(batch_size, n)
         self.steps_per_epoch = epoch_steps(n, batch_size)
+        what = "examples" if pack is None else f"packed rows (of {len(examples)} examples)"
         self.note = (
-            f"only {n} examples, fewer than the batch size {batch_size}: using batches of {n}"
+            f"only {n} {what}, fewer than the batch size {batch_size}: using batches of {n}"
             if n < batch_size
             else None
         )
@@ -193,40 +249,48 @@ class BatchIterator:
     def __next__(self) -> Batch | None:
         """The next batch (this rank's share of it; None when that share is empty)."""
         rank, size = self.shard
-        chunk = next(self._chunks)[rank::size]
+        chunk = next(self._chunks)[rank::size]  # example indices, or packed rows of them
         self.consumed += 1
-        return make_batch([self.examples[i] for i in chunk], self._pad_multiple) if len(chunk) else None
+        if not len(chunk):
+            return None
+        if self.pack is not None:
+            return make_packed_batch([[self.examples[i] for i in row] for row in chunk], self._pad_multiple)
+        return make_batch([self.examples[i] for i in chunk], self._pad_multiple)
 
     def skip(self, n: int) -> None:
         for _ in range(n):
             next(self._chunks)
             self.consumed += 1
 
-    def _order(self, rng: np.random.Generator, loop: bool) -> Iterator[np.ndarray]:
-        lengths = np.array([len(e) for e in self.examples])
+    def _order(self, rng: np.random.Generator, loop: bool) -> Iterator[np.ndarray | list[np.ndarray]]:
         bs = self.batch_size
         while True:
+            rows, lengths = None, self.lengths
+            if self.pack is not None:  # packed anew each epoch, from a shuffle: other records share a row
+                rows = pack_rows(self.lengths, self.pack, rng.permutation(len(self.lengths)))
+                lengths = np.array([int(self.lengths[row].sum()) - len(row) for row in rows])  # input tokens of each row
             # Sort by length (ties broken at random, so equal-length examples meet
             # different neighbours each epoch), chunk, and shuffle the chunks.
             order = rng.permutation(len(lengths))
             order = order[np.argsort(lengths[order], kind="stable")]
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             for c in rng.permutation(len(chunks)):
-                yield chunks[c]
+                yield chunks[c] if rows is None else [rows[j] for j in chunks[c]]
             if not loop:
                 return
 
 
 def iterate_batches(
-    examples: Sequence[Example], batch_size: int, seed: int, loop: bool, shard: tuple[int, int] = (0, 1)
+    examples: Sequence[Example], batch_size: int, seed: int, loop: bool, shard: tuple[int, int] = (0, 1), pack: int | None = None
 ) -> BatchIterator:
     """Batches of similar-length examples in a seeded random order.
 
     Grouping by length keeps padding small; padding T to a multiple of 8 keeps
     the number of distinct shapes (and so of compiled graphs) small. With
     ``loop`` the examples are reshuffled into new batches each epoch, forever.
+    ``pack``: packed rows of up to this many input tokens (``BatchIterator``).
     """
-    return BatchIterator(examples, batch_size, seed, loop, shard=shard)
+    return BatchIterator(examples, batch_size, seed, loop, shard=shard, pack=pack)
 
 
 def make_batch(examples: Sequence[Example], pad_multiple: int = 8) -> Batch:
@@ -243,3 +307,32 @@ def make_batch(examples: Sequence[Example], pad_multiple: int = 8) -> Batch:
         targets[b, :n] = e.tokens[1:]
         mask[b, :n] = e.loss_mask[1:]
     return Batch(inputs, targets, mask, lengths, int(mask.sum()))
+
+
+def make_packed_batch(rows: Sequence[Sequence[Example]], pad_multiple: int = 8) -> Batch:
+    """A packed ``Batch``: each row the examples' shifted pairs one after the other, then padding.
+
+    An example contributes ``tokens[:-1] -> tokens[1:]`` (mask ``loss_mask[1:]``)
+    at positions 0 .. L-2 of its own, numbered as the row's j-th segment (1, 2, ...).
+    """
+    sizes = [[max(len(e) - 1, 0) for e in row] for row in rows]
+    lengths = np.array([sum(s) for s in sizes], dtype=np.int32)
+    T = max(int(lengths.max()), 1)
+    T = -(-T // pad_multiple) * pad_multiple
+    B = len(rows)
+    inputs = np.zeros((B, T), dtype=np.int32)  # (B, T)
+    targets = np.zeros((B, T), dtype=np.int32)  # (B, T)
+    mask = np.zeros((B, T), dtype=np.float32)  # (B, T)
+    positions = np.zeros((B, T), dtype=np.int32)  # (B, T)
+    segments = np.zeros((B, T), dtype=np.int32)  # (B, T)
+    for b, (row, row_sizes) in enumerate(zip(rows, sizes)):
+        t = 0
+        for j, (e, n) in enumerate(zip(row, row_sizes), start=1):
+            tokens = e.tokens
+            inputs[b, t : t + n] = tokens[:-1]
+            targets[b, t : t + n] = tokens[1:]
+            mask[b, t : t + n] = e.loss_mask[1:]
+            positions[b, t : t + n] = np.arange(n)
+            segments[b, t : t + n] = j
+            t += n
+    return Batch(inputs, targets, mask, lengths, int(mask.sum()), positions, segments)

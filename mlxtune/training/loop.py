@@ -188,10 +188,13 @@ class Run:
         self.pending = (state or {}).get("pending_validation")  # a step whose validation a stop cut short
         self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
         self.seconds_before = (state or {}).get("train_seconds", 0.0)
-        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size))
+        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size),
+                                       pack=cfg.max_seq_len if cfg.pack else None)
         self.val_plan = self.validation_plan()
         if self.batches.note and not state:
             self.on_event(Event("note", {"message": self.batches.note}))
+        if cfg.pack and not state:  # validation batches stay one record a row (their loss is the same either way)
+            self.on_event(Event("note", {"message": f"--pack: {len(setup.train_set)} training records in {self.batches.rows} rows of up to {cfg.max_seq_len} tokens"}))
         if state:
             self.batches.skip(state["batches_drawn"])
         if state and self.world.main:

@@ -90,7 +90,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
 
     ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
     """
-    from ..data.batching import encode_dataset, epoch_steps
+    from ..data.batching import batch_rows, encode_dataset, epoch_steps
     from ..data.records import load_data, trains_prompt_masked
     from ..models.source import open_model
 
@@ -134,7 +134,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     for warning in report.warnings:
         on_event(Event("note", {"message": warning}))
 
-    steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size * cfg.grad_accumulation)
+    steps_per_epoch = epoch_steps(batch_rows(train_set, cfg.max_seq_len if cfg.pack else None), cfg.batch_size * cfg.grad_accumulation)
     if cfg.iters is not None:
         total = int(cfg.iters)
     else:

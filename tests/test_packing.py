@@ -228,3 +228,18 @@ def test_the_plan_of_a_packed_run_is_rows_of_max_seq_len():
     assert batch_seq_len([20, 30, 12], 512) == 32  # unpacked: the longest record
     assert batch_seq_len([20, 30, 12], 512, pack=True) == 64  # packed: the records' 59 inputs in one row
     assert batch_seq_len([200] * 10, 512, pack=True) == 512 and batch_seq_len(None, 512, pack=True) == 512
+
+
+def test_plan_command_plans_packed_rows(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from mlxtune.cli import cli
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": "hello world " * n}) + "\n" for n in (1, 3, 10, 2, 4, 5, 6, 7, 8, 9) * 4))
+    seq_len = {}
+    for flag in ("--no-pack", "--pack"):
+        r = CliRunner().invoke(cli, ["plan", "--model", str(tiny_model), "--data", str(data), "--backend", "numpy", "--max-seq-len", "256", flag, "--json"])
+        assert r.exit_code == 0, r.output
+        seq_len[flag] = json.loads(r.output)["estimate"]["seq_len"]
+    assert seq_len["--no-pack"] < seq_len["--pack"] == 256  # the longest record's, then whole rows of --max-seq-len

@@ -179,19 +179,20 @@ def pack_rows(lengths: np.ndarray, capacity: int, order: np.ndarray | None = Non
     order = order[np.argsort(-sizes[order], kind="stable")]  # longest first, ties as ``order`` has them
     rows: list[list[int]] = []
     by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # room left -> rows with that much room
-    has_room = np.zeros(capacity + 1, dtype=bool)  # by_room[r] is not empty
-    for i in order.tolist():
-        size = int(sizes[i])
-        r = size + int(has_room[size:].argmax())  # the least room that fits, if any
-        if has_room[r]:
+    has_room = 0  # bit r set: by_room[r] is not empty (a Python int: finding the least room that fits is two int ops)
+    for i, size in zip(order.tolist(), sizes[order].tolist()):
+        fits = has_room >> size
+        if fits:
+            r = size + (fits & -fits).bit_length() - 1  # the least room that fits
             row = by_room[r].pop()
-            has_room[r] = bool(by_room[r])
+            if not by_room[r]:
+                has_room &= ~(1 << r)
             rows[row].append(i)
         else:
             row, r = len(rows), capacity
             rows.append([i])
         by_room[r - size].append(row)
-        has_room[r - size] = True
+        has_room |= 1 << (r - size)
     return [np.array(row, dtype=np.int64) for row in rows]
 
 
@@ -229,7 +230,9 @@ class BatchIterator:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.examples, self.pack = examples, pack
         self.lengths = _lengths(examples)
-        self.rows = n = len(examples) if pack is None else len(pack_rows(self.lengths, pack))  # rows per epoch
+        rng = np.random.default_rng(seed)
+        first = None if pack is None else pack_rows(self.lengths, pack, rng.permutation(len(examples)))  # the first epoch's rows
+        self.rows = n = len(examples) if first is None else len(first)  # rows per epoch (the same in every epoch)
         self.batch_size = min(batch_size, n)
         self.steps_per_epoch = epoch_steps(n, batch_size)
         what = "examples" if pack is None else f"packed rows (of {len(examples)} examples)"
@@ -241,7 +244,7 @@ class BatchIterator:
         self.consumed = 0
         self.shard = shard  # (rank, size): this process's share of each batch in a distributed run
         self._pad_multiple = pad_multiple
-        self._chunks = self._order(np.random.default_rng(seed), loop)
+        self._chunks = self._order(rng, loop, first)
 
     def __iter__(self) -> BatchIterator:
         return self
@@ -262,12 +265,12 @@ class BatchIterator:
             next(self._chunks)
             self.consumed += 1
 
-    def _order(self, rng: np.random.Generator, loop: bool) -> Iterator[np.ndarray | list[np.ndarray]]:
+    def _order(self, rng: np.random.Generator, loop: bool, rows: list[np.ndarray] | None) -> Iterator[np.ndarray | list[np.ndarray]]:
         bs = self.batch_size
         while True:
-            rows, lengths = None, self.lengths
+            lengths = self.lengths
             if self.pack is not None:  # packed anew each epoch, from a shuffle: other records share a row
-                rows = pack_rows(self.lengths, self.pack, rng.permutation(len(self.lengths)))
+                rows = rows or pack_rows(self.lengths, self.pack, rng.permutation(len(self.lengths)))
                 lengths = np.array([int(self.lengths[row].sum()) - len(row) for row in rows])  # input tokens of each row
             # Sort by length (ties broken at random, so equal-length examples meet
             # different neighbours each epoch), chunk, and shuffle the chunks.
@@ -275,9 +278,10 @@ class BatchIterator:
             order = order[np.argsort(lengths[order], kind="stable")]
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             for c in rng.permutation(len(chunks)):
-                yield chunks[c] if rows is None else [rows[j] for j in chunks[c]]
+                yield chunks[c] if self.pack is None else [rows[j] for j in chunks[c]]
             if not loop:
                 return
+            rows = None
 
 
 def iterate_batches(

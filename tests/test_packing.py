@@ -185,8 +185,8 @@ def losses(run) -> dict[int, float]:
 
 
 def test_a_packed_run_trains_fewer_steps_and_resume_keeps_packing(tiny_model, tmp_path):
-    """--pack on the numpy backend: one epoch of 40 short records takes the packed rows' steps, the run's
-    config records pack, and a resumed run replays the same packed batches."""
+    """--pack on the numpy backend: one epoch of 40 short records takes the packed rows' steps, validates to the
+    unpacked loss, the run's config records pack, and a resumed run replays the same packed batches."""
     from mlxtune.training.config import TrainConfig
     from mlxtune.training.train import TrainingInterrupted, resume, train
 
@@ -197,7 +197,7 @@ def test_a_packed_run_trains_fewer_steps_and_resume_keeps_packing(tiny_model, tm
 
     def cfg(out, **kw):
         return TrainConfig(model=str(tiny_model), data=str(data), output=str(out), backend="numpy", epochs=1.0, batch_size=2, max_seq_len=64,
-                           val_every=0, save_every=2, learning_rate=5e-3, **kw)
+                           val_every=100, save_every=2, learning_rate=5e-3, **kw)
 
     unpacked = train(cfg(tmp_path / "unpacked"))
     events = []
@@ -206,6 +206,8 @@ def test_a_packed_run_trains_fewer_steps_and_resume_keeps_packing(tiny_model, tm
     assert any("--pack" in e.data.get("message", "") for e in events if e.kind == "note")
     assert json.loads((tmp_path / "packed" / "adapter_config.json").read_text())["config"]["pack"] is True
     assert packed.trained_tokens == unpacked.trained_tokens  # the same records, trained once each
+    # validation is packed too: before training (the same adapters) its loss is the unpacked one
+    assert packed.initial_val_loss == pytest.approx(unpacked.initial_val_loss, rel=1e-6)
 
     import os
     import signal

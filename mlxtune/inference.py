@@ -106,13 +106,13 @@ def build_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None =
 
 def prompt_ids(tokenizer, prompt: Any) -> list[int]:
     """Token ids of a record's prompt (chat messages, or a string: a user turn where the model has a chat template)."""
-    from .data.batching import hf_tokenizer
+    from .data.rendering import hf_tokenizer
 
+    hf = hf_tokenizer(tokenizer)
+    if not getattr(hf, "chat_template", None):  # messages (an Alpaca system and user turn): their texts, as plain training joins them
+        return hf.encode(prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt))
     if isinstance(prompt, str):
-        hf = hf_tokenizer(tokenizer)
-        if getattr(hf, "chat_template", None):
-            return chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
-        return hf.encode(prompt)
+        return chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
     return chat_prompt(tokenizer, prompt)
 
 

@@ -120,7 +120,7 @@ def test_lora_skips_bad_lines_and_lists_each(tmp_path, tiny_model):
     assert r.exit_code == 0, r.output
     assert f"note: skipped 3 bad line(s) of {path} (--skip-bad-lines)" in r.output
     assert f"note: skipped {path}:3: invalid JSON at column 20" in r.output
-    assert f"note: skipped {path}:7: field 'text': must be a string, got a number (7)" in r.output
+    assert f"note: skipped {path}:7: field 'text': detected as text (has 'text'): 'text' must be a string, got a number (7)" in r.output
     assert f"note: skipped {path}:13: line 13 is a prompt/completion record but line 1 was a text record" in r.output
     meta = json.loads((run_dir / "adapter_config.json").read_text())
     assert "10 text records (3 bad line(s) skipped)" in meta["data"]["description"]
@@ -129,7 +129,7 @@ def test_lora_skips_bad_lines_and_lists_each(tmp_path, tiny_model):
     r = invoke("eval", "--adapter", run_dir, "--json", tmp_path / "e.json", "--samples", 0)
     assert r.exit_code == 0, r.output
     assert f"note: skipped 3 bad line(s) of {path} (--skip-bad-lines)" in r.stderr
-    assert f"note: skipped {path}:7: field 'text': must be a string, got a number (7)" in r.stderr
+    assert f"note: skipped {path}:7: field 'text': detected as text (has 'text'): 'text' must be a string, got a number (7)" in r.stderr
     assert "(3 bad line(s) skipped, listed above)" in r.stdout
     result = json.loads((tmp_path / "e.json").read_text())
     assert [(s["line"], s["field"]) for s in result["skipped"]] == [(3, None), (7, "text"), (13, None)]

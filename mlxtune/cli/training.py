@@ -269,4 +269,8 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo('Assistant turns with "weight": 0 (not trained): ' + ", ".join(untrained))
     for w in r.warnings:
         click.echo(f"warning: {w}")
+    fmt = formats.get(r.format)
+    if not fmt.trainable:
+        click.echo(f"Read: {fmt.title} records, which this version cannot train on (see the warning above)")
+        return
     click.echo("OK: usable for training" + (f", with {len(r.warnings)} warning(s) above" if r.warnings else ""))

@@ -129,6 +129,10 @@ def check_data(splits: Splits, tokenizer: Any, max_seq_len: int, mask_prompt: bo
     Raises DataError when no train record has a token to learn from.
     """
     mask_prompt = trains_prompt_masked(splits.format, mask_prompt)
+    if not splits.format.trainable:  # nothing to tokenize: report what the data holds, and why it cannot train
+        report = _report(splits, max_seq_len, mask_prompt, {})
+        report.warnings.insert(0, f"not tokenized: {splits.format.untrainable}")
+        return report
     tokens = {}
     for name, ds in _named(splits):
         t = tokens[name] = _Tokens([], 0, 0)

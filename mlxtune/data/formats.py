@@ -2,93 +2,42 @@
 
 - ``{"text": str}``: plain text, every token trained.
 - ``{"prompt": str, "completion": str}``: the completion is trained.
-- ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]}``: a chat,
-  the assistant turns are trained (``tools`` is optional; an assistant turn
-  with ``"weight": 0``, as in OpenAI's fine-tuning format, is not trained).
+- ``{"instruction": str, "input": str, "output": str, "system": str}``: Alpaca;
+  instruction and input (when not empty) are the user turn, output is trained.
+- ``{"prompt", "chosen", "rejected"}``: preference pairs, checked and reported
+  but not trained by supervised fine-tuning.
+- chat (OpenAI's ``messages``) and ShareGPT (``conversations``): ``chat_formats``.
 
 A format says whether a record is of it (``claims``), checks its fields
 (``validate``, errors naming the field), turns it into tokens and a loss mask
 (``encode``), and says what evaluation and ``data check`` need of it: the
 prompt and reference answer, and what makes two records the same. Every
-other module asks the format object; none compares format names, so a
-format added here is a format everywhere. ``name`` is the stable id written
-to ``adapter_config.json`` and ``data check --json``; ``title`` is for people.
+other module asks this registry (``detect``, ``get``, ``FORMATS``); none
+compares format names, so a format added here is a format everywhere.
+``name`` is the stable id written to ``adapter_config.json`` and
+``data check --json``; ``title`` is for people.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import DataError
+from .chat_formats import CHAT, ROLES, ChatFormat, ShareGPTFormat, last_trained, validate_message
+from .format_base import DataFormat, Fail, expect_str, json_type, listed, optional_str, short
 from .rendering import Where, encode_chat, encode_plain_completion, encode_text, has_chat_template
 
-ROLES = ("system", "user", "assistant", "tool")
-Fail = Callable[[str, str], DataError]  # fail(field, message): the error to raise for this record
-
-
-class DataFormat:
-    """One kind of record. Subclasses set the class attributes and implement the methods."""
-
-    name: str = ""  # stable id: adapter_config.json, data check --json
-    title: str = ""  # for people: "prompt/completion"
-    fields: tuple[str, ...] = ()  # what the model is trained on; other keys are ignored
-    keys: str = ""  # the keys that mark a record of it, for messages: "'prompt'/'completion'"
-    shape: str = ""  # a record of it, in brief, for messages
-    masks_prompt: bool = False  # --mask-prompt's default: train the answers only
-    has_answers: bool = False  # a record poses a prompt with a reference answer: eval generates, the report shows samples
-
-    def __str__(self) -> str:
-        return self.title
-
-    def __repr__(self) -> str:
-        return f"<{self.title} data format>"
-
-    @property
-    def a_record(self) -> str:
-        """'a text record', 'a prompt/completion record', 'a chat record'."""
-        return f"a {self.title} record"
-
-    def claims(self, obj: Mapping[str, Any]) -> bool:
-        """Whether ``obj`` is meant as a record of this format (by its keys; its fields may still be wrong)."""
-        raise NotImplementedError
-
-    def validate(self, obj: Mapping[str, Any], fail: Fail) -> None:
-        """Raise ``fail(field, message)`` for the first thing wrong with a record this format claims."""
-        raise NotImplementedError
-
-    def encode(self, data: Mapping[str, Any], tokenizer: Any, mask_prompt: bool, where: Where) -> tuple[list[int], list[bool]]:
-        """(token ids, trained) of a valid record, before truncation."""
-        raise NotImplementedError
-
-    def prompt_and_reference(self, data: Mapping[str, Any]) -> tuple[Any, str]:
-        """(the prompt: chat messages or a string, the reference answer: '' without one) of a record."""
-        raise NotImplementedError
-
-    def prompt_key(self, data: Mapping[str, Any]) -> str | None:
-        """What the model is asked, as canonical JSON (two records asking the same compare equal); None without prompts."""
-        return None
-
-    def record_key(self, data: Mapping[str, Any]) -> str:
-        """What the model trains on, as canonical JSON: extra fields (ids, sources) do not make records differ."""
-        return json.dumps({k: data[k] for k in self.fields if data.get(k) is not None}, sort_keys=True)
-
-    def untrained_turns(self, data: Mapping[str, Any]) -> int:
-        """Parts of a record marked not to be trained (chat turns with weight 0)."""
-        return 0
-
-    def trains_prompt_masked(self, requested: bool | None) -> bool:
-        """Whether only the answers are trained: as asked, else this format's default."""
-        return self.masks_prompt if requested is None else bool(requested)
+__all__ = [
+    "CHAT", "COMPLETION", "FORMATS", "ROLES", "TEXT", "ALPACA", "SHAREGPT", "PREFERENCE", "DataFormat",
+    "ChatFormat", "ShareGPTFormat", "detect", "get", "listed", "validate_record", "no_format", "expect_str", "json_type", "short",
+]
 
 
 class TextFormat(DataFormat):
     name, title, fields = "text", "text", ("text",)
-    keys, shape = "'text'", '{"text": ...}'
-
-    def claims(self, obj: Mapping[str, Any]) -> bool:
-        return "text" in obj
+    marks, shape = ("text",), '{"text": ...}'
 
     def validate(self, obj: Mapping[str, Any], fail: Fail) -> None:
         expect_str(obj["text"], fail, "text")
@@ -104,11 +53,8 @@ class TextFormat(DataFormat):
 
 class CompletionFormat(DataFormat):
     name, title, fields = "completion", "prompt/completion", ("prompt", "completion")
-    keys, shape = "'prompt'/'completion'", '{"prompt": ..., "completion": ...}'
+    marks, shape = ("prompt", "completion"), '{"prompt": ..., "completion": ...}'
     masks_prompt = has_answers = True
-
-    def claims(self, obj: Mapping[str, Any]) -> bool:
-        return "prompt" in obj or "completion" in obj
 
     def validate(self, obj: Mapping[str, Any], fail: Fail) -> None:
         for key in ("prompt", "completion"):
@@ -133,102 +79,135 @@ class CompletionFormat(DataFormat):
         return json.dumps(data["prompt"])
 
 
-class ChatFormat(DataFormat):
-    name, title, fields = "chat", "chat", ("messages", "tools")
-    keys, shape = "'messages'", '{"messages": [...]}'
+class AlpacaFormat(DataFormat):
+    """Alpaca: the instruction, a blank line and the input (when there is one) are the user turn; the output is trained.
+
+    Through the chat template when the model has one (``system`` as the system
+    turn); without, as plain text: the system (when given) and a blank line,
+    the user turn, then a newline and the output (the newline trained with it).
+    """
+
+    name, title, fields = "alpaca", "Alpaca", ("instruction", "input", "output", "system")
+    marks, shape = ("instruction",), '{"instruction": ..., "input": ..., "output": ...}'
     masks_prompt = has_answers = True
 
-    def claims(self, obj: Mapping[str, Any]) -> bool:
-        return "messages" in obj
-
     def validate(self, obj: Mapping[str, Any], fail: Fail) -> None:
-        messages = obj["messages"]
-        if not isinstance(messages, list):
-            raise fail("messages", f"must be a list of {{\"role\", \"content\"}} objects, got a {json_type(messages)} ({short(messages)})")
-        if not messages:
-            raise fail("messages", "is empty: a chat needs at least one assistant turn")
-        for i, message in enumerate(messages):
-            _validate_message(message, f"messages[{i}]", fail)
-        assistant = [m for m in messages if m["role"] == "assistant"]
-        if not assistant:
-            raise fail("messages", "has no assistant turn: there is nothing to train on")
-        if all(m.get("weight", 1) == 0 for m in assistant):
-            raise fail("messages", 'every assistant turn has "weight": 0: there is nothing to train on; give one weight 1, or remove the record')
-        tools = obj.get("tools")
-        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-            raise fail("tools", f"must be a list of tool definitions (objects), got {short(tools)}")
+        expect_str(obj["instruction"], fail, "instruction")
+        if not obj["instruction"] and not optional_str(obj, fail, "input"):
+            raise fail("instruction", "is empty, and there is no 'input': the model would be asked nothing")
+        optional_str(obj, fail, "input")
+        if "output" not in obj:
+            raise fail("output", "is missing: an Alpaca record needs the answer to train on in 'output'")
+        expect_str(obj["output"], fail, "output")
+        if not obj["output"]:
+            raise fail("output", "is empty: there is nothing to train on")
+        optional_str(obj, fail, "system")
 
     def encode(self, data: Mapping[str, Any], tokenizer: Any, mask_prompt: bool, where: Where) -> tuple[list[int], list[bool]]:
-        if not has_chat_template(tokenizer):
-            raise DataError(
-                "chat records need a tokenizer with a chat template, and this model has none: "
-                "use a chat model, or write the data as prompt/completion or text records",
-                *where,
-            )
-        messages = data["messages"]
-        untrained = [i for i, m in enumerate(messages) if m.get("weight", 1) == 0]
-        return encode_chat(messages, data.get("tools"), tokenizer, mask_prompt, where, untrained)
+        if has_chat_template(tokenizer):
+            messages = _alpaca_prompt(data) + [{"role": "assistant", "content": data["output"]}]
+            return encode_chat(messages, None, tokenizer, mask_prompt, where)
+        prompt = "\n\n".join(m["content"] for m in _alpaca_prompt(data))
+        return encode_plain_completion(prompt, "\n" + data["output"], tokenizer, mask_prompt)
 
     def prompt_and_reference(self, data: Mapping[str, Any]) -> tuple[Any, str]:
-        """The conversation up to the last trained assistant turn, and that turn's content."""
-        messages = list(data["messages"])
-        last = _last_trained(messages)
-        if last is None:
-            return messages, ""
-        return messages[:last], messages[last].get("content") or ""
+        """The user turn (a string), or the system and user turns (messages) when the record has a system."""
+        messages = _alpaca_prompt(data)
+        return (messages if len(messages) > 1 else messages[0]["content"]), data["output"]
 
     def prompt_key(self, data: Mapping[str, Any]) -> str | None:
-        messages = data["messages"]
-        return json.dumps([messages[: _last_trained(messages)], data.get("tools")], sort_keys=True)
+        return json.dumps(_alpaca_prompt(data), sort_keys=True)
 
-    def untrained_turns(self, data: Mapping[str, Any]) -> int:
-        return sum(m.get("weight", 1) == 0 for m in data["messages"])
-
-
-def _last_trained(messages: list[dict[str, Any]]) -> int | None:
-    return max((i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0), default=None)
+    def record_key(self, data: Mapping[str, Any]) -> str:
+        """As trained: an empty 'input' or 'system' is the same as none."""
+        return json.dumps([_alpaca_prompt(data), data["output"]], sort_keys=True)
 
 
-def _validate_message(message: Any, where: str, fail: Fail) -> None:
-    if not isinstance(message, dict):
-        raise fail(where, f"must be an object with 'role' and 'content', got a {json_type(message)}")
-    if "role" not in message:
-        raise fail(f"{where}.role", "is missing: each message needs a 'role'")
-    role = message["role"]
-    if role not in ROLES:
-        raise fail(f"{where}.role", f"unknown role {short(role)}: use one of {', '.join(ROLES)}")
-    if "weight" in message:
-        weight = message["weight"]
-        if role != "assistant":
-            raise fail(f"{where}.weight", f"only assistant turns carry a weight (0: not trained, 1: trained), not a {short(role)} turn: remove it")
-        if isinstance(weight, bool) or weight not in (0, 1):
-            raise fail(f"{where}.weight", f"must be 0 (not trained) or 1 (trained), got {short(weight)}")
-    calls = message.get("tool_calls")
-    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
-        raise fail(f"{where}.tool_calls", f"must be a list of objects, got {short(calls)}")
-    # An assistant turn that only calls tools may carry no content.
-    if role == "assistant" and calls and message.get("content") is None:
+def _alpaca_prompt(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    user = "\n\n".join(p for p in (data["instruction"], data.get("input") or "") if p)
+    system = [{"role": "system", "content": data["system"]}] if data.get("system") else []
+    return system + [{"role": "user", "content": user}]
+
+
+class PreferenceFormat(DataFormat):
+    """Preference pairs: a prompt with a chosen and a rejected answer, for preference tuning.
+
+    Strings, or chat messages: the prompt a list of messages, each answer a
+    string or a list holding assistant message(s). A record that also has a
+    'completion' is prompt/completion (``--field completion=chosen`` makes one).
+    """
+
+    name, title, fields = "preference", "preference pair", ("prompt", "chosen", "rejected")
+    marks, shape = ("chosen", "rejected"), '{"prompt": ..., "chosen": ..., "rejected": ...}'
+    masks_prompt = has_answers = True
+    trainable = False
+    untrainable = (
+        "preference pairs ('prompt', 'chosen', 'rejected') are for preference tuning, which this version of mlxtune "
+        "does not have: to train on the chosen answers, map them to prompt/completion records with --field completion=chosen"
+    )
+
+    def claimed_by(self, obj: Mapping[str, Any]) -> str | None:
+        return None if "completion" in obj else super().claimed_by(obj)
+
+    def validate(self, obj: Mapping[str, Any], fail: Fail) -> None:
+        for key in self.fields:
+            if key not in obj:
+                raise fail(key, "is missing: a preference pair needs 'prompt', 'chosen' and 'rejected'")
+        prompt = obj["prompt"]
+        if isinstance(prompt, list):
+            if not prompt:
+                raise fail("prompt", "is empty: the model would be asked nothing")
+            for i, message in enumerate(prompt):
+                validate_message(message, f"prompt[{i}]", fail)
+        else:
+            expect_str(prompt, fail, "prompt")
+        for key in ("chosen", "rejected"):
+            _validate_answer(obj[key], key, fail)
+        if isinstance(obj["chosen"], str) != isinstance(obj["rejected"], str):
+            raise fail("rejected", f"is a {json_type(obj['rejected'])} but 'chosen' is a {json_type(obj['chosen'])}: give both answers the same way")
+        if obj["chosen"] == obj["rejected"]:
+            raise fail("rejected", "is the same as 'chosen': a preference pair needs two different answers")
+
+    def encode(self, data: Mapping[str, Any], tokenizer: Any, mask_prompt: bool, where: Where) -> tuple[list[int], list[bool]]:
+        raise DataError(self.untrainable, *where)
+
+    def prompt_and_reference(self, data: Mapping[str, Any]) -> tuple[Any, str]:
+        """The prompt and the chosen answer (an answer of several messages: the conversation up to its last assistant turn)."""
+        prompt, chosen = data["prompt"], data["chosen"]
+        if isinstance(chosen, str):
+            return prompt, chosen
+        messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)) + list(chosen)
+        return CHAT.prompt_and_reference({"messages": messages})
+
+    def prompt_key(self, data: Mapping[str, Any]) -> str | None:
+        return json.dumps(data["prompt"], sort_keys=True)
+
+
+def _validate_answer(answer: Any, key: str, fail: Fail) -> None:
+    if isinstance(answer, list):
+        if not answer:
+            raise fail(key, "is empty: give the answer as a string or a list of assistant messages")
+        for i, message in enumerate(answer):
+            validate_message(message, f"{key}[{i}]", fail)
+        if last_trained(answer) is None:
+            raise fail(key, "has no assistant message: an answer is the assistant's")
         return
-    if "content" not in message:
-        raise fail(f"{where}.content", "is missing: each message needs a 'content' string")
-    expect_str(message["content"], fail, f"{where}.content")
-    if role == "assistant" and not message["content"] and not calls:
-        raise fail(f"{where}.content", "is empty: an assistant turn needs text to train on; remove the turn or give it text")
+    expect_str(answer, fail, key)
+    if not answer:
+        raise fail(key, "is empty: a preference pair needs two answers")
 
 
-TEXT, COMPLETION, CHAT = TextFormat(), CompletionFormat(), ChatFormat()
-FORMATS: tuple[DataFormat, ...] = (TEXT, COMPLETION, CHAT)
-_DETECTION = (CHAT, COMPLETION, TEXT)  # a record with 'messages' and 'text' is a chat
+TEXT, COMPLETION, ALPACA, PREFERENCE = TextFormat(), CompletionFormat(), AlpacaFormat(), PreferenceFormat()
+SHAREGPT = ShareGPTFormat()
+FORMATS: tuple[DataFormat, ...] = (TEXT, COMPLETION, CHAT, ALPACA, SHAREGPT, PREFERENCE)
+# The first that claims a record is its format: 'messages' is a chat, 'conversations' ShareGPT,
+# 'instruction' Alpaca, 'chosen'/'rejected' a preference pair, 'prompt'/'completion', then 'text'.
+_DETECTION = (CHAT, SHAREGPT, ALPACA, PREFERENCE, COMPLETION, TEXT)
 
 
 def detect(obj: Mapping[str, Any]) -> DataFormat | None:
-    """The format a record claims by its keys (chat, then prompt/completion, then text), or None."""
+    """The format a record claims by its keys (in the order of ``_DETECTION``), or None."""
     return next((f for f in _DETECTION if f.claims(obj)), None)
-
-
-def listed(parts: list[str]) -> str:
-    """'a, b or c'."""
-    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 
 def get(fmt: DataFormat | str) -> DataFormat:
@@ -241,38 +220,27 @@ def get(fmt: DataFormat | str) -> DataFormat:
     return found
 
 
-# ------------------------------------------------------------ field checks
+def validate_record(obj: Mapping[str, Any], fail: Fail) -> DataFormat:
+    """Detect a record's format and check its fields; return the format.
+
+    Errors (``fail(field, message)``) say which format was detected from which
+    key and why the record does not fit it, or, for a record no format claims,
+    which keys each format needs (``no_format``).
+    """
+    fmt = detect(obj)
+    if fmt is None:
+        raise fail(None, no_format(obj))
+    told = f"detected as {fmt.title} (has '{fmt.claimed_by(obj)}')"
+    fmt.validate(obj, lambda fld, message: fail(fld, f"{told}: '{fld}' {message}" if fld else f"{told}: {message}"))
+    return fmt
 
 
-def expect_str(value: Any, fail: Fail, fld: str) -> None:
-    if not isinstance(value, str):
-        raise fail(fld, f"must be a string, got a {json_type(value)} ({short(value)})")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:  # "\ud83d" alone: JSON allows it, tokenizers choke on it
-        raise fail(
-            fld,
-            f"holds a broken character (\\u{ord(value[e.start]):04x}, half of a surrogate pair, "
-            f"at character {e.start}), usually text cut in the middle of an emoji: fix or remove it",
-        ) from None
-
-
-def short(value: Any) -> str:
-    """A value as JSON, cut to 30 characters, printable even with broken characters."""
-    text = json.dumps(value, ensure_ascii=False)
-    text = text if len(text) <= 30 else text[:27] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object"
+def no_format(obj: Mapping[str, Any]) -> str:
+    """Why a record is of no format: the keys each format is known by, the keys it has, and how to map a column."""
+    found = ", ".join(repr(k if len(k) <= 30 else k[:27] + "...") for k in list(obj)[:6]) or "none"
+    known = "; ".join(f"{f.title}: {f.keys}" for f in _DETECTION)
+    return (
+        f"record has none of the fields that mark a data format ({known}), found: {found}: "
+        "if a column holds one of these fields under another name, map it with --field NAME=COLUMN, "
+        "e.g. --field completion=answer"
+    )

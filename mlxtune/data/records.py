@@ -296,17 +296,7 @@ def _too_deep(line: str, obj: Any) -> bool:
 
 def _validate(obj: dict[str, Any], path: Path, lineno: int) -> DataFormat:
     """Check one record's fields; return its format."""
-    fmt = formats.detect(obj)
-    if fmt is None:
-        keys = ", ".join(repr(k if len(k) <= 30 else k[:27] + "...") for k in list(obj)[:6]) or "none"
-        raise DataError(
-            f"record has none of the fields {formats.listed([f.keys for f in formats.FORMATS])} "
-            f"(found: {keys}): rename the field holding the training text",
-            path,
-            lineno,
-        )
-    fmt.validate(obj, lambda fld, message: DataError(message, path, lineno, fld))
-    return fmt
+    return formats.validate_record(obj, lambda fld, message: DataError(message, path, lineno, fld))
 
 
 # -------------------------------------------------------------- splitting

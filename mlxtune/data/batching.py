@@ -159,6 +159,10 @@ def epoch_steps(n_examples: int, batch_size: int) -> int:
 
 
 def _lengths(examples: Sequence[Example]) -> np.ndarray:
+    """The tokens of each example, (n,) int64: a store's own ``lengths`` array, or counted."""
+    stored = getattr(examples, "lengths", None)
+    if stored is not None:
+        return np.asarray(stored, dtype=np.int64)
     return np.array([len(examples[i]) for i in range(len(examples))], dtype=np.int64)
 
 

@@ -70,9 +70,12 @@ class MlxBackend:
     def summed_loss(self, model, batch) -> tuple[float, int]:
         import mlx.core as mx
 
-        from .trainer import loss_fn
+        from .trainer import is_packed, loss_fn, packed_loss_fn
 
-        m, nn_ = loss_fn(model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
+        if is_packed(batch):  # several records a row (``packing.py``)
+            m, nn_ = packed_loss_fn(model, *(mx.array(a) for a in (batch.inputs, batch.targets, batch.positions, batch.segments, batch.mask)))
+        else:
+            m, nn_ = loss_fn(model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.mask))
         mean, n = float(m), float(nn_)
         return float(mean) * float(n), int(n)
 

@@ -11,6 +11,8 @@ model for ``LengthLongRoPE``, which decides per call; the mlx backend calls it
 in one place, where it loads a model (``trainer.load_model``), so training,
 evaluation, generation and fusing through mlxtune all compute it. (mlx-lm's
 PR #660, "Fix SuScaledRoPE", made the same change upstream, after 0.32.2.)
+In a packed batch (``packing.py``) each row chooses by its longest record, the
+length that record alone would have (``LengthLongRoPE.packed``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ class LengthLongRoPE(nn.Module):
             freqs = mx.where(mx.max(length) > self._original, self._long, self._short)
         else:
             freqs = self._long if length > self._original else self._short
+        return self._rotate(x, offset, freqs)
+
+    def packed(self, x: mx.array, positions: mx.array) -> mx.array:
+        """The heads ``x`` (B, H, T, D) of a packed batch rotated at ``positions`` (B, T), each row with the factors
+        of its longest record (positions restart per record: max position + 1), as that record alone would take."""
+        from .packing import per_token
+
+        long_rows = positions.max(axis=1) + 1 > self._original  # (B,)
+        short = per_token(lambda h, offset: self._rotate(h, offset, self._short), x, positions)
+        long = per_token(lambda h, offset: self._rotate(h, offset, self._long), x, positions)
+        return mx.where(long_rows[:, None, None, None], long, short)
+
+    def _rotate(self, x: mx.array, offset, freqs: mx.array) -> mx.array:
         return mx.fast.rope(x.at[..., : self._dims].multiply(self._scale), self._dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=freqs)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -22,6 +23,7 @@ from ...models.config import implied_fields
 from ...training.objectives import CROSS_ENTROPY, Objective
 from ...runtime import ComputeChoice
 from .longrope import use_transformers_longrope
+from .packing import packed_logits, use_packed_rope
 from .weights import DTYPES, cast, dequantize_model
 
 
@@ -77,9 +79,13 @@ def _mlx_lm_version() -> str:
     return getattr(mlx_lm, "__version__", "")
 
 
-def token_log_probs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """(B, T) float32 log-probability of each target token: what an objective reads."""
-    logits = model(inputs)  # (B, T, V)
+def token_log_probs(model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array | None = None, segments: mx.array | None = None) -> mx.array:
+    """(B, T) float32 log-probability of each target token: what an objective reads.
+
+    With ``positions`` and ``segments`` (a packed batch) each record of a row attends only to itself, its rope
+    at its own positions (``packing.py``).
+    """
+    logits = model(inputs) if positions is None else packed_logits(model, inputs, positions, segments)  # (B, T, V)
     return -nn.losses.cross_entropy(logits.astype(mx.float32), targets)
 
 
@@ -88,15 +94,28 @@ def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array, *arrays: mx.a
     return objective.mlx_loss(token_log_probs(model, inputs, targets), *arrays)
 
 
+def packed_loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array, segments: mx.array, *arrays: mx.array, objective: Objective = CROSS_ENTROPY) -> tuple[mx.array, mx.array]:
+    """``loss_fn`` of a packed batch: its (B, T) ``positions`` and ``segments`` come after the targets."""
+    return objective.mlx_loss(token_log_probs(model, inputs, targets, positions, segments), *arrays)
+
+
+def is_packed(batch) -> bool:
+    """Whether ``batch`` holds several records per row (``data.batching.Batch.positions`` and ``segments``)."""
+    return getattr(batch, "positions", None) is not None
+
+
 def clip_by_global_norm(grads, max_norm: float):
     norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
     factor = mx.minimum(max_norm / (norm + 1e-6), 1.0)
     return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
 
 
-def make_train_step(model: nn.Module, optimizer, grad_clip: float | None, objective: Objective = CROSS_ENTROPY):
-    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens) that updates the model."""
-    loss_and_grad = nn.value_and_grad(model, partial(loss_fn, objective=objective))
+def make_train_step(model: nn.Module, optimizer, grad_clip: float | None, objective: Objective = CROSS_ENTROPY, packed: bool = False):
+    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens) that updates the model.
+
+    ``packed``: (inputs, targets, positions, segments, *objective arrays), for packed batches.
+    """
+    loss_and_grad = nn.value_and_grad(model, partial(packed_loss_fn if packed else loss_fn, objective=objective))
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -110,9 +129,12 @@ def make_train_step(model: nn.Module, optimizer, grad_clip: float | None, object
     return step
 
 
-def make_grad_step(model: nn.Module, objective: Objective = CROSS_ENTROPY):
-    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens, grads), for accumulation."""
-    loss_and_grad = nn.value_and_grad(model, partial(loss_fn, objective=objective))
+def make_grad_step(model: nn.Module, objective: Objective = CROSS_ENTROPY, packed: bool = False):
+    """A compiled function (inputs, targets, *objective arrays) -> (loss, n_tokens, grads), for accumulation.
+
+    ``packed``: (inputs, targets, positions, segments, *objective arrays), for packed batches.
+    """
+    loss_and_grad = nn.value_and_grad(model, partial(packed_loss_fn if packed else loss_fn, objective=objective))
     state = [model.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -146,20 +168,26 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.__class__ = type(cls.__name__, (cls,), {"__call__": checkpointed, "_mlxtune_checkpointed": True})
 
 
-def make_eval_step(model: nn.Module, objective: Objective = CROSS_ENTROPY):
+def make_eval_step(model: nn.Module, objective: Objective = CROSS_ENTROPY, packed: bool = False):
     # The parameters are inputs of the compiled graph, not constants baked in
     # at trace time: evaluation runs between training steps that change them.
+    fn = packed_loss_fn if packed else loss_fn
+
     @partial(mx.compile, inputs=[model.state])
     def step(inputs, targets, *arrays):
-        loss, n = loss_fn(model, inputs, targets, *arrays, objective=objective)
+        loss, n = fn(model, inputs, targets, *arrays, objective=objective)
         return loss * n, n
 
     return step
 
 
 def to_device(batch, objective: Objective = CROSS_ENTROPY) -> tuple[mx.array, ...]:
-    """(inputs, targets, *the objective's arrays) as mx arrays: the compiled steps' arguments."""
-    return (mx.array(batch.inputs), mx.array(batch.targets), *(mx.array(a) for a in objective.arrays(batch)))
+    """(inputs, targets, *the objective's arrays) as mx arrays: the compiled steps' arguments.
+
+    A packed batch's positions and segments come after the targets (``packed_loss_fn``'s order).
+    """
+    packed = (mx.array(batch.positions), mx.array(batch.segments)) if is_packed(batch) else ()
+    return (mx.array(batch.inputs), mx.array(batch.targets), *packed, *(mx.array(a) for a in objective.arrays(batch)))
 
 
 class MlxTrainer:
@@ -184,6 +212,9 @@ class MlxTrainer:
         self.keys = resolve_target_modules(self.model, cfg.target_modules, self.num_layers)
         apply_adapters(self.model, self.num_layers, self.keys, cfg.rank, cfg.scale, cfg.dropout, cfg.dora)
         trainable_only(self.model)
+        # Before any step is compiled (the compiled steps hold the model's state tree): a packed batch's rope at
+        # per-token positions; with an integer offset, or none, each wrapped rope is the module itself.
+        use_packed_rope(self.model)
         if cfg.grad_checkpoint:
             checkpoint_blocks(self.model)
         self.n_trainable = sum(v.size for v in adapter_weights(self.model).values())
@@ -192,9 +223,7 @@ class MlxTrainer:
         self.seed = cfg.seed
         self.steps_taken = 0
         self.objective = objectives.get(cfg.objective)
-        self._step = make_train_step(self.model, self.optimizer, cfg.grad_clip, self.objective)
-        self._grads = None  # compiled on the first accumulated step
-        self._eval = make_eval_step(self.model, self.objective)
+        self._compiled: dict[tuple[str, bool], Callable] = {}  # ("step" | "grads" | "eval", packed): see ``compiled``
         self._np = np
 
     def step(self, batch, lr: float) -> tuple[float, int]:
@@ -207,7 +236,7 @@ class MlxTrainer:
         self._seed_step()
         self.steps_taken += 1
         self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
-        loss, n = self._step(*to_device(parts[0], self.objective))
+        loss, n = self.compiled("step", parts[0])(*to_device(parts[0], self.objective))
         mx.eval(loss, n, self.model.trainable_parameters(), self.optimizer.state)
         return loss.item(), int(n.item())
 
@@ -219,13 +248,11 @@ class MlxTrainer:
         The random state (dropout) is reseeded from (seed, step, rank) first,
         so a resumed run draws what an uninterrupted one would.
         """
-        if self._grads is None:
-            self._grads = make_grad_step(self.model, self.objective)
         self._seed_step(rank)
         sums = {k: mx.zeros_like(v) for k, v in tree_flatten(self.model.trainable_parameters())}
         loss_sum, total = 0.0, 0.0
         for b in parts:
-            loss, n, g = self._grads(*to_device(b, self.objective))
+            loss, n, g = self.compiled("grads", b)(*to_device(b, self.objective))
             sums = {k: sums[k] + v * n.astype(v.dtype) for k, v in tree_flatten(g)}
             mx.eval(loss, n, sums)
             loss_sum += loss.item() * n.item()
@@ -244,13 +271,26 @@ class MlxTrainer:
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
 
+    def compiled(self, kind: str, batch) -> Callable:
+        """The compiled function of ``kind`` ("step", "grads" or "eval") for ``batch``'s layout (packed or not),
+        made on first use: a run without packed batches never builds a packed graph."""
+        key = (kind, is_packed(batch))
+        if key not in self._compiled:
+            if kind == "step":
+                self._compiled[key] = make_train_step(self.model, self.optimizer, self.grad_clip, self.objective, key[1])
+            elif kind == "grads":
+                self._compiled[key] = make_grad_step(self.model, self.objective, key[1])
+            else:
+                self._compiled[key] = make_eval_step(self.model, self.objective, key[1])
+        return self._compiled[key]
+
     def _seed_step(self, rank: int = 0) -> None:
         mx.random.seed((self.seed * 1_000_003 + self.steps_taken + 1) * 64 + rank)
 
     def evaluate(self, batch) -> tuple[float, int]:
         self.model.eval()  # no dropout: a validation loss must not depend on the random state
         try:
-            s, n = self._eval(*to_device(batch, self.objective))
+            s, n = self.compiled("eval", batch)(*to_device(batch, self.objective))
             mx.eval(s, n)
         finally:
             self.model.train()
@@ -261,7 +301,8 @@ class MlxTrainer:
         scored = self.objective.scored(*self.objective.arrays(batch))
         self.model.eval()
         try:
-            logp = token_log_probs(self.model, mx.array(batch.inputs), mx.array(batch.targets))
+            packed = (mx.array(batch.positions), mx.array(batch.segments)) if is_packed(batch) else ()
+            logp = token_log_probs(self.model, mx.array(batch.inputs), mx.array(batch.targets), *packed)
             mx.eval(logp)
         finally:
             self.model.train()

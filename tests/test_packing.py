@@ -245,3 +245,16 @@ def test_plan_command_plans_packed_rows(tiny_model, tmp_path):
         assert r.exit_code == 0, r.output
         seq_len[flag] = json.loads(r.output)["estimate"]["seq_len"]
     assert seq_len["--no-pack"] < seq_len["--pack"] == 256  # the longest record's, then whole rows of --max-seq-len
+
+
+def test_pack_is_a_yes_or_no_setting_off_by_default(tmp_path):
+    from mlxtune.errors import ConfigError
+    from mlxtune.training.config import TrainConfig, build, load_yaml
+
+    assert TrainConfig().pack is False
+    (tmp_path / "c.yaml").write_text("pack: true\nmax_seq_len: 512\n")
+    assert build(load_yaml(tmp_path / "c.yaml"), {"pack": None}).pack is True
+    assert build(load_yaml(tmp_path / "c.yaml"), {"pack": False}).pack is False  # a flag wins over the file
+    (tmp_path / "bad.yaml").write_text("pack: yes please\n")
+    with pytest.raises(ConfigError, match="bad.yaml: key 'pack' must be true or false"):
+        load_yaml(tmp_path / "bad.yaml")

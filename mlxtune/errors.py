@@ -60,14 +60,16 @@ class DataError(MlxtuneError):
         path: str | Path | None = None,
         line: int | None = None,
         field: str | None = None,
+        unit: str = "line",
     ):
         self.path = None if path is None else str(path)
-        self.line = line
+        self.line = line  # the line, or with unit "row" the row (Parquet, Arrow)
         self.field = field
         self.reason = message
+        self.unit = unit
         where = ""
         if self.path is not None:
-            where = self.path if line is None else f"{self.path}:{line}"
+            where = self.path if line is None else f"{self.path}:{line}" if unit == "line" else f"{self.path}, {unit} {line}"
         if field is not None:
             where = f"{where}: field '{field}'" if where else f"field '{field}'"
         super().__init__(f"{where}: {message}" if where else message)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -90,6 +91,7 @@ def evaluate(
     offline: bool | None = None,
     on_progress: Callable[[str, int, int], None] = lambda name, done, total: None,
     skip_bad_lines: bool = False,
+    fields: Mapping[str, str] | None = None,
 ) -> EvalResult:
     """Evaluate ``adapter`` (on its base, or on ``model``), or ``model`` alone, on a split of ``data``.
 
@@ -97,6 +99,8 @@ def evaluate(
     is the run's own and the run skipped them; the lines left out are listed
     in the result's notes and ``skipped``, never dropped silently. The
     settings are keyword-only: a dozen positional ones are too easy to swap.
+    ``fields`` (``--field``) renames the data's columns; None: as the run read
+    its data, for the run's own data, else none.
     """
     from . import recipes
 
@@ -117,7 +121,8 @@ def evaluate(
         raise UsageError("no data: pass --data (a JSONL file or a directory with test.jsonl)")
     own = run_data is not None and data.resolve() == run_data.resolve()
     skip = bool(skip_bad_lines or own and run_cfg.skip_bad_lines)  # the run's setting is for the run's data only
-    records, fmt, train_records, split, where, notes, skipped = eval_records(data, split, run_cfg, own, skip)
+    fields = fields if fields is not None else None if own else {}
+    records, fmt, train_records, split, where, notes, skipped = eval_records(data, split, run_cfg, own, skip, fields)
     if limit is not None:
         records = records[:limit]
     if not records:

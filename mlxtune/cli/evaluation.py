@@ -13,7 +13,7 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 @click.command("eval", context_settings=CONTEXT)
 @click.option("-a", "--adapter", type=click.Path(), help="Run directory written by 'mlxtune lora' (its base, data and recipe are the defaults below), or a PEFT adapter.")
 @click.option("-m", "--model", help="Model to evaluate, or the base for --adapter. [default: the adapter's base]")
-@click.option("-d", "--data", type=click.Path(), help="JSONL file or data directory. [default: the run's data]")
+@click.option("-d", "--data", type=click.Path(), help="Data file (JSONL, CSV, Parquet, ...) or data directory (a Hugging Face dataset too). [default: the run's data]")
 @click.option("--split", type=click.Choice(["test", "valid", "train", "all"]), help="Which records: test (a directory's test.jsonl), valid (the validation split; of a single file, the records the run held out), train, all. [default: test, else valid; another single file than the run's: all]")
 @click.option("--task", type=click.Choice(["loss", "summarize", "style"]), help="What to measure beyond loss. [default: the run's recipe's, else loss]")
 @click.option("--recipe", help="Take the eval settings of this recipe. [default: the run's]")
@@ -23,9 +23,10 @@ from . import BACKEND_HELP, BACKENDS, CONTEXT
 @click.option("--samples", type=int, help="Side-by-side examples to show. [default: 3]")
 @click.option("--json", "json_path", type=click.Path(), help="Write the results here. [default: <run>/eval-<split>.json with --adapter]")
 @click.option("--skip-bad-lines", is_flag=True, help="Leave out data lines that fail validation, and list each (file:line and why). [default: as the run did, for the run's own data]")
+@click.option("--field", "field_specs", multiple=True, metavar="FIELD=COLUMN", help="Read the data's COLUMN as FIELD (repeatable), e.g. --field prompt=question. [default: as the run did, for the run's own data]")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
-def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, json_path, skip_bad_lines, backend, offline) -> None:
+def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, limit, samples, json_path, skip_bad_lines, field_specs, backend, offline) -> None:
     """Measure a model (with or without an adapter) on held-out data.
 
     Loss and perplexity always; with a task, the greedy answers to the
@@ -43,6 +44,7 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
     import json
     from pathlib import Path
 
+    from ..data.rows import parse_fields
     from ..evaluate import evaluate
     from ..fsutil import atomic_write_text
 
@@ -56,7 +58,8 @@ def eval_(adapter, model, data, split, task, recipe, compare_base, max_tokens, l
             click.echo(f"  {name}: {done}/{total} answers", err=True)
 
     r = evaluate(adapter=adapter, model=model, data=data, split=split, task=task, recipe=recipe, compare_base=compare_base, max_tokens=max_tokens,
-                 limit=limit, samples=samples, backend=backend, offline=offline, on_progress=progress, skip_bad_lines=skip_bad_lines)
+                 limit=limit, samples=samples, backend=backend, offline=offline, on_progress=progress, skip_bad_lines=skip_bad_lines,
+                 fields=parse_fields(field_specs) if field_specs else None)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     held_out = ", none trained on" if r.trained_on == 0 else ""

@@ -14,7 +14,7 @@ from .progress import fmt_bytes, fmt_duration
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-d", "--data", type=click.Path(), help="JSONL file (split into train/valid) or directory with train/valid/test.jsonl.")
+@click.option("-d", "--data", type=click.Path(), help="Data file: JSONL, JSON array, CSV, TSV, Parquet, .txt/.md (split into train/valid); or a directory of train/valid/test files in any of these, or a Hugging Face dataset.")
 @click.option("-m", "--model", help="Hub id, model directory, .gguf file or ollama:NAME[:TAG] (a model in Ollama). [default: HuggingFaceTB/SmolLM2-135M-Instruct]")
 @click.option("-o", "--output", type=click.Path(), help="Run directory. [default: runs/<data name>]")
 @click.option("-c", "--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
@@ -38,6 +38,7 @@ from .progress import fmt_bytes, fmt_duration
 @click.option("--thinking/--no-thinking", default=None, help="Render chat data with the chat template's thinking mode on (templates with enable_thinking: Qwen3, SmolLM3); fuse, export and generate then keep it on. [default: off]")
 @click.option("--valid-fraction", type=float, help="Share of a single file (or of train.jsonl without valid.jsonl) held out for validation. [default: 0.1]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, listing each (file:line and why), instead of stopping at the first.")
+@click.option("--field", "field_specs", multiple=True, metavar="FIELD=COLUMN", help="Read the data's COLUMN (or key) as FIELD, before the format is detected; repeatable: --field prompt=question --field completion=answer.")
 @click.option("--val-every", type=int, help="Steps between validations (there is one before training and one at the end too). 0: never validate: no validation loss, no best/ adapters, no --early-stop. [default: 25]")
 @click.option("--val-batches", type=int, help="Validate on the first N batches (of --batch-size) of the validation split, the same N each time, instead of all of it: quicker, noisier. [default: all]")
 @click.option("--save-every", type=int, help="Steps between checkpoints. [default: 50]")
@@ -55,7 +56,7 @@ from .progress import fmt_bytes, fmt_duration
 @click.option("--json", "as_json", is_flag=True, help="For scripts: one JSON object per line on stdout for every event (start, step, val, save, note, done, ...), nothing else.")
 @click.pass_context
 def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **options) -> None:
-    """Fine-tune a model with LoRA on your JSONL data.
+    """Fine-tune a model with LoRA on your data (JSONL, CSV, Parquet, a Hugging Face dataset, ...).
 
     Writes adapters.safetensors and adapter_config.json (mlx-lm format),
     checkpoints and metrics.jsonl to the run directory. Ctrl-C (or SIGTERM)
@@ -75,6 +76,7 @@ def lora(ctx, config_file, recipe, force, resume_run, report, quiet, as_json, **
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json cannot be used together (--json already prints nothing but JSON lines)")
+    options = _with_fields(options)
     hold = ctx.with_resource(contextlib.ExitStack())  # the run directory stays locked until the report is written
     if resume_run:
         given = _flags_given(ctx, exclude={"resume_run", "report", "quiet", "as_json", "iters", "epochs"})
@@ -120,6 +122,14 @@ def _train_config(recipe: str | None, config_file: str | None, options: dict):
     settings = dict(chosen.train) | {"recipe": chosen.ref} if chosen else {}
     settings |= load_yaml(config_file) if config_file else {}
     return build(settings, options)
+
+
+def _with_fields(options: dict) -> dict:
+    """The options with ``--field`` (repeatable FIELD=COLUMN) as the setting ``fields`` (None: not given)."""
+    from ..data.rows import parse_fields
+
+    specs = options.pop("field_specs", ())
+    return options | {"fields": parse_fields(specs) if specs else None}
 
 
 def _file_settings(recipe: str | None, config_file: str | None) -> dict[str, str]:
@@ -171,6 +181,7 @@ def _flags_given(ctx: click.Context, exclude: set[str]) -> list[str]:
 @click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Gradient checkpointing. [default: numpy: past its activation budget; mlx: off]")
 @click.option("--auto/--no-auto", "auto_fit", default=None, help="Adjust batch, accumulation and checkpointing until the run fits. [default: on]")
 @click.option("--skip-bad-lines", is_flag=True, default=None, help="Leave out data lines that fail validation, as lora does.")
+@click.option("--field", "field_specs", multiple=True, metavar="FIELD=COLUMN", help="Read the data's COLUMN (or key) as FIELD, before the format is detected; repeatable: --field prompt=question --field completion=answer.")
 @click.option("--thinking/--no-thinking", default=None, help="Render chat data with the chat template's thinking mode on, as lora --thinking would. [default: off]")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -192,7 +203,7 @@ def plan(config_file, recipe, as_json, **options) -> None:
 
     from ..training.plan import plan_for
 
-    p = plan_for(_train_config(recipe, config_file, options))
+    p = plan_for(_train_config(recipe, config_file, _with_fields(options)))
     if as_json:
         click.echo(json.dumps(p.to_dict(), indent=1))
     else:
@@ -206,11 +217,12 @@ def plan(config_file, recipe, as_json, **options) -> None:
 
 @click.group(context_settings=CONTEXT)
 def data() -> None:
-    """Inspect a data set before training on it.
+    """Inspect a data set before training on it, or convert it to JSONL.
 
     \b
-    Example:
+    Examples:
       mlxtune data check data/notes.jsonl
+      mlxtune data convert qa.parquet qa.jsonl --field prompt=question --field completion=answer
     """
 
 
@@ -223,13 +235,15 @@ def data() -> None:
 @click.option("--seed", type=int, help="Seed of that split. [default: 0]")
 @click.option("--skip-bad-lines", is_flag=True, help="Leave out lines that fail validation, as lora --skip-bad-lines would, and list each (file:line and why).")
 @click.option("--thinking", is_flag=True, help="Render chats with the chat template's thinking mode on, as lora --thinking would.")
+@click.option("--field", "field_specs", multiple=True, metavar="FIELD=COLUMN", help="Read the data's COLUMN (or key) as FIELD, as lora --field would; repeatable.")
 @click.option("--offline", is_flag=True, default=None, help="Never contact the Hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip_bad_lines, thinking, offline, as_json) -> None:
+def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip_bad_lines, thinking, field_specs, offline, as_json) -> None:
     """Check a data set without training: sizes, token lengths, truncation, duplicates, overlaps.
 
-    PATH is what lora's --data takes: a JSONL file (split into train/valid as
-    lora splits it) or a directory with train/valid/test.jsonl. Exits with
+    PATH is what lora's --data takes: a data file (JSONL, JSON array, CSV,
+    TSV, Parquet, text; split into train/valid as lora splits it) or a
+    directory of train/valid/test files or a Hugging Face dataset. Exits with
     'Error: ...' when the data cannot be trained on; warnings do not fail.
 
     \b
@@ -240,6 +254,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
     import json
 
     from ..data import formats
+    from ..data.rows import parse_fields
     from ..training.config import TrainConfig
     from ..data.check import check
 
@@ -247,6 +262,7 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
     r = check(
         path, model, max_seq_len or d.max_seq_len, mask_prompt,
         d.valid_fraction if valid_fraction is None else valid_fraction, d.seed if seed is None else seed, offline, skip_bad_lines, thinking,
+        parse_fields(field_specs),
     )
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
@@ -254,6 +270,10 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     click.echo(f"Data: {r.description}")
+    sources: dict[tuple, list[str]] = {}
+    for s in (s for s in r.splits if s.records and s.path):
+        sources.setdefault((s.container, s.path), []).append(s.name)
+    click.echo(f"Read as: {formats.get(r.format).title} records; " + ", ".join(f"{'/'.join(names)} {c} ({p})" for (c, p), names in sources.items()))
     click.echo(f"Tokens: as {r.model}'s tokenizer sees the {formats.get(r.format).title} records ({'prompt masked' if r.mask_prompt else 'every token trained'}), --max-seq-len {r.max_seq_len}")
     columns = {"split": 6, "records": 8, "tokens": 9, "trained": 9, "min": 6, "median": 7, "p90": 6, "p99": 6, "max": 6, "truncated": 10, "no target": 10, "duplicates": 11}
     click.echo("".join(f"{h:<{w}}" if h == "split" else f"{h:>{w}}" for h, w in columns.items()))
@@ -274,3 +294,43 @@ def data_check(path, model, max_seq_len, mask_prompt, valid_fraction, seed, skip
         click.echo(f"Read: {fmt.title} records, which this version cannot train on (see the warning above)")
         return
     click.echo("OK: usable for training" + (f", with {len(r.warnings)} warning(s) above" if r.warnings else ""))
+
+
+@data.command("convert", context_settings=CONTEXT)
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--field", "field_specs", multiple=True, metavar="FIELD=COLUMN", help="Read the data's COLUMN (or key) as FIELD; repeatable: --field prompt=question --field completion=answer.")
+@click.option("--skip-bad-lines", is_flag=True, help="Leave out records that fail validation, and list each (file:line and why), instead of stopping.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def data_convert(src, out, field_specs, skip_bad_lines, force, as_json) -> None:
+    """Write any data mlxtune reads as its JSONL: a file as OUT.jsonl, a directory as OUT/train|valid|test.jsonl.
+
+    SRC is a data file (JSONL, JSON array, CSV, TSV, Parquet, Arrow, .txt/.md)
+    or a directory of splits (a Hugging Face dataset too). Every record is
+    validated before anything is written; the output is renamed into place
+    whole. Prints the container and format detected.
+
+    \b
+    Examples:
+      mlxtune data convert alpaca.json alpaca.jsonl
+      mlxtune data convert hf_dataset/ my_data/ --field prompt=question --field completion=answer
+    """
+    import dataclasses
+    import json
+
+    from ..data.rows import parse_fields
+    from ..data.to_jsonl import convert_data
+
+    r = convert_data(src, out, parse_fields(field_specs), skip_bad_lines, force)
+    if as_json:
+        click.echo(json.dumps({"output": r.output, "layout": r.layout, "splits": [dataclasses.asdict(s) for s in r.splits],
+                               "skipped": [{"path": e.path, "line": e.line, "field": e.field, "reason": e.reason} for e in r.skipped]}, indent=1))
+        return
+    for e in r.skipped[:20]:
+        click.echo(f"skipped {e}", err=True)
+    if r.layout:
+        click.echo(f"Read: {src} ({r.layout})")
+    for s in r.splits:
+        click.echo(f"{s.name}: {s.records} {s.format} records from {s.source} ({s.container}) -> {s.output}")
+    click.echo(f"Wrote {r.output}" + (f" ({len(r.skipped)} bad record(s) left out)" if r.skipped else ""))

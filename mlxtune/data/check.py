@@ -12,6 +12,7 @@ trains on, and what makes two records the same, its format says (``formats``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import containers
 from .batching import Example, encode
 from .records import Dataset, Splits, load_data, trains_prompt_masked
 from ..errors import DataError
@@ -51,6 +53,7 @@ class SplitReport:
     no_target: int = 0  # records with no trained token within max_seq_len (training skips them)
     duplicates: int = 0  # records equal to an earlier record of the same split
     duplicate_lines: list[tuple[int, int]] = field(default_factory=list)  # (line, line it repeats)
+    container: str | None = None  # how its file stores records (data.containers): jsonl, json, csv, tsv, parquet, arrow, text
 
 
 @dataclass
@@ -104,17 +107,19 @@ def check(
     offline: bool | None = None,
     skip_bad_lines: bool = False,
     thinking: bool = False,
+    fields: Mapping[str, str] | None = None,
 ) -> DataReport:
     """Load ``path`` as ``mlxtune lora --data`` would and report on it, counting with ``model``'s tokenizer
     (its chat template rendering with thinking on or off, as lora's ``--thinking`` says).
 
     The data is read before the model, so a broken file fails fast (or, with
     ``skip_bad_lines``, its bad lines are left out and listed in the report).
+    ``fields`` (``--field``) renames columns, as lora's.
     """
     from ..models.source import open_model
     from ..models.tokenizer import load_tokenizer
 
-    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines)
+    splits = load_data(path, valid_fraction=valid_fraction, seed=seed, skip_bad_lines=skip_bad_lines, fields=fields)
     opened = open_model(model, offline=offline)
     tokenizer = load_tokenizer(opened.path, thinking=thinking)
     report = check_data(splits, tokenizer, max_seq_len, mask_prompt)
@@ -185,24 +190,23 @@ def _named(splits: Splits) -> list[tuple[str, Dataset]]:
 def _report(splits: Splits, max_seq_len: int, mask_prompt: bool, tokens: Mapping[str, _Tokens]) -> DataReport:
     fmt = splits.format
     reports = []
+    keys = {}
     for name, ds in _named(splits):
-        s = SplitReport(name, ds.path, len(ds))
+        s = SplitReport(name, ds.path, len(ds), container=ds.container)
         t = tokens.get(name)
         if t is not None and t.lengths:
             s.lengths, s.truncated, s.no_target, s.trained_tokens = _stats(t.lengths), t.truncated, t.no_target, t.targets
-        s.untrained_turns = sum(fmt.untrained_turns(r) for r in ds)
-        repeats = _duplicates(ds)
+        k = keys[name] = _Keys.of(ds)  # one pass over the records (a JSONL data set's are read back from the file)
+        s.untrained_turns = k.untrained
+        repeats = k.duplicates()
         s.duplicates, s.duplicate_lines = len(repeats), repeats[:_EXAMPLES]
         reports.append(s)
-    train_keys = {}
-    train_prompts = set()
-    for r in splits.train:
-        train_keys.setdefault(fmt.record_key(r), r.line)
-        train_prompts.add(fmt.prompt_key(r))
+    train = keys["train"]
     overlaps = []
-    for name, ds in _named(splits)[1:]:
-        shared = [(r.line, train_keys[k]) for r in ds if (k := fmt.record_key(r)) in train_keys]
-        prompts = sum(fmt.prompt_key(r) in train_prompts for r in ds) if fmt.has_answers else None
+    for name, _ in _named(splits)[1:]:
+        k = keys[name]
+        shared = train.shared(k)
+        prompts = int(np.isin(k.prompts, train.prompts).sum()) if fmt.has_answers else None
         overlaps.append(Overlap(name, len(shared), prompts, shared[:_EXAMPLES]))
     report = DataReport(splits.description, fmt.name, max_seq_len, mask_prompt, reports, overlaps, [])
     report.notes = ([splits.note] if splits.note else []) + splits.skipped_notes()
@@ -218,14 +222,51 @@ def _stats(lengths: list[int]) -> LengthStats:
     return LengthStats(int(a.min()), p50, p90, p99, int(a.max()), int(a.sum()))
 
 
-def _duplicates(ds: Dataset) -> list[tuple[int, int]]:
-    first: dict[str, int] = {}
-    repeats = []
-    for r in ds:
-        line = first.setdefault(ds.format.record_key(r), r.line)
-        if line != r.line:
-            repeats.append((r.line, line))
-    return repeats
+def _digest(key: str | None) -> int:
+    """A record's key (``formats``' canonical JSON) as 64 bits: a million records compared without holding their text."""
+    if key is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+@dataclass
+class _Keys:
+    """What makes each record of a split the same as another (``record_key``, ``prompt_key``), hashed, with its line."""
+
+    records: np.ndarray  # (N,) uint64
+    prompts: np.ndarray  # (N,) uint64
+    lines: np.ndarray  # (N,) int64
+    untrained: int  # chat assistant turns with "weight": 0
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _Keys:
+        fmt, n = ds.format, len(ds)
+        records, prompts, lines = np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.int64)
+        untrained = 0
+        for i, r in enumerate(ds):
+            records[i], prompts[i], lines[i] = _digest(fmt.record_key(r)), _digest(fmt.prompt_key(r)), r.line
+            untrained += fmt.untrained_turns(r)
+        return cls(records, prompts, lines, untrained)
+
+    def _firsts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(distinct keys sorted, the position of each one's first record, each record's distinct key's index)."""
+        return np.unique(self.records, return_index=True, return_inverse=True)
+
+    def duplicates(self) -> list[tuple[int, int]]:
+        """(line, line of the earlier record it repeats) of every record equal to an earlier one, in file order."""
+        _, first, inverse = self._firsts()
+        earlier = first[inverse]
+        repeat = np.flatnonzero(earlier != np.arange(len(self.records)))
+        return list(zip(self.lines[repeat].tolist(), self.lines[earlier[repeat]].tolist()))
+
+    def shared(self, other: _Keys) -> list[tuple[int, int]]:
+        """(line in other, line of the first equal record here) of other's records that this split also holds."""
+        distinct, first, _ = self._firsts()
+        if not len(distinct):
+            return []
+        at = np.minimum(np.searchsorted(distinct, other.records), len(distinct) - 1)
+        hit = np.flatnonzero(distinct[at] == other.records)
+        return list(zip(other.lines[hit].tolist(), self.lines[first[at[hit]]].tolist()))
 
 
 def _warnings(report: DataReport, splits: Splits) -> list[str]:
@@ -236,8 +277,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if s.duplicates:
             line, earlier = s.duplicate_lines[0]
             out.append(
-                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {where}:{line} repeats line "
-                f"{earlier}): repeats weigh more in training; remove them unless that is meant"
+                f"{s.name}: {s.duplicates} record(s) repeat an earlier one (e.g. {_at(where, line, s.container)} repeats "
+                f"{_unit(s.container)} {earlier}): repeats weigh more in training; remove them unless that is meant"
             )
         if s.truncated:
             longest = f" (the longest: {s.lengths.max})" if s.lengths and s.lengths.max > limit else ""
@@ -257,8 +298,8 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
         if o.records:
             line, train_line = o.lines[0]
             out.append(
-                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {ds.path}:{line} = "
-                f"{train_path}:{train_line}): {effect}; remove them from one side"
+                f"{o.split}: {o.records} of {len(ds)} records also appear in train (e.g. {_at(ds.path, line, ds.container)} = "
+                f"{_at(train_path, train_line, splits.train.container)}): {effect}; remove them from one side"
             )
         if o.split == "test" and o.prompts and o.prompts > o.records:
             out.append(
@@ -266,3 +307,13 @@ def _warnings(report: DataReport, splits: Splits) -> list[str]:
                 "with a different answer: test results partly measure recall of training prompts"
             )
     return out
+
+
+def _unit(container: str | None) -> str:
+    """Where a record of this container is: a line, or a row (Parquet, Arrow)."""
+    return containers.READERS[container].unit if container else "line"
+
+
+def _at(path: str | None, line: int, container: str | None) -> str:
+    """A record's place as errors write it: 'file:17', or 'file, row 17'."""
+    return f"{path}:{line}" if _unit(container) == "line" else f"{path}, row {line}"

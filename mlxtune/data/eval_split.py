@@ -10,6 +10,7 @@ so "valid" is the part the run held out and "train" the part it learned from.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 SPLITS = ("test", "valid", "train", "all")
 
 
-def eval_records(data: Path, split: str | None, run_cfg: RunSettings, own: bool = False, skip_bad_lines: bool | None = None) -> tuple[list, DataFormat, list, str, str, list[str], list]:
+def eval_records(
+    data: Path, split: str | None, run_cfg: RunSettings, own: bool = False, skip_bad_lines: bool | None = None, fields: Mapping[str, str] | None = None
+) -> tuple[list, DataFormat, list, str, str, list[str], list]:
     """(records to evaluate, format, training records, split name, the records in words, notes, skipped lines) for ``data``.
 
     A directory: its ``test.jsonl`` (default), else the validation split
@@ -34,11 +37,13 @@ def eval_records(data: Path, split: str | None, run_cfg: RunSettings, own: bool 
     out and ``train`` the part it trained on; ``all`` (the default for any
     other file, e.g. one kept apart for testing) is the whole file.
     ``skip_bad_lines`` as in ``data.load_data``; the notes list each line left out.
+    ``fields`` (``--field``) renames columns; None: as the run read its data (its ``fields``).
     """
     if split is not None and split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     seed, fraction = int(run_cfg.seed or 0), float(run_cfg.valid_fraction or 0.1)
-    splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=skip_bad_lines)
+    fields = run_cfg.fields if fields is None else fields
+    splits = load_data(data, valid_fraction=fraction, seed=seed, skip_bad_lines=skip_bad_lines, fields=fields)
     notes: list[str] = splits.skipped_notes()
     parts = {"test": list(splits.test), "valid": list(splits.valid), "train": list(splits.train)}
     parts["all"] = parts["train"] + parts["valid"] + parts["test"]

@@ -1,72 +1,55 @@
-"""Training data: JSONL files read, validated and split into train/valid/test.
+"""Training data: files read, validated and split into train/valid/test.
 
-One JSON object per line, one format per data set; the formats (text,
-prompt/completion, chat) and what each requires are in ``formats``.
+How records are stored (JSONL, a JSON array, CSV, TSV, Parquet, Arrow, plain
+text; a directory of splits, a Hugging Face dataset) is ``containers``'
+business; what a record holds, one format per data set, is ``formats``'. This
+module validates each record a container yields and keeps the good ones as a
+``Dataset`` (a JSONL file's records as byte offsets, read back on access:
+``rows``), and splits.
 
 Unknown extra keys are ignored, so files written for other tools load as they
 are. Everything a user can get wrong is caught here, before any model is
-loaded, and reported as a ``DataError`` naming the file, the line and the
-field: a bad line 9,000 should cost seconds, not a training run. With
+loaded, and reported as a ``DataError`` naming the file, the line (or row) and
+the field: a bad line 9,000 should cost seconds, not a training run. With
 ``skip_bad_lines`` such lines are left out instead, and every one is listed
 (``Splits.skipped``): never dropped silently.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Iterator
+import os
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import formats
+from . import containers, formats
 from ..errors import ConfigError, DataError
-from .formats import DataFormat, json_type
+from .formats import DataFormat
+from .rows import ChainedRecords, Record, take
 
-_SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
-_BOM = b"\xef\xbb\xbf"
-_HEAD_BYTES = 8192  # like git, a NUL byte in the first 8 KB means binary
-MAX_LINE_BYTES = 8 << 20  # one record; far more text than any --max-seq-len trains on
-MAX_DEPTH = 100  # JSON nesting; real records nest a handful of levels
+__all__ = ["Dataset", "Record", "Splits", "load_data", "load_file", "load_jsonl", "load_split_files", "split", "trains_prompt_masked"]
+
 SKIP_HINT = "; or pass --skip-bad-lines to leave out such lines (each one is reported)"
-_MAGIC = {
-    b"\x1f\x8b": "a gzip-compressed file: decompress it first (gunzip -k FILE) and pass the .jsonl inside",
-    b"PK\x03\x04": "a zip archive: extract it and pass the .jsonl inside",
-    b"PAR1": "a Parquet file: convert it to JSONL first, e.g. pandas.read_parquet(F).to_json(OUT, orient='records', lines=True)",
-    b"\x89PNG": "a PNG image: expected a UTF-8 text file with one JSON object per line",
-    b"%PDF": "a PDF document: expected a UTF-8 text file with one JSON object per line",
-}
-
-
-@dataclass(frozen=True)
-class Record:
-    """One record as read: its JSON object and where it came from (for errors)."""
-
-    data: dict[str, Any]
-    line: int
-    path: str | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
 
 
 @dataclass
 class Dataset:
-    """The validated records of one file (or part of one), all of one format.
+    """The validated records of one file (or part of one, or a split's shards), all of one format.
 
-    ``skipped`` holds the error of each line left out with ``skip_bad_lines``.
+    ``records`` is a sequence of ``Record`` (for JSONL read back from the file
+    on access, not held as dicts). ``skipped`` holds the error of each line left
+    out with ``skip_bad_lines``; ``container`` is the file's (``containers``).
     """
 
-    records: list[Record]
+    records: Sequence[Record]
     format: DataFormat
     path: str | None = None
     skipped: list[DataError] = field(default_factory=list)
+    container: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,6 +59,14 @@ class Dataset:
 
     def __getitem__(self, i: int) -> Record:
         return self.records[i]
+
+    @property
+    def container_words(self) -> str:
+        """The container as a description says it: nothing for JSONL, else e.g. " (parquet)"."""
+        if self.container in (None, "jsonl"):
+            return ""
+        note = containers.READERS[self.container].note
+        return f" ({self.container}{': ' + note if note else ''})"
 
 
 @dataclass
@@ -117,181 +108,82 @@ def trains_prompt_masked(fmt: DataFormat, requested: bool | None) -> bool:
     return formats.get(fmt).trains_prompt_masked(requested)
 
 
+def trains_prompt_masked(fmt: DataFormat, requested: bool | None) -> bool:
+    """Whether only completions and assistant turns are trained: as asked, else as the format has it."""
+    return formats.get(fmt).trains_prompt_masked(requested)
+
+
 # ---------------------------------------------------------------- reading
 
 
-def load_jsonl(path: str | Path, skip_bad_lines: bool | None = None) -> Dataset:
-    """Read and validate one JSONL file; every record must have the same format.
+def load_file(path: str | Path, skip_bad_lines: bool | None = None, fields: Mapping[str, str] | None = None) -> Dataset:
+    """Read and validate one data file, in any container; every record must have the same format.
 
-    The file is read a line at a time, and no line may exceed ``MAX_LINE_BYTES``,
-    so a binary or runaway file costs bounded memory and fails fast. A bad
-    line raises its DataError; with ``skip_bad_lines`` it is left out and
-    its error kept in ``Dataset.skipped`` (a record of another format than the
-    first good one counts as bad). ``skip_bad_lines=False`` means the caller
-    offers the option, and the error says so; None, that it does not.
-    Problems of the whole file (binary, empty, unreadable) always raise.
+    ``fields`` (``--field FIELD=COLUMN``) renames columns before the format is
+    detected. A bad record raises its DataError; with ``skip_bad_lines`` it is
+    left out and its error kept in ``Dataset.skipped`` (a record of another
+    format than the first good one counts as bad). ``skip_bad_lines=False``
+    means the caller offers the option, and the error says so; None, that it
+    does not. Problems of the whole file (binary, empty, unreadable) always raise.
     """
     path = Path(path)
     if not path.exists():
         raise DataError("file does not exist: check the path given to --data", path)
     if path.is_dir():
-        raise DataError("is a directory, expected a .jsonl file", path)
+        raise DataError("is a directory, expected a data file (.jsonl, .json, .csv, .tsv, .parquet, .txt)", path)
     if not path.is_file():
         raise DataError("is not a regular file: give --data a .jsonl file", path)
-    records: list[Record] = []
+    kept = array("q")
     skipped: list[DataError] = []
     fmt: DataFormat | None = None
     first_line = 0
     try:
-        with open(path, "rb") as f:
-            _check_text(f.read(_HEAD_BYTES), path)
-            f.seek(0)
-            for lineno, line in _lines(f, path):
-                try:
-                    if isinstance(line, DataError):
-                        raise line
-                    if not line.strip():
-                        continue
-                    obj = _parse_line(line, path, lineno)
-                    rec_fmt = _validate(obj, path, lineno)
-                    if fmt is not None and rec_fmt is not fmt:
-                        raise DataError(
-                            f"line {lineno} is {rec_fmt.a_record} but line {first_line} was "
-                            f"{fmt.a_record}: use one format per file",
-                            path,
-                            lineno,
-                        )
-                except DataError as e:
-                    if not skip_bad_lines:
-                        raise (e if skip_bad_lines is None else DataError(e.reason + SKIP_HINT, e.path, e.line, e.field)) from None
-                    skipped.append(e)
-                    continue
-                if fmt is None:
-                    fmt, first_line = rec_fmt, lineno
-                records.append(Record(obj, lineno, str(path)))
+        reader = containers.open_reader(path, fields)
+        unit = reader.unit
+        for position, (where, obj) in enumerate(reader):
+            try:
+                if isinstance(obj, DataError):
+                    raise obj
+                rec_fmt = _validate_in(obj, path, where, unit)
+                if fmt is not None and rec_fmt is not fmt:
+                    raise DataError(
+                        f"{unit} {where} is {rec_fmt.a_record} but {unit} {first_line} was {fmt.a_record}: use one format per file",
+                        path,
+                        where,
+                        unit=unit,
+                    )
+            except DataError as e:
+                if not skip_bad_lines:
+                    raise (e if skip_bad_lines is None else DataError(e.reason + SKIP_HINT, e.path, e.line, e.field, e.unit)) from None
+                skipped.append(e)
+                continue
+            if fmt is None:
+                fmt, first_line = rec_fmt, where
+            kept.append(position)
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror or e}): check its permissions", path) from None
     if fmt is None and skipped:
         first = skipped[0]
-        raise DataError(f"no usable record: all {len(skipped)} line(s) are bad (--skip-bad-lines), the first: {first}", path)
+        raise DataError(f"no usable record: all {len(skipped)} {unit}(s) are bad (--skip-bad-lines), the first: {first}", path)
     if fmt is None:
-        raise DataError(
-            'file is empty: expected one JSON object per line, e.g. {"text": "..."}', path
-        )
-    return Dataset(records, fmt, str(path), skipped)
+        raise DataError(reader.empty, path)
+    records = reader.records(np.frombuffer(kept, dtype=np.int64) if len(kept) else np.zeros(0, dtype=np.int64))
+    return Dataset(records, fmt, str(path), skipped, reader.name)
 
 
-def _lines(f, path: Path) -> Iterator[tuple[int, str | DataError]]:
-    """(line number, decoded text) of each line, each at most MAX_LINE_BYTES; a line that is not text gives its DataError."""
-    offset = 0
-    for lineno in itertools.count(1):
-        raw = f.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
-        start = offset
-        offset += len(raw)
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):  # pass over the rest of the line, a piece at a time
-                raw = f.readline(MAX_LINE_BYTES + 1)
-                offset += len(raw)
-            yield lineno, DataError(
-                f"line is longer than {MAX_LINE_BYTES >> 20} MB, the limit for one record: "
-                "check that the file holds one JSON object per line, and split very long "
-                "texts into several records (training sees at most --max-seq-len tokens of one)",
-                path,
-                lineno,
-            )
-            continue
-        if lineno == 1 and raw.startswith(_BOM):
-            raw, start = raw[len(_BOM) :], start + len(_BOM)
-        nul = raw.find(b"\x00")
-        if nul >= 0:
-            yield lineno, DataError(
-                f"not a text file (NUL byte at byte offset {start + nul}): expected a UTF-8 "
-                "text file with one JSON object per line",
-                path,
-                lineno,
-            )
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield lineno, DataError(
-                f"not valid UTF-8 (byte offset {start + e.start} in the file): save the file as UTF-8",
-                path,
-                lineno,
-            )
-            continue
-        yield lineno, text
+def load_jsonl(path: str | Path, skip_bad_lines: bool | None = None, fields: Mapping[str, str] | None = None) -> Dataset:
+    """``load_file`` under its old name: the file may be in any container, JSONL or not."""
+    return load_file(path, skip_bad_lines, fields)
 
 
-def _check_text(head: bytes, path: Path) -> None:
-    """Reject binary files up front, naming the usual culprits (UTF-16, archives, Parquet)."""
-    for magic, what in _MAGIC.items():
-        if head.startswith(magic):
-            raise DataError(f"not a text file: it looks like {what}", path)
-    nul = head.find(b"\x00")
-    if nul < 0:
-        return
-    line = head.count(b"\n", 0, nul) + 1
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[0] == 0 or head[1:2] == b"\x00":
-        hint = "it looks like UTF-16: save it as UTF-8"
-    else:
-        hint = "expected a UTF-8 text file with one JSON object per line"
-    raise DataError(f"not a text file (NUL byte at byte offset {nul}): {hint}", path, line)
-
-
-def _parse_line(line: str, path: Path, lineno: int) -> dict[str, Any]:
-    def reject_constant(name: str) -> None:
-        raise DataError(f"{name} is not valid JSON: write a number, null or a string", path, lineno)
-
-    # Without its line break: json would read past it as whitespace and place an
-    # error at the end of the line at "line 2, column 1" of the one-line document.
-    line = line.rstrip("\r\n")
+def _validate_in(obj: dict[str, Any], path: Path, where: int, unit: str) -> DataFormat:
+    """``_validate`` of a record at a line, or at a row (Parquet, Arrow: the error then names the row)."""
+    if unit == "line":
+        return _validate(obj, path, where)
     try:
-        obj = json.loads(line, parse_constant=reject_constant)
-        deep = _too_deep(line, obj)
-    except json.JSONDecodeError as e:
-        at_end = " (the end of the line)" if e.pos >= len(line) else ""
-        raise DataError(
-            f"invalid JSON at column {e.colno}{at_end}: {e.msg} "
-            "(each line must hold one complete JSON object)",
-            path,
-            lineno,
-        ) from None
-    except ValueError:  # Python refuses integers of more than 4300 digits
-        raise DataError("invalid JSON: a number is too long to read: write it as a string", path, lineno) from None
-    except RecursionError:
-        deep = True
-    if deep:
-        raise DataError(
-            f"JSON nested more than {MAX_DEPTH} levels deep: records are objects of strings and "
-            "lists of messages; flatten the structure",
-            path,
-            lineno,
-        )
-    if not isinstance(obj, dict):
-        raise DataError(
-            f"line is a JSON {json_type(obj)}, not an object: each line must be one JSON object "
-            f"like {formats.listed([f.shape for f in formats.FORMATS])}",
-            path,
-            lineno,
-        )
-    return obj
-
-
-def _too_deep(line: str, obj: Any) -> bool:
-    """Whether ``obj`` nests deeper than MAX_DEPTH (deep records break json.dumps and templates later)."""
-    if line.count("[") + line.count("{") <= MAX_DEPTH:  # cheap bound: most records stop here
-        return False
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return True
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
+        return _validate(obj, path, where)
+    except DataError as e:
+        raise DataError(e.reason, e.path, e.line, e.field, unit) from None
 
 
 def _validate(obj: dict[str, Any], path: Path, lineno: int) -> DataFormat:
@@ -302,79 +194,100 @@ def _validate(obj: dict[str, Any], path: Path, lineno: int) -> DataFormat:
 # -------------------------------------------------------------- splitting
 
 
-def load_data(path: str | Path, valid_fraction: float = 0.1, seed: int = 0, skip_bad_lines: bool | None = None) -> Splits:
-    """Load a data set: one JSONL file, or a directory of train/valid/test.jsonl.
+def load_data(
+    path: str | Path,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad_lines: bool | None = None,
+    fields: Mapping[str, str] | None = None,
+) -> Splits:
+    """Load a data set: one file (any container), or a directory of splits (``containers.split_files``).
 
     A single file is split into train and valid with a fixed seed, so that the
     same command always holds out the same records and validation losses of
-    different runs compare. ``skip_bad_lines`` as in ``load_jsonl``; the
+    different runs compare. ``skip_bad_lines`` as in ``load_file``; the
     lines left out are in ``Splits.skipped`` and counted in the description.
+    ``fields`` (``--field``) renames columns in every file.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ConfigError(f"valid fraction must be between 0 and 1, got {valid_fraction}")
     path = Path(path)
     if not path.exists():
-        raise DataError("does not exist: give --data a .jsonl file or a directory with train.jsonl", path)
+        raise DataError("does not exist: give --data a data file (.jsonl, .json, .csv, .parquet, ...) or a directory with train.jsonl", path)
     if path.is_file():
-        data = load_jsonl(path, skip_bad_lines)
+        data = load_file(path, skip_bad_lines, fields)
         train, valid = split(data, valid_fraction, seed)
         description = (
-            f"{path}: {len(data)} {data.format} records{_skipped(data.skipped)}, split {len(train)} train / "
+            f"{path}: {len(data)} {data.format} records{data.container_words}{_skipped(data.skipped)}, split {len(train)} train / "
             f"{len(valid)} valid (seed {seed})"
         )
         empty = Dataset([], data.format, None)
         return Splits(train, valid, empty, description, None, seed, data.skipped)
     if not path.is_dir():
         raise DataError("is neither a regular file nor a directory: give --data a .jsonl file or a directory with train.jsonl", path)
-    return _load_dir(path, valid_fraction, seed, skip_bad_lines)
+    return _load_dir(path, valid_fraction, seed, skip_bad_lines, fields)
 
 
 def _skipped(errors: list[DataError]) -> str:
     return f" ({len(errors)} bad line(s) skipped)" if errors else ""
 
 
-def _load_dir(path: Path, valid_fraction: float, seed: int, skip_bad_lines: bool | None) -> Splits:
-    train_path = path / "train.jsonl"
-    if not train_path.is_file():
-        others = sorted(p.name for p in path.glob("*.jsonl") if p.name not in _SPLIT_FILES)
-        hint = f"; or pass one of {', '.join(others[:3])} directly" if others else ""
-        raise DataError(
-            f"no train.jsonl: a data directory needs train.jsonl (valid.jsonl and test.jsonl "
-            f"are optional){hint}",
-            path,
-        )
-    train = load_jsonl(train_path, skip_bad_lines)
-    loaded = {"train.jsonl": train}
-    note = None
-    valid_path = path / "valid.jsonl"
-    if valid_path.is_file():
-        valid = load_jsonl(valid_path, skip_bad_lines)
-        loaded["valid.jsonl"] = valid
-    else:
-        n_train = len(train)
-        train, valid = split(train, valid_fraction, seed)
-        note = (
-            f"no valid.jsonl in {path}: held out {len(valid)} of {n_train} train records "
-            f"for validation (seed {seed})"
-        )
-    test_path = path / "test.jsonl"
-    test = load_jsonl(test_path, skip_bad_lines) if test_path.is_file() else Dataset([], train.format, None)
-    if test.path is not None:
-        loaded["test.jsonl"] = test
-    for name, ds in loaded.items():
+def _load_split(files: list[Path], skip_bad_lines: bool | None, fields: Mapping[str, str] | None) -> Dataset:
+    """One split's file, or its shards read one after another as one data set (named by their common glob)."""
+    parts = [load_file(f, skip_bad_lines, fields) for f in files]
+    if len(parts) == 1:
+        return parts[0]
+    for part in parts[1:]:
+        if part.format is not parts[0].format:
+            raise DataError(f"holds {part.format} records but {Path(parts[0].path).name} holds {parts[0].format} records: "
+                            "use one format for all files of a data set", part.path)
+    name = os.path.commonprefix([f.name for f in files]) + "*" + files[0].suffix
+    skipped = [e for p in parts for e in p.skipped]
+    return Dataset(ChainedRecords([p.records for p in parts]), parts[0].format, str(files[0].parent / name), skipped, parts[0].container)
+
+
+def load_split_files(path: Path, skip_bad_lines: bool | None = None, fields: Mapping[str, str] | None = None) -> tuple[dict[str, Dataset], str]:
+    """A data directory's splits as its files have them, not split further: ({train, valid?, test?: Dataset}, its layout).
+
+    Every split must hold records of train's format.
+    """
+    layout = containers.split_files(path)
+    loaded = {name: _load_split(files, skip_bad_lines, fields) for name, files in layout.files.items()}
+    train = loaded["train"]
+    for ds in loaded.values():
         if ds.format is not train.format:
             raise DataError(
-                f"{name} holds {ds.format} records but train.jsonl holds {train.format} records: "
+                f"{Path(ds.path).name} holds {ds.format} records but {Path(train.path).name} holds {train.format} records: "
                 "use one format for all files of a data set",
                 ds.path,
             )
+    return loaded, layout.kind
+
+
+def _load_dir(path: Path, valid_fraction: float, seed: int, skip_bad_lines: bool | None, fields: Mapping[str, str] | None) -> Splits:
+    loaded, kind = load_split_files(path, skip_bad_lines, fields)
+    train = loaded["train"]
+    note = None
+    train_name = Path(train.path).name
+    if "valid" in loaded:
+        valid = loaded["valid"]
+    else:
+        n_train = len(train)
+        train, valid = split(train, valid_fraction, seed)
+        missing = "no valid.jsonl" if train.container == "jsonl" else "no valid split (valid, validation, dev or eval)"
+        note = f"{missing} in {path}: held out {len(valid)} of {n_train} train records for validation (seed {seed})"
+    test = loaded.get("test") or Dataset([], train.format, None)
     skipped = [e for ds in loaded.values() for e in ds.skipped]
     parts = [f"{len(train)} train", f"{len(valid)} valid"]
     if len(test):
         parts.append(f"{len(test)} test")
     description = f"{path}: {' / '.join(parts)} {train.format} records{_skipped(skipped)}"
+    kinds = {name: ds.container for name, ds in loaded.items()}
+    if kind != "files" or set(kinds.values()) != {"jsonl"}:
+        notes = {c: containers.READERS[c].note for c in kinds.values() if containers.READERS[c].note}
+        description += f" ({kind}: " + ", ".join(f"{name} {c}" for name, c in kinds.items()) + "".join(f"; {n}" for n in notes.values()) + ")"
     if note:
-        description += f" (valid split from train.jsonl, seed {seed})"
+        description += f" (valid split from {train_name}, seed {seed})"
     return Splits(train, valid, test, description, note, seed, skipped)
 
 
@@ -383,6 +296,7 @@ def split(data: Dataset, valid_fraction: float, seed: int) -> tuple[Dataset, Dat
 
     The indices are shuffled with numpy's ``default_rng(seed)``; each part then
     keeps the file's order, which makes it easy to see which lines went where.
+    The parts index into ``data``'s records: nothing is read here.
     """
     n = len(data)
     if n < 2:
@@ -393,8 +307,8 @@ def split(data: Dataset, valid_fraction: float, seed: int) -> tuple[Dataset, Dat
         )
     n_valid = min(n - 1, max(1, int(round(n * valid_fraction))))
     order = np.random.default_rng(seed).permutation(n)
-    valid_idx = sorted(order[:n_valid].tolist())
-    train_idx = sorted(order[n_valid:].tolist())
-    train = Dataset([data.records[i] for i in train_idx], data.format, data.path)
-    valid = Dataset([data.records[i] for i in valid_idx], data.format, data.path)
+    valid_idx = np.sort(order[:n_valid])
+    train_idx = np.sort(order[n_valid:])
+    train = Dataset(take(data.records, train_idx), data.format, data.path, container=data.container)
+    valid = Dataset(take(data.records, valid_idx), data.format, data.path, container=data.container)
     return train, valid

@@ -56,6 +56,7 @@ class TrainConfig:
     init_adapter: str | None = None  # start from this adapter's weights (its rank, targets and scale); see init_adapter.py
     objective: str = "cross-entropy"  # the training loss, a name in objectives.OBJECTIVES
     pack: bool = False  # several records per row of up to max_seq_len tokens, each attending to itself only (data.batching.pack_rows)
+    fields: dict[str, str] = field(default_factory=dict)  # --field FIELD=COLUMN: data columns renamed to the fields formats read
 
     @property
     def scale(self) -> float:
@@ -73,6 +74,8 @@ def _expected_types(name: str) -> tuple[type, ...]:
     default = TrainConfig()
     value = getattr(default, name)
     annotation = str(_FIELDS[name].type)
+    if annotation.startswith("dict"):
+        return (dict,)
     if "list" in annotation:
         return (list,)
     if "bool" in annotation:
@@ -144,6 +147,8 @@ def _check_ranges(v: dict[str, Any]) -> list[str]:
         errors.append(f"key 'backend' must be {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, not {v['backend']!r}")
     if v.get("dtype") not in (None, "float32", "float16", "bfloat16"):
         errors.append(f"key 'dtype' must be float32, float16 or bfloat16, not {v['dtype']!r}")
+    if v.get("fields") is not None and not all(isinstance(k, str) and isinstance(c, str) and k and c for k, c in v["fields"].items()):
+        errors.append(f"key 'fields' must map field names to column names (e.g. prompt: question), not {v['fields']!r}")
     if v.get("objective") is not None:
         from .objectives import OBJECTIVES
 

@@ -265,7 +265,7 @@ def plan_for(cfg) -> Plan:
         from ..data.records import load_data, trains_prompt_masked
         from ..models.tokenizer import load_tokenizer
 
-        splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
+        splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines, fields=cfg.fields)
         tokenizer = load_tokenizer(model_dir, thinking=cfg.thinking)
         mask_prompt = trains_prompt_masked(splits.format, cfg.mask_prompt)
         train, valid = ([len(e) for e in encode_dataset(part, splits.format, tokenizer, mask_prompt, cfg.max_seq_len)[0]] for part in (splits.train, splits.valid))

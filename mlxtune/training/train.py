@@ -94,7 +94,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     from ..data.records import load_data, trains_prompt_masked
     from ..models.source import open_model
 
-    splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines)
+    splits = load_data(cfg.data, valid_fraction=cfg.valid_fraction, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines, fields=cfg.fields)
     for message in ([splits.note] if splits.note else []) + splits.skipped_notes():
         on_event(Event("note", {"message": message}))
     start = None

@@ -24,7 +24,9 @@ step, the share of a step's positions that are real tokens, rows and steps per
 epoch, the epoch's estimated time, and peak resident memory; then the gain of
 packing (packed over unpacked trained tokens/s) per data set and backend.
 Trained tokens are the targets the loss counts; packing trains the same ones,
-in fewer steps. The figures are wall-clock rates: run on a quiet machine.
+in fewer steps. mlx compiles a step per input shape (unpacked batches come in
+several, packed ones nearly always in one): give mlx 30 steps or more. The
+figures are wall-clock rates: run on a quiet machine.
 """
 
 from __future__ import annotations

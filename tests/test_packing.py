@@ -1,9 +1,10 @@
 """Packing (issue 17, acceptance 2 on the numpy side): several records per row, each attending to itself only.
 
 The promise: a packed batch is the same computation as its records unpacked.
-Each record's per-token log-probabilities in a packed row equal those of the
-record alone, and the loss and every LoRA gradient of a packed batch equal
-those of the same records as one unpacked batch (float32, ``tolerances.py``),
+Each record's per-token log-probabilities, loss and LoRA gradients in a packed
+row equal those of the record alone, and the loss and every LoRA gradient of a
+packed batch equal those of the same records as one unpacked batch (float32,
+``tolerances.py``),
 on the llama layout and on the families with attention of their own (Qwen3's
 q/k norms, SmolLM3's layers without rope, Gemma 3's sliding windows, Phi-3's
 partial rotary with LongRoPE on either side of its original context), with
@@ -83,6 +84,22 @@ def test_each_record_in_a_packed_row_is_scored_as_alone(adapted):
     # the mask is what makes it so: the same row attended as one sequence scores the later records otherwise
     whole = model.token_log_probs(packed.inputs, packed.targets, packed.mask > -1).dense(packed.inputs.shape)[0]
     assert scaled_diff(whole[len(examples[0]) - 1 : 47], lp[len(examples[0]) - 1 : 47]) > 100 * LOSS
+
+
+def test_each_records_loss_and_gradients_in_a_packed_row_are_its_own(adapted):
+    """The mask of one record of a packed row: the loss and LoRA gradients of that record alone, unpacked."""
+    label, model = adapted
+    examples = records(model.config.vocab_size)
+    packed = make_packed_batch([examples])
+    for j, e in enumerate(examples, start=1):
+        alone = make_batch([e])
+        loss_a, n_a, grads_a = model.loss_and_grads(alone.inputs, alone.targets, alone.mask)
+        mask = np.where(packed.segments == j, packed.mask, 0.0).astype(np.float32)  # (1, T) this record's targets only
+        loss_p, n_p, grads_p = model.loss_and_grads(packed.inputs, packed.targets, mask, positions=packed.positions, segments=packed.segments)
+        worst = max(grad_diff(grads_p[k], grads_a[k]) for k in grads_a)
+        print(f"[{label}] record {j} ({len(e)} tokens): loss {loss_p:.7f} vs {loss_a:.7f}, worst gradient {worst:.1e}")
+        assert n_p == n_a == e.loss_mask[1:].sum()
+        assert scaled_diff(loss_p, loss_a) < LOSS and worst < GRADS
 
 
 @pytest.mark.parametrize("checkpointed", [False, True])

@@ -193,13 +193,7 @@ def test_packed_loss_and_grads_equal_unpacked_batch(variant):
 
 
 def test_packed_loss_and_grads_equal_numpy_packed(variant):
-    """The mlx and the numpy backend on the same packed batch (the numpy side's packing: the "packnp17" branch)."""
-    import inspect
-
-    from mlxtune.backends.numpy.model import NumpyLlama
-
-    if "positions" not in inspect.signature(NumpyLlama.loss_and_grads).parameters:
-        pytest.skip("the numpy backend takes no packed batches in this tree (its packing is on the packnp17 branch)")
+    """The mlx and the numpy backend on the same packed batch."""
     label, model_dir = variant
     ours, theirs = adapted_pair(model_dir)
     batch = pack(make_records(ours.config.vocab_size, CASES[label], seed=5), ROWS, T_ROW)
@@ -283,13 +277,10 @@ def test_a_packed_run_on_mlx(tiny_model, tmp_path):
     """``--pack`` through the training loop on mlx: the packed rows' fewer steps, the same trained tokens, and the
     first step's loss (adapters still the identity: lora_b = 0) equal to the numpy backend's on the same packed batch."""
     import json
-    from dataclasses import fields
 
     from mlxtune.training.config import TrainConfig
     from mlxtune.training.train import train
 
-    if "pack" not in {f.name for f in fields(TrainConfig)}:
-        pytest.skip("no --pack in this tree (TrainConfig.pack is on the packnp17 branch)")
     data = tmp_path / "short.jsonl"
     rng = np.random.default_rng(0)
     words = "the a of to in is it on at by".split()

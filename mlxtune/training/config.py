@@ -55,6 +55,7 @@ class TrainConfig:
     distributed: bool = False  # require a run of several processes (mlx.launch); one is detected without it
     init_adapter: str | None = None  # start from this adapter's weights (its rank, targets and scale); see init_adapter.py
     objective: str = "cross-entropy"  # the training loss, a name in objectives.OBJECTIVES
+    pack: bool = False  # several records per row of up to max_seq_len tokens, each attending to itself only (data.batching.pack_rows)
     fields: dict[str, str] = field(default_factory=dict)  # --field FIELD=COLUMN: data columns renamed to the fields formats read
 
     @property

@@ -68,6 +68,11 @@ class Run:
         self.ad_config, self.on_event, self.state = ad_config, on_event, state
         self.world = world or World()
 
+    @property
+    def _pack(self) -> int | None:
+        """The rows' length of a packed run (``--pack``: ``max_seq_len`` tokens); None unpacked."""
+        return self.cfg.max_seq_len if self.cfg.pack else None
+
     def step(self, micro: list, lr: float) -> tuple[float, int, int, bool]:
         """One optimizer step on the global batch: (loss, trained tokens, tokens seen, stop), all global.
 
@@ -89,18 +94,20 @@ class Run:
         """What each validation covers, for the start line: None when the run does not validate.
 
         ``--val-batches N`` takes the first N batches of the split's seeded
-        order, so every validation of the run sees the same examples.
+        order, so every validation of the run sees the same examples. With
+        ``--pack`` the validation batches are packed too (the loss is the same).
         """
         from itertools import islice
 
-        from ..data.batching import epoch_steps, iterate_batches
+        from ..data.batching import batch_rows, epoch_steps, iterate_batches
 
         valid, cfg = self.setup.valid_set, self.cfg
         if cfg.val_every <= 0 or not valid:
             return None
-        every = epoch_steps(len(valid), cfg.batch_size)
+        every = epoch_steps(batch_rows(valid, self._pack), cfg.batch_size)
         batches = every if cfg.val_batches < 0 else min(cfg.val_batches, every)
-        examples = len(valid) if batches == every else sum(len(b.lengths) for b in islice(iterate_batches(valid, cfg.batch_size, seed=cfg.seed, loop=False), batches))
+        first = islice(iterate_batches(valid, cfg.batch_size, seed=cfg.seed, loop=False, pack=self._pack), batches)
+        examples = len(valid) if batches == every else sum(len(b.lengths) if b.segments is None else int(b.segments.max(axis=1).sum()) for b in first)
         return {"batches": batches, "of_batches": every, "examples": examples, "of_examples": len(valid), "every": cfg.val_every}
 
     def validate(self, step: int, stopping: bool = False) -> float | None:
@@ -124,7 +131,7 @@ class Run:
         total_loss, total_n, round_loss, round_n = 0.0, 0.0, 0.0, 0.0
         self.on_event(Event("validate", {"step": step, "batch": 0, "batches": n, "elapsed": 0.0}))
         try:
-            for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False)):
+            for i, batch in enumerate(iterate_batches(self.setup.valid_set, self.cfg.batch_size, seed=self.cfg.seed, loop=False, pack=self._pack)):
                 if i >= n:
                     break
                 if i % world.size == world.rank:  # distributed: batches dealt out to the ranks
@@ -188,10 +195,12 @@ class Run:
         self.pending = (state or {}).get("pending_validation")  # a step whose validation a stop cut short
         self.trained_tokens, self.trained_before = 0, (state or {}).get("trained_tokens", 0)
         self.seconds_before = (state or {}).get("train_seconds", 0.0)
-        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size))
+        self.batches = iterate_batches(setup.train_set, cfg.batch_size, seed=cfg.seed, loop=True, shard=(self.world.rank, self.world.size), pack=self._pack)
         self.val_plan = self.validation_plan()
         if self.batches.note and not state:
             self.on_event(Event("note", {"message": self.batches.note}))
+        if cfg.pack and not state:
+            self.on_event(Event("note", {"message": f"--pack: {len(setup.train_set)} training records in {self.batches.rows} rows of up to {cfg.max_seq_len} tokens"}))
         if state:
             self.batches.skip(state["batches_drawn"])
         if state and self.world.main:

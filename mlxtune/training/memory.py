@@ -60,11 +60,15 @@ def read_model(model_dir: str | Path) -> tuple[dict, list[Tensor]]:
     return config, tensors
 
 
-def batch_seq_len(lengths, max_seq_len: int) -> int:
+def batch_seq_len(lengths, max_seq_len: int, pack: bool = False) -> int:
     """T of the longest batch the run will see: the longest example (cut at ``max_seq_len``) less one, padded to 8.
 
     ``lengths`` are the encoded examples' token counts; None or empty: ``max_seq_len``.
+    ``pack`` (``--pack``): rows of ``max_seq_len`` input tokens (fewer if all the data has fewer).
     """
+    if pack:
+        longest = min(int(sum(lengths)) - len(lengths), max_seq_len) if lengths is not None and len(lengths) else max_seq_len
+        return -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
     longest = min(max(lengths), max_seq_len) if lengths is not None and len(lengths) else max_seq_len
     return -(-max(longest - 1, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
 

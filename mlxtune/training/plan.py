@@ -224,6 +224,8 @@ def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     model, in batches of ``cfg.batch_size`` (train, and validation if the run
     validates); ``idle``: those of examples only held in memory (validation
     with ``val_every`` 0: its longest record must not shrink the batch).
+    With ``cfg.pack`` a batch is ``cfg.batch_size`` rows of ``max_seq_len``
+    tokens, as many as the examples fill (``data.batching.pack_rows``).
     """
     import os
 
@@ -233,9 +235,14 @@ def plan_run(cfg, model_dir, backend: str, lengths, idle=()) -> Plan:
     config, tensors = read_model(model_dir)
     device = get(backend).device()
     lengths = list(lengths) if lengths is not None else None
+    rows = len(lengths) if lengths else None
+    if cfg.pack and lengths:
+        from ..data.batching import pack_rows
+
+        rows = len(pack_rows([min(n, cfg.max_seq_len) for n in lengths], cfg.max_seq_len))
     try:
-        return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len), available=runtime.available_memory(), device=device,
-                   tensors=tensors, n_examples=len(lengths) if lengths else None, baseline=BASELINE_BYTES[backend] + data_bytes(None if lengths is None else lengths + list(idle)),
+        return fit(cfg, config, backend, seq_len=batch_seq_len(lengths, cfg.max_seq_len, pack=bool(cfg.pack)), available=runtime.available_memory(), device=device,
+                   tensors=tensors, n_examples=rows, baseline=BASELINE_BYTES[backend] + data_bytes(None if lengths is None else lengths + list(idle)),
                    activation_mb=os.environ.get("MLXTUNE_ACTIVATION_MB"))
     except UnsupportedModelError as e:
         return Plan(cfg.batch_size, cfg.grad_accumulation, cfg.grad_checkpoint, None, None, "unknown", cfg.auto_fit, reasons=[f"no estimate ({e})"])

@@ -87,7 +87,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     ``given``: the settings the user set, which an --init-adapter's shape must not contradict.
     ``run_dir``: the run's directory, beside which its tokens are cached (``data.token_cache``).
     """
-    from ..data.batching import epoch_steps
+    from ..data.batching import batch_rows, epoch_steps
     from ..data.token_cache import encode_splits
     from ..data.records import load_data, trains_prompt_masked
     from ..models.source import open_model
@@ -132,7 +132,7 @@ def _prepare(cfg: TrainConfig, on_event: Callable[[Event], None], given: Mapping
     for warning in report.warnings:
         on_event(Event("note", {"message": warning}))
 
-    steps_per_epoch = epoch_steps(len(train_set), cfg.batch_size * cfg.grad_accumulation)
+    steps_per_epoch = epoch_steps(batch_rows(train_set, cfg.max_seq_len if cfg.pack else None), cfg.batch_size * cfg.grad_accumulation)
     if cfg.iters is not None:
         total = int(cfg.iters)
     else:

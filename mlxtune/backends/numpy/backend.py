@@ -62,7 +62,7 @@ class NumpyBackend:
             yield Chunk(new, token, len(ids), tps, finish)
 
     def summed_loss(self, model, batch) -> tuple[float, int]:
-        mean, n = model.loss(batch.inputs, batch.targets, batch.mask)
+        mean, n = model.loss(batch.inputs, batch.targets, batch.mask, positions=batch.positions, segments=batch.segments)
         return float(mean) * float(n), int(n)
 
     def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, None]:

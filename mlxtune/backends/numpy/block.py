@@ -90,13 +90,15 @@ class BlockMethods:
                 drops[key] = ops.dropout_mask((rows, in_dim), lora.dropout, rng, self.dtype)  # (N, in)
         return drops
 
-    def _block_forward(self, i: int, x, rope, kv=None, offset: int = 0, drops: dict | None = None, save: str | None = None):
+    def _block_forward(self, i: int, x, rope, kv=None, offset: int = 0, drops: dict | None = None, save: str | None = None, segments=None):
         """x + attention(norm(x)), then + mlp(norm(.)).  x: (B, T, C) -> (out (B, T, C), Saved or None).
 
         ``kv``: a ``model.KVCache``. ``save="all"`` also returns what
         ``_block_backward`` needs; ``save="inputs"`` (a checkpointed block)
         only the inputs of the two halves of the block, x and x2, and the
         attention's log-sum-exp, from which ``_recompute`` rebuilds the rest.
+        ``segments`` (B, T): a packed batch's records (``data.batching.Batch``), each attending to itself only;
+        ``rope``'s tables are then per token (``model._packed_rope``).
         """
         cfg, p = self.config, f"model.layers.{i}."
         B, T, C = x.shape
@@ -109,7 +111,7 @@ class BlockMethods:
         q, k, v, qk_rstd = self._attention_inputs(i, qkv, B, T, rope)  # (B, KVH, T*G, D), (B, KVH, T, D) x2, (N, H + KVH, 1) or None
         if kv is not None:
             k, v = kv.update(i, k, v)  # (B, KVH, S, D)
-        att, lse = ops.causal_attention(q, k, v, offset, window=cfg.window(i))  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
+        att, lse = ops.causal_attention(q, k, v, offset, window=cfg.window(i), segments=segments)  # (B, KVH, T*G, D), (B, KVH, T*G, 1)
         a = self._merge_heads(att, B, T)  # (N, H*D)
         del att
         o = ops.linears_forward(a, self._layers(i, O_PROJ, drops))  # (N, C): o
@@ -168,8 +170,8 @@ class BlockMethods:
         h = ops.rmsnorm_apply(s.x2, s.rstd2, self._norm(p + self._mlp_norm()))  # (N, C)
         s.gu = ops.linears_forward(h, layers, s.weights["gate_up"])  # (N, 2F)
 
-    def _block_backward(self, i: int, dout, s: Saved, rope, drops: dict, grads: dict) -> np.ndarray:
-        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads``."""
+    def _block_backward(self, i: int, dout, s: Saved, rope, drops: dict, grads: dict, segments=None) -> np.ndarray:
+        """-> d block input (B, T, C); the block's LoRA gradients go into ``grads`` (``segments``: as ``_block_forward``'s)."""
         cfg, p = self.config, f"model.layers.{i}."
         B, T, C = dout.shape
         rope = self._layer_rope(i, rope)
@@ -198,7 +200,8 @@ class BlockMethods:
         s.outs = None
         o_proj = self._layers(i, O_PROJ, drops)
         da = ops.linears_backward_input(do, o_proj)  # (N, H*D)
-        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse, window=cfg.window(i))
+        dq, dk, dv, att = ops.causal_attention_backward(self._split_rows(da, B, T), s.q, s.k, s.v, s.lse, window=cfg.window(i),
+                                                             segments=segments)
         del da
         s.q = s.k = s.v = None
         self._collect(grads, p, O_PROJ, ops.linears_backward_params(do, self._merge_heads(att, B, T), o_proj))

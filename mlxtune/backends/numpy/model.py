@@ -160,26 +160,32 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         h = ops.rmsnorm_apply(x2, ops.rmsnorm_rstd(x2, self.config.rms_norm_eps), self._norm("model.norm.weight"))  # (N, C)
         return (h @ self._head_weight().T).reshape(B, T, -1)  # (B, T, V)
 
-    def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY) -> tuple[float, float]:
-        """(loss, n) of ``objective`` over ``arrays`` (its ``arrays(batch)``; cross-entropy: the mask)."""
-        return objective.numpy_loss(self.token_log_probs(inputs, targets, objective.scored(*arrays)), *arrays)
+    def loss(self, inputs, targets, *arrays, objective: Objective = CROSS_ENTROPY, positions=None, segments=None) -> tuple[float, float]:
+        """(loss, n) of ``objective`` over ``arrays`` (its ``arrays(batch)``; cross-entropy: the mask).
 
-    def token_log_probs(self, inputs, targets, scored) -> TokenLogProbs:
+        ``positions``, ``segments`` (B, T): a packed batch's (``data.batching.Batch``), or None.
+        """
+        return objective.numpy_loss(self.token_log_probs(inputs, targets, objective.scored(*arrays), positions, segments), *arrays)
+
+    def token_log_probs(self, inputs, targets, scored, positions=None, segments=None) -> TokenLogProbs:
         """log p(target) of the rows ``scored`` (B, T) marks, adapters as they are, no dropout: what objectives read."""
         inputs = self._check_tokens(inputs)
-        rope = self._rope(0, inputs.shape[1])
+        rope, segments = self._packed_rope(inputs.shape, positions, segments)
         x = self._embed(inputs)  # (B, T, C)
         for i in range(self.config.num_hidden_layers):
-            x, _ = self._block_forward(i, x, rope)
+            x, _ = self._block_forward(i, x, rope, segments=segments)
         return self._head(x, np.asarray(targets), scored, None)[0]
 
-    def loss_and_grads(self, inputs, targets, *arrays, rng: np.random.Generator | None = None, objective: Objective = CROSS_ENTROPY) -> tuple[float, float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, inputs, targets, *arrays, rng: np.random.Generator | None = None, objective: Objective = CROSS_ENTROPY,
+                       positions=None, segments=None) -> tuple[float, float, dict[str, np.ndarray]]:
         """(loss, n, gradients of the loss w.r.t. every lora_params() tensor) of ``objective`` over ``arrays``.
 
         Dropout is applied to the LoRA inputs only when an adapter has
         dropout > 0 and ``rng`` is given. Which blocks keep what their
         backward needs and which are checkpointed (keep their inputs and
         recompute the rest there) is ``activation_plan``'s decision.
+        ``positions``, ``segments`` (B, T): a packed batch's (``data.batching.Batch``:
+        attention within each record, rope at each token's position in it), or None.
         """
         inputs = self._check_tokens(inputs)
         B, T = inputs.shape
@@ -187,16 +193,16 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         first = self._first_adapted()
         _, n_checkpointed = self.activation_plan(B, T)
         dropout = rng is not None and any(lora.dropout > 0 for lora in self.adapters.values())
-        rope = self._rope(0, T)
+        rope, segments = self._packed_rope(inputs.shape, positions, segments)
         x = self._embed(inputs)  # (B, T, C)
         saved: list[Saved] = []
         for i in range(n_blocks):
             if i < first:  # blocks before the first adapter need no backward pass
-                x, _ = self._block_forward(i, x, rope)
+                x, _ = self._block_forward(i, x, rope, segments=segments)
                 continue
             snapshot = copy.deepcopy(rng) if dropout else None  # replays this block's dropout masks in the backward
             drops = self._dropout_masks(i, B * T, rng) if dropout else {}
-            x, s = self._block_forward(i, x, rope, drops=drops, save="inputs" if i - first < n_checkpointed else "all")
+            x, s = self._block_forward(i, x, rope, drops=drops, save="inputs" if i - first < n_checkpointed else "all", segments=segments)
             s.rng = snapshot
             saved.append(s)
             del drops
@@ -213,7 +219,7 @@ class NumpyLlama(LoRAMethods, BlockMethods):
             drops = self._dropout_masks(i, B * T, s.rng) if s.rng is not None else {}
             if s.gu is None:  # checkpointed
                 self._recompute(i, s, rope, drops)
-            dx = self._block_backward(i, dx, s, rope, drops, grads)
+            dx = self._block_backward(i, dx, s, rope, drops, grads, segments)
             del s, drops
         return loss, n, {k: grads[k] for k in self.lora_params()}
 
@@ -268,10 +274,28 @@ class NumpyLlama(LoRAMethods, BlockMethods):
             x *= self.dtype(self.config.embed_scale)
         return x
 
-    def _rope(self, offset: int, T: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
+    def _packed_rope(self, shape: tuple[int, int], positions, segments):
+        """(rope tables, segments) for a batch of ``shape`` (B, T): ``_rope``'s (T, ...) tables for an unpacked
+        batch (``positions`` None), a packed one's gathered per token, (B, T, ...) each."""
+        if positions is None:
+            return self._rope(0, shape[1]), None
+        positions, segments = np.asarray(positions), np.asarray(segments)
+        if positions.shape != tuple(shape) or segments.shape != tuple(shape):
+            raise ValueError(f"positions {positions.shape} and segments {segments.shape} must have the inputs' shape {tuple(shape)}")
+        if self.config.longrope is None:
+            return self._rope(0, int(positions.max()) + 1, positions), segments
+        # LongRoPE chooses its factors by length: a row's by its longest record (its largest position + 1)
+        rows = [self._rope(0, int(p.max()) + 1, p[None]) for p in positions]  # each (1, T, ...)
+        glob = tuple(np.concatenate(t) for t in zip(*(r[0] for r in rows)))  # (B, T, ...) each
+        local = None if rows[0][1] is None else tuple(np.concatenate(t) for t in zip(*(r[1] for r in rows)))
+        return (glob, local), segments
+
+    def _rope(self, offset: int, T: int, positions=None) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
         """RoPE tables for positions offset .. offset+T-1: (COS, SIN) of q, scaled by the attention scale, then of k;
         the model's, and the sliding-window layers' own (their base, ``local_rope_theta``) or None.
 
+        ``positions`` (B, T) of a packed batch (each below ``T``): the tables'
+        rows gathered for them, (B, T, H*D) and (B, T, KVH*D) instead of (T, ...).
         Folding the attention scale into q's rotation costs nothing and
         leaves the scores as they are (the scale is a power of two for the
         usual even exponents of the head size, so even rounding is unchanged).
@@ -280,6 +304,11 @@ class NumpyLlama(LoRAMethods, BlockMethods):
         D, R, m = cfg.head_dim, cfg.rope_dims(), cfg.rope_attention_factor()
 
         def tables(inv_freq, position_scale):
+            if positions is not None:
+                return tuple(t[positions] for t in unpacked(inv_freq, position_scale))  # (B, T, H*D) x2, (B, T, KVH*D) x2
+            return unpacked(inv_freq, position_scale)
+
+        def unpacked(inv_freq, position_scale):
             cos, sin = ops.rope_tables((offset + np.arange(T)) * position_scale, inv_freq, self.dtype)  # (T, R/2)
             if m != 1.0:  # LongRoPE scales cos and sin (transformers' attention factor)
                 cos, sin = cos * self.dtype(m), sin * self.dtype(m)

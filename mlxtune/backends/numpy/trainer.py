@@ -106,6 +106,11 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> dict[s
     return {k: g * np.asarray(factor, dtype=g.dtype) for k, g in grads.items()}
 
 
+def packing(batch) -> dict:
+    """A batch's ``positions`` and ``segments`` (None, None unpacked), as the model's keyword arguments."""
+    return {"positions": batch.positions, "segments": batch.segments}
+
+
 class NumpyTrainer:
     """LoRA training with the numpy reference model."""
 
@@ -142,7 +147,8 @@ class NumpyTrainer:
         """One optimizer step on a batch, or on a list of micro-batches whose gradients accumulate."""
         parts = list(batch) if isinstance(batch, (list, tuple)) else [batch]
         if len(parts) == 1:
-            loss, n, grads = self.model.loss_and_grads(parts[0].inputs, parts[0].targets, *self.objective.arrays(parts[0]), rng=self._step_rng(), objective=self.objective)
+            loss, n, grads = self.model.loss_and_grads(parts[0].inputs, parts[0].targets, *self.objective.arrays(parts[0]), rng=self._step_rng(), objective=self.objective,
+                                                       **packing(parts[0]))
             self._update(grads, lr)
             return float(loss), int(n)
         sums, loss_sum, n = self.gradients(parts)
@@ -161,7 +167,7 @@ class NumpyTrainer:
         sums = {k: np.zeros_like(v) for k, v in self.model.lora_params().items()}
         loss_sum, total = 0.0, 0.0
         for b in parts:
-            loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, *self.objective.arrays(b), rng=rng, objective=self.objective)
+            loss, n, g = self.model.loss_and_grads(b.inputs, b.targets, *self.objective.arrays(b), rng=rng, objective=self.objective, **packing(b))
             for k, v in g.items():
                 sums[k] += v * np.asarray(n, dtype=v.dtype)
             loss_sum += float(loss) * float(n)
@@ -181,13 +187,13 @@ class NumpyTrainer:
         return np.random.default_rng([self.seed, self.optimizer.step + 1, rank])
 
     def evaluate(self, batch) -> tuple[float, int]:
-        loss, n = self.model.loss(batch.inputs, batch.targets, *self.objective.arrays(batch), objective=self.objective)
+        loss, n = self.model.loss(batch.inputs, batch.targets, *self.objective.arrays(batch), objective=self.objective, **packing(batch))
         return float(loss) * float(n), int(n)
 
     def token_log_probs(self, batch) -> np.ndarray:
         """(B, T) log p of each target the objective scores (0 elsewhere), under the adapters as they are."""
         scored = self.objective.scored(*self.objective.arrays(batch))
-        return self.model.token_log_probs(batch.inputs, batch.targets, scored).dense(np.shape(scored))
+        return self.model.token_log_probs(batch.inputs, batch.targets, scored, **packing(batch)).dense(np.shape(scored))
 
     def adapter_weights(self) -> dict[str, np.ndarray]:
         return {k: v.astype(np.float32) for k, v in self.model.external_lora_params().items()}

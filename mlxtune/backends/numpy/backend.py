@@ -12,6 +12,7 @@ import numpy as np
 from ...fsutil import copy_file
 from ...models.directory import TOKENIZER_FILES
 from ..base import Chunk
+from .trainer import packing
 
 
 class NumpyBackend:
@@ -62,7 +63,7 @@ class NumpyBackend:
             yield Chunk(new, token, len(ids), tps, finish)
 
     def summed_loss(self, model, batch) -> tuple[float, int]:
-        mean, n = model.loss(batch.inputs, batch.targets, batch.mask, positions=batch.positions, segments=batch.segments)
+        mean, n = model.loss(batch.inputs, batch.targets, batch.mask, **packing(batch))
         return float(mean) * float(n), int(n)
 
     def fuse(self, base_dir: Path, adapter_dir: Path, out: Path, dtype: str, quantize: bool, q_bits, q_group_size, notes: list[str]) -> tuple[int, None]:

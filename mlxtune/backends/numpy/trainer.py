@@ -107,8 +107,8 @@ def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> dict[s
 
 
 def packing(batch) -> dict:
-    """A batch's ``positions`` and ``segments`` (None, None unpacked), as the model's keyword arguments."""
-    return {"positions": batch.positions, "segments": batch.segments}
+    """A batch's ``positions`` and ``segments`` as the model's keyword arguments: None, None for a batch without them (unpacked, or any object with inputs, targets and mask)."""
+    return {"positions": getattr(batch, "positions", None), "segments": getattr(batch, "segments", None)}
 
 
 class NumpyTrainer:

@@ -74,12 +74,15 @@ def copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_text_file(path: Path) -> Iterator:
+    """A text file to write ``path`` through: written under a temporary name beside it, renamed to it once complete
+    (and removed if the block raises)."""
     path = Path(path)
     fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,6 +90,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_text_file(path) as f:
+        f.write(text)
 
 
 def save_safetensors_atomic(path: Path, arrays: dict, metadata: dict | None = None) -> None:

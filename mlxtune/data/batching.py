@@ -231,12 +231,7 @@ def iterate_batches(
 def make_batch(examples: Sequence[Example], pad_multiple: int = 8) -> Batch:
     """Shift by one into inputs/targets and right-pad to a common length."""
     lengths = np.array([max(len(e) - 1, 0) for e in examples], dtype=np.int32)
-    T = max(int(lengths.max()), 1)
-    T = -(-T // pad_multiple) * pad_multiple
-    B = len(examples)
-    inputs = np.zeros((B, T), dtype=np.int32)  # (B, T)
-    targets = np.zeros((B, T), dtype=np.int32)  # (B, T)
-    mask = np.zeros((B, T), dtype=np.float32)  # (B, T)
+    inputs, targets, mask = _padded(lengths, pad_multiple, np.int32, np.int32, np.float32)  # (B, T) each
     for b, (e, n) in enumerate(zip(examples, lengths)):
         inputs[b, :n] = e.tokens[:-1]
         targets[b, :n] = e.tokens[1:]
@@ -252,14 +247,7 @@ def make_packed_batch(rows: Sequence[Sequence[Example]], pad_multiple: int = 8) 
     """
     sizes = [[max(len(e) - 1, 0) for e in row] for row in rows]
     lengths = np.array([sum(s) for s in sizes], dtype=np.int32)
-    T = max(int(lengths.max()), 1)
-    T = -(-T // pad_multiple) * pad_multiple
-    B = len(rows)
-    inputs = np.zeros((B, T), dtype=np.int32)  # (B, T)
-    targets = np.zeros((B, T), dtype=np.int32)  # (B, T)
-    mask = np.zeros((B, T), dtype=np.float32)  # (B, T)
-    positions = np.zeros((B, T), dtype=np.int32)  # (B, T)
-    segments = np.zeros((B, T), dtype=np.int32)  # (B, T)
+    inputs, targets, mask, positions, segments = _padded(lengths, pad_multiple, np.int32, np.int32, np.float32, np.int32, np.int32)  # (B, T) each
     for b, (row, row_sizes) in enumerate(zip(rows, sizes)):
         t = 0
         for j, (e, n) in enumerate(zip(row, row_sizes), start=1):
@@ -271,3 +259,10 @@ def make_packed_batch(rows: Sequence[Sequence[Example]], pad_multiple: int = 8) 
             segments[b, t : t + n] = j
             t += n
     return Batch(inputs, targets, mask, lengths, int(mask.sum()), positions, segments)
+
+
+def _padded(lengths: np.ndarray, pad_multiple: int, *dtypes) -> list[np.ndarray]:
+    """Zeroed (B, T) arrays of these dtypes, T the longest row rounded up to ``pad_multiple`` (at least one)."""
+    T = max(int(lengths.max()), 1)
+    T = -(-T // pad_multiple) * pad_multiple
+    return [np.zeros((len(lengths), T), dtype=dtype) for dtype in dtypes]

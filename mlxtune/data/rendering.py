@@ -19,6 +19,9 @@ from ..errors import DataError, ModelFormatError
 
 Where = tuple[str | None, int | None]  # (file, line) of the record, for errors
 
+# A slow (Python) tokenizer cannot say which characters a token came from.
+NO_OFFSETS = "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), which masking the prompt needs: train with --no-mask-prompt"
+
 
 def hf_tokenizer(tokenizer: Any) -> Any:
     """The Hugging Face tokenizer inside mlx-lm's TokenizerWrapper, or the tokenizer itself."""
@@ -89,10 +92,7 @@ def _tokenize_batch(tokenizer: Any, texts: list[str], offsets: bool) -> list[tup
     try:
         enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
     except NotImplementedError:
-        raise ModelFormatError(
-            "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
-            "which masking the prompt needs: train with --no-mask-prompt"
-        ) from None
+        raise ModelFormatError(NO_OFFSETS) from None
     return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
@@ -232,10 +232,7 @@ def _tokenize_with_offsets(
     try:
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     except NotImplementedError:
-        raise ModelFormatError(
-            "the tokenizer cannot map tokens to characters (it is not a 'fast' tokenizer), "
-            "which masking the prompt needs: train with --no-mask-prompt"
-        ) from None
+        raise ModelFormatError(NO_OFFSETS) from None
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 

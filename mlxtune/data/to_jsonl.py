@@ -12,15 +12,13 @@ leaves no partial file.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, OutputExistsError, UsageError
-from ..fsutil import make_temp_file, staged_dir
+from ..fsutil import atomic_text_file, staged_dir
 from .records import Dataset, Record, load_file, load_split_files
 
 
@@ -81,15 +79,6 @@ def _line(record: Record) -> str:
 
 def _write(ds: Dataset, path: Path) -> None:
     """The records as JSONL, under a temporary name in the same folder renamed to ``path`` once complete."""
-    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in ds:
-                f.write(_line(record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_text_file(path) as f:
+        for record in ds:
+            f.write(_line(record))

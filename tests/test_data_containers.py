@@ -424,8 +424,46 @@ def test_alpaca_csv_and_sharegpt_parquet(tmp_path):
     """Formats and containers are independent: Alpaca in CSV (an empty input cell is no input), ShareGPT in Parquet."""
     alpaca = [{"instruction": f"Do {i}.", "input": "" if i % 2 else f"with {i}", "output": f"Done {i}."} for i in range(4)]
     ds = load_file(write_csv(tmp_path / "alpaca.csv", alpaca))
-    assert ds.format.name == "alpaca" and ds[1].data == {"instruction": "Do 1.", "output": "Done 1."} and ds[0]["input"] == "with 0"
+    assert ds.format.name == "alpaca" and ds[1].data == {"instruction": "Do 1.", "input": "", "output": "Done 1."} and ds[0]["input"] == "with 0"
     share = [{"conversations": [{"from": "human", "value": f"Hi {i}"}, {"from": "gpt", "value": f"Hello {i}"}]} for i in range(4)]
     pq.write_table(pa.Table.from_pylist(share), tmp_path / "share.parquet")
     ds = load_file(tmp_path / "share.parquet")
     assert ds.format.name == "sharegpt" and as_data(ds) == share
+from mlxtune.data.records import load_file
+from mlxtune.errors import DataError
+
+def test_empty_csv_cell_is_an_empty_string(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("prompt,completion\n,only a completion\n")
+    ds = load_file(p)
+    assert ds.records[0].data == {"prompt": "", "completion": "only a completion"}
+
+def test_alpaca_with_empty_instruction_cell(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("instruction,input,output\n,some input,an answer\n")
+    assert load_file(p).records[0].data["instruction"] == ""
+
+def test_answer_that_looks_like_json_is_text(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("prompt,chosen,rejected\nWhat is a link?,[docs](http://x) explains it,no idea\n")
+    assert load_file(p).records[0].data["chosen"] == "[docs](http://x) explains it"
+
+def test_broken_messages_cell_still_fails(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text('messages\n"[{""role"": ""user""}"\n')
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_file(p)
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_convert_never_replaces_the_directory_holding_its_input(tmp_path, out):
+    from mlxtune.data.to_jsonl import convert_data
+    from mlxtune.errors import UsageError
+
+    src = tmp_path / "data" / "set"
+    src.mkdir(parents=True)
+    (src / "train.csv").write_text("prompt,completion\nq,a\nq2,a2\n")
+    (src / "notes.txt.bak").write_text("keep me")
+    with pytest.raises(UsageError, match="would delete the data"):
+        convert_data(src, (src / out).resolve(), force=True)
+    assert (src / "train.csv").is_file() and (src / "notes.txt.bak").read_text() == "keep me"

@@ -81,6 +81,10 @@ def test_invalidated_by_data_tokenizer_and_settings(setting, tmp_path):
         assert token_cache.cache_key(changed_cfg, model_dir, load_tokenizer(model_dir), "chat", True) != key, change
     assert token_cache.cache_key(cfg, model_dir, load_tokenizer(model_dir), "chat", False) != key
     assert "tokenized" in _encode(dataclasses.replace(cfg, max_seq_len=128), model_dir, run_dir)[3][0]
+    # the tokenizer library upgraded (its rendering and normalisation may change the tokens)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(token_cache, "_library_versions", lambda: {"transformers": "99.0", "tokenizers": "0.1", "jinja2": "3.1"})
+        assert token_cache.cache_key(cfg, model_dir, load_tokenizer(model_dir), "chat", True) != key
     # and what does not: the learning rate, the run's directory
     assert token_cache.cache_key(dataclasses.replace(cfg, learning_rate=1.0, output="x"), model_dir, load_tokenizer(model_dir), "chat", True) == key
     assert len(_entries(run_dir)) == 4

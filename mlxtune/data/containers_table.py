@@ -1,7 +1,7 @@
 """The tabular and plain containers: CSV and TSV, Parquet, Arrow files (``datasets.save_to_disk``), plain text.
 
 CSV and TSV have a header row naming the columns; a record is located by the
-line it starts on, an empty cell is a missing field, and a cell of a list
+line it starts on, an empty cell is "" (a missing field in a list column), and a cell of a list
 field (``rows.LIST_FIELDS``: chat ``messages`` ...) holding JSON is parsed.
 Parquet and Arrow are read with pyarrow (the ``parquet`` extra); their list and
 struct columns become lists and dicts, so chat ``messages`` columns work, and
@@ -23,7 +23,7 @@ import numpy as np
 from . import formats
 from ..errors import DataError, UsageError
 from .containers_json import MAX_LINE_BYTES, read_text
-from .rows import LIST_FIELDS, HeldRecords, Record, TableRecords, map_fields
+from .rows import LIST_FIELDS, ONLY_LISTS, HeldRecords, Record, TableRecords, map_fields
 
 PYARROW_PIP = "pip install 'mlxtune[parquet]' (or: pip install pyarrow)"
 
@@ -57,13 +57,16 @@ class CsvReader:
                 continue
             if header is None:
                 header = self._header(row, start)
+                lists = set(LIST_FIELDS) | {column for fld, column in self.fields.items() if fld in LIST_FIELDS}  # columns of list fields
                 continue
             self.held.append(Record({}, start, str(path)))
             try:
                 if len(row) > len(header):
                     raise DataError(f"row has {len(row)} cells but the header has {len(header)} columns: quote cells that hold "
                                     f"the delimiter {self.delimiter!r}", path, start)
-                obj = map_fields({h: cell for h, cell in zip(header, row) if cell != ""}, self.fields, lambda m: DataError(m, path, start))
+                # An empty cell is an empty string, as "" in JSON, but where a list belongs: there it is a missing field.
+                cells = {h: cell for h, cell in zip(header, row) if cell != "" or h not in lists}
+                obj = map_fields(cells, self.fields, lambda m: DataError(m, path, start))
                 obj = {k: self._cell(k, v, start) for k, v in obj.items()}
             except DataError as e:
                 yield start, e
@@ -90,12 +93,15 @@ class CsvReader:
         return header
 
     def _cell(self, fld: str, value: str, line: int) -> Any:
-        """A list field's cell holding JSON, parsed; every other cell as it is."""
+        """A list field's cell holding JSON, parsed; every other cell as it is (a chosen or rejected answer that only
+        looks like JSON, as "[docs](url) explains it", is text)."""
         if fld not in LIST_FIELDS or not value.lstrip().startswith(("[", "{")):
             return value
         try:
             return json.loads(value)
         except json.JSONDecodeError as e:
+            if fld not in ONLY_LISTS:
+                return value
             raise DataError(f"the cell is not valid JSON ({e.msg} at character {e.pos}): a {fld} cell holds a JSON list, "
                             'e.g. [{"role": "user", "content": "..."}]', self.path, line, fld) from None
 

@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import DataError
 
 # Fields a data format reads as a list (of messages or turns): a CSV cell holding JSON is parsed for them.
-LIST_FIELDS = ("messages", "conversations", "chosen", "rejected", "tools")
+LIST_FIELDS = ("messages", "conversations", "chosen", "rejected", "tools")  # a table cell of these may hold a JSON list
+ONLY_LISTS = ("messages", "conversations")  # ... and of these must (chosen, rejected may also be plain text)
 _CHUNK = 1024  # rows made into dicts at a time when iterating an Arrow table
 
 

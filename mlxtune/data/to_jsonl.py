@@ -48,6 +48,8 @@ def convert_data(src: str | Path, out: str | Path, fields: Mapping[str, str] | N
     if src.is_dir():
         if out.suffix.lower() == ".jsonl":
             raise UsageError(f"{src} is a directory of splits: give data convert an output directory (it writes train/valid/test.jsonl there), not {out}")
+        if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+            raise UsageError(f"the output {out} holds the input {src}: replacing it would delete the data; write the conversion to another directory")
         if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
             raise OutputExistsError(f"{out} already exists: choose another output directory, or pass --force to replace it")
         loaded, layout = load_split_files(src, skip_bad_lines, fields)

@@ -95,6 +95,7 @@ def cache_key(cfg: Any, model_dir: str | Path, tokenizer: Any, format_name: str,
     """The key of a run's tokens: ``cfg`` is its TrainConfig (data, split, max_seq_len, thinking, fields)."""
     parts = {
         "version": ENCODING_VERSION,
+        "libraries": _library_versions(),  # rendering and tokenization are theirs: an upgrade may change the tokens
         "data": data_digest(cfg.data),
         "tokenizer": tokenizer_digest(model_dir, tokenizer),
         "format": format_name,
@@ -105,6 +106,18 @@ def cache_key(cfg: Any, model_dir: str | Path, tokenizer: Any, format_name: str,
         "split": [cfg.valid_fraction, cfg.seed, bool(cfg.skip_bad_lines)],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("transformers", "tokenizers", "jinja2"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def load(root: Path, key: str) -> Encoded | None:

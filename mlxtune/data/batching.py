@@ -60,7 +60,11 @@ class Batch:
     Attention of query t to key s in row b is allowed iff ``s <= t`` and
     ``segments[b, s] == segments[b, t]`` (a sliding-window layer also needs
     ``t - s < window``): block-diagonal causal, so each record sees only itself
-    and its loss and gradients equal those of the record alone.
+    and its loss and gradients equal those of the record alone. One exception,
+    as in an unpacked batch: LongRoPE (Phi-3) chooses its factors by the
+    longest sequence, so a short record packed (or batched) beside one beyond
+    the original context is rotated with the long factors, as transformers does
+    for a padded batch.
     """
 
     inputs: np.ndarray  # (B, T) int32

@@ -108,11 +108,6 @@ def trains_prompt_masked(fmt: DataFormat, requested: bool | None) -> bool:
     return formats.get(fmt).trains_prompt_masked(requested)
 
 
-def trains_prompt_masked(fmt: DataFormat, requested: bool | None) -> bool:
-    """Whether only completions and assistant turns are trained: as asked, else as the format has it."""
-    return formats.get(fmt).trains_prompt_masked(requested)
-
-
 # ---------------------------------------------------------------- reading
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from . import formats
 from ..errors import DataError
 from .formats import json_type
-from .rows import HeldRecords, JsonlRecords, Record, map_fields
+from .rows import HoldingReader, JsonlRecords, Record, map_fields
 
 BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 8192  # like git, a NUL byte in the first 8 KB means binary
@@ -204,7 +204,7 @@ def too_deep(text: str, obj: Any) -> bool:
     return False
 
 
-class JsonArrayReader:
+class JsonArrayReader(HoldingReader):
     """A JSON array of objects (``[{...}, {...}]``), each record located by the line its element starts on."""
 
     name, unit = "json", "line"
@@ -253,10 +253,6 @@ class JsonArrayReader:
             if text[pos : pos + 1] != ",":
                 raise DataError(f"expected ',' or ']' after element {element} of the array", path, line + text.count("\n", counted, pos))
             element, pos = element + 1, _skip(text, pos + 1)
-
-    def records(self, kept: np.ndarray) -> HeldRecords:
-        held, self.held = self.held, []
-        return HeldRecords([held[i] for i in kept.tolist()])
 
 
 def _skip(text: str, pos: int) -> int:

@@ -23,12 +23,12 @@ import numpy as np
 from . import formats
 from ..errors import DataError, UsageError
 from .containers_json import MAX_LINE_BYTES, read_text
-from .rows import LIST_FIELDS, ONLY_LISTS, HeldRecords, Record, TableRecords, map_fields
+from .rows import HoldingReader, LIST_FIELDS, ONLY_LISTS, Record, TableRecords, map_fields
 
 PYARROW_PIP = "pip install 'mlxtune[parquet]' (or: pip install pyarrow)"
 
 
-class CsvReader:
+class CsvReader(HoldingReader):
     """Comma-separated values with a header row."""
 
     name, unit, delimiter = "csv", "line", ","
@@ -105,10 +105,6 @@ class CsvReader:
             raise DataError(f"the cell is not valid JSON ({e.msg} at character {e.pos}): a {fld} cell holds a JSON list, "
                             'e.g. [{"role": "user", "content": "..."}]', self.path, line, fld) from None
 
-    def records(self, kept: np.ndarray) -> HeldRecords:
-        held, self.held = self.held, []
-        return HeldRecords([held[i] for i in kept.tolist()])
-
 
 class TsvReader(CsvReader):
     """Tab-separated values with a header row."""
@@ -116,7 +112,7 @@ class TsvReader(CsvReader):
     name, delimiter = "tsv", "\t"
 
 
-class TextReader:
+class TextReader(HoldingReader):
     """Plain text (``.txt``, ``.md``): text records, one per paragraph, split at blank lines."""
 
     name, unit = "text", "line"
@@ -146,10 +142,6 @@ class TextReader:
                     self.held.append(Record(obj, at, str(self.path)))
                     yield at, obj
             paragraph, start = [], 0
-
-    def records(self, kept: np.ndarray) -> HeldRecords:
-        held, self.held = self.held, []
-        return HeldRecords([held[i] for i in kept.tolist()])
 
 
 def pyarrow_module():

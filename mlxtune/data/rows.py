@@ -141,6 +141,16 @@ class HeldRecords(RecordSequence):
         return HeldRecords(self.records, index)
 
 
+class HoldingReader:
+    """A reader that keeps every record it yields (JSON arrays, CSV/TSV, text): ``records(kept)`` hands over those kept."""
+
+    held: list[Record]
+
+    def records(self, kept: np.ndarray) -> HeldRecords:
+        held, self.held = self.held, []
+        return HeldRecords([held[i] for i in kept.tolist()])
+
+
 class JsonlRecords(RecordSequence):
     """The records of a JSONL file as byte offsets and line numbers; a line is parsed again when read."""
 
